@@ -65,13 +65,13 @@ def _extensions():
         define_macros.append(("AGENTATTN_WITH_CUDA", "1"))
         _say(f"building C++ CPU + CUDA kernels ({why}); archs {archs}")
         ext = CUDAExtension(
-            "agentattn._C", sources, define_macros=define_macros,
+            "agentattn._C", sources, define_macros=define_macros, include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],
         )
     else:
         _say(f"building C++ CPU kernels only ({why}); -march={march}")
         ext = CppExtension(
-            "agentattn._C", sources, define_macros=define_macros,
+            "agentattn._C", sources, define_macros=define_macros, include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
         )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}

@@ -1,0 +1,82 @@
+"""Loading the compiled extension and reporting what is available. Nothing here touches a GPU."""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+_C = None
+_load_error: str | None = None
+_warned = False
+
+
+def _load():
+    global _C, _load_error
+    if _C is not None or _load_error is not None:
+        return _C
+    if os.environ.get("AGENTATTN_DISABLE_EXT", "0") == "1":
+        _load_error = "disabled by AGENTATTN_DISABLE_EXT=1"
+        return None
+    try:
+        import torch  # noqa: F401  (libtorch must be loaded before the extension)
+
+        _C = importlib.import_module("agentattn._C")
+    except ImportError as e:
+        _load_error = f"{type(e).__name__}: {e}"
+    return _C
+
+
+def has_ext() -> bool:
+    """True when agentattn._C (the compiled kernels) is loaded."""
+    return _load() is not None
+
+
+def has_cuda_ext() -> bool:
+    """True when agentattn._C was built with its CUDA kernels."""
+    if not has_ext():
+        return False
+    import torch
+
+    return bool(torch.ops.agentattn.built_with_cuda())
+
+
+def has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def warn_fallback(what: str) -> None:
+    """One warning per process when a compiled kernel is missing and the reference is used."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    warnings.warn(
+        f"agentattn: compiled extension not available ({_load_error}); {what} runs on the PyTorch "
+        "reference (slower, same results). Build it with `pip install --no-build-isolation .` or "
+        "`bash scripts/install.sh`.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def backends() -> dict:
+    """What this installation can run, per device; queries no GPU.
+
+    Returns e.g. ``{'cpu': ['cpp', 'reference'], 'cuda': ['triton', 'reference'], 'extension': True,
+    'extension_error': None, 'cuda_kernels_built': False, 'triton': True}``. The first entry of each
+    list is the default.
+    """
+    cpu = (["cpp"] if has_ext() else []) + ["reference"]
+    cuda = (["cuda"] if has_cuda_ext() else []) + (["triton"] if has_triton() else []) + ["reference"]
+    return {
+        "cpu": cpu,
+        "cuda": cuda,
+        "extension": has_ext(),
+        "extension_error": _load_error,
+        "cuda_kernels_built": has_cuda_ext(),
+        "triton": has_triton(),
+    }

@@ -1,0 +1,190 @@
+"""Agent attention as a registered PyTorch op: input checks, bias preparation, backend dispatch, and the
+Python side of the ``torch.library`` registration (fake tensors, autograd, FLOP formula).
+
+The schema and the CPU (and CUDA) kernels come from C++ (``csrc/``): ``agentattn::agent_attention_fwd``
+returns ``(out, agent_v, lse_agent, lse_query)`` and ``agentattn::agent_attention_bwd`` recomputes the
+probabilities from those statistics. Without the compiled extension, every call runs the reference
+composition in ``naive.py`` (one warning per process).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from agentattn import _ext
+from agentattn.ops.agent_attention.naive import agent_attention_ref
+
+Tensor = torch.Tensor
+
+BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def check_inputs(q: Tensor, k: Tensor, v: Tensor, agents: Tensor) -> None:
+    """Raise a ``ValueError`` naming the argument, the expected and the actual shape/dtype/device."""
+    for name, t, rows in (("q", q, "N"), ("k", k, "N"), ("v", v, "N"), ("agents", agents, "n")):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, {rows}, d), got shape {_shape(t)}")
+    B, H, N, d = q.shape
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape (B, H, N, d) = {_shape(q)}, got {_shape(t)}")
+    if agents.shape[0] != B or agents.shape[1] != H or agents.shape[3] != d:
+        raise ValueError(f"agents must be (B, H, n, d) = ({B}, {H}, n, {d}), got {_shape(agents)}")
+    if agents.shape[2] == 0:
+        raise ValueError("agents must hold at least one agent token (n >= 1), got n = 0")
+    for name, t in (("k", k), ("v", v), ("agents", agents)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}; cast them to one dtype")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; move them to one device")
+    if q.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"q must be a floating-point tensor (fp16, bf16, fp32, fp64), got {q.dtype}")
+
+
+def prepare_bias(bias: Tensor | None, target: tuple, name: str, q: Tensor) -> Tensor | None:
+    """Bias broadcastable to ``target`` = (B, H, rows, cols) -> contiguous (Bb, Hb, rows, cols) with
+    Bb in {1, B}, Hb in {1, H}: the batch and head dims are never materialised when they are 1. The
+    expansion of the last two dims (if any) is differentiable, so autograd sums the gradient back."""
+    if bias is None:
+        return None
+    if not isinstance(bias, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(bias).__name__}")
+    if bias.dim() > 4:
+        raise ValueError(f"{name} must be broadcastable to {target}, got {bias.dim()}-D shape {_shape(bias)}")
+    shape = (1,) * (4 - bias.dim()) + _shape(bias)
+    for have, want in zip(shape, target):
+        if have not in (1, want):
+            raise ValueError(f"{name} must be broadcastable to (B, H, rows, cols) = {target}, got {_shape(bias)}")
+    if bias.device != q.device:
+        raise ValueError(f"{name} is on {bias.device} but q is on {q.device}")
+    if not bias.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floating point, got {bias.dtype}")
+    bias = bias.reshape(shape).to(q.dtype)
+    return bias.expand(shape[0], shape[1], target[2], target[3]).contiguous()
+
+
+# ------------------------------------------------------------------------------------------- dispatch
+def resolve_backend(device: torch.device, backend: str | None) -> str:
+    """The backend a call on ``device`` uses: the argument, else ``AGENTATTN_BACKEND`` (CPU) /
+    ``AGENTATTN_CUDA_BACKEND`` (CUDA), else the fastest available."""
+    env = "AGENTATTN_CUDA_BACKEND" if device.type == "cuda" else "AGENTATTN_BACKEND"
+    choice = (backend or os.environ.get(env) or "auto").lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
+    avail = _ext.backends()["cuda" if device.type == "cuda" else "cpu"] if device.type in ("cpu", "cuda") else ["reference"]
+    if choice == "auto":
+        if avail[0] == "reference" and device.type == "cpu":
+            _ext.warn_fallback("agent_attention")
+        return avail[0]
+    if choice not in avail:
+        raise ValueError(f"backend {choice!r} is not available for {device.type} tensors here; available: {avail}")
+    return choice
+
+
+def agent_attention(
+    q: Tensor, k: Tensor, v: Tensor, agents: Tensor,
+    bias_agent: Tensor | None = None, bias_query: Tensor | None = None,
+    scale: float | None = None, backend: str | None = None,
+) -> Tensor:
+    """Agent attention ``softmax(s Q Aᵀ + B2) · softmax(s A Kᵀ + B1) · V``.
+
+    Args:
+        q, k, v: (B, H, N, d). agents: (B, H, n, d).
+        bias_agent: stage-1 bias broadcastable to (B, H, n, N) (e.g. (1, H, n, N)), or None.
+        bias_query: stage-2 bias broadcastable to (B, H, N, n), or None.
+        scale: score scale, default d ** -0.5.
+        backend: 'auto' (default), 'cpp', 'cuda', 'triton' or 'reference'.
+    Returns:
+        (B, H, N, d), differentiable w.r.t. every tensor argument.
+    """
+    check_inputs(q, k, v, agents)
+    B, H, N, d = q.shape
+    n = agents.shape[2]
+    s = float(d) ** -0.5 if scale is None else float(scale)
+    b1 = prepare_bias(bias_agent, (B, H, n, N), "bias_agent", q)
+    b2 = prepare_bias(bias_query, (B, H, N, n), "bias_query", q)
+    be = resolve_backend(q.device, backend)
+    if be == "reference":
+        return agent_attention_ref(q, k, v, agents, b1, b2, s)
+    if be == "triton":
+        from agentattn.ops.agent_attention import triton as tri
+
+        return tri.agent_attention_triton(q, k, v, agents, b1, b2, s)
+    # compiled C++/CUDA op; the CPU kernel computes in fp32/fp64, so half types go through fp32 there
+    low = q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)
+    args = [t.float() if low else t for t in (q, k, v, agents)]
+    bs = [None if t is None else (t.float() if low else t) for t in (b1, b2)]
+    out = torch.ops.agentattn.agent_attention_fwd(
+        *[t.contiguous() for t in args], bs[0], bs[1], s
+    )[0]
+    return out.to(q.dtype) if low else out
+
+
+# ------------------------------------------------------------------------------ torch.library (Python)
+def _register() -> None:
+    """Fake, autograd and FLOP formula for the C++ ops (only when the extension is loaded)."""
+    if not _ext.has_ext():
+        return
+    from torch.utils.flop_counter import register_flop_formula
+
+    fwd = "agentattn::agent_attention_fwd"
+    bwd = "agentattn::agent_attention_bwd"
+
+    def stat_dtype(q):
+        return torch.float64 if q.dtype == torch.float64 else torch.float32
+
+    @torch.library.register_fake(fwd)
+    def _fwd_fake(q, k, v, agents, bias_agent, bias_query, scale):
+        B, H, N, d = q.shape
+        n = agents.shape[2]
+        sd = stat_dtype(q)
+        return (torch.empty_like(q), q.new_empty((B, H, n, d)),
+                q.new_empty((B, H, n), dtype=sd), q.new_empty((B, H, N), dtype=sd))
+
+    @torch.library.register_fake(bwd)
+    def _bwd_fake(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_a, lse_q, scale):
+        e = q.new_empty((0,))
+        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(agents),
+                torch.empty_like(bias_agent) if bias_agent is not None else e,
+                torch.empty_like(bias_query) if bias_query is not None else e)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, agents, bias_agent, bias_query, scale = inputs
+        out, agent_v, lse_a, lse_q = output
+        # only O(N·d + n·d + N + n) per head: no (N x n) score or probability tensor is kept
+        ctx.save_for_backward(q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_a, lse_q)
+        ctx.scale = scale
+
+    def backward(ctx, grad_out, _g_agent_v, _g_lse_a, _g_lse_q):
+        q, k, v, agents, b1, b2, out, agent_v, lse_a, lse_q = ctx.saved_tensors
+        dq, dk, dv, da, db1, db2 = torch.ops.agentattn.agent_attention_bwd(
+            grad_out.contiguous(), q, k, v, agents, b1, b2, out, agent_v, lse_a, lse_q, ctx.scale
+        )
+        return dq, dk, dv, da, (db1 if b1 is not None else None), (db2 if b2 is not None else None), None
+
+    torch.library.register_autograd(fwd, backward, setup_context=setup_context)
+
+    # FLOPs: forward 4 products of N·n·d multiply-adds = 8·B·H·N·n·d; backward counted as 2x forward
+    # (the 4 gradient products per stage; the recomputation of the scores, 2·N·n·d per stage, not counted),
+    # the same convention torch's flop counter uses for SDPA.
+    @register_flop_formula(torch.ops.agentattn.agent_attention_fwd)
+    def _fwd_flops(q_shape, k_shape, v_shape, a_shape, *args, out_shape=None, **kwargs) -> int:
+        B, H, N, d = q_shape
+        return 8 * B * H * N * a_shape[2] * d
+
+    @register_flop_formula(torch.ops.agentattn.agent_attention_bwd)
+    def _bwd_flops(g_shape, q_shape, k_shape, v_shape, a_shape, *args, out_shape=None, **kwargs) -> int:
+        B, H, N, d = q_shape
+        return 16 * B * H * N * a_shape[2] * d
+
+
+_register()
