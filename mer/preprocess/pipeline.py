@@ -1,0 +1,268 @@
+"""The preprocessing pipeline: face crop -> onset/apex -> optical flow -> strain -> whole face + regions.
+
+Output per sample (float32):
+    face    (3, S, S)  whole face: channel 0 = u (horizontal flow, + right), 1 = v (vertical flow,
+                       + down), 2 = optical strain
+    regions (3, S, S)  the same channels in four S/2 windows tiled [[left eye, right eye],
+                       [left mouth corner, right mouth corner]]
+Units: u and v in pixels of the S x S output grid (flow computed at face_size, multiplied by
+S / face_size); strain dimensionless (computed at face_size). No dataset normalisation: the trainer
+normalises with training-fold statistics.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mer.preprocess.cache import Cache, sample_key
+from mer.preprocess.config import PrepConfig
+from mer.preprocess.face import FaceNotFoundError, crop_resize, detect_face, expand_box, to_grey
+from mer.preprocess.flow import compute_flow
+from mer.preprocess.regions import NOSE_ROOT, REGION_NAMES, region_points, resolve_source, tile_regions, window_boxes
+from mer.preprocess.strain import optical_strain
+
+
+class PrepError(RuntimeError):
+    """Some samples could not be prepared (the message lists each and why)."""
+
+    def __init__(self, message: str, failed=()):
+        super().__init__(message)
+        self.failed = list(failed)
+
+
+def read_image(path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise FileNotFoundError(f"cannot read image {path} (missing or not an image)")
+    return img
+
+
+def _max_diff_apex(sample, box, cfg: PrepConfig) -> int:
+    numbers = sample.frame_numbers()
+    onset = to_grey(crop_resize(read_image(sample.frames[0]), box, cfg.face_size)).astype(np.float32)
+    diffs = []
+    for p in sample.frames:
+        g = to_grey(crop_resize(read_image(p), box, cfg.face_size)).astype(np.float32)
+        diffs.append(float(np.abs(g - onset).mean()))
+    return numbers[int(np.argmax(diffs))]
+
+
+def flow_maps(onset_crop: np.ndarray, apex_crop: np.ndarray, cfg: PrepConfig, region_source: str):
+    """(face (3,S,S), regions (3,S,S), info) from face crops (face_size x face_size, grey or BGR)."""
+    t0 = time.perf_counter()
+    flow = compute_flow(onset_crop, apex_crop, cfg.flow)  # (F, F, 2)
+    t_flow = time.perf_counter() - t0
+    F = cfg.face_size
+    info = {}
+    if cfg.motion_compensation:
+        cx, cy, s = NOSE_ROOT
+        half = max(1, int(round(s * F / 2)))
+        x, y = int(round(cx * F)), int(round(cy * F))
+        ref = flow[y - half:y + half, x - half:x + half].reshape(-1, 2).mean(0)
+        flow = flow - ref[None, None, :]
+        info["motion_compensation"] = {"subtracted": [float(ref[0]), float(ref[1])],
+                                       "window": [x - half, y - half, 2 * half, 2 * half]}
+    u, v = flow[..., 0], flow[..., 1]
+    strain = optical_strain(u, v)
+    maps = np.stack([u, v, strain]).astype(np.float32)  # (3, F, F)
+    scale = np.array([cfg.size / F, cfg.size / F, 1.0], np.float32)[:, None, None]
+    face = np.stack([cv2.resize(m, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA) for m in maps])
+    face = face * scale
+    points, used = region_points(apex_crop, region_source)
+    boxes = window_boxes(points, F)
+    regions = tile_regions(maps, boxes, cfg.size) * scale
+    info.update({"region_source": used, "region_points": points.round(2).tolist(),
+                 "region_boxes": {n: list(b) for n, b in zip(REGION_NAMES, boxes)}, "flow": cfg.flow,
+                 "seconds_flow": round(t_flow, 4)})
+    return face.astype(np.float32), regions.astype(np.float32), info
+
+
+def face_box_for(image: np.ndarray, cfg: PrepConfig, cropped: bool, what: str):
+    """(box, how) for the frame ``image``: whole frame for dataset crops / face='full', else Haar."""
+    h, w = image.shape[:2]
+    if cfg.face == "full" or (cfg.face == "auto" and cropped):
+        side = min(h, w)
+        return ((w - side) // 2, (h - side) // 2, side, side), ("full frame" if cfg.face == "full"
+                                                                else "dataset crop")
+    box = detect_face(image)
+    if box is None:
+        raise FaceNotFoundError(
+            f"no face found in {what} by OpenCV's Haar cascade (haarcascade_frontalface_default). If the "
+            "image is already a face crop, say so (prepare_pair(..., cropped=True), CLI --cropped) or use "
+            "PrepConfig(face='full'); otherwise check the image shows a frontal face.")
+    return expand_box(box, image.shape, cfg.face_margin), "haar"
+
+
+def process_sample(sample, cfg: PrepConfig, region_source: str):
+    """(face, regions, meta) for one Sample (no cache)."""
+    t0 = time.perf_counter()
+    onset_img = read_image(sample.frames[0])
+    box, how = face_box_for(onset_img, cfg, sample.cropped, f"the onset frame {sample.frames[0]}")
+    apex = sample.apex
+    if sample.apex_is_estimated and cfg.smic_apex == "middle":
+        apex = sample.onset + (sample.offset - sample.onset) // 2
+        if apex in sample.missing_frames:
+            apex = sample.apex
+    elif sample.apex_is_estimated and cfg.smic_apex == "max_diff":
+        apex = _max_diff_apex(sample, box, cfg)
+    apex_img = read_image(sample.frame_path(apex))
+    if apex_img.shape != onset_img.shape:
+        raise ValueError(f"onset {onset_img.shape} and apex {apex_img.shape} frames differ in size")
+    on = to_grey(crop_resize(onset_img, box, cfg.face_size))
+    ap = to_grey(crop_resize(apex_img, box, cfg.face_size))
+    face, regions, info = flow_maps(on, ap, cfg, region_source)
+    meta = {"uid": sample.uid, "face_box": list(box), "face_source": how, "onset": sample.onset,
+            "apex": int(apex), "apex_is_estimated": sample.apex_is_estimated,
+            "frame_size": list(onset_img.shape[:2]), **info,
+            "seconds_total": round(time.perf_counter() - t0, 4)}
+    return face, regions, meta
+
+
+def prepare_pair(onset_img, apex_img, cfg: PrepConfig | None = None, *, cropped: bool = False):
+    """(face (3,S,S), regions (3,S,S), meta) for one onset/apex pair (paths or BGR/grey arrays).
+
+    cropped: the images are already face crops (no detection). Raises FaceNotFoundError when no face is
+    found in the onset image.
+    """
+    cfg = cfg or PrepConfig()
+    a = read_image(onset_img) if isinstance(onset_img, (str, os.PathLike)) else np.asarray(onset_img)
+    b = read_image(apex_img) if isinstance(apex_img, (str, os.PathLike)) else np.asarray(apex_img)
+    if a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"onset {a.shape[:2]} and apex {b.shape[:2]} images differ in size")
+    box, how = face_box_for(a, cfg, cropped, "the onset image")
+    on = to_grey(crop_resize(a, box, cfg.face_size))
+    ap = to_grey(crop_resize(b, box, cfg.face_size))
+    face, regions, info = flow_maps(on, ap, cfg, resolve_source(cfg.regions))
+    return face, regions, {"face_box": list(box), "face_source": how, **info}
+
+
+# ----------------------------------------------------------------------------------------- batch
+
+@dataclass
+class PreparedSet:
+    """Prepared inputs, row i belonging to ``samples[i]``.
+
+    face, regions: (M, 3, S, S) float32 (channels u, v, strain; see the module docstring for units).
+    meta: per-sample dicts (face box, region boxes and source, flow method, apex used, timing, cache key).
+    failed: (Sample, reason) of samples excluded with on_error='warn'.
+    """
+
+    samples: list
+    face: np.ndarray
+    regions: np.ndarray
+    meta: list[dict]
+    cfg: PrepConfig
+    failed: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(M,) int64 labels, -1 where a sample has none."""
+        return np.array([-1 if s.label is None else s.label for s in self.samples], np.int64)
+
+    def save(self, path) -> None:
+        """Write an .npz with face, regions, labels, sample ids and the config (for inspection/reuse)."""
+        import json
+
+        np.savez(path, face=self.face, regions=self.regions, labels=self.labels,
+                 uid=np.array([s.uid for s in self.samples]),
+                 cfg=np.array(json.dumps(self.cfg.to_dict())),
+                 meta=np.array(json.dumps(self.meta, default=str)))
+
+
+def _init_worker():
+    cv2.setNumThreads(1)
+
+
+def _work(sample, cfg: PrepConfig, region_source: str, cache_dir: str, key: str):
+    try:
+        face, regions, meta = process_sample(sample, cfg, region_source)
+    except Exception as e:
+        return key, None, None, f"{type(e).__name__}: {e}"
+    meta["cache_key"] = key
+    Cache(cache_dir).save(key, face, regions, meta)
+    return key, face, regions, meta
+
+
+def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prepared", *, workers: int = 1,
+            progress: bool = True, on_error: str = "raise") -> PreparedSet:
+    """Prepare ``samples`` (list of mer.data.Sample) with ``cfg``, using and filling the cache.
+
+    workers: processes for the samples not yet cached (1: in this process). on_error: 'raise' -> one
+    PrepError listing every failed sample (the others are cached, so a rerun is fast); 'warn' -> a
+    warning and the failed samples excluded (``PreparedSet.failed``).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or PrepConfig()
+    if on_error not in ("raise", "warn"):
+        raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+    samples = list(samples)
+    uids = [s.uid for s in samples]
+    if len(set(uids)) != len(uids):
+        dup = sorted({u for u in uids if uids.count(u) > 1})
+        raise ValueError(f"duplicate samples given to prepare: {dup[:10]}")
+    source = resolve_source(cfg.regions)
+    cfg_key = {**cfg.to_dict(), "regions": source}
+    cache = Cache(Path(cache_dir).expanduser())
+    keys = [sample_key(s, cfg_key) for s in samples]
+    results: dict[str, tuple] = {}
+    for k in keys:
+        hit = cache.load(k)
+        if hit is not None:
+            results[k] = hit
+    todo = [(s, k) for s, k in zip(samples, keys) if k not in results]
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"prepare ({cfg.flow})",
+               unit="sample", disable=not progress)
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for s, k in todo:
+                out = _work(s, cfg, source, str(cache.root), k)
+                _collect(out, results, errors)
+                bar.update()
+        else:
+            import multiprocessing as mp
+
+            # fork (Linux default) works from scripts without a __main__ guard; MER_MP_START=spawn
+            # overrides it (e.g. when the caller holds threads that must not be forked)
+            method = os.environ.get("MER_MP_START") or ("fork" if "fork" in mp.get_all_start_methods()
+                                                         else "spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
+                                     initializer=_init_worker) as ex:
+                futs = [ex.submit(_work, s, cfg, source, str(cache.root), k) for s, k in todo]
+                for f in as_completed(futs):
+                    _collect(f.result(), results, errors)
+                    bar.update()
+    finally:
+        bar.close()
+    failed = [(s, errors[k]) for s, k in zip(samples, keys) if k in errors]
+    if failed:
+        lines = "\n".join(f"  - {s.uid}: {why}" for s, why in failed)
+        msg = f"{len(failed)} of {len(samples)} sample(s) could not be prepared:\n{lines}"
+        if on_error == "raise":
+            raise PrepError(msg + "\nThe others are cached. Fix these, or pass on_error='warn' to exclude "
+                            "them (they are counted).", failed)
+        warnings.warn(msg + "\nExcluded (on_error='warn').", RuntimeWarning, stacklevel=2)
+    ok = [(s, results[k]) for s, k in zip(samples, keys) if k in results]
+    S = cfg.size
+    face = np.stack([r[0] for _, r in ok]) if ok else np.zeros((0, 3, S, S), np.float32)
+    regions = np.stack([r[1] for _, r in ok]) if ok else np.zeros((0, 3, S, S), np.float32)
+    return PreparedSet([s for s, _ in ok], face, regions, [r[2] for _, r in ok], cfg, failed)
+
+
+def _collect(out, results, errors):
+    key, face, regions, meta = out
+    if face is None:
+        errors[key] = meta  # the error message
+    else:
+        results[key] = (face, regions, meta)
