@@ -6,6 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 
+MAX_LINES = 60  # problems listed in an error message (the exception keeps all of them)
+
+
 class DatasetError(ValueError):
     """A dataset does not match its annotations (the message lists every problem and how to proceed)."""
 
@@ -47,7 +50,10 @@ class Problems:
             return
         bad = {p.where for p in self.problems}
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(Counter(p.kind for p in self.problems).items()))
-        lines = [f"  - {p.where}: {p.what}" for p in self.problems]
+        lines = [f"  - {p.where}: {p.what}" for p in self.problems[:MAX_LINES]]
+        if len(self.problems) > MAX_LINES:
+            lines.append(f"  ... and {len(self.problems) - MAX_LINES} more (all of them are in the "
+                         "exception's .problems / the warning's text with on_error='warn')")
         head = (f"{self.dataset}: {len(self.problems)} problem(s) in {len(bad)} sample(s) ({kinds}); "
                 f"{n_ok} sample(s) are fine.")
         if on_error == "raise":
@@ -56,7 +62,8 @@ class Problems:
                              "or pass on_error='warn' to exclude these samples (they are counted)."
                              + (f" {hint}" if hint else "")])
             raise DatasetError(msg, self.problems)
-        warnings.warn("\n".join([head + f" Excluded {len(bad)} sample(s) (on_error='warn'):", *lines]),
+        every = [f"  - {p.where}: {p.what}" for p in self.problems]
+        warnings.warn("\n".join([head + f" Excluded {len(bad)} sample(s) (on_error='warn'):", *every]),
                       DatasetWarning, stacklevel=3)
 
 

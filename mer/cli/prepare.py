@@ -1,0 +1,116 @@
+"""``mer prepare``: load a dataset (or the MEGC2019 composite) and preprocess it into the cache."""
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES = """examples:
+  mer prepare --dataset casme2 --root /data/CASME2 --out cache/ --workers 2
+  mer prepare --dataset composite --casme2 /data/CASME2 --samm /data/SAMM --smic /data/SMIC --out cache/
+  mer prepare --dataset composite --casme2 synth/casme2 --samm synth/samm --smic synth/smic \\
+      --sample-list synth/megc2019_composite.csv --out cache/ --flow dis --size 28
+  mer prepare --dataset casme3 --root /data/CASME3/part_A --out cache/ --on-error warn
+
+The cache is keyed by the dataset, the sample and every preprocessing parameter: a rerun with the same
+options only reads it; a changed option recomputes; an interrupted run resumes where it stopped.
+The stacked arrays are also written to OUT/<name>.npz (face, regions, labels, uid, cfg, meta).
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "prepare", help="preprocess a dataset: face crop, optical flow, strain, regions (cached)",
+        description="Load a micro-expression dataset in its native layout, validate it, and compute the "
+        "model inputs (u, v, strain of the whole face and of four facial regions) into a cache.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_args(p)
+    p.add_argument("--out", required=True, help="cache folder (created if needed)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    add_prep_args(p)
+    p.add_argument("--name", default=None, help="name of the stacked .npz in OUT (default: the dataset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, choices=["casme2", "samm", "smic", "casme3", "composite"])
+    p.add_argument("--root", help="dataset root (single datasets)")
+    p.add_argument("--casme2", help="CASME II root (composite)")
+    p.add_argument("--samm", help="SAMM root (composite)")
+    p.add_argument("--smic", help="SMIC root (composite)")
+    p.add_argument("--sample-list", help="composite: a dataset,subject,clip,label CSV (default: the shipped "
+                   "442-sample list); casme3: a list like casme3_partA.csv")
+    p.add_argument("--annotation", help="annotation file (single datasets; default: found in --root)")
+    p.add_argument("--frames", default="auto", choices=["auto", "raw", "cropped"],
+                   help="dataset crops when present (auto), or force raw/cropped frames")
+    p.add_argument("--on-error", default="raise", choices=["raise", "warn"],
+                   help="raise: stop with every problem listed; warn: exclude bad samples (counted)")
+    p.add_argument("--missing-apex", default="estimate", choices=["estimate", "error"],
+                   help="rows with '/' or blank apex: middle frame (flagged) or an error")
+    p.add_argument("--all-labels", action="store_true",
+                   help="single datasets: keep samples outside the 3-class protocol (label None)")
+
+
+def add_prep_args(p: argparse.ArgumentParser) -> None:
+    from mer.preprocess.config import PrepConfig
+
+    d = PrepConfig()
+    p.add_argument("--size", type=int, default=d.size, help=f"output side S (default {d.size})")
+    p.add_argument("--flow", default=d.flow, choices=["tvl1", "farneback", "dis"])
+    p.add_argument("--face-size", type=int, default=d.face_size, help=f"face crop side (default {d.face_size})")
+    p.add_argument("--face", default=d.face, choices=["auto", "detect", "full"])
+    p.add_argument("--face-margin", type=float, default=d.face_margin)
+    p.add_argument("--motion-compensation", action="store_true", help="subtract the nose-root flow")
+    p.add_argument("--regions", default=d.regions, choices=["auto", "canonical", "landmarks"])
+    p.add_argument("--smic-apex", default=d.smic_apex, choices=["sample", "middle", "max_diff"],
+                   help="apex for samples without one (SMIC, CASME II '/')")
+
+
+def prep_config(args):
+    from mer.preprocess.config import PrepConfig
+
+    return PrepConfig(size=args.size, flow=args.flow, face_size=args.face_size, face=args.face,
+                      face_margin=args.face_margin, motion_compensation=args.motion_compensation,
+                      regions=args.regions, smic_apex=args.smic_apex)
+
+
+def load_samples(args) -> list:
+    from mer.data import casme3_part_a, load_dataset, megc2019_composite
+
+    common = dict(frames=args.frames, on_error=args.on_error, missing_apex=args.missing_apex)
+    if args.dataset == "composite":
+        if args.root:
+            raise SystemExit("--dataset composite takes --casme2/--samm/--smic, not --root")
+        return megc2019_composite(casme2=args.casme2, samm=args.samm, smic=args.smic,
+                                  sample_list=args.sample_list, **common)
+    if not args.root:
+        raise SystemExit(f"--dataset {args.dataset} needs --root")
+    if args.dataset == "casme3" and not args.all_labels:
+        return casme3_part_a(args.root, sample_list=args.sample_list, annotation=args.annotation, **common)
+    samples = load_dataset(args.dataset, args.root, annotation=args.annotation, **common)
+    if not args.all_labels:
+        n = len(samples)
+        samples = [s for s in samples if s.label is not None]
+        print(f"{args.dataset}: {n} samples, {len(samples)} in the 3-class protocol "
+              f"({n - len(samples)} outside it, e.g. 'others'; --all-labels keeps them)")
+    return samples
+
+
+def run(args) -> int:
+    import time
+    from collections import Counter
+    from pathlib import Path
+
+    from mer.preprocess import prepare
+
+    cfg = prep_config(args)
+    samples = load_samples(args)
+    print(f"{len(samples)} samples: " + ", ".join(f"{d} {n}" for d, n in Counter(s.dataset for s in samples).items()))
+    t0 = time.perf_counter()
+    ps = prepare(samples, cfg, args.out, workers=args.workers, progress=not args.no_progress,
+                 on_error=args.on_error)
+    dt = time.perf_counter() - t0
+    out = Path(args.out) / f"{args.name or args.dataset}.npz"
+    ps.save(out)
+    print(f"prepared {len(ps)} samples in {dt:.1f} s ({len(ps.failed)} excluded); face {ps.face.shape}, "
+          f"regions {ps.regions.shape}; wrote {out}")
+    return 0
