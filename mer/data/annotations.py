@@ -154,6 +154,9 @@ def rows_to_entries(dataset: str, rows: list[Row], path: Path, norm_subject, pro
             problems.add(where, "empty Filename", "bad-filename")
             continue
         nums, bad = {}, False
+        if clip_name:  # the clip id the protocol uses, so that sample-list filtering sees this row
+            on, _ = parse_frame(r.cells.get("onset"))
+            where = f"{dataset} {subj}/{clip_name(fname, on)} ({src})"
         for c in ("onset", "apex", "offset"):
             nums[c], err = parse_frame(r.cells.get(c))
             if err:

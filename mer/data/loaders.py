@@ -79,6 +79,10 @@ def megc2019_composite(casme2=None, samm=None, smic=None, *, sample_list=None, o
     Returned in list order.
     """
     check_on_error(on_error)
+    allowed = {"frames", "smic_apex", "missing_apex", "casme2_annotation", "samm_annotation"}
+    unknown = sorted(set(kw) - allowed)
+    if unknown:
+        raise TypeError(f"megc2019_composite got unexpected keyword(s) {unknown}; allowed: {sorted(allowed)}")
     entries = read_sample_list(sample_list) if sample_list is not None else shipped_list("megc2019_composite")
     roots = {"casme2": casme2, "samm": samm, "smic": smic}
     per: dict[str, dict] = {d: {} for d in roots}

@@ -3,7 +3,8 @@
 Entries are ``<cache_dir>/<key[:2]>/<key>.npz`` holding ``face`` (3, S, S), ``regions`` (3, S, S) and
 ``meta`` (JSON). Writes go to a temporary file in the same folder, are fsynced and then moved into place
 with ``os.replace`` (atomic), so an interrupted run leaves either the whole entry or none; a later run
-recomputes what is missing. An unreadable entry (e.g. written by hand or truncated by a full disk) is
+recomputes what is missing (temporary files of a writer killed outright are deleted after an hour by
+the next run). An unreadable entry (e.g. written by hand or truncated by a full disk) is
 reported, deleted and recomputed.
 """
 from __future__ import annotations
@@ -72,6 +73,22 @@ class Cache:
             except OSError:
                 pass
             return None
+
+    def remove_stale_temp(self, max_age_s: float = 3600.0) -> int:
+        """Delete temporary files left by a killed writer (older than ``max_age_s``); returns how many."""
+        import time
+
+        n, now = 0, time.time()
+        if not self.root.is_dir():
+            return 0
+        for p in self.root.glob("*/.*.tmp"):
+            try:
+                if now - p.stat().st_mtime > max_age_s:
+                    p.unlink()
+                    n += 1
+            except OSError:
+                pass
+        return n
 
     def save(self, key: str, face: np.ndarray, regions: np.ndarray, meta: dict) -> Path:
         p = self.path(key)

@@ -85,12 +85,13 @@ def flow_maps(onset_crop: np.ndarray, apex_crop: np.ndarray, cfg: PrepConfig, re
 
 
 def face_box_for(image: np.ndarray, cfg: PrepConfig, cropped: bool, what: str):
-    """(box, how) for the frame ``image``: whole frame for dataset crops / face='full', else Haar."""
+    """(box (x, y, w, h), how) for ``image``: the whole frame for dataset crops / face='full', else the
+    Haar box on it, enlarged by face_margin and made square."""
     h, w = image.shape[:2]
     if cfg.face == "full" or (cfg.face == "auto" and cropped):
-        side = min(h, w)
-        return ((w - side) // 2, (h - side) // 2, side, side), ("full frame" if cfg.face == "full"
-                                                                else "dataset crop")
+        # the whole frame, resized to face_size x face_size (a non-square crop is stretched, as the
+        # field does with the datasets' own crops; nothing is cut off)
+        return (0, 0, w, h), ("full frame" if cfg.face == "full" else "dataset crop")
     box = detect_face(image)
     if box is None:
         raise FaceNotFoundError(
@@ -165,6 +166,15 @@ class PreparedSet:
         return len(self.samples)
 
     @property
+    def subjects(self) -> list[tuple[str, str]]:
+        """(dataset, subject) of each row: the groups of subject-wise protocols."""
+        return [(s.dataset, s.subject) for s in self.samples]
+
+    @property
+    def datasets(self) -> np.ndarray:
+        return np.array([s.dataset for s in self.samples])
+
+    @property
     def labels(self) -> np.ndarray:
         """(M,) int64 labels, -1 where a sample has none."""
         return np.array([-1 if s.label is None else s.label for s in self.samples], np.int64)
@@ -214,6 +224,7 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
     source = resolve_source(cfg.regions)
     cfg_key = {**cfg.to_dict(), "regions": source}
     cache = Cache(Path(cache_dir).expanduser())
+    cache.remove_stale_temp()
     keys = [sample_key(s, cfg_key) for s in samples]
     results: dict[str, tuple] = {}
     for k in keys:
@@ -237,12 +248,17 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
             # overrides it (e.g. when the caller holds threads that must not be forked)
             method = os.environ.get("MER_MP_START") or ("fork" if "fork" in mp.get_all_start_methods()
                                                          else "spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                                     initializer=_init_worker) as ex:
+            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
+                                     initializer=_init_worker)
+            try:
                 futs = [ex.submit(_work, s, cfg, source, str(cache.root), k) for s, k in todo]
                 for f in as_completed(futs):
                     _collect(f.result(), results, errors)
                     bar.update()
+            except BaseException:  # Ctrl-C or a dead worker: drop the queue, keep what is cached
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
+            ex.shutdown(wait=True)
     finally:
         bar.close()
     failed = [(s, errors[k]) for s, k in zip(samples, keys) if k in errors]

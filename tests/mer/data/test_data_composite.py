@@ -58,6 +58,8 @@ def test_composite_reports_every_missing_entry_across_datasets(roots, tmp_path):
 
 
 def test_composite_needs_every_root(roots):
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        megc2019_composite(**roots, frame="raw")
     with pytest.raises(DatasetError, match=r"no root was given for smic"):
         megc2019_composite(casme2=roots["casme2"], samm=roots["samm"])
 

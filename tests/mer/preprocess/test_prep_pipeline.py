@@ -193,3 +193,22 @@ def test_config_validation():
         PrepConfig(size=27)
     with pytest.raises(ValueError, match="flow must be one of"):
         PrepConfig(flow="lk")
+
+
+def test_stale_temp_files_removed(tmp_path):
+    samples = make_samples(tmp_path / "data", n=1)
+    (tmp_path / "c" / "ab").mkdir(parents=True)
+    old, new = tmp_path / "c" / "ab" / ".deadbeef.x.tmp", tmp_path / "c" / "ab" / ".cafe.y.tmp"
+    old.write_bytes(b"partial")
+    new.write_bytes(b"being written by another run")
+    os.utime(old, (1, 1))
+    prepare(samples, FAST, tmp_path / "c", progress=False)
+    assert not old.exists() and new.exists()
+
+
+def test_non_square_dataset_crop_is_resized_whole(tmp_path):
+    a, b = shifted_texture(96, dx=0.9, dy=0.0)
+    a, b = a[:, 8:80], b[:, 8:80]  # 96 rows x 72 columns
+    face, _, meta = prepare_pair(a, b, FAST, cropped=True)
+    assert meta["face_box"] == [0, 0, 72, 96]
+    assert np.median(face[0, 3:-3, 3:-3]) == pytest.approx(0.9 * 16 / 72, abs=0.03)  # u in output pixels
