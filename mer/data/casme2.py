@@ -6,10 +6,10 @@ from pathlib import Path
 
 from mer.data.annotations import find_annotation, int_subject, read_rows, rows_to_entries
 from mer.data.discovered import Discovered
-from mer.data.layout import choose_frames, find_base
+from mer.data.layout import choose_frames, find_base, find_crop_base
 
 RAW_DIRS = ["CASME2_RAW_selected", "CASME2_RAW_selected/CASME2_RAW_selected", "CASME2_RAW", "RAW_selected", ""]
-CROP_DIRS = ["Cropped", "CASME2_Cropped/Cropped", "CASME2_Cropped", "Cropped/Cropped"]
+CROP_DIRS = ["Cropped", "CASME2_Cropped/Cropped", "CASME2_Cropped", "Cropped/Cropped", ""]
 SUBJECT_RX = r"sub\d+"
 ANNOTATION_RX = r"^CASME2[-_ ]?coding.*\.(xlsx|xls|csv)$"
 
@@ -23,6 +23,6 @@ def discover(root: Path, *, annotation=None, frames="auto", problems, **_) -> Di
                                                                 "CASME2-coding-*.xlsx")
     entries = rows_to_entries("casme2", read_rows(path), path, norm_subject, problems)
     base, cropped = choose_frames(
-        "casme2", frames, root, find_base(root, RAW_DIRS, SUBJECT_RX), find_base(root, CROP_DIRS, SUBJECT_RX),
+        "casme2", frames, root, find_base(root, RAW_DIRS, SUBJECT_RX), find_crop_base(root, CROP_DIRS, SUBJECT_RX),
         raw_hint="CASME2_RAW_selected/subNN/", crop_hint="Cropped/subNN/ with reg_*.jpg")
     return Discovered(entries, lambda e: base / e.subject / e.native_clip, cropped)

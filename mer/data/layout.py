@@ -17,6 +17,24 @@ def find_base(root: Path, candidates: list[str], subject_pattern: str) -> Path |
     return None
 
 
+def find_crop_base(root: Path, candidates: list[str], subject_pattern: str) -> Path | None:
+    """The first ``root/candidate`` holding subject folders whose clip folders contain ``reg_*`` crops
+    (candidate '' = root itself: a root that *is* the crops folder)."""
+    from mer.data.frames import scan_frames
+
+    rx = re.compile(subject_pattern)
+    for c in candidates:
+        base = root / c if c else root
+        if not base.is_dir():
+            continue
+        subjects = sorted(p for p in base.iterdir() if p.is_dir() and rx.fullmatch(p.name))
+        for sdir in subjects[:3]:
+            clips = sorted(p for p in sdir.iterdir() if p.is_dir())
+            if any(scan_frames(c, True) for c in clips[:3]):
+                return base
+    return None
+
+
 def choose_frames(dataset: str, frames: str, root: Path, raw: Path | None, cropped: Path | None,
                   raw_hint: str, crop_hint: str) -> tuple[Path, bool]:
     """(base folder, cropped?) for frames='auto'|'raw'|'cropped' with a clear error when absent."""

@@ -18,8 +18,8 @@ import numpy as np
 
 REGION_NAMES = ("left_eye", "right_eye", "left_mouth_corner", "right_mouth_corner")
 # (x, y) as fractions of the face crop side; tuned for a Haar box with a 10% margin and for tight crops
-CANONICAL = np.array([[0.33, 0.40], [0.67, 0.40], [0.37, 0.74], [0.63, 0.74]])
-NOSE_ROOT = (0.50, 0.40, 0.12)  # centre x, centre y, side (fractions): the motion-compensation window
+CANONICAL = np.array([[0.34, 0.42], [0.66, 0.42], [0.38, 0.74], [0.62, 0.74]])
+NOSE_ROOT = (0.50, 0.42, 0.12)  # centre x, centre y, side (fractions): the motion-compensation window
 
 
 @lru_cache(maxsize=1)

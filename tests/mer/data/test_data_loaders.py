@@ -164,3 +164,13 @@ def test_casme3_missing_apex_frame_is_an_error(tmp_path):
     root = make_casme3(tmp_path, [(1, "a", 175, 178, 180, "happy")], drop=(178,))
     with pytest.raises(DatasetError, match=r"1 frame\(s\) missing on disk.*: 178"):
         load_dataset("casme3", root)
+
+
+def test_casme2_root_is_the_crops_folder(tmp_path):
+    root = make_casme2(tmp_path, [(1, "EP02_01f", 1, 2, 3, "happiness")], raw=False, cropped=True)
+    crops = root / "Cropped"
+    (root / "CASME2-coding-20140508.xlsx").rename(crops / "CASME2-coding-20140508.xlsx")
+    s = load_dataset("casme2", crops)
+    assert s[0].cropped and s[0].frames[0].endswith("Cropped/sub01/EP02_01f/reg_img1.jpg")
+    with pytest.raises(DatasetError, match="no frame folders found|no raw frames"):
+        load_dataset("casme2", crops, frames="raw")
