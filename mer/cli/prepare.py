@@ -77,13 +77,19 @@ def load_samples(args) -> list:
     from mer.data import casme3_part_a, load_dataset, megc2019_composite
 
     common = dict(frames=args.frames, on_error=args.on_error, missing_apex=args.missing_apex)
+    per_dataset = [f"--{d}" for d in ("casme2", "samm", "smic") if getattr(args, d)]
     if args.dataset == "composite":
-        if args.root:
-            raise SystemExit("--dataset composite takes --casme2/--samm/--smic, not --root")
+        if args.root or args.annotation:
+            raise SystemExit("--dataset composite takes --casme2/--samm/--smic (and --sample-list), "
+                             "not --root/--annotation")
         return megc2019_composite(casme2=args.casme2, samm=args.samm, smic=args.smic,
                                   sample_list=args.sample_list, **common)
     if not args.root:
         raise SystemExit(f"--dataset {args.dataset} needs --root")
+    if per_dataset:
+        raise SystemExit(f"{', '.join(per_dataset)} only apply to --dataset composite; use --root")
+    if args.sample_list and args.dataset != "casme3":
+        raise SystemExit("--sample-list applies to --dataset composite or casme3 only")
     if args.dataset == "casme3" and not args.all_labels:
         return casme3_part_a(args.root, sample_list=args.sample_list, annotation=args.annotation, **common)
     samples = load_dataset(args.dataset, args.root, annotation=args.annotation, **common)

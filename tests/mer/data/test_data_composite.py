@@ -6,6 +6,7 @@ import warnings
 import pytest
 from conftest import make_casme2, make_casme3, make_samm, make_smic
 
+from mer.data.sample_lists import LISTS_DIR
 from mer.data import DatasetError, DatasetWarning, casme3_part_a, megc2019_composite, read_sample_list, shipped_list
 
 
@@ -93,3 +94,31 @@ def test_casme3_three_class_list(tmp_path):
     with pytest.raises(DatasetError, match=r"clip folder not found") as ei:
         casme3_part_a(root)  # the shipped 687-row list: nearly all absent from this tiny tree
     assert len(ei.value.problems) > 600 and "... and" in str(ei.value)
+
+
+def test_full_shipped_list_on_a_mock_tree(tmp_path):
+    """All 442 entries of the shipped list resolve against native-layout folders (spellings included)."""
+    entries = shipped_list("megc2019_composite")
+    neg = {"casme2": "repression", "samm": "Anger"}
+    pos = {"casme2": "happiness", "samm": "Happiness"}
+    sur = {"casme2": "surprise", "samm": "Surprise"}
+    word = lambda d, lab: [neg, pos, sur][lab][d]  # noqa: E731
+    c2, sm, sc = [], [], []
+    for e in entries:
+        if e.dataset == "casme2":
+            c2.append((int(e.subject[3:]), e.clip, 1, 2, 3, word("casme2", e.label)))
+        elif e.dataset == "samm":
+            sm.append((int(e.subject), e.clip, 1, 2, 3, word("samm", e.label)))
+        else:
+            subj, code, idx = e.clip.split("_")
+            folder = {"ne": "negative", "po": "positive", "sur": "surprise"}[code]
+            sc.append((int(subj[1:]), folder, int(idx), 1, 3))
+    roots = {"casme2": make_casme2(tmp_path / "c2", c2), "samm": make_samm(tmp_path / "sm", sm),
+             "smic": make_smic(tmp_path / "sc", sc)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        samples = megc2019_composite(**roots)
+    assert [(s.dataset, s.subject, s.clip, s.label) for s in samples] == [
+        (e.dataset, e.subject, e.clip, e.label) for e in entries]
+    samples441 = megc2019_composite(**roots, sample_list=LISTS_DIR / "megc2019_official_gt_441.csv")
+    assert len(samples441) == 441 and "samm/032/032_3_1" not in {s.uid for s in samples441}

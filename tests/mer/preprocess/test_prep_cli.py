@@ -48,3 +48,14 @@ def test_show_sample_cli(casme2, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(SystemExit, match="3 samples match"):
         main(["show-sample", "--dataset", "casme2", "--root", str(casme2), "--clip", "EP01_01", "--out", str(png)])
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--dataset", "composite", "--root", "x"], "not --root"),
+    (["--dataset", "casme2"], "needs --root"),
+    (["--dataset", "casme2", "--root", "x", "--samm", "y"], "only apply to --dataset composite"),
+    (["--dataset", "samm", "--root", "x", "--sample-list", "l.csv"], "--sample-list applies"),
+])
+def test_prepare_cli_argument_errors(tmp_path, extra, msg):
+    with pytest.raises(SystemExit, match=msg):
+        main(["prepare", "--out", str(tmp_path / "c"), *extra])
