@@ -1,0 +1,89 @@
+"""The run's data: samples from the configured source, prepared (cached) into model inputs.
+
+    samples, x, y, prepared = load_inputs(cfg)
+    x: (M, 3, S, S) float32 = u, v, strain of the face or of the tiled regions (cfg.input), NOT normalised
+    y: (M,) int64 labels in {0, 1, 2}
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from mer.train.config import TrainConfig
+
+
+class DataSourceError(ValueError):
+    """The configured data source is missing or incomplete."""
+
+
+def resolve_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with every data path made absolute (so a saved config and `mer predict` find them)."""
+    kw = {}
+    for name in ("data", "casme2", "samm", "smic", "root", "sample_list"):
+        v = getattr(cfg, name)
+        if v is not None:
+            kw[name] = str(Path(v).expanduser().resolve())
+    kw["out"] = str(Path(cfg.out).expanduser().resolve())
+    return cfg.replace(**kw)
+
+
+def load_samples(cfg: TrainConfig) -> list:
+    """The labelled samples of the run (3-class protocol), in a deterministic order."""
+    from mer.data import casme3_part_a, load_dataset, megc2019_composite
+
+    if cfg.data is not None:
+        d = Path(cfg.data)
+        lst = Path(cfg.sample_list) if cfg.sample_list else d / "megc2019_composite.csv"
+        missing = [str(p) for p in (d / "casme2", d / "samm", d / "smic", lst) if not p.exists()]
+        if missing:
+            raise DataSourceError(
+                f"--data {d}: expected a `mer synth` output (casme2/, samm/, smic/, megc2019_composite.csv); "
+                f"missing: {', '.join(missing)}. Generate it with `mer synth --out {d}`.")
+        return megc2019_composite(casme2=d / "casme2", samm=d / "samm", smic=d / "smic", sample_list=lst,
+                                  frames=cfg.frames)
+    roots = {k: getattr(cfg, k) for k in ("casme2", "samm", "smic") if getattr(cfg, k) is not None}
+    if len(roots) == 3:
+        return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames)
+    if roots:
+        if cfg.sample_list:
+            return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames)
+        out = []
+        for name, root in roots.items():
+            out += _labelled(name, load_dataset(name, root, frames=cfg.frames))
+        return out
+    if cfg.dataset == "casme3":
+        return casme3_part_a(cfg.root, sample_list=cfg.sample_list, frames=cfg.frames)
+    if cfg.dataset is not None:
+        return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, frames=cfg.frames))
+    raise DataSourceError("no data: pass --data DIR (a `mer synth` output), --casme2/--samm/--smic ROOTs, "
+                          "or --dataset NAME --root ROOT")
+
+
+def _labelled(name: str, samples: list) -> list:
+    keep = [s for s in samples if s.label is not None]
+    if len(keep) < len(samples):
+        warnings.warn(f"{name}: {len(samples) - len(keep)} of {len(samples)} samples are outside the 3-class "
+                      "protocol (e.g. 'others') and are not used", stacklevel=3)
+    return keep
+
+
+def load_inputs(cfg: TrainConfig, *, workers: int = 1, progress: bool = True):
+    """(samples, x (M,3,S,S) float32, y (M,) int64, PreparedSet) for the run; raises on any sample that
+    cannot be prepared (listing them all)."""
+    from mer.preprocess import prepare
+
+    samples = load_samples(cfg)
+    if not samples:
+        raise DataSourceError("the data source holds no labelled samples")
+    ps = prepare(samples, cfg.prep, cfg.cache_dir, workers=workers, progress=progress, on_error="raise")
+    x = ps.face if cfg.input == "face" else ps.regions
+    y = ps.labels
+    bad = sorted({int(v) for v in y if v not in (0, 1, 2)})
+    if bad:
+        raise DataSourceError(f"labels {bad} are outside the 3-class protocol (0, 1, 2)")
+    if not np.isfinite(x).all():
+        n = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
+        raise DataSourceError(f"{n} prepared samples hold NaN/inf values")
+    return ps.samples, np.ascontiguousarray(x, np.float32), y.astype(np.int64), ps

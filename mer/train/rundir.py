@@ -1,0 +1,144 @@
+"""The run directory: layout, atomic writes, config check, finished-fold bookkeeping.
+
+    RUNDIR/
+      config.json            the resolved TrainConfig (written first; a rerun must match it)
+      samples.csv            index, dataset, subject, clip, label of every sample of the run
+      folds.json             per fold: name, dir, train/test indices, test subjects
+      folds/<NNN-name>/
+        last.pt              resumable checkpoint (model, optimiser, RNG, history); removed when the fold ends
+        model.pt             the evaluated model: state_dict + config (torch.load(..., weights_only=True))
+        history.json         per-epoch train loss/accuracy (+ validation or oracle scores)
+        predictions.csv      dataset, subject, clip, label, pred, p0, p1, p2 of the held-out samples
+        result.json          written last: the fold is finished (indices used, epoch selected, timings)
+      predictions.csv, metrics.json, megc_log.txt, summary.md, confusion_*.png, learning_curves.png
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mer.train.config import ConfigMismatch, TrainConfig
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync, rename (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class RunDir:
+    """Paths and bookkeeping of one run directory."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    # paths
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def folds_root(self) -> Path:
+        return self.root / "folds"
+
+    def fold_dir(self, dirname: str) -> Path:
+        return self.folds_root / dirname
+
+    def is_done(self, dirname: str) -> bool:
+        return (self.fold_dir(dirname) / "result.json").exists()
+
+    # config
+    def read_config(self) -> TrainConfig | None:
+        if not self.config_path.exists():
+            return None
+        return TrainConfig.from_dict(json.loads(self.config_path.read_text()))
+
+    def init(self, cfg: TrainConfig, *, force: bool = False) -> str:
+        """Create the run directory for ``cfg`` or check that it holds the same experiment.
+
+        Returns 'new', 'resume' or 'forced'. A different experiment raises ConfigMismatch unless force,
+        which deletes the previous run's files first.
+        """
+        old = None
+        if self.config_path.exists():
+            try:
+                old = self.read_config()
+            except (ValueError, TypeError, json.JSONDecodeError) as e:
+                if not force:
+                    raise ConfigMismatch(f"{self.config_path} cannot be read as a TrainConfig ({e}); choose "
+                                         "another --out or pass --force to replace the run") from None
+                old = "unreadable"
+        elif self.root.exists() and any(self.root.iterdir()) and not force:
+            raise ConfigMismatch(f"{self.root} exists, is not empty and holds no config.json: not a run "
+                                 "directory. Choose another --out or pass --force to replace it")
+        state = "new"
+        if old is not None:
+            diff = cfg.diff(old) if isinstance(old, TrainConfig) else ["unreadable config"]
+            if diff and not force:
+                lines = old.diff(cfg) if isinstance(old, TrainConfig) else diff
+                raise ConfigMismatch(
+                    f"{self.root} holds a run with a different config (saved -> requested):\n  "
+                    + "\n  ".join(lines)
+                    + "\nRerun with the saved options to resume it, choose another --out, or pass --force "
+                    "to delete it and start afresh.")
+            if diff:
+                self.clear()
+                state = "forced"
+            else:
+                state = "resume"
+        elif force and self.root.exists():
+            self.clear()
+            state = "forced"
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, cfg.to_json() + "\n")
+        return state
+
+    def clear(self) -> None:
+        """Delete the run's files (the folder itself is kept)."""
+        if not self.root.exists():
+            return
+        for p in self.root.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

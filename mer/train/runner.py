@@ -1,0 +1,199 @@
+"""A whole run: data -> preparation (cached) -> folds -> train each fold (serial, worker processes, or
+sharded over torchrun ranks) -> merged predictions, pooled UF1/UAR, MEGC log, tables and plots.
+
+    from mer.train import TrainConfig, run_training
+    metrics = run_training(TrainConfig(data="synth", protocol="kfold:5", out="runs/demo"))
+
+Rerunning the same config into the same directory skips finished folds and resumes an interrupted one
+from its last checkpoint; a different config raises ConfigMismatch unless ``force=True``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mer.train import distributed as dist
+from mer.train.config import ConfigMismatch, TrainConfig
+from mer.train.folds import build_folds, fold_dirname, shard
+from mer.train.loop import FoldTask, train_fold
+from mer.train.rundir import RunDir, atomic_write_json, atomic_write_text
+
+# set by the worker initialiser: the arrays every fold of the run shares (sent once per worker process)
+_SHARED: dict = {}
+
+
+class FoldFailure(RuntimeError):
+    """One or more folds (or ranks) failed; the message lists them."""
+
+
+def _threads_for(workers: int) -> int:
+    cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(1, workers * local))
+
+
+def _init_worker(threads: int, shared: dict) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _SHARED.update(shared)
+
+
+def _task(cfg: TrainConfig, index: int, fold, rd: RunDir, shared: dict) -> FoldTask:
+    name = fold_dirname(index, fold)
+    return FoldTask(cfg=cfg, index=index, name=fold.name, dirname=name, fold_dir=str(rd.fold_dir(name)),
+                    train=fold.train, test=fold.test, x=shared["x"], y=shared["y"],
+                    subjects=shared["subjects"], ids=shared["ids"])
+
+
+def _worker_run(cfg: TrainConfig, index: int, fold, root: str) -> dict:
+    return train_fold(_task(cfg, index, fold, RunDir(root), _SHARED), progress=False)
+
+
+def _collective(ctx, fn, *, main_only: bool = False):
+    """Run fn() (on rank 0 only if main_only), then share success/failure with every rank: raise on every
+    rank when any failed, so no rank waits forever for one that died."""
+    err, value = None, None
+    if not main_only or ctx.is_main:
+        try:
+            value = fn()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # noqa: BLE001 - reported to every rank, then re-raised here
+            if not ctx.active:
+                raise
+            err = f"rank {ctx.rank}: {type(e).__name__}: {e}"
+            exc = e
+    errors = [e for e in dist.gather(ctx, err) if e]
+    if err is not None:
+        raise exc
+    if errors:
+        raise FoldFailure("another rank failed:\n  " + "\n  ".join(errors))
+    return value
+
+
+def _write_or_check(path: Path, text: str, what: str) -> None:
+    if path.exists():
+        if path.read_text() != text:
+            raise ConfigMismatch(f"{path}: the {what} differ from the saved run's (the data or protocol changed "
+                                 "although the config did not). Use another --out or --force.")
+        return
+    atomic_write_text(path, text)
+
+
+def _samples_csv(samples, y) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "dataset", "subject", "clip", "label"])
+    for i, (s, t) in enumerate(zip(samples, y)):
+        w.writerow([i, s.dataset, s.subject, s.clip, int(t)])
+    return buf.getvalue()
+
+
+def _folds_json(folds) -> str:
+    return json.dumps([{"index": i, "name": f.name, "dir": fold_dirname(i, f), "train": f.train.tolist(),
+                        "test": f.test.tolist(), "test_subjects": ["/".join(s) for s in f.test_subjects]}
+                       for i, f in enumerate(folds)]) + "\n"
+
+
+def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) -> dict | None:
+    """Run (or resume) ``cfg``; returns the merged metrics on rank 0 (None on other ranks).
+
+    on_fold_done(result) is called in this process after each fold that runs here (serial mode and the
+    results coming back from worker processes).
+    """
+    from tqdm.auto import tqdm
+
+    from mer.train.data import load_inputs, resolve_paths
+
+    cfg = resolve_paths(cfg)
+    ctx = dist.setup()
+    try:
+        rd = RunDir(cfg.out)
+        t0 = time.perf_counter()
+        state = _collective(ctx, lambda: rd.init(cfg, force=force), main_only=True)
+        if ctx.is_main and cfg.progress:
+            print(f"run directory {rd.root} ({state}); selection: {cfg.selection_label}")
+        prep_workers = cfg.prep_workers or max(cfg.workers, 1)
+        loaded = _collective(ctx, lambda: load_inputs(cfg, workers=prep_workers, progress=cfg.progress),
+                             main_only=True)
+        if not ctx.is_main:  # every entry is cached now: a fast read
+            loaded = load_inputs(cfg, workers=1, progress=False)
+        samples, x, y, _ = loaded
+        if ctx.is_main:  # an unknown model or a wrong input size: one clear error before any fold starts
+            from mer.train.models import build_model
+
+            build_model(cfg.model, cfg.model_kwargs, image_size=x.shape[-1])
+        t_prep = time.perf_counter() - t0
+        folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed)
+        _collective(ctx, lambda: (_write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
+                                  _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds")),
+                    main_only=True)
+        shared = {"x": x, "y": y, "subjects": [(s.dataset, s.subject) for s in samples],
+                  "ids": [(s.dataset, s.subject, s.clip) for s in samples]}
+        mine = shard(len(folds), ctx.rank, ctx.world)
+        todo = [i for i in mine if not rd.is_done(fold_dirname(i, folds[i]))]
+        if cfg.progress:
+            where = f"rank {ctx.rank}/{ctx.world}: " if ctx.active else ""
+            print(f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "
+                  f"of {len(mine)} already finished; prepared in {t_prep:.1f} s")
+        _collective(ctx, lambda: _run_folds(cfg, folds, todo, len(mine), rd, shared, ctx, on_fold_done, tqdm))
+        if ctx.is_main:
+            from mer.evaluation.report import write_report
+
+            metrics = write_report(rd.root, print_table=cfg.progress)
+            return metrics
+        return None
+    finally:
+        dist.teardown(ctx)
+
+
+def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, tqdm) -> None:
+    bar = tqdm(total=n_mine, initial=n_mine - len(todo), desc="folds" + (f" (rank {ctx.rank})" if ctx.active else ""),
+               unit="fold", disable=not cfg.progress, position=0)
+
+    def done(res):
+        bar.update()
+        if cfg.progress:
+            bar.write(f"  fold {res['index']:3d} {res['fold']:<20s} test acc {res['test_acc']:.3f} "
+                      f"(n={res['n_test']}), {res['epochs_run']} epochs, {res['seconds']:.1f} s")
+        if on_fold_done is not None:
+            on_fold_done(res)
+
+    try:
+        if cfg.workers <= 1 or len(todo) <= 1:
+            if ctx.active:
+                import torch
+
+                torch.set_num_threads(_threads_for(1))
+            for i in todo:
+                done(train_fold(_task(cfg, i, folds[i], rd, shared), progress=cfg.progress, position=1))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            ex = ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(_threads_for(cfg.workers), shared))
+            try:
+                futs = {ex.submit(_worker_run, cfg, i, folds[i], str(rd.root)): i for i in todo}
+                errors = []
+                for f in as_completed(futs):
+                    try:
+                        done(f.result())
+                    except Exception as e:  # noqa: BLE001 - collected, the other folds go on
+                        errors.append(f"fold {futs[f]} ({folds[futs[f]].name}): {type(e).__name__}: {e}")
+                if errors:
+                    raise FoldFailure(f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
+                                      "\n  " + "\n  ".join(errors))
+            except BaseException:
+                ex.shutdown(wait=False, cancel_futures=True)
+                raise
+            ex.shutdown(wait=True)
+    finally:
+        bar.close()
