@@ -75,12 +75,15 @@ DISTRACTORS = {0: ("6", "12", "1", "5", "26"), 1: ("4", "7", "14", "17", "1"), 2
 
 
 def au_field(au: str, landmarks: dict[str, tuple[float, float]], unit: float, shape: tuple[int, int],
-             side: str = "") -> np.ndarray:
+             side: str = "", style: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)) -> np.ndarray:
     """Displacement field of one AU, peak magnitude 1 pixel.
 
     au: FACS number as a string ('12'); side: '' (both sides), 'L' or 'R' (the subject's left/right:
-    'L' is the image-right half of a frontal face). Returns float32 (2, H, W): (dx, dy) in pixels.
+    'L' is the image-right half of a frontal face). style: the subject's way of producing this AU:
+    (rotation of every motion vector in radians, mirrored between the sides; anchor shift du, dv in
+    face units; spread multiplier). Returns float32 (2, H, W): (dx, dy) in pixels.
     """
+    rot, sdu, sdv, spread = style
     if au not in AU_PARTS:
         raise ValueError(f"unknown AU {au!r}; known: {sorted(AU_PARTS, key=int)}")
     H, W = shape
@@ -91,8 +94,8 @@ def au_field(au: str, landmarks: dict[str, tuple[float, float]], unit: float, sh
             name = anchor + ("l" if s < 0 else "r") if anchor.endswith("_") else anchor
             ax, ay = landmarks[name]
             s_eff = s if anchor.endswith("_") else 1
-            cx, cy = ax + s_eff * du * unit, ay + dv * unit
-            sx, sy = su * unit, sv * unit
+            cx, cy = ax + s_eff * (du + sdu) * unit, ay + (dv + sdv) * unit
+            sx, sy = su * unit * spread, sv * unit * spread
             x0, x1 = max(int(cx - 3.5 * sx), 0), min(int(cx + 3.5 * sx) + 2, W)
             y0, y1 = max(int(cy - 3.5 * sy), 0), min(int(cy + 3.5 * sy) + 2, H)
             if x0 >= x1 or y0 >= y1:
@@ -100,7 +103,8 @@ def au_field(au: str, landmarks: dict[str, tuple[float, float]], unit: float, sh
             xs = np.arange(x0, x1, dtype=np.float32)
             ys = np.arange(y0, y1, dtype=np.float32)
             g = np.exp(-0.5 * ((ys[:, None] - cy) / sy) ** 2) * np.exp(-0.5 * ((xs[None, :] - cx) / sx) ** 2)
-            vx, vy = s_eff * dx, dy
+            c, sn = np.cos(rot), np.sin(rot)
+            vx, vy = s_eff * (c * dx - sn * dy), sn * dx + c * dy  # rotate, then mirror for the side
             n = np.hypot(vx, vy) or 1.0
             out[0, y0:y1, x0:x1] += w * g * vx / n
             out[1, y0:y1, x0:x1] += w * g * vy / n

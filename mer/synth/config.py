@@ -46,6 +46,11 @@ class Difficulty:
     illumination: relative change of the global gain and of a lighting gradient over a clip.
     noise_sigma: sensor noise standard deviation in grey levels (0..255).
     jpeg_quality: JPEG quality of CASME II-like and SAMM-like frames.
+    apex_jitter: standard deviation of the annotated apex's error, as a fraction of the onset->apex time.
+    au_style: how far a subject's way of producing each AU departs from the canonical motion (1: about
+        30 degrees of direction, 0.05 face units of place, 20% of spread; see identity.au_style).
+    mismatch: share of clips whose face shows the AUs of an emotion of another class than the label
+        (elicitation/self-report disagreement, as in the real datasets).
     """
 
     d: float
@@ -63,13 +68,16 @@ class Difficulty:
     illumination: float
     noise_sigma: float
     jpeg_quality: int
+    apex_jitter: float
+    au_style: float
+    mismatch: float
 
     @classmethod
     def from_level(cls, d: float) -> "Difficulty":
         d = parse_difficulty(d)
         return cls(
             d=d,
-            amplitude_px=round(3.4 * 0.22 ** d, 4),
+            amplitude_px=round(3.0 * 0.15 ** d, 4),
             amplitude_spread=_lerp(0.15, 0.35, d),
             style_spread=_lerp(0.1, 0.45, d),
             habit_prob=_lerp(0.1, 0.8, d),
@@ -83,6 +91,9 @@ class Difficulty:
             illumination=_lerp(0.005, 0.06, d),
             noise_sigma=_lerp(0.8, 3.5, d),
             jpeg_quality=int(round(_lerp(95, 75, d))),
+            apex_jitter=_lerp(0.05, 0.35, d),
+            au_style=_lerp(0.2, 1.2, d),
+            mismatch=_lerp(0.0, 0.15, d),
         )
 
 

@@ -150,7 +150,8 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
         inside = (t > 0) & (t < 1)
         d = (np.abs(V - yb) - th / 2) * A
         brows = np.maximum(brows, _soft(d, 1.5) * inside * (0.55 + 0.4 * (1 - t)))
-    _blend(feat, hair * 0.9, np.clip(brows * (0.85 + 0.15 * _noise(rng, (H, W), 0.7)), 0, 1))
+    brow_col = np.minimum(hair * 0.8, skin * 0.45)  # brows always darker than the skin
+    _blend(feat, brow_col, np.clip(brows * (0.85 + 0.15 * _noise(rng, (H, W), 0.7)), 0, 1))
     closed = feat.copy()
     boxes = []
     for s in (-1, 1):
@@ -160,7 +161,8 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
         lower = ey + eh * 0.85 * np.clip(1 - du ** 2, 0, None) ** 0.9
         opening = _soft(np.maximum(upper - V, V - lower) * A, 1.0) * (np.abs(du) < 1)
         # open eye: sclera, iris, pupil, upper lid line and lashes
-        sclera = np.array([0.86, 0.84, 0.82], np.float32)
+        lum = float(np.mean(skin))  # sclera in proportion to the skin: keeps the eye band darker than the cheeks
+        sclera = np.array([0.86, 0.84, 0.82], np.float32) * (0.55 + 0.5 * lum)
         eye = np.empty_like(feat)
         eye[:] = sclera
         iris_d = np.sqrt((U - ecx) ** 2 + (V - ey) ** 2) - eh * 1.05

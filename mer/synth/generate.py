@@ -43,13 +43,13 @@ def _render_subject(args) -> tuple[int, int]:
 
     cv2.setNumThreads(1)
     lvl = cfg.level
-    portrait = portrait_for(plans[0], lvl.d, cfg.frame_size)
+    portrait = portrait_for(plans[0], cfg.frame_size)
     n_frames = n_bytes = 0
     for p in plans:
         color = p.dataset == "casme2" or (p.dataset == "smic" and cfg.smic_color)
         folder = clip_folder(out, p)
         folder.mkdir(parents=True, exist_ok=True)
-        for number, img in ClipRenderer(p, portrait, noise_sigma=lvl.noise_sigma, color=color).frames():
+        for number, img in ClipRenderer(p, portrait, color=color).frames():
             data = encode_frame(p, img, lvl.jpeg_quality)
             (folder / frame_name(p, number)).write_bytes(data)
             n_frames += 1

@@ -64,6 +64,7 @@ class Identity:
     proto_pref: int        # seed of the subject's preference over AU prototypes
     blink_rate: float      # probability of a blink in a clip, before the difficulty's scaling
     speed: float           # multiplier of the onset->apex duration
+    au_style: int          # seed of the subject's way of producing each AU (direction, place, spread)
 
 
 def _pick(rng: np.random.Generator, table: np.ndarray) -> tuple[float, float, float]:
@@ -126,4 +127,15 @@ def make_identity(seed: int, *, style_spread: float = 0.3, habit_prob: float = 0
         proto_pref=int(rng.integers(0, 2**31 - 1)),
         blink_rate=float(rng.uniform(0.1, 0.5)),
         speed=float(np.exp(rng.normal(0.0, 0.2))),
+        au_style=int(rng.integers(0, 2**31 - 1)),
     )
+
+
+def au_style(ident: Identity, au: str, strength: float) -> tuple[float, float, float, float]:
+    """The subject's style for ``au`` scaled by ``strength`` (0: canonical FACS motion; 1: about 30
+    degrees of direction change, 0.05 face units of displacement of the anchors, 20% spread change).
+    Returns (rotation radians, du, dv, spread multiplier)."""
+    rng = np.random.default_rng([ident.au_style, int(au)])
+    rot, du, dv, sp = rng.normal(0, 1, 4)
+    return (float(np.radians(30.0) * strength * rot), float(0.05 * strength * du),
+            float(0.05 * strength * dv), float(np.exp(0.2 * strength * sp)))

@@ -33,6 +33,8 @@ NATIVE = {
 }
 OTHERS = {"casme2": "others", "samm": "Other"}
 SMIC_FOLDER = {"ne": "negative", "po": "positive", "sur": "surprise"}
+MISMATCH_SOURCES = {"happiness": 1, "surprise": 2, "disgust": 0, "repression": 0, "anger": 0, "sadness": 0,
+                    "fear": 0}
 SMIC_NEG_SOURCES = (("disgust", 0.4), ("anger", 0.2), ("sadness", 0.15), ("repression", 0.25))
 
 
@@ -42,6 +44,7 @@ class ClipPlan:
 
     aus: (AU, side '' | 'L' | 'R', relative amplitude, role 'main' | 'distractor' | 'habit').
     amplitude_px: apex displacement (pixels) of the strongest point of an AU with relative amplitude 1.
+    apex_noted: the apex written in the annotation (the true apex plus the annotator's error).
     apex_annotated: False when the annotation shows no apex ('/' in CASME II, -1 in SAMM, all SMIC).
     blink: (first frame, length in frames, depth 0..1) or None.
     pose: (dx, dy, scale, rotation in degrees) of the clip's head placement relative to the portrait.
@@ -59,6 +62,7 @@ class ClipPlan:
     onset: int
     apex: int
     offset: int
+    apex_noted: int
     apex_annotated: bool
     aus: tuple[tuple[str, str, float, str], ...]
     amplitude_px: float
@@ -69,6 +73,9 @@ class ClipPlan:
     gradient: tuple[float, float]
     seed: int
     identity_seed: int
+    level: float            # the difficulty in [0, 1] the clip was planned at
+    au_emotion: str         # the emotion whose AU prototypes the clip shows (differs from ``emotion``
+                            # for the share of mismatched clips, see Difficulty.mismatch)
 
     @property
     def fps(self) -> int:
@@ -162,8 +169,13 @@ def plan_clip(cfg: SynthConfig, dataset: str, subject: str, clip: str, emotion: 
     apex, offset = onset + rise, onset + rise + fall
     if not apex_annotated and dataset != "smic":
         apex = onset + (offset - onset) // 2  # the loaders' convention is then exactly right
+    jitter = int(round(rng.normal(0, lvl.apex_jitter) * rise))
+    apex_noted = int(np.clip(apex + jitter, onset + 1, offset - 1)) if apex_annotated else apex
     amp = lvl.amplitude_px * ident.amp_scale * float(np.exp(rng.normal(0, lvl.amplitude_spread)))
-    aus = _aus(rng, ident, lvl, emotion, label)
+    au_emotion = emotion
+    if label is not None and rng.random() < lvl.mismatch:  # the face does not show the labelled emotion
+        au_emotion = str(rng.choice([e for e in MISMATCH_SOURCES if MISMATCH_SOURCES[e] != label]))
+    aus = _aus(rng, ident, lvl, au_emotion, label)
     blink = None
     n = offset - onset + 1
     if rng.random() < min(0.95, lvl.blink_prob * ident.blink_rate / 0.3):
@@ -181,10 +193,10 @@ def plan_clip(cfg: SynthConfig, dataset: str, subject: str, clip: str, emotion: 
                 round(float(lvl.illumination * rng.uniform(-1, 1)), 5))
     return ClipPlan(dataset=dataset, subject=subject, clip=clip, native_subject=native_subject(dataset, subject),
                     native_clip=native_clip(dataset, clip), emotion=emotion, label=label, in_list=in_list,
-                    onset=onset, apex=apex, offset=offset,
+                    onset=onset, apex=apex, offset=offset, apex_noted=apex_noted,
                     apex_annotated=apex_annotated and dataset != "smic", aus=aus,
                     amplitude_px=round(amp, 4), blink=blink, pose=pose, drift=drift, gain=gain,
-                    gradient=gradient, seed=seed, identity_seed=iseed)
+                    gradient=gradient, seed=seed, identity_seed=iseed, level=lvl.d, au_emotion=au_emotion)
 
 
 def _native_emotion(cfg: SynthConfig, dataset: str, subject: str, clip: str, label: int) -> str:

@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 
 from mer.synth.aus import au_field
+from mer.synth.config import Difficulty
 from mer.synth.face import Portrait, render_portrait
+from mer.synth.identity import au_style
 from mer.synth.plan import ClipPlan, identity_for
 
 
@@ -52,11 +54,15 @@ def blink_profile(plan: ClipPlan) -> np.ndarray:
 
 
 def expression_field(plan: ClipPlan, portrait: Portrait) -> np.ndarray:
-    """D at the apex: float32 (2, H, W) pixels, sum of the clip's AU fields times their amplitudes."""
+    """D at the apex: float32 (2, H, W) pixels, sum of the clip's AU fields times their amplitudes,
+    each in the subject's style (Difficulty.au_style scales how far it departs from the canonical AU)."""
     H, W = portrait.open.shape[:2]
+    ident = identity_for(plan.identity_seed, plan.level)
+    style_strength = Difficulty.from_level(plan.level).au_style
     D = np.zeros((2, H, W), np.float32)
     for au, side, rel, _role in plan.aus:
-        D += (plan.amplitude_px * rel) * au_field(au, portrait.landmarks, portrait.unit, (H, W), side)
+        style = au_style(ident, au, style_strength)
+        D += (plan.amplitude_px * rel) * au_field(au, portrait.landmarks, portrait.unit, (H, W), side, style)
     return D
 
 
@@ -74,9 +80,9 @@ class ClipRenderer:
     Images are RGB (H, W, 3) when ``color`` else greyscale (H, W).
     """
 
-    def __init__(self, plan: ClipPlan, portrait: Portrait, *, noise_sigma: float, color: bool):
+    def __init__(self, plan: ClipPlan, portrait: Portrait, *, color: bool):
         self.plan, self.portrait, self.color = plan, portrait, color
-        self.noise_sigma = noise_sigma
+        self.noise_sigma = Difficulty.from_level(plan.level).noise_sigma
         H, W = portrait.open.shape[:2]
         self.H, self.W = H, W
         self.rng = np.random.default_rng([plan.seed, 7])
@@ -138,5 +144,6 @@ class ClipRenderer:
             yield self.plan.onset + i, self.frame(i)
 
 
-def portrait_for(plan: ClipPlan, d: float, size: tuple[int, int]) -> Portrait:
-    return render_portrait(identity_for(plan.identity_seed, d), size)
+def portrait_for(plan: ClipPlan, size: tuple[int, int]) -> Portrait:
+    """The portrait of ``plan``'s subject on a ``size`` = (width, height) canvas."""
+    return render_portrait(identity_for(plan.identity_seed, plan.level), size)

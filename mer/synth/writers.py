@@ -89,7 +89,7 @@ def write_casme2_xlsx(path: Path, plans: list[ClipPlan]) -> None:
     ws.append(["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
                "Action Units", "Estimated Emotion"])
     for p in sorted(plans, key=lambda p: (int(p.subject[3:]), p.clip)):
-        ws.append([int(p.subject[3:]), p.native_clip, None, p.onset, p.apex if p.apex_annotated else "/",
+        ws.append([int(p.subject[3:]), p.native_clip, None, p.onset, p.apex_noted if p.apex_annotated else "/",
                    p.offset, None, _au_cell(p.au_code), p.emotion])
     _save_xlsx(wb, path)
 
@@ -134,7 +134,7 @@ def write_samm_xlsx(path: Path, plans: list[ClipPlan]) -> None:
                "Duration", "Type", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"])
     for p in sorted(plans, key=lambda p: (p.subject, p.clip)):
         ws.append([int(p.subject), p.native_clip, int(p.clip.split("_")[1]), p.onset,
-                   p.apex if p.apex_annotated else -1, p.offset, p.offset - p.onset + 1, "Micro",
+                   p.apex_noted if p.apex_annotated else -1, p.offset, p.offset - p.onset + 1, "Micro",
                    _au_cell(p.au_code), p.emotion, objective_class(p),
                    None if p.apex_annotated else "apex not marked"])
     _save_xlsx(wb, path)
@@ -149,7 +149,7 @@ def write_list(path: Path, rows: list[tuple[str, str, str, int]]) -> None:
 
 
 TRUTH_COLUMNS = ["dataset", "subject", "clip", "native_subject", "native_clip", "emotion", "label", "in_list",
-                 "onset", "apex", "offset", "apex_annotated", "aus", "au_roles", "amplitude_px",
+                 "onset", "apex", "offset", "apex_noted", "apex_annotated", "aus", "au_roles", "amplitude_px",
                  "blink_start", "blink_length", "blink_depth", "drift_dx", "drift_dy", "drift_rot_deg",
                  "gain", "identity_seed", "clip_seed"]
 
@@ -164,7 +164,7 @@ def write_truth(path: Path, plans: list[ClipPlan]) -> None:
             b = p.blink or ("", "", "")
             w.writerow([p.dataset, p.subject, p.clip, p.native_subject, p.native_clip, p.emotion,
                         "" if p.label is None else p.label, int(p.in_list), p.onset, p.apex, p.offset,
-                        int(p.apex_annotated), p.au_code,
+                        p.apex_noted, int(p.apex_annotated), p.au_code,
                         " ".join(f"{s}{a}:{role}:{rel:g}" for a, s, rel, role in p.aus), f"{p.amplitude_px:g}",
                         *b, *p.drift, p.gain, p.identity_seed, p.seed])
 
