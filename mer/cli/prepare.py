@@ -65,6 +65,17 @@ def add_prep_args(p: argparse.ArgumentParser) -> None:
                    help="apex for samples without one (SMIC, CASME II '/')")
 
 
+def plain_warnings() -> None:
+    """Show warnings as ``warning: <message>`` lines on stderr (no source line) for command-line use."""
+    import sys
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def prep_config(args):
     from mer.preprocess.config import PrepConfig
 
@@ -108,6 +119,7 @@ def run(args) -> int:
 
     from mer.preprocess import prepare
 
+    plain_warnings()
     cfg = prep_config(args)
     samples = load_samples(args)
     print(f"{len(samples)} samples: " + ", ".join(f"{d} {n}" for d, n in Counter(s.dataset for s in samples).items()))

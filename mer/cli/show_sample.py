@@ -48,13 +48,14 @@ def run(args) -> int:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    from mer.cli.prepare import load_samples, prep_config
+    from mer.cli.prepare import load_samples, plain_warnings, prep_config
     from mer.preprocess.face import crop_resize, to_grey
     from mer.preprocess.flow import compute_flow
     from mer.preprocess.pipeline import face_box_for, process_sample, read_image
     from mer.preprocess.regions import REGION_NAMES, resolve_source
     from mer.preprocess.strain import optical_strain
 
+    plain_warnings()
     cfg = prep_config(args)
     args.all_labels = True
     samples = load_samples(args)
