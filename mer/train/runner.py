@@ -147,7 +147,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
         if ctx.is_main:
             from mer.evaluation.report import write_report
 
-            metrics = write_report(rd.root, print_table=cfg.progress)
+            metrics = write_report(rd.root, print_table=True)
             return metrics
         return None
     finally:

@@ -1,0 +1,80 @@
+"""No held-out subject's sample reaches training, normalisation, validation, augmentation or model
+selection: asserted on the indices the fold loop actually read (result.json 'indices_used')."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mer.train import run_training
+
+PURPOSES_WITHOUT_TEST = ("fit", "norm", "val", "augment", "select")
+
+
+def _fold_results(run: Path) -> list[dict]:
+    folds = json.loads((run / "folds.json").read_text())
+    return [json.loads((run / "folds" / f["dir"] / "result.json").read_text()) for f in folds]
+
+
+def _subjects(run: Path) -> list[str]:
+    import csv
+
+    with open(run / "samples.csv") as f:
+        return [f"{r['dataset']}/{r['subject']}" for r in csv.DictReader(f)]
+
+
+def _check_no_leak(run: Path, expect: set) -> None:
+    subj = _subjects(run)
+    for r in _fold_results(run):
+        test = set(r["split"]["test"])
+        held_out = {subj[i] for i in test}
+        assert held_out == set(r["test_subjects"])
+        used = r["indices_used"]
+        assert set(used) == expect, (r["fold"], sorted(used))
+        for purpose in PURPOSES_WITHOUT_TEST:
+            idx = set(used.get(purpose, []))
+            assert not idx & test, f"fold {r['fold']}: test samples used for {purpose}"
+            assert not {subj[i] for i in idx} & held_out, f"fold {r['fold']}: held-out subject in {purpose}"
+        assert set(used["predict"]) == test  # and every held-out sample is predicted
+        assert set(used["norm"]) == set(r["split"]["fit"])  # statistics of the fit subset, nothing else
+
+
+@pytest.mark.slow
+def test_fixed_budget_and_val_selection_and_ddpm_never_touch_the_held_out_subject(make_cfg):
+    cfg = make_cfg(select="val", val_fraction=0.25, augment="ddpm", augment_ratio="0.5",
+                   ddpm={"train_steps": 2, "base_channels": 4, "emb_dim": 8, "sample_steps": 2})
+    m = run_training(cfg)
+    run = Path(cfg.out)
+    _check_no_leak(run, {"fit", "norm", "val", "augment", "predict"})
+    res = _fold_results(run)
+    assert all(r["n_generated"] > 0 for r in res)  # the DDPM did generate (from the fit subset only)
+    assert all(r["n_val"] > 0 for r in res)
+    assert m["valid_estimate"] and not m["oracle"]
+    assert m["n"] == 18 and m["folds"] == 6
+
+
+@pytest.mark.slow
+def test_oracle_reproduction_is_visible_in_the_index_log_and_labelled(make_cfg):
+    cfg = make_cfg(reproduce_htnet_oracle=True)
+    m = run_training(cfg)
+    run = Path(cfg.out)
+    for r in _fold_results(run):  # the instrumentation does see test-set selection
+        assert set(r["indices_used"]["select"]) == set(r["split"]["test"])
+        assert r["oracle"] and r["selection"].startswith("ORACLE")
+    assert m["oracle"] and not m["valid_estimate"] and m["selection"].startswith("ORACLE")
+    assert "ORACLE" in (run / "summary.md").read_text()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["selection"].startswith("ORACLE")
+    hist = json.loads((run / "folds" / _fold_results(run)[0]["dir"] / "history.json").read_text())
+    assert "oracle_test_acc" in hist[0]
+
+
+def test_normalisation_statistics_come_from_the_fit_indices():
+    from mer.train.loop import IndexLog, channel_stats
+
+    x = np.random.default_rng(0).normal(size=(10, 3, 4, 4)).astype(np.float32)
+    x[7:] += 100.0  # the "test" rows would shift the statistics visibly
+    log = IndexLog()
+    mean, std = channel_stats(log.take("norm", x, np.arange(7)))
+    assert np.allclose(mean, x[:7].mean(axis=(0, 2, 3)), atol=1e-5)
+    assert log.as_dict() == {"norm": list(range(7))}
