@@ -16,7 +16,7 @@ _MODULES = {"casme2": "mer.data.casme2", "samm": "mer.data.samm", "smic": "mer.d
 
 def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", smic_apex="middle",
           missing_apex="estimate", keep: dict[tuple[str, str], ListEntry] | None = None,
-          list_name: str = "") -> tuple[list[Sample], Problems]:
+          ) -> tuple[list[Sample], Problems]:
     if name not in _MODULES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     check_on_error(on_error)
@@ -32,9 +32,9 @@ def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", 
                 problems.add(f"{name} {key[0]}/{key[1]} ({le.source})",
                              f"in the sample list but not found in the data under {root}", "not-in-data")
         # annotation problems of clips outside the list do not concern this protocol
-        listed = {f"{name} {s}/{c} " for s, c in keep}
-        problems.problems = [p for p in problems.problems if any(p.where.startswith(x) for x in listed)
-                             or p.kind == "not-in-data"]
+        listed = {f"{name} {s}/{c}" for s, c in keep}
+        problems.problems = [p for p in problems.problems
+                             if p.kind == "not-in-data" or p.where.split(" (", 1)[0] in listed]
         entries = [e for e in entries if (e.subject, e.clip) in keep]
         for e in entries:
             e.label, e.label_given = keep[(e.subject, e.clip)].label, True

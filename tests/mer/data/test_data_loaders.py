@@ -5,7 +5,7 @@ import os
 import warnings
 
 import pytest
-from conftest import make_casme2, make_casme3, make_samm, make_smic, write_frames, write_xlsx
+from data_fixtures import make_casme2, make_casme3, make_samm, make_smic, write_frames, write_xlsx
 
 from mer.data import DatasetError, DatasetWarning, load_dataset
 
