@@ -240,9 +240,10 @@ class HTNet(nn.Module):
         names = [n for n, _, _ in self._blocks()]
         raise KeyError(f"no attention layer {name!r}; the layers are {names}")
 
-    def replace_attention(self, name: str, module: nn.Module | None) -> None:
+    def replace_attention(self, name: str, module: nn.Module | None, skip_scale: float = 1.0) -> None:
         """Replace the attention branch ``name`` (from ``attention_layers``). ``None`` removes it: the block
-        then computes x + FFN(LN(x)), and the branch's and its pre-norm's parameters are gone. An
+        then computes x' = skip_scale·x, x' + FFN(LN(x')) and the branch's and its pre-norm's parameters are
+        gone (skip_scale 1.0: the sub-layer is skipped; 2.0: the branch became the identity, x + x). An
         ``agentattn.AgentAttention`` must have num_prefix_tokens=0, the block's dim and window = the block
         grid; any other module is called as ``module(tokens (B·blocks, h·w, C), hw=(h, w))``."""
         level, blk = self._find(name)
@@ -254,7 +255,19 @@ class HTNet(nn.Module):
                                  f"num_prefix_tokens={module.num_prefix_tokens}")
         elif module is not None and not isinstance(module, nn.Module):
             raise TypeError(f"replace_attention takes an nn.Module or None, got {type(module).__name__}")
-        blk.set_attention(module)
+        blk.set_attention(module, skip_scale=skip_scale)
+
+    def set_attention_lambda(self, name: str, lam: float) -> None:
+        """Fade the branch ``name``: its block computes (2 - lam)·x + lam·attn(LN(x)) (1 = normal, 0 = the
+        branch is the identity); ``replace_attention(name, None, skip_scale=2.0)`` then folds it away."""
+        _, blk = self._find(name)
+        if blk.attn is None:
+            raise ValueError(f"{name} is removed; there is nothing to fade")
+        blk.attn_lambda = float(lam)
+
+    def block_of(self, name: str) -> nn.Module:
+        """The ``Block`` holding the attention slot ``name``."""
+        return self._find(name)[1]
 
     def convert_attention(self, name: str, kind: str = "agent", agent_num: int | None = None) -> nn.Module:
         """Turn the softmax branch ``name`` into ``AgentAttention`` carrying over its qkv/proj weights

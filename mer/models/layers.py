@@ -93,8 +93,16 @@ class SoftmaxAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block on tokens: ``x + attn(norm1(x), hw)`` (skipped when ``attn is None``,
-    and ``norm1`` is then gone too), then ``x + mlp(norm2(x))``. (Bn, N, C) -> (Bn, N, C)."""
+    """Pre-norm transformer block on tokens, (Bn, N, C) -> (Bn, N, C):
+
+        x <- (2 - lam)·x + lam·attn(norm1(x), hw)    (lam = ``attn_lambda``, 1 = the usual x + attn(...))
+        x <- x + mlp(norm2(x))
+
+    With ``attn is None`` (removed; ``norm1`` is gone too) the first line is x <- ``skip_scale``·x: 1.0 skips
+    the sub-layer, 2.0 is "the attention branch replaced by identity" (x + x), the end point of the ESAAT /
+    "MLP can be a good transformer learner" fade-out (lam 1 -> 0). Both are plain float attributes (not in
+    the state_dict): record them with the experiment.
+    """
 
     def __init__(self, dim: int, attn: nn.Module | None, mlp_mult: int = 4, dropout: float = 0.0):
         super().__init__()
@@ -103,19 +111,30 @@ class Block(nn.Module):
         self.attn = attn
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_mult, dropout)
+        self.attn_lambda = 1.0
+        self.skip_scale = 1.0
 
-    def set_attention(self, attn: nn.Module | None) -> None:
-        """Replace the attention branch; ``None`` removes it together with its norm (parameters gone)."""
+    def extra_repr(self) -> str:
+        return f"attn_lambda={self.attn_lambda}, skip_scale={self.skip_scale}"
+
+    def set_attention(self, attn: nn.Module | None, skip_scale: float = 1.0) -> None:
+        """Replace the attention branch; ``None`` removes it together with its norm (parameters gone) and
+        sets ``skip_scale`` (1.0: x passes unchanged; 2.0: identity branch, x + x)."""
+        self.attn_lambda = 1.0
         if attn is None:
-            self.attn, self.norm1 = None, None
+            self.attn, self.norm1, self.skip_scale = None, None, float(skip_scale)
             return
         if self.norm1 is None:
             self.norm1 = nn.LayerNorm(self.dim).to(self.norm2.weight)
-        self.attn = attn
+        self.attn, self.skip_scale = attn, 1.0
 
     def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
         if self.attn is not None:
-            x = x + self.attn(self.norm1(x), hw=hw)
+            lam = self.attn_lambda
+            y = self.attn(self.norm1(x), hw=hw)
+            x = x + y if lam == 1.0 else (2.0 - lam) * x + lam * y
+        elif self.skip_scale != 1.0:
+            x = self.skip_scale * x
         return x + self.mlp(self.norm2(x))
 
 

@@ -163,3 +163,21 @@ def test_tiny_variant_learns_a_batch():
         loss.backward()
         opt.step()
     assert (model(x).argmax(1) == y).float().mean() >= 0.9
+
+
+def test_fade_out_then_fold_to_identity_branch():
+    """lam = 0 (branch faded to the identity) and removal with skip_scale=2 give the same outputs."""
+    torch.manual_seed(0)
+    model = create_model("htnet_small").eval()
+    x = _x(model)
+    name = model.attention_layers()[2][0]
+    model.set_attention_lambda(name, 0.5)
+    half = model(x)
+    model.set_attention_lambda(name, 0.0)
+    faded = model(x)
+    assert not torch.allclose(half, faded)
+    model.replace_attention(name, None, skip_scale=2.0)
+    torch.testing.assert_close(model(x), faded)
+    assert model.block_of(name).attn is None and model.block_of(name).attn_lambda == 1.0
+    with pytest.raises(ValueError, match="removed"):
+        model.set_attention_lambda(name, 0.5)
