@@ -13,7 +13,7 @@ EXAMPLES = """examples:
 Columns: params; FLOPs and MACs of one forward at batch 1 (FlopCounterMode: matmuls, convolutions and the
 agent-attention op at 2 FLOPs per multiply-add, MACs = FLOPs/2 as fvcore-based papers count them; softmax,
 norms, GELU and pooling are not counted); attention branches per kind; tokens per attention (per level:
-tokens x blocks per image); median CPU latency of inference at batch 1 and 64 and of a training step
+tokens x blocks per image); CPU latency (median, or --stat min) of inference at batch 1 and 64 and of a training step
 (forward + backward, no optimiser) at batch 64, in ms.
 """
 
@@ -28,6 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurements")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for latency (default 1)")
     p.add_argument("--reps", type=int, default=5, help="timed runs per measurement (median; default 5)")
+    p.add_argument("--stat", default="median", choices=["median", "min"],
+                   help="latency statistic over the runs (min: closer to the unloaded time on a shared machine)")
     p.add_argument("--batch", type=int, default=64, help="the large batch size (default 64)")
     return p
 
@@ -73,14 +75,15 @@ def run(args) -> int:
                **count_flops(model, x1), "attention": info, "config": model.cfg.to_dict()}
         if not args.no_latency:
             xb = torch.randn(args.batch, C, S, S)
-            row["latency_ms_b1"] = latency_ms(model, x1, args.reps)
-            row[f"latency_ms_b{args.batch}"] = latency_ms(model, xb, args.reps)
-            row[f"train_step_ms_b{args.batch}"] = train_step_ms(model, xb, args.reps)
+            row["latency_ms_b1"] = latency_ms(model, x1, args.reps, args.stat)
+            row[f"latency_ms_b{args.batch}"] = latency_ms(model, xb, args.reps, args.stat)
+            row[f"train_step_ms_b{args.batch}"] = train_step_ms(model, xb, args.reps, args.stat)
         rows.append(row)
         del model
 
     if args.json:
-        print(json.dumps({"machine": machine(), "batch": args.batch, "reps": args.reps, "models": rows}, indent=1))
+        print(json.dumps({"machine": machine(), "batch": args.batch, "reps": args.reps, "stat": args.stat,
+                          "models": rows}, indent=1))
         return 0
     head = ["model", "params", "MFLOPs", "MMACs", "attention", "tokens/attn (level tokens x blocks)"]
     if not args.no_latency:
@@ -95,10 +98,10 @@ def run(args) -> int:
         table.append(line)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) if i in (0, 4, 5) else str(c).rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths)))
+                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     m = machine()
     print(f"# {m['cpu']}, torch {m['torch']}, {m['threads']} thread(s); FLOPs/MACs per image (forward); "
-          f"latency: median of {args.reps}")
+          f"latency: {args.stat} of {args.reps} runs, ms")
     print(fmt(head))
     print("  ".join("-" * w for w in widths))
     for line in table:
