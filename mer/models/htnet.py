@@ -1,11 +1,11 @@
-"""HTNet (Wang et al., Neurocomputing 2024): a NesT-style hierarchical transformer on channels-first maps,
-reproducing the released ``wangzhifengharrison/HTNet`` ``Model.py`` and extending it per level with LAPE,
+"""HTNet (Wang et al., Neurocomputing 2024): a NesT-style hierarchical transformer, reproducing the released ``wangzhifengharrison/HTNet`` ``Model.py`` and extending it per level with LAPE,
 agent attention and removable attention branches.
 
     x (B, 3, S, S)  channels u, v, strain (whole face, or four facial-region windows tiled 2x2)
     -> patch_embed   p x p patches -> (B, D, S/p, S/p) [+ LAPE]     (= rearrange + 1x1 conv of the release)
-    -> levels[i]     [+ LAPE] -> blockify (b_i x b_i blocks) -> [+ per-position scalar] -> depth_i Blocks
-                     -> deblockify -> Aggregate (conv 3x3 C->2C, LN, maxpool 3/2/1) except after the last
+    -> levels[i]     (B, C, H, H) [+ LAPE] -> blockify: b_i x b_i blocks as tokens (B·b_i², (H/b_i)², C)
+                     -> [+ per-position scalar] -> depth_i Blocks -> deblockify to (B, C, H, H)
+                     -> Aggregate (conv 3x3 C->2C, LN, maxpool 3/2/1) except after the last
     -> forward_head  channel LN -> spatial mean -> Linear -> (B, num_classes)
 
 Blocks per side at level i default to the release's 2^(L-1-i); the map side halves (rounding up) per level.
