@@ -1,5 +1,6 @@
-"""HTNet (Wang et al., Neurocomputing 2024): a NesT-style hierarchical transformer, reproducing the released ``wangzhifengharrison/HTNet`` ``Model.py`` and extending it per level with LAPE,
-agent attention and removable attention branches.
+"""HTNet (Wang et al., Neurocomputing 2024): a NesT-style hierarchical transformer, reproducing the released
+``wangzhifengharrison/HTNet`` ``Model.py`` and extending it per level with LAPE, agent attention and
+removable attention branches.
 
     x (B, 3, S, S)  channels u, v, strain (whole face, or four facial-region windows tiled 2x2)
     -> patch_embed   p x p patches -> (B, D, S/p, S/p) [+ LAPE]     (= rearrange + 1x1 conv of the release)
@@ -14,7 +15,7 @@ Reading order: ``HTNetConfig`` -> ``HTNetLevel`` -> ``HTNet``. Registered varian
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -73,7 +74,7 @@ class HTNetConfig:
     attn: str | tuple = "softmax"       # per level: 'softmax' | 'agent' | 'none' (attention removed)
     agent_num: int | tuple = 9          # per level: agents per block (a perfect square) for attn='agent'
     blocks: int | tuple | None = None   # per level: blocks per side; None = 2^(L-1-i) as released
-    layout: str = "face"          # 'face' or 'regions' (2x2 tiled region windows: level-0 blocks must not straddle them)
+    layout: str = "face"          # 'face' or 'regions' (2x2 tiled windows: no level-0 block may straddle two)
     fused: bool | None = None     # attention fast path (SDPA / fused agent op); None = each module's default
 
     def __post_init__(self):

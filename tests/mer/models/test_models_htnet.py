@@ -120,7 +120,7 @@ def test_remove_attention_really_removes_parameters_and_flops():
     model.replace_attention(name, None)
     assert count_params(model) == before_p - branch_params
     gone = before_keys - set(model.state_dict())
-    assert gone and all(k.startswith("levels.0.blocks.1.attn.") or k.startswith("levels.0.blocks.1.norm1.") for k in gone)
+    assert gone and all(k.startswith(("levels.0.blocks.1.attn.", "levels.0.blocks.1.norm1.")) for k in gone)
     assert count_flops(model, x)["flops"] < before_f
     assert [n for n, _ in model.attention_layers()] == ["levels.0.blocks.0.attn", "levels.1.blocks.0.attn",
                                                         "levels.1.blocks.1.attn"]

@@ -29,7 +29,8 @@ def test_mer_models_json_and_table(capsys):
     assert main(["models", "--models", "htnet_tiny", "--json", "--reps", "1", "--batch", "4"]) == 0
     rep = json.loads(capsys.readouterr().out)
     (row,) = rep["models"]
-    assert row["name"] == "htnet_tiny" and row["params"] == sum(p.numel() for p in create_model("htnet_tiny").parameters())
+    assert row["name"] == "htnet_tiny"
+    assert row["params"] == sum(p.numel() for p in create_model("htnet_tiny").parameters())
     assert row["macs"] * 2 == row["flops"] > 0
     assert row["latency_ms_b1"] > 0 and row["latency_ms_b4"] > 0 and row["train_step_ms_b4"] > 0
     assert [r["tokens"] for r in row["attention"]] == [16, 16]
@@ -53,3 +54,15 @@ def test_flops_match_a_hand_count():
     macs += 9 * 16 * 32 * 64                     # aggregate conv 3x3 on the 8x8 map
     macs += 32 * 3                               # head
     assert count_flops(m, torch.randn(1, 3, 16, 16))["macs"] == macs
+
+
+def test_config_survives_a_json_round_trip():
+    """The trainer saves model.cfg as JSON: rebuilding from it gives the same architecture and weights load."""
+    import torch
+    from mer.models import HTNet
+    m = create_model("htnet_tiny_lape_agent", dropout=0.1)
+    cfg = HTNetConfig(**json.loads(json.dumps(m.cfg.to_dict())))
+    m2 = HTNet(cfg)
+    m2.load_state_dict(m.state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(m.eval()(x), m2.eval()(x))
