@@ -111,11 +111,14 @@ def build_diffusion(cfg: DDPMConfig, num_classes: int, in_channels: int = 3) -> 
 
 
 class ArrayBatches:
-    """Endless shuffled minibatches over in-memory arrays (every row once per epoch, reshuffled each epoch).
+    """Endless shuffled minibatches of exactly ``batch_size`` rows over in-memory arrays.
+
+    The rows are drawn from consecutive random permutations (epochs), so every row is used once per
+    epoch; a batch may straddle two epochs (then it could hold one row twice).
 
     Args:
         x: (M, C, H, W) float array; y: (M,) int array.
-        batch_size: rows per batch (the last batch of an epoch may be smaller; capped at M).
+        batch_size: rows per batch (capped at M).
         seed: seed of the shuffling.
     Iterating yields ``(xb (B, C, H, W) float32 tensor, yb (B,) long tensor)`` holding exactly rows of x, y.
     """
@@ -131,11 +134,12 @@ class ArrayBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rng = np.random.default_rng(self.seed)
         m = len(self.x)
+        queue = np.zeros(0, dtype=np.int64)
         while True:
-            order = rng.permutation(m)
-            for s in range(0, m, self.batch_size):
-                idx = np.sort(order[s : s + self.batch_size])
-                yield self.batch(idx)
+            while len(queue) < self.batch_size:  # epochs follow each other: every row once per epoch
+                queue = np.concatenate([queue, rng.permutation(m)])
+            idx, queue = np.sort(queue[: self.batch_size]), queue[self.batch_size :]
+            yield self.batch(idx)
 
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``idx`` as tensors."""
