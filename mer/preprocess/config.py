@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from mer.preprocess.flow import METHODS
 
 #: bump when the pipeline's arithmetic changes, so old cache entries are never served
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2
 
 
 @dataclass(frozen=True)

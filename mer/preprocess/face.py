@@ -17,9 +17,9 @@ class FaceNotFoundError(RuntimeError):
     """No face found by the detector (the message says in what and what to do)."""
 
 
-@lru_cache(maxsize=1)
-def _cascade() -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, CASCADE)
+@lru_cache(maxsize=None)
+def _cascade(name: str = CASCADE) -> cv2.CascadeClassifier:
+    path = os.path.join(cv2.data.haarcascades, name)
     clf = cv2.CascadeClassifier(path)
     if clf.empty():
         raise RuntimeError(f"cannot load OpenCV's bundled face cascade {path}; reinstall "
@@ -35,20 +35,48 @@ def to_grey(image: np.ndarray) -> np.ndarray:
     return image
 
 
+# Tried in order until one finds a face: (cascade file, histogram-equalise?, minNeighbors). Equalisation
+# helps on dark or low-contrast frames and hurts on some others, so both are tried; the alt2 cascade and
+# fewer neighbours are the last resorts.
+ATTEMPTS = (
+    (CASCADE, False, 5),
+    (CASCADE, True, 5),
+    ("haarcascade_frontalface_alt2.xml", False, 5),
+    ("haarcascade_frontalface_alt2.xml", True, 5),
+    (CASCADE, False, 3),
+)
+
+
+def detect_face_how(image: np.ndarray, *, min_size_frac: float = 0.2):
+    """((x, y, w, h), attempt description) of the largest frontal face, or (None, None).
+
+    Runs the attempts of ``ATTEMPTS`` in order (scale step 1.1, faces at least ``min_size_frac`` of the
+    shorter image side) and returns the first success.
+    """
+    grey = to_grey(image)
+    side = max(16, int(min(grey.shape[:2]) * min_size_frac))
+    equalised = None
+    for name, eq, neighbours in ATTEMPTS:
+        if eq and equalised is None:
+            equalised = cv2.equalizeHist(grey)
+        faces = _cascade(name).detectMultiScale(equalised if eq else grey, scaleFactor=1.1,
+                                                minNeighbors=neighbours, minSize=(side, side))
+        if len(faces):
+            x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
+            how = f"{name.replace('haarcascade_', '').replace('.xml', '')}{' equalised' if eq else ''} n{neighbours}"
+            return (int(x), int(y), int(w), int(h)), how
+    return None, None
+
+
 def detect_face(image: np.ndarray, *, min_size_frac: float = 0.2) -> tuple[int, int, int, int] | None:
     """The largest frontal face in ``image`` ((H, W) grey or (H, W, 3) BGR uint8) as (x, y, w, h), or None.
 
-    Haar cascade ``haarcascade_frontalface_default.xml`` shipped with OpenCV (cv2.data.haarcascades),
-    on the histogram-equalised grey image, scale step 1.1, 5 neighbours, faces at least
-    ``min_size_frac`` of the shorter image side.
+    OpenCV's bundled Haar cascades (cv2.data.haarcascades): ``haarcascade_frontalface_default.xml`` on
+    the grey image, then on the histogram-equalised one, then ``haarcascade_frontalface_alt2.xml``, then
+    the default with 3 instead of 5 neighbours (see ``ATTEMPTS``); faces at least ``min_size_frac`` of
+    the shorter image side.
     """
-    grey = cv2.equalizeHist(to_grey(image))
-    side = max(16, int(min(grey.shape[:2]) * min_size_frac))
-    faces = _cascade().detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
-    if len(faces) == 0:
-        return None
-    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return int(x), int(y), int(w), int(h)
+    return detect_face_how(image, min_size_frac=min_size_frac)[0]
 
 
 def expand_box(box, image_shape, margin: float) -> tuple[int, int, int, int]:

@@ -23,7 +23,7 @@ import numpy as np
 
 from mer.preprocess.cache import Cache, sample_key
 from mer.preprocess.config import PrepConfig
-from mer.preprocess.face import FaceNotFoundError, crop_resize, detect_face, expand_box, to_grey
+from mer.preprocess.face import FaceNotFoundError, crop_resize, detect_face_how, expand_box, to_grey
 from mer.preprocess.flow import compute_flow
 from mer.preprocess.regions import NOSE_ROOT, REGION_NAMES, region_points, resolve_source, tile_regions, window_boxes
 from mer.preprocess.strain import optical_strain
@@ -84,28 +84,42 @@ def flow_maps(onset_crop: np.ndarray, apex_crop: np.ndarray, cfg: PrepConfig, re
     return face.astype(np.float32), regions.astype(np.float32), info
 
 
-def face_box_for(image: np.ndarray, cfg: PrepConfig, cropped: bool, what: str):
+def face_box_for(image: np.ndarray, cfg: PrepConfig, cropped: bool, what: str, fallbacks=()):
     """(box (x, y, w, h), how) for ``image``: the whole frame for dataset crops / face='full', else the
-    Haar box on it, enlarged by face_margin and made square."""
+    Haar box (on ``image``, or else on the first of ``fallbacks`` [(image, name)] where a face is found),
+    enlarged by face_margin and made square."""
     h, w = image.shape[:2]
     if cfg.face == "full" or (cfg.face == "auto" and cropped):
         # the whole frame, resized to face_size x face_size (a non-square crop is stretched, as the
         # field does with the datasets' own crops; nothing is cut off)
         return (0, 0, w, h), ("full frame" if cfg.face == "full" else "dataset crop")
-    box = detect_face(image)
-    if box is None:
-        raise FaceNotFoundError(
-            f"no face found in {what} by OpenCV's Haar cascade (haarcascade_frontalface_default). If the "
-            "image is already a face crop, say so (prepare_pair(..., cropped=True), CLI --cropped) or use "
-            "PrepConfig(face='full'); otherwise check the image shows a frontal face.")
-    return expand_box(box, image.shape, cfg.face_margin), "haar"
+    for img, name in [(image, ""), *fallbacks]:
+        box, how = detect_face_how(img)
+        if box is not None:
+            return expand_box(box, image.shape, cfg.face_margin), f"haar {how}" + (f" on the {name}" if name else "")
+    tried = " and ".join([what, *(f"the {n}" for _, n in fallbacks)])
+    raise FaceNotFoundError(
+        f"no face found in {tried} by OpenCV's Haar cascades (frontalface default/alt2). If the frames are "
+        "already face crops, use PrepConfig(face='full') (CLI --face full; `mer predict`: --cropped); "
+        "otherwise check that they show a frontal face.")
+
+
+class _LazyFrame:
+    """A one-element fallback list [(image, name)] whose image is read only when iterated."""
+
+    def __init__(self, path: str, name: str):
+        self.path, self.name = path, name
+
+    def __iter__(self):
+        yield read_image(self.path), self.name
 
 
 def process_sample(sample, cfg: PrepConfig, region_source: str):
     """(face, regions, meta) for one Sample (no cache)."""
     t0 = time.perf_counter()
     onset_img = read_image(sample.frames[0])
-    box, how = face_box_for(onset_img, cfg, sample.cropped, f"the onset frame {sample.frames[0]}")
+    box, how = face_box_for(onset_img, cfg, sample.cropped, f"the onset frame {sample.frames[0]}",
+                            fallbacks=_LazyFrame(sample.frame_path(sample.apex), "apex frame"))
     apex = sample.apex
     if sample.apex_is_estimated and cfg.smic_apex == "middle":
         apex = sample.onset + (sample.offset - sample.onset) // 2
@@ -130,14 +144,14 @@ def prepare_pair(onset_img, apex_img, cfg: PrepConfig | None = None, *, cropped:
     """(face (3,S,S), regions (3,S,S), meta) for one onset/apex pair (paths or BGR/grey arrays).
 
     cropped: the images are already face crops (no detection). Raises FaceNotFoundError when no face is
-    found in the onset image.
+    found in the onset image nor in the apex image.
     """
     cfg = cfg or PrepConfig()
     a = read_image(onset_img) if isinstance(onset_img, (str, os.PathLike)) else np.asarray(onset_img)
     b = read_image(apex_img) if isinstance(apex_img, (str, os.PathLike)) else np.asarray(apex_img)
     if a.shape[:2] != b.shape[:2]:
         raise ValueError(f"onset {a.shape[:2]} and apex {b.shape[:2]} images differ in size")
-    box, how = face_box_for(a, cfg, cropped, "the onset image")
+    box, how = face_box_for(a, cfg, cropped, "the onset image", fallbacks=[(b, "apex image")])
     on = to_grey(crop_resize(a, box, cfg.face_size))
     ap = to_grey(crop_resize(b, box, cfg.face_size))
     face, regions, info = flow_maps(on, ap, cfg, resolve_source(cfg.regions))

@@ -177,7 +177,7 @@ def test_face_detection_and_pair(tmp_path):
     blank = np.full((120, 120, 3), 127, np.uint8)
     assert detect_face(blank) is None
     assert detect_face(np.random.default_rng(0).integers(0, 255, (120, 120), dtype=np.uint8)) is None
-    with pytest.raises(FaceNotFoundError, match="no face found in the onset image.*cropped=True"):
+    with pytest.raises(FaceNotFoundError, match="no face found in the onset image and the apex image.*face='full'"):
         prepare_pair(blank, blank, FAST)
     a, b = shifted_texture(80, dx=0.8, dy=0.0)
     face, regions, meta = prepare_pair(a, b, FAST, cropped=True)
