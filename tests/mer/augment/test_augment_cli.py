@@ -1,0 +1,33 @@
+"""`mer augment` end to end at a tiny size."""
+import json
+
+import numpy as np
+import pytest
+
+from mer.cli import main
+
+
+@pytest.mark.slow
+def test_mer_augment_writes_samples_report_and_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 12 + [1] * 5)
+    x = (rng.normal(size=(17, 3, 8, 8)) + y[:, None, None, None]).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    out = tmp_path / "out"
+    rc = main(["augment", "--data", str(tmp_path / "d.npz"), "--out", str(out), "--no-progress",
+               "--base-channels", "4", "--channel-mults", "1,2", "--emb-dim", "16", "--timesteps", "50",
+               "--train-steps", "10", "--batch-size", "8", "--sample-steps", "4", "--cache-dir", str(tmp_path / "c")])
+    assert rc == 0
+    g = np.load(out / "generated.npz")
+    assert g["x"].shape == (7, 3, 8, 8) and (g["y"] == 1).all() and g["generated"].all()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_generated"] == 7 and rep["overall"]["nn_gen_to_train"]["n"] == 7
+    assert (out / "grid.png").stat().st_size > 1000
+    assert json.loads((out / "config.json").read_text())["train_steps"] == 10
+    assert "nearest" in (out / "report.md").read_text().lower()
+
+
+def test_mer_augment_explains_bad_npz(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 8, 8)))
+    with pytest.raises(SystemExit, match="lacks key"):
+        main(["augment", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "o")])
