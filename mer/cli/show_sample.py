@@ -51,7 +51,7 @@ def run(args) -> int:
     from mer.cli.prepare import load_samples, plain_warnings, prep_config
     from mer.preprocess.face import crop_resize, to_grey
     from mer.preprocess.flow import compute_flow
-    from mer.preprocess.pipeline import face_box_for, process_sample, read_image
+    from mer.preprocess.pipeline import process_sample, read_image
     from mer.preprocess.regions import REGION_NAMES, resolve_source
     from mer.preprocess.strain import optical_strain
 
@@ -71,7 +71,7 @@ def run(args) -> int:
         s = samples[args.index]
     face, regions, meta = process_sample(s, cfg, resolve_source(cfg.regions))
     onset = read_image(s.frames[0])
-    box, _ = face_box_for(onset, cfg, s.cropped, "the onset frame")
+    box = tuple(meta["face_box"])  # the box the pipeline used (onset or apex detection, or the crop)
     on = to_grey(crop_resize(onset, box, cfg.face_size))
     ap = to_grey(crop_resize(read_image(s.frame_path(meta["apex"])), box, cfg.face_size))
     flow = compute_flow(on, ap, cfg.flow)
