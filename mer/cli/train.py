@@ -29,6 +29,7 @@ Details and measured defaults: docs/training.md.
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from mer.cli.prepare import add_prep_args
     from mer.train.config import TrainConfig
 
     d = TrainConfig()
@@ -47,6 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--root", help="root of --dataset")
     g.add_argument("--sample-list", help="sample list CSV (composite: dataset,subject,clip,label; casme3)")
     g.add_argument("--frames", default=d.frames, choices=["auto", "raw", "cropped"])
+    g.add_argument("--on-prep-error", default=d.on_prep_error, choices=["raise", "warn"],
+                   help="a sample that cannot be prepared (e.g. no face found): stop with the list (raise), "
+                   "or exclude it, listed in excluded.json / metrics.json / summary.md (warn)")
     g = p.add_argument_group("protocol and preprocessing")
     g.add_argument("--protocol", default=d.protocol,
                    help="loso | kfold:K | cross:train=A,B;test=C (default %(default)s)")
@@ -55,11 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="whole-face maps or the four facial-region windows tiled 2x2 (default %(default)s)")
     g.add_argument("--normalize", default=d.normalize, choices=["channel", "none"],
                    help="per-channel standardisation with the fold's training statistics (default %(default)s)")
-    g.add_argument("--flow", default=d.prep.flow, choices=["tvl1", "farneback", "dis"],
-                   help="optical flow (default %(default)s)")
-    g.add_argument("--size", type=int, default=d.prep.size, help="map side S (default %(default)s)")
-    g.add_argument("--face-size", type=int, default=d.prep.face_size, help="face crop side (default %(default)s)")
-    g.add_argument("--motion-compensation", action="store_true", help="subtract the nose-root flow")
+    add_prep_args(g)  # --size --flow --face-size --face --face-margin --motion-compensation --regions --smic-apex
     g.add_argument("--cache", default=d.cache_dir, help="preprocessing cache (default %(default)s)")
     g = p.add_argument_group("model and optimisation")
     g.add_argument("--model", default=d.model, help="mer.models name (`mer models`) or module:callable "
@@ -116,14 +116,14 @@ def _kv(items: list[str], what: str) -> dict:
 
 
 def config_from_args(args):
-    from mer.preprocess.config import PrepConfig
+    from mer.cli.prepare import prep_config
     from mer.train.config import TrainConfig
 
-    prep = PrepConfig(size=args.size, flow=args.flow, face_size=args.face_size,
-                      motion_compensation=args.motion_compensation)
+    prep = prep_config(args)
     return TrainConfig(
         data=args.data, casme2=args.casme2, samm=args.samm, smic=args.smic, dataset=args.dataset, root=args.root,
-        sample_list=args.sample_list, frames=args.frames, protocol=args.protocol, kfold_seed=args.kfold_seed,
+        sample_list=args.sample_list, frames=args.frames, on_prep_error=args.on_prep_error,
+        protocol=args.protocol, kfold_seed=args.kfold_seed,
         prep=prep, input=args.input, normalize=args.normalize, model=args.model,
         model_kwargs=_kv(args.model_arg, "--model-arg"), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, class_weights=args.class_weights,

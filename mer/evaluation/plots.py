@@ -31,7 +31,7 @@ def plot_confusions(m: dict, path) -> Path:
     """One panel per score set (all, then each dataset): counts and row-normalised colour."""
     plt = _plt()
     sets = list(m["scores"].items())
-    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 4.0), squeeze=False)
     for ax, (name, s) in zip(axes[0], sets):
         cm = np.array(s["confusion"], dtype=float)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)

@@ -65,7 +65,9 @@ def collect(root: Path, *, partial: bool = False) -> tuple[list[Row], list[dict]
     return rows, results, folds
 
 
-def compute_metrics(rows: list[Row], results: list[dict], cfg: TrainConfig, n_folds: int) -> dict:
+def compute_metrics(rows: list[Row], results: list[dict], cfg: TrainConfig, n_folds: int,
+                    excluded: list | None = None) -> dict:
+    """The metrics.json dict; ``excluded``: samples the preparation could not use (uid, reason)."""
     from mer.metrics import breakdown, per_class
 
     yt = np.array([r.label for r in rows])
@@ -75,6 +77,7 @@ def compute_metrics(rows: list[Row], results: list[dict], cfg: TrainConfig, n_fo
     pc = per_class(yt, yp)
     secs = [r["seconds"] for r in results]
     return {
+        "excluded": list(excluded or []),
         "selection": cfg.selection_label,
         "oracle": bool(cfg.reproduce_htnet_oracle),
         "valid_estimate": not cfg.reproduce_htnet_oracle,
@@ -93,6 +96,7 @@ def compute_metrics(rows: list[Row], results: list[dict], cfg: TrainConfig, n_fo
         "timing": {"fold_seconds_total": round(float(np.sum(secs)), 1),
                    "fold_seconds_mean": round(float(np.mean(secs)), 2),
                    "fold_seconds_max": round(float(np.max(secs)), 2),
+                   "fold_cpu_seconds_mean": round(float(np.mean([r.get("cpu_seconds", np.nan) for r in results])), 2),
                    "epoch_seconds_mean": round(float(np.mean([r["seconds_per_epoch"] for r in results])), 3),
                    "epochs_selected_mean": round(float(np.mean([r["epoch_selected"] for r in results])), 2)},
     }
@@ -110,6 +114,10 @@ def format_table(m: dict, markdown: bool = True) -> str:
     for name, s in m["scores"].items():
         label = "composite (all)" if name == "all" else name
         lines.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
+    if m.get("excluded"):
+        lines.append("")
+        lines.append(f"{len(m['excluded'])} sample(s) excluded (could not be prepared): "
+                     + "; ".join(f"{e['uid']} ({e['reason'].split(':')[0]})" for e in m["excluded"]))
     if m["oracle"]:
         lines.append("")
         lines.append("ORACLE: the epoch was chosen on the held-out subjects (HTNet's released evaluation); "
@@ -124,7 +132,9 @@ def write_report(root, *, partial: bool = False, print_table: bool = True, plots
     root = Path(root)
     cfg = TrainConfig.from_dict(json.loads((root / "config.json").read_text()))
     rows, results, folds = collect(root, partial=partial)
-    m = compute_metrics(rows, results, cfg, len(folds))
+    ex_path = root / "excluded.json"
+    excluded = json.loads(ex_path.read_text()) if ex_path.exists() else []
+    m = compute_metrics(rows, results, cfg, len(folds), excluded)
     lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
     lines += [f"{r.index},{r.dataset},{r.subject},{r.clip},{r.label},{r.pred}," + ",".join(f"{p:.6f}" for p in r.probs)
               for r in rows]

@@ -44,6 +44,8 @@ class TrainConfig:
     root: str | None = None  # its root folder
     sample_list: str | None = None  # composite/casme3 sample list CSV (None: synthetic list or shipped list)
     frames: str = "auto"  # dataset crops when present ('auto'), or 'raw' / 'cropped'
+    on_prep_error: str = "raise"  # a sample that cannot be prepared (e.g. no face found): 'raise' (stop, list them
+    #                               all) or 'warn' (exclude it; listed in excluded.json, metrics.json, summary.md)
     # --- protocol --------------------------------------------------------------------------------
     protocol: str = "loso"  # 'loso' | 'kfold:K' (subject-grouped) | 'cross:train=casme2,samm;test=smic'
     kfold_seed: int = 0  # subject assignment of kfold:K
@@ -55,7 +57,7 @@ class TrainConfig:
     model: str = "htnet_small_lape_agent"  # mer.models.create_model name (`mer models` lists them)
     model_kwargs: dict = field(default_factory=dict)  # overrides for create_model, e.g. {"dropout": 0.1}
     # --- optimisation ----------------------------------------------------------------------------
-    epochs: int = 40  # fixed epoch budget (select='fixed') or the maximum (select='val')
+    epochs: int = 30  # fixed epoch budget (select='fixed') or the maximum (select='val')
     batch_size: int = 64  # minibatch size (the composite's ~435 training samples: 7 steps per epoch)
     lr: float = 1e-3  # Adam learning rate (the released HTNet's 5e-5 needs its 800 epochs)
     weight_decay: float = 0.0  # Adam L2 weight decay
@@ -91,6 +93,8 @@ class TrainConfig:
             errs.append(f"select must be one of {SELECTIONS}, got {self.select!r}")
         if self.augment not in AUGMENTS:
             errs.append(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.on_prep_error not in ("raise", "warn"):
+            errs.append(f"on_prep_error must be 'raise' or 'warn', got {self.on_prep_error!r}")
         if self.class_weights not in CLASS_WEIGHTS:
             errs.append(f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}")
         if self.epochs < 1 or self.batch_size < 1:

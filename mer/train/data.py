@@ -70,14 +70,15 @@ def _labelled(name: str, samples: list) -> list:
 
 
 def load_inputs(cfg: TrainConfig, *, workers: int = 1, progress: bool = True):
-    """(samples, x (M,3,S,S) float32, y (M,) int64, PreparedSet) for the run; raises on any sample that
-    cannot be prepared (listing them all)."""
+    """(samples, x (M,3,S,S) float32, y (M,) int64, PreparedSet) for the run. A sample that cannot be
+    prepared raises (listing them all), or with cfg.on_prep_error='warn' is excluded and listed in
+    ``PreparedSet.failed``."""
     from mer.preprocess import prepare
 
     samples = load_samples(cfg)
     if not samples:
         raise DataSourceError("the data source holds no labelled samples")
-    ps = prepare(samples, cfg.prep, cfg.cache_dir, workers=workers, progress=progress, on_error="raise")
+    ps = prepare(samples, cfg.prep, cfg.cache_dir, workers=workers, progress=progress, on_error=cfg.on_prep_error)
     x = ps.face if cfg.input == "face" else ps.regions
     y = ps.labels
     bad = sorted({int(v) for v in y if v not in (0, 1, 2)})

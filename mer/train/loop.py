@@ -126,7 +126,7 @@ def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0) -> d
     """Train, select and predict one fold; writes the fold's files and returns its result dict."""
     from tqdm.auto import tqdm
 
-    cfg, t0 = task.cfg, time.perf_counter()
+    cfg, t0, c0 = task.cfg, time.perf_counter(), time.process_time()
     fdir = Path(task.fold_dir)
     fdir.mkdir(parents=True, exist_ok=True)
     log = IndexLog()
@@ -246,6 +246,7 @@ def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0) -> d
         "n_fit": n_real, "n_generated": n_gen, "n_val": int(len(val)), "n_test": int(len(test)),
         "epochs_run": len(history), "epoch_selected": chosen, "selection": cfg.selection_label,
         "oracle": bool(cfg.reproduce_htnet_oracle), "seconds": round(time.perf_counter() - t0, 2),
+        "cpu_seconds": round(time.process_time() - c0, 2),  # this process's CPU time (all its threads)
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
         "threads": torch.get_num_threads(),
         "test_acc": float((pred == y_test).mean()) if len(test) else None,

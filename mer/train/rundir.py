@@ -4,6 +4,7 @@
       config.json            the resolved TrainConfig (written first; a rerun must match it)
       samples.csv            index, dataset, subject, clip, label of every sample of the run
       folds.json             per fold: name, dir, train/test indices, test subjects
+      excluded.json          samples the preparation could not use (on_prep_error='warn'), with the reason
       folds/<NNN-name>/
         last.pt              resumable checkpoint (model, optimiser, RNG, history); removed when the fold ends
         model.pt             the evaluated model: state_dict + config (torch.load(..., weights_only=True))

@@ -125,7 +125,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
                              main_only=True)
         if not ctx.is_main:  # every entry is cached now: a fast read
             loaded = load_inputs(cfg, workers=1, progress=False)
-        samples, x, y, _ = loaded
+        samples, x, y, ps = loaded
+        excluded = [{"uid": smp.uid, "reason": why} for smp, why in ps.failed]
         if ctx.is_main:  # an unknown model or a wrong input size: one clear error before any fold starts
             from mer.train.models import build_model
 
@@ -133,7 +134,9 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
         t_prep = time.perf_counter() - t0
         folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed)
         _collective(ctx, lambda: (_write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
-                                  _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds")),
+                                  _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds"),
+                                  _write_or_check(rd.root / "excluded.json", json.dumps(excluded, indent=1) + "\n",
+                                                  "excluded samples")),
                     main_only=True)
         shared = {"x": x, "y": y, "subjects": [(s.dataset, s.subject) for s in samples],
                   "ids": [(s.dataset, s.subject, s.clip) for s in samples]}

@@ -68,7 +68,7 @@ def test_rundir_refuses_another_config(tmp_path):
     cfg = TrainConfig(data="x", out=str(tmp_path / "run"))
     assert rd.init(cfg) == "new"
     assert rd.init(cfg.replace(workers=2)) == "resume"
-    with pytest.raises(ConfigMismatch, match="epochs: 40 -> 5"):
+    with pytest.raises(ConfigMismatch, match="epochs: 30 -> 5"):
         rd.init(cfg.replace(epochs=5))
     (rd.root / "folds").mkdir()
     assert rd.init(cfg.replace(epochs=5), force=True) == "forced"
