@@ -6,7 +6,8 @@ Definition (per class c over the pooled predictions, then the plain mean over ``
     recall_c = TP_c / (TP_c + FN_c)                 (0 when class c is absent from y_true)
     UF1 = mean_c F1_c,  UAR = mean_c recall_c
 This equals scikit-learn's ``f1_score(..., labels=labels, average='macro', zero_division=0)`` and
-``recall_score(..., labels=labels, average='macro', zero_division=0)``. A class absent from a subset
+``recall_score(..., labels=labels, average='macro', zero_division=0)`` (its default 'warn' gives the same
+numbers; ``zero_division=1`` would count the recall of a class absent from y_true as 1 and inflate UAR). A class absent from a subset
 still counts (with 0), as the MEGC2019 definition over all three classes requires; helpers that drop
 absent classes (a common bug in public evaluation scripts, which catch the exception of a 1x1 confusion
 matrix and skip the class) report higher numbers on small subsets. On the full composite every class is
