@@ -38,10 +38,13 @@ class GaussianDiffusion(nn.Module):
         denoiser: module called as ``denoiser(x (B,C,H,W), t (B,) long, y (B,) long) -> (B,C,H,W)``.
         timesteps: T, number of diffusion steps.
         null_class: label fed for the unconditional branch of classifier-free guidance (None: not used).
-        gaussian_skip: predict ε̂ = √(1 − ᾱ_t)·x_t + denoiser(x_t, t, y), i.e. the denoiser learns the
-            correction to the exact ε-predictor for N(0, I) data (the data are standardised first). This
-            is still ε-prediction with the MSE on ε; it only changes what the network has to output, so a
-            small network on a CPU budget does not have to learn the identity at large t.
+        gaussian_skip: predict ε̂ = ε_G(x_t, t, y) + denoiser(x_t, t, y), where ε_G is the exact ε-predictor
+            for Gaussian data: N(0, I) (``prior_mean``/``prior_var`` None) or, per class, N(μ_y, diag σ²_y)
+            with ε_G = √(1−ᾱ_t)(x_t − √ᾱ_t μ_y) / (ᾱ_t σ²_y + 1 − ᾱ_t). The network learns the correction.
+            This is still ε-prediction with the MSE on ε; it only changes what the network has to output,
+            so a small network on a CPU budget does not have to learn the identity at large t.
+        prior_mean, prior_var: (K', C, H, W) per-label mean and variance images for ``gaussian_skip``
+            (K' covers every label fed, the null class included); stored as buffers.
         s: cosine schedule offset; max_beta: β clip.
     Buffers (float32, shape (T,)): every entry of :func:`mer.augment.schedule.schedule_terms`.
     """
@@ -53,6 +56,8 @@ class GaussianDiffusion(nn.Module):
         *,
         null_class: int | None = None,
         gaussian_skip: bool = False,
+        prior_mean: torch.Tensor | None = None,
+        prior_var: torch.Tensor | None = None,
         s: float = 0.008,
         max_beta: float = 0.999,
     ):
@@ -61,6 +66,13 @@ class GaussianDiffusion(nn.Module):
         self.timesteps = int(timesteps)
         self.null_class = null_class
         self.gaussian_skip = bool(gaussian_skip)
+        if (prior_mean is None) != (prior_var is None):
+            raise ValueError("give both prior_mean and prior_var, or neither")
+        if prior_mean is not None and (prior_mean.ndim != 4 or prior_mean.shape != prior_var.shape):
+            raise ValueError(f"prior_mean/var must be (K, C, H, W) alike, got {tuple(prior_mean.shape)}, "
+                             f"{tuple(prior_var.shape)}")
+        self.register_buffer("prior_mean", None if prior_mean is None else prior_mean.float())
+        self.register_buffer("prior_var", None if prior_var is None else prior_var.float().clamp(min=1e-4))
         for name, value in schedule_terms(cosine_betas(self.timesteps, s, max_beta)).items():
             self.register_buffer(name, value.float(), persistent=False)
 
@@ -93,10 +105,15 @@ class GaussianDiffusion(nn.Module):
         return F.mse_loss(self.model_eps(self.q_sample(x0, t, noise), t, y), noise)
 
     def model_eps(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """ε_θ(x_t, t, y): the denoiser's output, plus √(1 − ᾱ_t)·x_t with ``gaussian_skip``. (B,C,H,W)."""
+        """ε_θ(x_t, t, y): the denoiser's output, plus the Gaussian ε_G with ``gaussian_skip``. (B,C,H,W)."""
         eps = self.denoiser(x, t, y)
         if self.gaussian_skip:
-            eps = eps + _extract(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * x
+            if self.prior_mean is None:
+                eps = eps + _extract(self.sqrt_one_minus_alphas_cumprod, t, x.ndim) * x
+            else:
+                ab = _extract(self.alphas_cumprod, t, x.ndim)
+                mu, var = self.prior_mean[y], self.prior_var[y]
+                eps = eps + (1 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * var + 1 - ab)
         return eps
 
     # ------------------------------------------------------------------ sampling helpers

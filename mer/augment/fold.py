@@ -7,7 +7,7 @@ cached model can only be reused for exactly the same training data, config and s
 
 Cache layout (``cache_dir/<fold_key>/<key>/``, every file written to a temporary name then renamed):
 
-    model.pt               denoiser weights (EMA), config, class count, scaler, clip range, losses
+    model.pt               denoiser weights (EMA), config, class count, scaler, class prior, clip range, losses
     samples-<ratio>.npz    x (N, C, H, W) float32 in the caller's units, y (N,), generated = True
     meta.json              the key's inputs in readable form (shapes, class counts, config, seed)
 """
@@ -26,11 +26,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import GaussianDiffusion
-from .trainer import ArrayBatches, DDPMConfig, build_diffusion, train_ddpm
+from .trainer import ArrayBatches, DDPMConfig, build_diffusion, class_prior, train_ddpm
 
 __all__ = ["augment_fold", "ChannelScaler", "class_targets", "cache_key", "load_cached_model", "generate"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _FOLD_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]*$")
 
 
@@ -157,10 +157,11 @@ def _train(x: np.ndarray, y: np.ndarray, cfg: DDPMConfig, seed: int) -> dict:
     """Train a DDPM on exactly (x, y); returns the checkpoint dict (see module docstring)."""
     s_init, s_order, s_noise, _ = _seeds(seed)
     num_classes = int(y.max()) + 1
+    scaler = ChannelScaler.fit(x)
+    prior = class_prior(scaler.transform(torch.from_numpy(x)).numpy(), y, num_classes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(s_init)
-        diffusion = build_diffusion(cfg, num_classes, x.shape[1])
-    scaler = ChannelScaler.fit(x)
+        diffusion = build_diffusion(cfg, num_classes, x.shape[1], prior)
     z_lo = (x.min(axis=(0, 2, 3)).astype(np.float64) - scaler.mean) / scaler.std
     z_hi = (x.max(axis=(0, 2, 3)).astype(np.float64) - scaler.mean) / scaler.std
     pad = cfg.clip_margin * (z_hi - z_lo)
@@ -173,6 +174,8 @@ def _train(x: np.ndarray, y: np.ndarray, cfg: DDPMConfig, seed: int) -> dict:
         "num_classes": num_classes,
         "in_channels": int(x.shape[1]),
         "image_size": [int(x.shape[2]), int(x.shape[3])],
+        "prior_mean": prior[0],
+        "prior_var": prior[1],
         "scaler_mean": scaler.mean.tolist(),
         "scaler_std": scaler.std.tolist(),
         "clip_lo": (z_lo - pad).tolist(),
@@ -185,7 +188,7 @@ def _train(x: np.ndarray, y: np.ndarray, cfg: DDPMConfig, seed: int) -> dict:
 def load_cached_model(ckpt: dict) -> tuple[GaussianDiffusion, ChannelScaler, DDPMConfig]:
     """Rebuild (diffusion in eval mode, scaler, config) from a checkpoint dict made by ``augment_fold``."""
     cfg = DDPMConfig.from_dict(ckpt["cfg"])
-    diffusion = build_diffusion(cfg, ckpt["num_classes"], ckpt["in_channels"])
+    diffusion = build_diffusion(cfg, ckpt["num_classes"], ckpt["in_channels"], (ckpt["prior_mean"], ckpt["prior_var"]))
     diffusion.denoiser.load_state_dict(ckpt["state_dict"])
     diffusion.eval()
     return diffusion, ChannelScaler(np.asarray(ckpt["scaler_mean"]), np.asarray(ckpt["scaler_std"])), cfg

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .diffusion import GaussianDiffusion
 from .unet import UNet
 
-__all__ = ["DDPMConfig", "ArrayBatches", "TrainResult", "build_diffusion", "train_ddpm"]
+__all__ = ["DDPMConfig", "ArrayBatches", "TrainResult", "build_diffusion", "class_prior", "train_ddpm"]
 
 SAMPLERS = ("ddim", "ancestral")
 
@@ -34,9 +34,10 @@ class DDPMConfig:
     dropout: float = 0.0
     # diffusion
     timesteps: int = 1000  # T of the cosine schedule
-    gaussian_skip: bool = True  # ε̂ = √(1−ᾱ_t)·x_t + U-Net(x_t, t, y) (see GaussianDiffusion)
+    gaussian_skip: bool = True  # ε̂ = ε_Gaussian(x_t, t, y) + U-Net(x_t, t, y) (see GaussianDiffusion)
+    class_prior: bool = True  # ε_Gaussian from per-class mean/variance images of the training data (else N(0, I))
     # training
-    train_steps: int = 400  # fixed budget of Adam steps (no early stopping, no validation data)
+    train_steps: int = 300  # fixed budget of Adam steps (no early stopping, no validation data)
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -45,7 +46,7 @@ class DDPMConfig:
     p_uncond: float = 0.0  # label-drop probability for classifier-free guidance (0: off)
     # sampling
     sampler: str = "ddim"  # "ddim" (deterministic, `sample_steps` steps) or "ancestral" (all T steps)
-    sample_steps: int = 20  # DDIM steps
+    sample_steps: int = 15  # DDIM steps
     eta: float = 0.0  # DDIM stochasticity (0: deterministic given the seed)
     guidance: float = 1.0  # classifier-free guidance scale (1: plain conditional; != 1 needs p_uncond > 0)
     clip_x0: bool = True  # clamp x̂₀ to the training data's per-channel range (in standardised units)
@@ -104,10 +105,36 @@ class DDPMConfig:
         return cls(**d)
 
 
-def build_diffusion(cfg: DDPMConfig, num_classes: int, in_channels: int = 3) -> GaussianDiffusion:
-    """The U-Net denoiser for ``num_classes`` classes (+ null class) wrapped in a GaussianDiffusion."""
+def build_diffusion(
+    cfg: DDPMConfig,
+    num_classes: int,
+    in_channels: int = 3,
+    prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> GaussianDiffusion:
+    """The U-Net denoiser for ``num_classes`` classes (+ null class) wrapped in a GaussianDiffusion.
+
+    prior: (mean, var), each (num_classes + 1, C, H, W), used when ``cfg.gaussian_skip and cfg.class_prior``.
+    """
     unet = UNet(num_classes, in_channels, cfg.base_channels, cfg.channel_mults, cfg.emb_dim, cfg.dropout)
-    return GaussianDiffusion(unet, cfg.timesteps, null_class=num_classes, gaussian_skip=cfg.gaussian_skip)
+    mean, var = prior if (prior is not None and cfg.gaussian_skip and cfg.class_prior) else (None, None)
+    return GaussianDiffusion(unet, cfg.timesteps, null_class=num_classes, gaussian_skip=cfg.gaussian_skip,
+                             prior_mean=mean, prior_var=var)
+
+
+def class_prior(z: np.ndarray, y: np.ndarray, num_classes: int, min_var: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class mean and variance images of (standardised) training images z (M, C, H, W).
+
+    Returns (mean, var), each (num_classes + 1, C, H, W) float32: row c for class c (classes absent from
+    ``y`` and the last row, the null class, get the statistics of all of z); variances floored at ``min_var``.
+    """
+    z64 = z.astype(np.float64)
+    mean = np.repeat(z64.mean(0, keepdims=True), num_classes + 1, 0)
+    var = np.repeat(z64.var(0, keepdims=True), num_classes + 1, 0)
+    for c in np.unique(y):
+        zc = z64[y == c]
+        mean[c] = zc.mean(0)
+        var[c] = zc.var(0) if len(zc) > 1 else var[c]
+    return torch.from_numpy(mean).float(), torch.from_numpy(np.maximum(var, min_var)).float()
 
 
 class ArrayBatches:
