@@ -132,3 +132,26 @@ def test_tiny_model_overfits_one_batch_and_matches_its_class_statistics():
         # spread: real 0.3 per channel; samples within a factor 2 (neither collapsed nor noise-dominated)
         sd = xs[ys == c].std((0, 2, 3))
         assert bool(((sd > 0.15) & (sd < 0.6)).all()), sd
+
+
+def test_class_prior_skip_equals_the_exact_gaussian_denoiser():
+    """With an untrained (zero-output) U-Net, the class-prior skip is the exact ε-predictor of N(μ_y, σ²_y)."""
+    from mer.augment.trainer import class_prior
+
+    z = torch.randn(40, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0] * 25 + [1] * 15)
+    z[y == 1] += 2.0
+    mean, var = class_prior(z.numpy(), y.numpy(), num_classes=3)  # class 2 absent: gets overall stats
+    assert mean.shape == (4, 3, 4, 4)
+    torch.testing.assert_close(mean[1], z[y == 1].mean(0))
+    torch.testing.assert_close(var[0], z[y == 0].var(0, unbiased=False))
+    torch.testing.assert_close(mean[2], z.mean(0))
+    torch.testing.assert_close(mean[3], z.mean(0))
+    d = GaussianDiffusion(UNet(3, base=4, mults=(1,), emb_dim=16), 100, null_class=3, gaussian_skip=True,
+                          prior_mean=mean, prior_var=var)
+    x, t, yy = torch.randn(4, 3, 4, 4), torch.tensor([0, 10, 50, 99]), torch.tensor([0, 1, 2, 3])
+    ab = d.alphas_cumprod[t][:, None, None, None]
+    want = (1 - ab).sqrt() * (x - ab.sqrt() * mean[yy]) / (ab * var[yy] + 1 - ab)
+    torch.testing.assert_close(d.model_eps(x, t, yy), want)
+    with pytest.raises(ValueError, match="both"):
+        GaussianDiffusion(UNet(3, base=4, mults=(1,), emb_dim=16), 10, prior_mean=mean)

@@ -67,6 +67,10 @@ def test_ddpm_trains_on_exactly_the_passed_arrays(monkeypatch, tmp_path):
     ck = torch.load(model_path, weights_only=False)
     np.testing.assert_allclose(ck["scaler_mean"], x_train.astype(np.float64).mean((0, 2, 3)))
     assert ck["rows_seen"] == 30 * 8
+    # the class prior (mean image per class) is that of x_train's own classes, in standardised units
+    z = (x_train.astype(np.float64) - np.array(ck["scaler_mean"])[None, :, None, None]) / np.array(ck["scaler_std"])[None, :, None, None]
+    for c in range(3):
+        np.testing.assert_allclose(ck["prior_mean"][c].numpy(), z[y_train == c].mean(0), rtol=1e-4, atol=1e-5)
     assert not np.any(x_gen == SENTINEL)
 
 
