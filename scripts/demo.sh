@@ -6,7 +6,7 @@
 #      all 68 subjects, 2 worker processes
 #   4. print the UF1/UAR table and write it with the plots to runs/demo
 # Measured on the 2-core development machine: see docs/training.md (target: under 10 minutes in all).
-# Environment overrides: DEMO_DATA, DEMO_OUT, DEMO_PROTOCOL, DEMO_EPOCHS, DEMO_FLOW, DEMO_WORKERS, DEMO_SEED.
+# Environment overrides: DEMO_DATA, DEMO_CACHE, DEMO_OUT, DEMO_PROTOCOL, DEMO_EPOCHS, DEMO_FLOW, DEMO_WORKERS, DEMO_SEED.
 # A rerun reuses the data and the cache and resumes/reuses the run (same options); DEMO_FORCE=1 retrains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,7 @@ EPOCHS=${DEMO_EPOCHS:-20}
 FLOW=${DEMO_FLOW:-dis}
 WORKERS=${DEMO_WORKERS:-2}
 SEED=${DEMO_SEED:-0}
+CACHE=${DEMO_CACHE:-data/cache}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}   # each fold worker sets its own torch threads
 
 t0=$(date +%s)
@@ -32,7 +33,7 @@ echo "[demo] 2-3/3 preparing ($FLOW flow), training and evaluating ($PROTOCOL, $
 FORCE=()
 if [[ "${DEMO_FORCE:-0}" == "1" ]]; then FORCE=(--force); fi
 $PY -m mer train --data "$DATA" --protocol "$PROTOCOL" --flow "$FLOW" --epochs "$EPOCHS" --seed "$SEED" \
-    --workers "$WORKERS" --cache data/cache --out "$OUT" "${FORCE[@]}"
+    --workers "$WORKERS" --cache "$CACHE" --out "$OUT" "${FORCE[@]}"
 t2=$(date +%s)
 echo
 echo "[demo] done in $((t2 - t0)) s (data $((t1 - t0)) s, prepare + train + evaluate $((t2 - t1)) s)"

@@ -39,8 +39,12 @@ def _threads_for(workers: int) -> int:
 
 
 def _init_worker(threads: int, shared: dict) -> None:
+    import signal
+
     import torch
 
+    # Ctrl-C is the main process's business: it terminates the workers (their folds resume from last.pt)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _SHARED.update(shared)
 
@@ -195,6 +199,10 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, tqdm) ->
                     raise FoldFailure(f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
                                       "\n  " + "\n  ".join(errors))
             except BaseException:
+                # stop now: queued folds are cancelled and running ones killed (they resume from their
+                # last epoch checkpoint on the next run), so Ctrl-C does not wait for the folds in flight
+                for proc in list(getattr(ex, "_processes", {}).values()):
+                    proc.terminate()
                 ex.shutdown(wait=False, cancel_futures=True)
                 raise
             ex.shutdown(wait=True)
