@@ -268,7 +268,7 @@ def augment_fold(
             with np.load(samples_path) as z:
                 return z["x"].astype(np.float32), z["y"].astype(y_dtype)
         model_path = folder / "model.pt"
-        ckpt = torch.load(model_path, map_location="cpu", weights_only=False) if model_path.exists() else None
+        ckpt = torch.load(model_path, map_location="cpu", weights_only=True) if model_path.exists() else None
     else:
         ckpt = None
 
