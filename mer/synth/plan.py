@@ -180,7 +180,10 @@ def plan_clip(cfg: SynthConfig, dataset: str, subject: str, clip: str, emotion: 
     n = offset - onset + 1
     if rng.random() < min(0.95, lvl.blink_prob * ident.blink_rate / 0.3):
         length = max(3, int(round(rng.uniform(100, 180) * fps / 1000 * scale)))
-        start = onset + int(rng.integers(-length // 2, n - length // 2))
+        if rng.random() < 0.5:  # blinks often come with the expression: eyes partly shut at the apex
+            start = apex - int(round(length * rng.uniform(0.15, 0.7)))
+        else:
+            start = onset + int(rng.integers(-length // 2, n - length // 2))
         blink = (start, length, round(float(rng.uniform(0.6, 1.0)), 4))
     ang = rng.uniform(0, 2 * np.pi)
     dmag = lvl.drift_px * rng.uniform(0.3, 1.0)
