@@ -5,7 +5,8 @@
     torchrun --nnodes=2 --node_rank=R --master_addr=HOST --nproc_per_node=8 -m mer train ...  # 2 machines
                                                                   (the run directory on a shared file system)
 
-Backend: gloo on CPU, nccl when every rank has a GPU (MER_DIST_BACKEND overrides). Without the torchrun
+Backend: gloo (training runs on the CPU; the collectives only exchange small status objects);
+MER_DIST_BACKEND overrides. Without the torchrun
 environment (RANK/WORLD_SIZE unset) everything is a single process and these helpers do nothing.
 """
 from __future__ import annotations
@@ -36,13 +37,12 @@ def setup() -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
-    import torch
     import torch.distributed as dist
 
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
         return DistContext(dist.get_rank(), dist.get_world_size(), local, False)
-    backend = os.environ.get("MER_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = os.environ.get("MER_DIST_BACKEND") or "gloo"
     # folds can take long: the barrier before the merge must not time out while other ranks train
     hours = float(os.environ.get("MER_DIST_TIMEOUT_HOURS", "48"))
     dist.init_process_group(backend, timeout=timedelta(hours=hours))
