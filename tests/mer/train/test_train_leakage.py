@@ -78,3 +78,19 @@ def test_normalisation_statistics_come_from_the_fit_indices():
     mean, std = channel_stats(log.take("norm", x, np.arange(7)))
     assert np.allclose(mean, x[:7].mean(axis=(0, 2, 3)), atol=1e-5)
     assert log.as_dict() == {"norm": list(range(7))}
+
+
+@pytest.mark.slow
+def test_cross_dataset_protocol_keeps_the_test_dataset_out(make_cfg):
+    cfg = make_cfg(protocol="cross:train=casme2,samm;test=smic")
+    m = run_training(cfg)
+    run = Path(cfg.out)
+    _check_no_leak(run, {"fit", "norm", "predict"})
+    import csv
+
+    with open(run / "samples.csv") as f:
+        ds = [r["dataset"] for r in csv.DictReader(f)]
+    (r,) = _fold_results(run)
+    assert {ds[i] for i in r["split"]["fit"]} == {"casme2", "samm"}
+    assert {ds[i] for i in r["split"]["test"]} == {"smic"}
+    assert set(m["scores"]) == {"all", "smic"} and m["n"] == 6
