@@ -31,3 +31,18 @@ def test_mer_augment_explains_bad_npz(tmp_path):
     np.savez(tmp_path / "d.npz", images=np.zeros((2, 3, 8, 8)))
     with pytest.raises(SystemExit, match="lacks key"):
         main(["augment", "--data", str(tmp_path / "d.npz"), "--out", str(tmp_path / "o")])
+
+
+def test_toy_set_shape_and_classes():
+    from mer.augment.toy import toy_flow_set
+
+    x, y = toy_flow_set(counts=(5, 3, 2), size=14, seed=1)
+    assert x.shape == (10, 3, 14, 14) and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [5, 3, 2]
+    np.testing.assert_allclose(x.mean((0, 2, 3)), 0, atol=1e-5)
+    np.testing.assert_allclose(x.std((0, 2, 3)), 1, atol=1e-4)
+
+
+def test_bad_ratio_is_explained(tmp_path):
+    with pytest.raises(SystemExit, match="--ratio"):
+        main(["augment", "--toy", "--out", str(tmp_path / "o"), "--ratio", "lots"])
