@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"threads": th, "train_step_wall_s": tw, "train_step_cpu_s": tc,
                      "sample_step_wall_s": sw, "sample_step_cpu_s": sc,
                      "fold_wall_s_predicted": cfg.train_steps * tw + cfg.sample_steps * sw,
+                     "fold_cpu_s_predicted": cfg.train_steps * tc + cfg.sample_steps * sc,
                      "load_avg_1min": os.getloadavg()[0]})
     print(json.dumps({"size": args.size, "batch_size": cfg.batch_size, "train_steps": cfg.train_steps,
                       "sample_steps": cfg.sample_steps, "n_gen": args.n_gen, "results": rows}, indent=2))
