@@ -29,10 +29,8 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(**kw)
 
 
-def load_samples(cfg: TrainConfig) -> list:
-    """The labelled samples of the run (3-class protocol), in a deterministic order."""
-    from mer.data import casme3_part_a, load_dataset, megc2019_composite
-
+def check_source(cfg: TrainConfig) -> None:
+    """Cheap checks of the data source (folders exist) before anything is written or computed."""
     if cfg.data is not None:
         d = Path(cfg.data)
         lst = Path(cfg.sample_list) if cfg.sample_list else d / "megc2019_composite.csv"
@@ -41,6 +39,26 @@ def load_samples(cfg: TrainConfig) -> list:
             raise DataSourceError(
                 f"--data {d}: expected a `mer synth` output (casme2/, samm/, smic/, megc2019_composite.csv); "
                 f"missing: {', '.join(missing)}. Generate it with `mer synth --out {d}`.")
+        return
+    roots = {k: getattr(cfg, k) for k in ("casme2", "samm", "smic", "root") if getattr(cfg, k) is not None}
+    if not roots:
+        raise DataSourceError("no data: pass --data DIR (a `mer synth` output), --casme2/--samm/--smic ROOTs, "
+                              "or --dataset NAME --root ROOT")
+    missing = [f"--{k} {v}" for k, v in roots.items() if not Path(v).is_dir()]
+    if cfg.sample_list is not None and not Path(cfg.sample_list).is_file():
+        missing.append(f"--sample-list {cfg.sample_list}")
+    if missing:
+        raise DataSourceError(f"not found: {', '.join(missing)}")
+
+
+def load_samples(cfg: TrainConfig) -> list:
+    """The labelled samples of the run (3-class protocol), in a deterministic order."""
+    from mer.data import casme3_part_a, load_dataset, megc2019_composite
+
+    check_source(cfg)
+    if cfg.data is not None:
+        d = Path(cfg.data)
+        lst = Path(cfg.sample_list) if cfg.sample_list else d / "megc2019_composite.csv"
         return megc2019_composite(casme2=d / "casme2", samm=d / "samm", smic=d / "smic", sample_list=lst,
                                   frames=cfg.frames)
     roots = {k: getattr(cfg, k) for k in ("casme2", "samm", "smic") if getattr(cfg, k) is not None}
@@ -55,10 +73,7 @@ def load_samples(cfg: TrainConfig) -> list:
         return out
     if cfg.dataset == "casme3":
         return casme3_part_a(cfg.root, sample_list=cfg.sample_list, frames=cfg.frames)
-    if cfg.dataset is not None:
-        return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, frames=cfg.frames))
-    raise DataSourceError("no data: pass --data DIR (a `mer synth` output), --casme2/--samm/--smic ROOTs, "
-                          "or --dataset NAME --root ROOT")
+    return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, frames=cfg.frames))
 
 
 def _labelled(name: str, samples: list) -> list:

@@ -114,14 +114,21 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
     """
     from tqdm.auto import tqdm
 
-    from mer.train.data import load_inputs, resolve_paths
+    from mer.train.data import check_source, load_inputs, resolve_paths
+    from mer.train.models import build_model
 
     cfg = resolve_paths(cfg)
     ctx = dist.setup()
     try:
         rd = RunDir(cfg.out)
         t0 = time.perf_counter()
-        state = _collective(ctx, lambda: rd.init(cfg, force=force), main_only=True)
+
+        def start():  # cheap checks first: nothing is written for a missing folder or an unknown model
+            check_source(cfg)
+            build_model(cfg.model, cfg.model_kwargs, image_size=cfg.prep.size)
+            return rd.init(cfg, force=force)
+
+        state = _collective(ctx, start, main_only=True)
         if ctx.is_main and cfg.progress:
             print(f"run directory {rd.root} ({state}); selection: {cfg.selection_label}")
         prep_workers = cfg.prep_workers or max(cfg.workers, 1)
@@ -131,10 +138,6 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
             loaded = load_inputs(cfg, workers=1, progress=False)
         samples, x, y, ps = loaded
         excluded = [{"uid": smp.uid, "reason": why} for smp, why in ps.failed]
-        if ctx.is_main:  # an unknown model or a wrong input size: one clear error before any fold starts
-            from mer.train.models import build_model
-
-            build_model(cfg.model, cfg.model_kwargs, image_size=x.shape[-1])
         t_prep = time.perf_counter() - t0
         folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed)
         _collective(ctx, lambda: (_write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),

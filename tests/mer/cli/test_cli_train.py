@@ -158,3 +158,20 @@ def test_help_has_examples(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([cmd, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_bad_data_or_model_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, _, err = mer_inproc(["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)], capsys)
+    assert rc == 2 and "expected a `mer synth` output" in err and "mer synth --out" in err
+    rc, _, err = mer_inproc(["train", "--out", str(out)], capsys)
+    assert rc == 2 and "no data" in err
+    rc, _, err = mer_inproc(["train", "--data", "a", "--casme2", "b", "--out", str(out)], capsys)
+    assert rc == 2 and "one data source" in err
+    for d in ("casme2", "samm", "smic"):
+        (tmp_path / "fake" / d).mkdir(parents=True)
+    (tmp_path / "fake" / "megc2019_composite.csv").write_text("dataset,subject,clip,label\n")
+    rc, _, err = mer_inproc(["train", "--data", str(tmp_path / "fake"), "--model", "no_such_model", "--out",
+                             str(out)], capsys)
+    assert rc == 2 and "model 'no_such_model'" in err
+    assert not out.exists()
