@@ -107,6 +107,7 @@ def test_evaluate_recomputes_the_same_metrics(tiny_run, capsys):
 def test_a_changed_config_is_refused(tiny_run, capsys):
     data, run = tiny_run
     rc, out, err = mer_inproc(["train", "--data", str(data), "--model", tiny_model(), "--epochs", "3",
+                               "--batch-size", "8", "--lr", "3e-3", "--flow", "farneback", "--size", "16",
                                "--out", str(run), "--no-progress"], capsys)
     assert rc == 2 and "different config" in err and "epochs: 2 -> 3" in err and "--force" in err
 
