@@ -4,7 +4,14 @@ honest model selection, resumable run directories, parallel and torchrun fold sh
     from mer.train import TrainConfig, run_training
     metrics = run_training(TrainConfig(data="synth", protocol="kfold:5", out="runs/demo"))
 
-Command line: `mer train`, `mer evaluate`, `mer predict`; docs/training.md.
+Command line (docs/training.md has the options and the measurements behind the defaults):
+
+    mer synth --out data/synth --preset composite --seed 0
+    mer train --data data/synth --protocol loso --workers 2 --cache data/cache --out runs/loso   # 68 folds
+    mer train --data data/synth --protocol kfold:5 --flow dis --epochs 20 --workers 2 --out runs/demo
+    torchrun --nproc_per_node=2 -m mer train --data data/synth --out runs/dist
+    mer evaluate runs/loso
+    mer predict --checkpoint runs/loso/folds/000-casme2-sub01/model.pt --onset ONSET.jpg --apex APEX.jpg
 """
 from mer.train.config import ConfigMismatch, TrainConfig
 from mer.train.loop import FoldTask, InjectedInterrupt, train_fold
