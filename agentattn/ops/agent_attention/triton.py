@@ -186,9 +186,8 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
         BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=4,
     )
     da = (da2.sum(1) + da1.sum(1))[:, :n, :d].reshape(B, H, n, d).to(q.dtype)
-    empty = q.new_empty((0,))
-    db1 = empty if db1 is None else db1.to(q.dtype)
-    db2 = empty if db2 is None else db2.to(q.dtype)
+    db1 = q.new_empty((0,)) if db1 is None else db1.to(q.dtype)  # distinct empties: outputs may not alias
+    db2 = q.new_empty((0,)) if db2 is None else db2.to(q.dtype)
     return dq, dk, dv, da, db1, db2
 
 
@@ -216,10 +215,9 @@ def _bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b
 
 @_bwd_op.register_fake
 def _(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_agent, lse_query, scale):
-    e = q.new_empty((0,))
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(agents),
-            torch.empty_like(bias_agent) if bias_agent is not None else e,
-            torch.empty_like(bias_query) if bias_query is not None else e)
+            torch.empty_like(bias_agent) if bias_agent is not None else q.new_empty((0,)),
+            torch.empty_like(bias_query) if bias_query is not None else q.new_empty((0,)))
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,0 +1,113 @@
+"""Triton agent-attention kernels against the fp64 reference: outputs and every gradient.
+
+On CPU run under the interpreter, in its own process: ``TRITON_INTERPRET=1 python -m pytest -m triton``
+(scripts/test.sh does this). Shapes are small (the interpreter is slow) but awkward: N not a multiple of
+the block, n not a power of two, d = 48, broadcast and full biases, no biases, several N splits.
+"""
+import os
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.triton
+
+triton = pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+    pytest.skip("Triton tests need a GPU or TRITON_INTERPRET=1 (set before the process starts)",
+                allow_module_level=True)
+
+from agentattn.ops.agent_attention import triton as tri  # noqa: E402
+from agentattn.ops.agent_attention.naive import agent_attention_ref, agent_attention_ref_stats  # noqa: E402
+
+DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
+
+CASES = [
+    # B, H, N, n, d, bias_agent shape (None: no bias), bias_query shape
+    (2, 2, 77, 9, 48, (1, 2), (2, 2)),     # stage-1 bias broadcast over batch, stage-2 bias full
+    (1, 3, 100, 16, 32, None, None),       # no biases, n a power of two
+    (2, 1, 33, 5, 64, (2, 1), (1, 1)),     # full bias_agent, bias_query broadcast over batch and head
+    (1, 1, 20, 3, 80, (1, 1), None),       # N below one block, d = 80
+]
+
+
+def _id(c):
+    B, H, N, n, d, b1, b2 = c
+    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{'x'.join(map(str, b1)) if b1 else 'none'}-b2{'x'.join(map(str, b2)) if b2 else 'none'}"
+
+
+def _inputs(B, H, N, n, d, b1s, b2s, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    q, k, v, a = mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)
+    b1 = None if b1s is None else 0.5 * mk(*b1s, n, N)
+    b2 = None if b2s is None else 0.5 * mk(*b2s, N, n)
+    return q, k, v, a, b1, b2
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_forward_stats_match_reference(case):
+    B, H, N, n, d, b1s, b2s = case
+    q, k, v, a, b1, b2 = _inputs(*case)
+    s = d ** -0.5
+    ref = agent_attention_ref_stats(q, k, v, a, b1, b2, s)
+    f = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
+    # poison: outputs are freshly allocated; a NaN anywhere means an unwritten or bad element
+    got = tri.forward(f(q), f(k), f(v), f(a), f(b1), f(b2), s)
+    for name, x, y in zip(("out", "agent_v", "lse_agent", "lse_query"), got, ref):
+        assert x.dtype == torch.float32, name
+        assert torch.isfinite(x).all(), name
+        torch.testing.assert_close(x.double().cpu(), y, rtol=2e-5, atol=2e-5, msg=name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_gradients_match_reference(case):
+    B, H, N, n, d, b1s, b2s = case
+    inputs = _inputs(*case, seed=1)
+    s = 0.3  # a non-default scale
+    ref = [None if t is None else t.clone().requires_grad_() for t in inputs]
+    got = [None if t is None else t.float().to(DEVICE).requires_grad_() for t in inputs]
+    out_ref = agent_attention_ref(*ref, s)
+    out = tri.agent_attention_triton(*got, s)
+    grad = torch.randn(out_ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out_ref.backward(grad)
+    out.backward(grad.float().to(DEVICE))
+    torch.testing.assert_close(out.detach().double().cpu(), out_ref.detach(), rtol=2e-5, atol=2e-5)
+    for name, x, y in zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), got, ref):
+        if y is None:
+            continue
+        assert x.grad is not None and x.grad.shape == y.shape, name
+        torch.testing.assert_close(x.grad.double().cpu(), y.grad, rtol=1e-4, atol=2e-5, msg=f"d{name}")
+
+
+def test_backward_op_returns_empty_bias_grads_without_biases():
+    q, k, v, a, _, _ = _inputs(1, 1, 24, 4, 32, None, None)
+    f = lambda t: t.float().to(DEVICE)  # noqa: E731
+    q, k, v, a = f(q), f(k), f(v), f(a)
+    out, va, l1, l2 = tri.forward(q, k, v, a, None, None, 0.2)
+    grads = tri.backward(torch.ones_like(out), q, k, v, a, None, None, out, va, l1, l2, 0.2)
+    assert grads[4].numel() == 0 and grads[5].numel() == 0
+
+
+def test_split_plan_covers_every_tile():
+    dev = torch.device("cpu")
+    for tiles in range(1, 40):
+        for bh in (1, 2, 3, 64):
+            per, splits = tri._splits(tiles, bh, dev)
+            assert per * splits >= tiles and per * (splits - 1) < tiles  # every split starts on a real tile
+
+
+def test_opcheck_and_bad_inputs():
+    q, k, v, a, b1, b2 = (None if t is None else t.float().to(DEVICE) for t in _inputs(1, 2, 19, 3, 32, (1, 1), (1, 2)))
+    q, k, v, a, b1, b2 = (None if t is None else t.requires_grad_() for t in (q, k, v, a, b1, b2))
+    torch.library.opcheck(tri._fwd_op, (q, k, v, a, b1, b2, 0.25))  # schema, fake, autograd, aot dispatch
+    q, k, v, a, b1, b2 = (None if t is None else t.detach() for t in (q, k, v, a, b1, b2))
+    with pytest.raises(ValueError, match="fp16, bf16 and fp32"):
+        tri.forward(q.int(), k.int(), v.int(), a.int(), None, None, 0.1)
+    with pytest.raises(ValueError, match="bias_query"):
+        tri.forward(q, k, v, a, None, b2[..., :2].contiguous(), 0.1)
+
+
+def test_torch_compile_fullgraph():
+    q, k, v, a, b1, b2 = (None if t is None else t.float().to(DEVICE) for t in _inputs(1, 2, 21, 3, 32, (1, 2), None))
+    fn = torch.compile(tri.agent_attention_triton, fullgraph=True, backend="eager")
+    torch.testing.assert_close(fn(q, k, v, a, b1, b2, 0.2), tri.agent_attention_triton(q, k, v, a, b1, b2, 0.2))
