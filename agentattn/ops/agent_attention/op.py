@@ -113,6 +113,8 @@ def agent_attention(
     b1 = prepare_bias(bias_agent, (B, H, n, N), "bias_agent", q)
     b2 = prepare_bias(bias_query, (B, H, N, n), "bias_query", q)
     be = resolve_backend(q.device, backend)
+    if be == "cuda" and q.dtype == torch.float64:
+        be = "reference"  # the CUDA kernels take fp16/bf16/fp32; float64 runs the reference composition
     if be == "reference":
         return agent_attention_ref(q, k, v, agents, b1, b2, s)
     if be == "triton":
