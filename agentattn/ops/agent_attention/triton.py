@@ -86,6 +86,10 @@ def _blocks(n: int, d: int) -> tuple[int, int]:
     return _pow2(n), _pow2(d)
 
 
+def _warps(block_a: int, block_d: int) -> int:
+    return 8 if block_a * block_d >= 64 * 128 else 4
+
+
 def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor], b2: Optional[Tensor],
             scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the forward kernels. Returns (out (B,H,N,d), agent_v (B,H,n,d), lse_agent (B,H,n) fp32,
@@ -111,19 +115,19 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor
     _stage1_fwd_split[(S, BH)](
         agents, k, v, b1 if b1 is not None else dummy, m_part, l_part, acc_part,
         scale, H, N, n, d, s1b, s1h, per, S,
-        HAS_B1=b1 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=4,
+        HAS_B1=b1 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     agent_v = torch.empty((B, H, n, d), device=q.device, dtype=q.dtype)
     lse1 = torch.empty((B, H, n), **f32)
     _stage1_fwd_reduce[(BH,)](m_part, l_part, acc_part, agent_v, lse1, n, d, S,
-                              BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=4)
+                              BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D))
     out = torch.empty_like(q)
     lse2 = torch.empty((B, H, N), **f32)
     s2b, s2h = _bias_strides(b2, B, H)
     _stage2_fwd[(triton.cdiv(N, BLOCK_M), BH)](
         q, agents, agent_v, b2 if b2 is not None else dummy, out, lse2,
         scale, H, N, n, d, s2b, s2h,
-        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=4,
+        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     return out, agent_v, lse1, lse2
 
@@ -168,7 +172,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
         db2 if db2 is not None else dummy, da2, dva_part,
         scale, H, N, n, d, s2b, s2h, per2, S2,
         HAS_B2=b2 is not None, B2_ATOMIC=atomic2, LOWP=lowp,
-        BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=4,
+        BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     dva = dva_part.sum(1).contiguous()  # (BH, BLOCK_A, BLOCK_D) fp32, padding rows/cols are zero
     # stage 1 backward over key blocks, upstream gradient dV_A
@@ -183,7 +187,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
         db1 if db1 is not None else dummy, da1,
         scale, H, N, n, d, s1b, s1h, per1, S1,
         HAS_B1=b1 is not None, B1_ATOMIC=atomic1, LOWP=lowp,
-        BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=4,
+        BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     da = (da2.sum(1) + da1.sum(1))[:, :n, :d].reshape(B, H, n, d).to(q.dtype)
     db1 = q.new_empty((0,)) if db1 is None else db1.to(q.dtype)  # distinct empties: outputs may not alias

@@ -1,0 +1,131 @@
+"""GPU suite for the agent-attention CUDA and Triton kernels (skipped without an NVIDIA GPU).
+
+Run by ``bash scripts/gpu_check.sh`` on a GPU machine. Every kernel output and gradient is compared with
+the fp64 reference; in fp16/bf16 the kernel's error must be at most 2x (plus a small floor) the error of
+the plain PyTorch composition computed in the same dtype (flash-attention's rule). fp32 is held to a
+fixed tight tolerance (the kernels accumulate in fp32 with IEEE products).
+"""
+import pytest
+import torch
+
+import agentattn
+from agentattn.ops.agent_attention.naive import agent_attention_ref
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU"),
+]
+
+
+def _backends():
+    avail = agentattn.backends()["cuda"]
+    return [pytest.param(b, marks=pytest.mark.skipif(b not in avail, reason=f"{b} backend not built/installed"))
+            for b in ("cuda", "triton")]
+
+
+BACKENDS = _backends()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+SHAPES = [
+    # B, H, N, n, d, bias_agent lead dims, bias_query lead dims
+    (2, 3, 197, 49, 64, (1, 3), (1, 3)),     # DeiT-T-like, biases shared over the batch
+    (1, 2, 3136, 9, 32, (1, 2), (1, 2)),     # Swin stage-1-like, small B*H: many N splits
+    (2, 2, 49, 16, 48, None, None),          # no biases, d = 48
+    (1, 2, 100, 5, 80, (1, 1), (1, 2)),      # n = 5, d = 80, biases broadcast over batch and head
+    (2, 1, 333, 64, 96, (2, 1), (2, 1)),     # full biases (written without atomics), d = 96
+    (1, 1, 77, 81, 128, None, (1, 1)),       # n = 81 (> 64), d = 128
+]
+
+
+def _id(s):
+    B, H, N, n, d, b1, b2 = s
+    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{'x'.join(map(str, b1)) if b1 else 'none'}-b2{'x'.join(map(str, b2)) if b2 else 'none'}"
+
+
+def _inputs(shape, seed=0):
+    B, H, N, n, d, b1s, b2s = shape
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    q, k, v, a = mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)
+    b1 = None if b1s is None else 0.5 * mk(*b1s, n, N)
+    b2 = None if b2s is None else 0.5 * mk(*b2s, N, n)
+    return [q, k, v, a, b1, b2]
+
+
+def _run(fn, inputs, dtype, grad):
+    xs = [None if t is None else t.to(dtype).requires_grad_() for t in inputs]
+    out = fn(*xs)
+    out.backward(grad.to(dtype))
+    return [out.detach().double()] + [None if x is None else x.grad.double() for x in xs]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=_id)
+def test_matches_fp64_reference(shape, dtype, backend):
+    inputs = _inputs(shape)
+    d = shape[4]
+    grad = torch.randn(shape[0], shape[1], shape[2], d, device="cuda", dtype=torch.float64)
+    ref = _run(lambda *x: agent_attention_ref(*x, d ** -0.5), inputs, torch.float64, grad)
+    plain = _run(lambda *x: agent_attention_ref(*x, d ** -0.5), inputs, dtype, grad)
+    got = _run(lambda *x: agentattn.agent_attention(*x, backend=backend), inputs, dtype, grad)
+    names = ["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"]
+    for name, r, p, g in zip(names, ref, plain, got):
+        if r is None:
+            continue
+        assert torch.isfinite(g).all(), name
+        err = (g - r).abs().max().item()
+        if dtype == torch.float32:
+            bound = 1e-4 * max(1.0, r.abs().max().item())
+        else:
+            bound = 2 * (p - r).abs().max().item() + 1e-3 * r.abs().max().item()
+        assert err <= bound, f"{name}: |kernel - fp64| = {err:.3g} > {bound:.3g} ({backend}, {dtype})"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck(backend):
+    inputs = [None if t is None else t.float() for t in _inputs((1, 2, 70, 7, 32, (1, 2), (1, 1)))]
+    if backend == "cuda":
+        op = torch.ops.agentattn.agent_attention_fwd.default
+    else:
+        from agentattn.ops.agent_attention import triton as tri
+
+        op = tri._fwd_op
+    args = [None if t is None else t.requires_grad_() for t in inputs] + [0.2]
+    torch.library.opcheck(op, tuple(args))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_compile_fullgraph(backend):
+    q, k, v, a, b1, b2 = (None if t is None else t.half() for t in _inputs((2, 2, 150, 9, 64, (1, 2), None)))
+    fn = lambda *x: agentattn.agent_attention(*x, backend=backend)  # noqa: E731
+    compiled = torch.compile(fn, fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, a, b1, b2), fn(q, k, v, a, b1, b2), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_score_tensor_saved_for_backward(backend):
+    """Only O(N·d) tensors are saved: no (B, H, N, n) tensor lives between forward and backward."""
+    B, H, N, n, d = 2, 2, 4096, 64, 64
+    q, k, v, a, _, _ = _inputs((B, H, N, n, d, None, None))
+    xs = [t.half().requires_grad_() for t in (q, k, v, a)]
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        agentattn.agent_attention(*xs, backend=backend)
+    assert (B, H, N, n) not in shapes and (B, H, n, N) not in shapes, shapes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_other_device_index_and_stream(backend):
+    """Launches go to the current stream of the inputs' device."""
+    inputs = [None if t is None else t.float() for t in _inputs((1, 1, 64, 4, 32, None, None))]
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        out = agentattn.agent_attention(*inputs[:4], backend=backend)
+    s.synchronize()
+    ref = agent_attention_ref(*inputs[:4])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
