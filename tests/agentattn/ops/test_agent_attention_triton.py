@@ -111,3 +111,24 @@ def test_torch_compile_fullgraph():
     q, k, v, a, b1, b2 = (None if t is None else t.float().to(DEVICE) for t in _inputs(1, 2, 21, 3, 32, (1, 2), None))
     fn = torch.compile(tri.agent_attention_triton, fullgraph=True, backend="eager")
     torch.testing.assert_close(fn(q, k, v, a, b1, b2, 0.2), tri.agent_attention_triton(q, k, v, a, b1, b2, 0.2))
+
+
+def test_fp16_tensor_core_path_within_twice_plain_torch_error(monkeypatch):
+    """The fp16 dot path (operands cast to fp16, as on the GPU; forced on here under the interpreter):
+    kernel error vs fp64 at most 2x the plain PyTorch fp16 composition's error (+ a small floor)."""
+    monkeypatch.setattr(tri, "_lowp", lambda q: True)
+    inputs = _inputs(1, 2, 50, 7, 48, (1, 2), (1, 2), seed=3)
+    grad = torch.randn(1, 2, 50, 48, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def run(fn, dtype, device):
+        xs = [t.to(device=device, dtype=dtype).clone().requires_grad_() for t in inputs]
+        out = fn(*xs, 0.3)
+        out.backward(grad.to(device=device, dtype=dtype))
+        return [out.detach().double().cpu()] + [x.grad.double().cpu() for x in xs]
+
+    ref = run(agent_attention_ref, torch.float64, "cpu")
+    plain = run(agent_attention_ref, torch.float16, "cpu")
+    got = run(tri.agent_attention_triton, torch.float16, DEVICE)
+    for name, r, p, g in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), ref, plain, got):
+        err, base = (g - r).abs().max().item(), (p - r).abs().max().item()
+        assert err <= 2 * base + 1e-3 * r.abs().max().item(), f"{name}: {err:.3g} vs plain fp16 {base:.3g}"
