@@ -384,7 +384,8 @@ __global__ void __launch_bounds__(kThreads) stage1_bwd(const AgentAttnParams p) 
   for (int e = tid; e < n * D; e += blockDim.x) sdA[(e / D) * LD + e % D] = 0.f;
   for (int i = warp; i < n; i += kWarps) {  // D1 = rowsum(dV_A * V_A)
     float acc = 0.f;
-    for (int c = lane; c < D; c += 32) acc += dVA[static_cast<int64_t>(i) * D + c] * to_f(VA[static_cast<int64_t>(i) * D + c]);
+    for (int c = lane; c < D; c += 32)
+      acc += dVA[static_cast<int64_t>(i) * D + c] * to_f(VA[static_cast<int64_t>(i) * D + c]);
     acc = warp_sum(acc);
     if (lane == 0) {
       sD1[i] = acc;

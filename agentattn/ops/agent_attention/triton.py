@@ -87,7 +87,8 @@ def _blocks(n: int, d: int) -> tuple[int, int]:
 
 
 def _warps(block_a: int, block_d: int) -> int:
-    return 8 if block_a * block_d >= 64 * 128 else 4
+    """More warps for bigger resident (BLOCK_A x BLOCK_D) tiles, to limit register spills."""
+    return 8 if block_a * block_d >= 64 * 64 else 4
 
 
 def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor], b2: Optional[Tensor],
@@ -115,7 +116,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor
     _stage1_fwd_split[(S, BH)](
         agents, k, v, b1 if b1 is not None else dummy, m_part, l_part, acc_part,
         scale, H, N, n, d, s1b, s1h, per, S,
-        HAS_B1=b1 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
+        HAS_B1=b1 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+        num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     agent_v = torch.empty((B, H, n, d), device=q.device, dtype=q.dtype)
     lse1 = torch.empty((B, H, n), **f32)
@@ -127,7 +129,8 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor
     _stage2_fwd[(triton.cdiv(N, BLOCK_M), BH)](
         q, agents, agent_v, b2 if b2 is not None else dummy, out, lse2,
         scale, H, N, n, d, s2b, s2h,
-        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
+        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D,
+        num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     return out, agent_v, lse1, lse2
 

@@ -38,7 +38,8 @@ SHAPES = [
 
 def _id(s):
     B, H, N, n, d, b1, b2 = s
-    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{'x'.join(map(str, b1)) if b1 else 'none'}-b2{'x'.join(map(str, b2)) if b2 else 'none'}"
+    lead = lambda b: "x".join(map(str, b)) if b else "none"  # noqa: E731
+    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{lead(b1)}-b2{lead(b2)}"
 
 
 def _inputs(shape, seed=0):

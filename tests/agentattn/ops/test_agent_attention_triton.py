@@ -32,7 +32,8 @@ CASES = [
 
 def _id(c):
     B, H, N, n, d, b1, b2 = c
-    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{'x'.join(map(str, b1)) if b1 else 'none'}-b2{'x'.join(map(str, b2)) if b2 else 'none'}"
+    lead = lambda b: "x".join(map(str, b)) if b else "none"  # noqa: E731
+    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{lead(b1)}-b2{lead(b2)}"
 
 
 def _inputs(B, H, N, n, d, b1s, b2s, seed=0):
