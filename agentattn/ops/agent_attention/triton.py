@@ -78,6 +78,18 @@ def _check(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor]
                              f"got {tuple(t.shape)} {t.dtype}")
 
 
+def _stage2_configs() -> list:
+    """Autotune space of the stage-2 forward (the N-row pass): one config under the interpreter (its
+    autotuner cannot benchmark), a small grid on a GPU."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_M": 64}, num_warps=4)]
+    return [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
+            for bm in (32, 64, 128) for w in (4, 8) for s in (1, 2)]
+
+
+_stage2_fwd_tuned = triton.autotune(configs=_stage2_configs(), key=["N", "n", "D", "HAS_B2", "LOWP"])(_stage2_fwd)
+
+
 def _lowp(q: Tensor) -> bool:
     return q.dtype in (torch.float16, torch.bfloat16) and not _INTERPRET
 
@@ -104,7 +116,6 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor
     BH = B * H
     BLOCK_A, BLOCK_D = _blocks(n, d)
     BLOCK_N = 64 if BLOCK_A * BLOCK_D <= 64 * 64 else 32
-    BLOCK_M = 64 if BLOCK_A * BLOCK_D <= 64 * 128 else 32
     lowp = _lowp(q)
     f32 = dict(device=q.device, dtype=torch.float32)
     per, S = _splits(triton.cdiv(N, BLOCK_N), BH, q.device)
@@ -126,11 +137,10 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor
     out = torch.empty_like(q)
     lse2 = torch.empty((B, H, N), **f32)
     s2b, s2h = _bias_strides(b2, B, H)
-    _stage2_fwd[(triton.cdiv(N, BLOCK_M), BH)](
+    _stage2_fwd_tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), BH)](
         q, agents, agent_v, b2 if b2 is not None else dummy, out, lse2,
         scale, H, N, n, d, s2b, s2h,
-        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D,
-        num_warps=_warps(BLOCK_A, BLOCK_D),
+        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D,
     )
     return out, agent_v, lse1, lse2
 
