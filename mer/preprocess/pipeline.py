@@ -258,10 +258,10 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
         else:
             import multiprocessing as mp
 
-            # fork (Linux default) works from scripts without a __main__ guard; MER_MP_START=spawn
-            # overrides it (e.g. when the caller holds threads that must not be forked)
-            method = os.environ.get("MER_MP_START") or ("fork" if "fork" in mp.get_all_start_methods()
-                                                         else "spawn")
+            # spawn by default: forking a process that holds OpenMP/OpenCV/torch threads can deadlock
+            # the children (seen in CI). Scripts calling prepare(workers>1) need an
+            # `if __name__ == "__main__":` guard; MER_MP_START=fork|forkserver overrides.
+            method = os.environ.get("MER_MP_START") or "spawn"
             ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
                                      initializer=_init_worker)
             try:
