@@ -1,0 +1,112 @@
+"""Fine-tuning a pruned model, with the optional fade-out of the layers being removed.
+
+The layers in ``fade`` are still present at the start: their blocks compute (2 - λ)·x + λ·Attn(LN(x)) with
+λ falling linearly from 1 to 0 over the first ``fade_epochs`` epochs (per optimiser step), after which they
+are folded away (``replace_attention(name, None, skip_scale=2.0)``: the same function, without the
+branch's parameters and FLOPs). With ``fade_epochs=0`` the caller removes them before fine-tuning.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mer.esaat.remove import fade_lambda, remove_layers, set_fade
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning after removal/conversion (Adam, cross-entropy, on the fold's training samples only)."""
+
+    epochs: int = 10            # fine-tuning epochs (0: none; the pruned model is evaluated as it is)
+    lr: float = 5e-4            # Adam learning rate (half the training default of 1e-3)
+    batch_size: int = 64        # minibatch size
+    weight_decay: float = 0.0   # Adam L2 weight decay
+    fade_epochs: int = 3        # epochs of the λ 1 -> 0 fade-out of the removed layers (0: removed at once)
+    class_weights: str = "balanced"  # 'balanced' (n / (K·n_c) on the fine-tuning set) or 'none'
+    deterministic: bool = True  # torch.use_deterministic_algorithms(True) while fine-tuning
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.fade_epochs < 0:
+            raise ValueError(f"epochs ({self.epochs}) and fade_epochs ({self.fade_epochs}) must be >= 0")
+        if self.fade_epochs > self.epochs:
+            raise ValueError(f"fade_epochs={self.fade_epochs} exceeds epochs={self.epochs}: the fade must end "
+                             "(λ = 0) before the layers are folded away; lower fade_epochs or raise epochs")
+        if self.class_weights not in ("balanced", "none"):
+            raise ValueError(f"class_weights must be 'balanced' or 'none', got {self.class_weights!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _class_weights(y: np.ndarray, mode: str, num_classes: int) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    return torch.tensor(np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 1.0),
+                        dtype=torch.float32)
+
+
+def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, *, fade: Sequence[str] = (),
+             skip_scale: float = 2.0, seed: Sequence[int] = (0,), progress: bool = False,
+             desc: str = "fine-tune") -> list[dict]:
+    """Fine-tune ``model`` in place on normalised inputs ``x`` (n, C, S, S) float32 and labels ``y`` (n,);
+    the layers ``fade`` fade out and are folded away (see the module docstring). Batch order of epoch e from
+    ``numpy.random.default_rng([*seed, e])``; the caller seeds torch. Returns the per-epoch history
+    [{'epoch', 'train_loss', 'train_acc', 'lambda', 'seconds'}]."""
+    from tqdm.auto import tqdm
+
+    fade = list(fade)
+    if fade and skip_scale != 2.0:
+        raise ValueError(f"the fade-out ends at the identity branch (x + x, skip_scale 2.0), got skip_scale="
+                         f"{skip_scale}; use fade_epochs=0 with another skip_scale")
+    if fade and cfg.fade_epochs == 0:
+        remove_layers(model, fade, skip_scale)
+        fade = []
+    n = len(y)
+    if n == 0:
+        raise ValueError("no fine-tuning samples")
+    xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+    num_classes = int(model(xt[:1]).shape[-1]) if cfg.epochs else 0
+    weight = _class_weights(np.asarray(y), cfg.class_weights, num_classes) if cfg.epochs else None
+    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    fade_steps = cfg.fade_epochs * steps
+    history: list[dict] = []
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        step = 0
+        for epoch in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
+            t0 = time.perf_counter()
+            model.train()
+            order = torch.from_numpy(np.random.default_rng([*seed, epoch]).permutation(n))
+            tot, correct, lam = 0.0, 0, None
+            for s in range(steps):
+                if fade:
+                    lam = fade_lambda(step + 1, fade_steps)  # the last fade step runs at λ = 0
+                    set_fade(model, fade, lam)
+                b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                logits = model(xt[b])
+                loss = F.cross_entropy(logits, yt[b], weight=weight)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                tot += loss.item() * len(b)
+                correct += int((logits.argmax(1) == yt[b]).sum())
+            if fade and step >= fade_steps:  # λ has reached 0: fold the identity branches away
+                remove_layers(model, fade, skip_scale)
+                fade = []
+            history.append({"epoch": epoch + 1, "train_loss": tot / n, "train_acc": correct / n,
+                            "lambda": lam, "seconds": round(time.perf_counter() - t0, 3)})
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    if fade:  # epochs == 0 (the config forbids fade_epochs > epochs otherwise)
+        remove_layers(model, fade, skip_scale)
+    return history

@@ -1,0 +1,323 @@
+"""ESAAT on a trained run, fold by fold: selection -> removal (fade-out) -> agent conversion -> fine-tuning ->
+prediction of the held-out subjects, scored with the run's protocol (``mer.evaluation``).
+
+    from mer.esaat import ESAATConfig, prune_run
+    summary = prune_run("runs/demo", ESAATConfig(remove=2), out="runs/demo/esaat/k2")
+
+Per fold everything that shapes the pruned model (calibration set, selection, fine-tuning, normalisation)
+uses that fold's training (fit) samples only; the held-out subjects are touched once, for prediction.
+
+Output (a run directory ``mer evaluate`` can score):
+
+    OUT/config.json, folds.json, samples.csv   copies of the run's (same protocol, same samples)
+    OUT/esaat_config.json                      the ESAATConfig
+    OUT/folds/<fold>/model.pt                  pruned state_dict + the structure to rebuild it (load_pruned)
+    OUT/folds/<fold>/esaat.json                selection (order, transfer entropies, costs), before/after
+    OUT/folds/<fold>/predictions.csv, history.json (fine-tuning), result.json
+    OUT/metrics.json, summary.md, predictions.csv, megc_log.txt, confusion.png, learning_curves.png
+    OUT/esaat.json                             run summary: before/after params, FLOPs, latency, UF1/UAR,
+                                               ranking agreement across folds
+    OUT/transfer_entropy.png                   per-layer transfer entropy per fold (bar plot)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from mer.esaat.agreement import ranking_agreement, selection_agreement
+from mer.esaat.finetune import FinetuneConfig, finetune
+from mer.esaat.remove import convert_remaining, model_cost, remove_layers
+from mer.esaat.select import CRITERIA, greedy_select
+
+FORMAT = "mer.esaat/1"
+
+
+@dataclass
+class ESAATConfig:
+    """One ESAAT experiment. Exactly one of ``remove`` (k layers), ``budget`` (keep at most this fraction of
+    the parameters) or ``flops_budget`` (of the FLOPs)."""
+
+    remove: int | None = None          # k: attention layers to remove
+    budget: float | None = None        # or: parameter fraction the pruned model may keep, in (0, 1]
+    flops_budget: float | None = None  # or: FLOP fraction the pruned model may keep, in (0, 1]
+    convert: bool = True               # convert the remaining softmax layers to agent attention
+    agent_num: int | None = None       # agents per converted layer (None: the model's configured agent_num)
+    skip_scale: float = 2.0            # removed block: x' = skip_scale·x (2: branch -> identity, 1: skipped)
+    criterion: str = "abs"             # greedy: smallest |T| ('abs') or smallest signed T ('signed')
+    calib_size: int = 256              # calibration samples (drawn from the fold's fit samples)
+    full_cov: bool = False             # entropy from the full covariance instead of Σ log std
+    seed: int = 0                      # calibration draw, new agent parameters, fine-tuning batch order
+    latency_batch: int = 32            # batch of the CPU latency measurement (reported per sample)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self):
+        if isinstance(self.finetune, dict):
+            self.finetune = FinetuneConfig(**self.finetune)
+        if sum(v is not None for v in (self.remove, self.budget, self.flops_budget)) != 1:
+            raise ValueError("give exactly one of remove (k layers), budget (parameter fraction) or flops_budget")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")
+        if self.calib_size < 2:
+            raise ValueError(f"calib_size must be >= 2, got {self.calib_size}")
+        if self.finetune.fade_epochs and self.skip_scale != 2.0:
+            raise ValueError("the fade-out ends at skip_scale 2.0 (identity branch); with another skip_scale set "
+                             "fade_epochs=0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def tag(self) -> str:
+        """Default output folder name, e.g. 'k2', 'budget0.8', 'flops0.7' (+ '-softmax' without conversion)."""
+        t = (f"k{self.remove}" if self.remove is not None else f"budget{self.budget}" if self.budget is not None
+             else f"flops{self.flops_budget}")
+        return t + ("" if self.convert else "-softmax")
+
+
+def calibration_indices(fit: np.ndarray, size: int, seed: int, fold_index: int) -> np.ndarray:
+    """``size`` samples of ``fit`` (all of them if fewer), drawn with default_rng([seed, fold, 7]), sorted."""
+    fit = np.asarray(fit, np.int64)
+    if len(fit) <= size:
+        return fit.copy()
+    return np.sort(np.random.default_rng([seed, fold_index, 7]).choice(fit, size, replace=False))
+
+
+def per_sample_latency_ms(model: nn.Module, example: torch.Tensor, batch: int) -> float:
+    """CPU inference time per sample (ms): the minimum over 5 timed forwards of a batch of ``batch``."""
+    from mer.models.profile import latency_ms
+
+    x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+    return latency_ms(model, x, reps=5, stat="min") / batch
+
+
+def esaat_model(model: nn.Module, x_fit: np.ndarray, y_fit: np.ndarray, cfg: ESAATConfig, *, fold_index: int = 0,
+                calib: np.ndarray | None = None, progress: bool = False) -> tuple[nn.Module, dict]:
+    """ESAAT on one model, in place: select on ``x_fit[calib]`` (normalised, training samples only),
+    remove (with the fade-out while fine-tuning), convert the rest, fine-tune on (x_fit, y_fit).
+    Returns (model, record) with the selection, the converted layers and the fine-tuning history."""
+    if calib is None:
+        calib = calibration_indices(np.arange(len(x_fit)), cfg.calib_size, cfg.seed, fold_index)
+    xc = torch.from_numpy(np.ascontiguousarray(x_fit[calib]))
+    t0 = time.perf_counter()
+    sel = greedy_select(model, xc, k=cfg.remove, budget=cfg.budget, flops_budget=cfg.flops_budget,
+                        skip_scale=cfg.skip_scale, criterion=cfg.criterion, convert=cfg.convert,
+                        agent_num=cfg.agent_num, full=cfg.full_cov, progress=progress)
+    t_sel = time.perf_counter() - t0
+    ft = cfg.finetune
+    fade = list(sel.order) if ft.epochs and ft.fade_epochs else []
+    if not fade:
+        remove_layers(model, sel.order, cfg.skip_scale)
+    torch.manual_seed(1000 * cfg.seed + fold_index)  # the agent-only parameters of converted layers
+    converted = convert_remaining(model, cfg.agent_num, exclude=fade) if cfg.convert else []
+    t1 = time.perf_counter()
+    history = finetune(model, x_fit, y_fit, ft, fade=fade, skip_scale=cfg.skip_scale,
+                       seed=(cfg.seed, fold_index, 77), progress=progress, desc=f"fine-tune fold {fold_index}")
+    record = {"selection": sel.to_dict(), "removed": list(sel.order), "converted": converted,
+              "skip_scale": cfg.skip_scale, "agent_num": cfg.agent_num, "calibration_size": int(len(calib)),
+              "selection_seconds": round(t_sel, 3), "finetune_seconds": round(time.perf_counter() - t1, 3),
+              "history": history}
+    return model, record
+
+
+def load_pruned(path, map_location="cpu") -> nn.Module:
+    """Rebuild a pruned fold model written by ``prune_run`` (``OUT/folds/<fold>/model.pt``)."""
+    from mer.train.models import build_model
+
+    ck = torch.load(path, map_location=map_location, weights_only=True)
+    if ck.get("esaat_format") != FORMAT:
+        raise ValueError(f"{path} is not an ESAAT checkpoint (no esaat_format {FORMAT!r}); plain fold models "
+                         "load with mer.train's build_model + load_state_dict")
+    model = build_model(ck["model"], ck["model_kwargs"], image_size=ck["image_size"], check=False)
+    e = ck["esaat"]
+    remove_layers(model, e["removed"], e["skip_scale"])
+    for name in e["converted"]:
+        model.convert_attention(name, "agent", agent_num=e["agent_num"])
+    model.load_state_dict(ck["state_dict"], strict=True)
+    return model.eval()
+
+
+# --- a whole run ----------------------------------------------------------------------------------------
+def _read_run(run: Path):
+    from mer.train.config import TrainConfig
+
+    if not (run / "config.json").exists() or not (run / "folds.json").exists():
+        raise FileNotFoundError(f"{run} is not a `mer train` run directory (no config.json / folds.json)")
+    tcfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    folds = json.loads((run / "folds.json").read_text())
+    missing = [f["name"] for f in folds if not (run / "folds" / f["dir"] / "result.json").exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} fold(s) of {run} are not finished ({', '.join(missing[:5])}); "
+                                "finish the run with `mer train` (same options) before pruning it")
+    return tcfg, folds
+
+
+def _check_samples(run: Path, samples, y) -> None:
+    import csv
+
+    with open(run / "samples.csv", newline="") as f:
+        saved = [(r["dataset"], r["subject"], r["clip"], int(r["label"])) for r in csv.DictReader(f)]
+    now = [(s.dataset, s.subject, s.clip, int(t)) for s, t in zip(samples, y)]
+    if saved != now:
+        raise RuntimeError(f"the prepared samples differ from {run}/samples.csv (the data changed since training); "
+                           "prune with the data the run was trained on")
+
+
+def _write_predictions(path: Path, ids, test, y_test, prob) -> None:
+    from mer.train.loop import LABEL_NAMES
+    from mer.train.rundir import atomic_write_text
+
+    lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
+    for i, t, pr in zip(test, y_test, prob):
+        ds, subj, clip = ids[i]
+        lines.append(f"{int(i)},{ds},{subj},{clip},{int(t)},{int(pr.argmax())}," + ",".join(f"{v:.6f}" for v in pr))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def prune_fold(run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray, y: np.ndarray, ids: list,
+               progress: bool = False) -> dict:
+    """ESAAT on fold ``fold`` (a folds.json entry) of ``run``; writes OUT/folds/<dir>/ and returns its record."""
+    from mer.train.loop import normalise, predict_proba
+    from mer.train.models import build_model
+    from mer.train.rundir import atomic_torch_save, atomic_write_json
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    src = run / "folds" / fold["dir"]
+    result = json.loads((src / "result.json").read_text())
+    ck = torch.load(src / "model.pt", map_location="cpu", weights_only=True)
+    model = build_model(ck["model"], ck["model_kwargs"], image_size=ck["image_size"], check=False)
+    model.load_state_dict(ck["state_dict"])
+    fit = np.asarray(result["split"]["fit"], np.int64)
+    test = np.asarray(fold["test"], np.int64)
+    held = set(fold["test_subjects"])
+    leak = sorted({f"{ids[i][0]}/{ids[i][1]}" for i in fit} & held)
+    if leak or set(fit.tolist()) & set(test.tolist()):
+        raise RuntimeError(f"fold {fold['name']}: the fit samples include held-out subjects {leak}; refusing to prune")
+    mean, std = np.asarray(ck["norm_mean"]), np.asarray(ck["norm_std"])
+    x_fit, y_fit = normalise(x[fit], mean, std), y[fit]
+    calib = calibration_indices(np.arange(len(fit)), cfg.calib_size, cfg.seed, fold["index"])  # positions in fit
+    calib_global = fit[calib]
+    example = torch.from_numpy(x_fit[:1])
+    before = {**model_cost(model, example),
+              "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch)}
+    model, rec = esaat_model(model, x_fit, y_fit, cfg, fold_index=fold["index"], calib=calib, progress=progress)
+    after = {**model_cost(model, example),
+             "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch)}
+    prob = predict_proba(model, normalise(x[test], mean, std))
+    d = out / "folds" / fold["dir"]
+    d.mkdir(parents=True, exist_ok=True)
+    _write_predictions(d / "predictions.csv", ids, test, y[test], prob)
+    atomic_write_json(d / "history.json", rec["history"])
+    atomic_torch_save(d / "model.pt", {**{k: v for k, v in ck.items() if k != "state_dict"},
+                                       "state_dict": model.state_dict(), "esaat_format": FORMAT,
+                                       "esaat": {k: rec[k] for k in ("removed", "converted", "skip_scale",
+                                                                     "agent_num")},
+                                       "esaat_config": cfg.to_dict()})
+    fold_rec = {"fold": fold["name"], "index": fold["index"], "before": before, "after": after,
+                "calibration_indices": calib_global.tolist(), **{k: v for k, v in rec.items() if k != "history"}}
+    atomic_write_json(d / "esaat.json", fold_rec)
+    secs = time.perf_counter() - t0
+    atomic_write_json(d / "result.json", {
+        "fold": fold["name"], "index": fold["index"], "dir": fold["dir"], "test_subjects": fold["test_subjects"],
+        "n_fit": int(len(fit)), "n_test": int(len(test)), "epochs_run": len(rec["history"]),
+        "epoch_selected": len(rec["history"]), "selection": "esaat fine-tune, last epoch",
+        "seconds": round(secs, 2), "cpu_seconds": round(time.process_time() - c0, 2),
+        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in rec["history"]])), 3)
+        if rec["history"] else 0.0, "threads": torch.get_num_threads(),
+        "test_acc": float((prob.argmax(1) == y[test]).mean()) if len(test) else None,
+        "indices_used": {"calibrate": calib_global.tolist(), "fit": fit.tolist(), "norm": result["indices_used"]
+                         .get("norm", fit.tolist()), "predict": test.tolist()},
+        "removed": rec["removed"], "converted": rec["converted"]})
+    return fold_rec
+
+
+def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress: bool = True) -> dict:
+    """ESAAT on every fold of the finished ``mer train`` run ``run``; writes ``out`` (default
+    RUN/esaat/<cfg.tag()>) and returns the run summary (also OUT/esaat.json)."""
+    from tqdm.auto import tqdm
+
+    from mer.evaluation import write_report
+    from mer.train.data import load_inputs
+    from mer.train.rundir import atomic_write_json, atomic_write_text
+
+    run = Path(run)
+    tcfg, folds = _read_run(run)
+    out = Path(out) if out is not None else run / "esaat" / cfg.tag()
+    if out.resolve() == run.resolve():
+        raise ValueError("the output folder must differ from the run directory")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "folds.json", "samples.csv", "excluded.json"):
+        if (run / name).exists():
+            shutil.copyfile(run / name, out / name)
+    atomic_write_json(out / "esaat_config.json", {"format": FORMAT, "run": str(run.resolve()), **cfg.to_dict()})
+    samples, x, y, _ = load_inputs(tcfg, workers=1, progress=progress)
+    _check_samples(run, samples, y)
+    ids = [(s.dataset, s.subject, s.clip) for s in samples]
+    recs = []
+    bar = tqdm(folds, desc=f"ESAAT {cfg.tag()}", unit="fold", disable=not progress)
+    for fold in bar:
+        recs.append(prune_fold(run, out, fold, cfg, x, y, ids, progress=progress))
+        bar.set_postfix(removed=",".join(n.replace(".attn", "") for n in recs[-1]["removed"]) or "-")
+    bar.close()
+    metrics = write_report(out, print_table=False, plots=True)
+    before_m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None
+
+    def mean(key, part):
+        return float(np.mean([r[part][key] for r in recs]))
+
+    summary = {
+        "format": FORMAT, "run": str(run.resolve()), "config": cfg.to_dict(), "model": tcfg.model,
+        "protocol": tcfg.protocol, "folds": len(recs),
+        "before": {"params": mean("params", "before"), "flops": mean("flops", "before"),
+                   "latency_ms_per_sample": mean("latency_ms_per_sample", "before"),
+                   **({"uf1": before_m["scores"]["all"]["uf1"], "uar": before_m["scores"]["all"]["uar"]}
+                      if before_m else {})},
+        "after": {"params": mean("params", "after"), "flops": mean("flops", "after"),
+                  "latency_ms_per_sample": mean("latency_ms_per_sample", "after"),
+                  "uf1": metrics["scores"]["all"]["uf1"], "uar": metrics["scores"]["all"]["uar"]},
+        "per_fold": [{"fold": r["fold"], "removed": r["removed"], "converted": r["converted"],
+                      "set_te": r["selection"]["set_te"], "layer_te": r["selection"]["layer_te"],
+                      "before": r["before"], "after": r["after"]} for r in recs],
+        "ranking_agreement": ranking_agreement([r["selection"]["layer_te"] for r in recs], cfg.criterion),
+        "selection_agreement": selection_agreement([r["removed"] for r in recs]),
+    }
+    atomic_write_json(out / "esaat.json", summary)
+    metrics["esaat"] = {k: summary[k] for k in ("before", "after", "ranking_agreement", "selection_agreement")}
+    atomic_write_json(out / "metrics.json", metrics)
+    from mer.esaat.plots import plot_transfer_entropy
+
+    plot_transfer_entropy(summary, out / "transfer_entropy.png")
+    atomic_write_text(out / "summary.md", format_summary(summary) + "\n\n" + (out / "summary.md").read_text())
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """Markdown: before/after table and the agreement lines."""
+    b, a = s["before"], s["after"]
+    pct = lambda new, old: f"{100 * (new - old) / old:+.1f}%"  # noqa: E731
+    lines = [f"**ESAAT {s['config'].get('remove')!s} removed / budget {s['config'].get('budget')} / flops budget "
+             f"{s['config'].get('flops_budget')} on {s['model']} ({s['protocol']}, {s['folds']} folds; means over "
+             "folds)**", "",
+             "| | params | MFLOPs | CPU ms/sample | UF1 | UAR |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in (("before", b), ("after", a)):
+        uf1 = f"{r['uf1']:.4f}" if "uf1" in r else "-"
+        uar = f"{r['uar']:.4f}" if "uar" in r else "-"
+        lines.append(f"| {name} | {r['params']:,.0f} | {r['flops'] / 1e6:.2f} | {r['latency_ms_per_sample']:.3f} | "
+                     f"{uf1} | {uar} |")
+    lines.append(f"| change | {pct(a['params'], b['params'])} | {pct(a['flops'], b['flops'])} | "
+                 f"{pct(a['latency_ms_per_sample'], b['latency_ms_per_sample'])} | | |")
+    ra, sa = s["ranking_agreement"], s["selection_agreement"]
+    lines += ["", f"Ranking agreement across folds: mean pairwise Spearman {ra['spearman_mean']:.3f}, Kendall's W "
+              f"{ra['kendall_w']:.3f}. Removed per fold: "
+              + "; ".join(f"{f['fold']}: {', '.join(f['removed']) or '-'}" for f in s["per_fold"])
+              + f". Same set in {sa['modal_share']:.0%} of folds."]
+    return "\n".join(lines)
