@@ -73,6 +73,17 @@ def prepare_bias(bias: Tensor | None, target: tuple, name: str, q: Tensor) -> Te
 
 
 # ------------------------------------------------------------------------------------------- dispatch
+@torch.compiler.assume_constant_result
+def _available(device_type: str) -> tuple:
+    """The backends this installation offers for ``device_type`` (default first); queries no GPU.
+
+    Marked constant for ``torch.compile``: the extension's and Triton's presence do not change within a
+    process, and evaluating them at trace time keeps ``fullgraph=True`` graphs unbroken."""
+    if device_type not in ("cpu", "cuda"):
+        return ("reference",)
+    return tuple(_ext.backends()[device_type])
+
+
 def resolve_backend(device: torch.device, backend: str | None) -> str:
     """The backend a call on ``device`` uses: the argument, else ``AGENTATTN_BACKEND`` (CPU) /
     ``AGENTATTN_CUDA_BACKEND`` (CUDA), else the fastest available."""
@@ -80,13 +91,13 @@ def resolve_backend(device: torch.device, backend: str | None) -> str:
     choice = (backend or os.environ.get(env) or "auto").lower()
     if choice not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
-    avail = _ext.backends()["cuda" if device.type == "cuda" else "cpu"] if device.type in ("cpu", "cuda") else ["reference"]
+    avail = _available(device.type)
     if choice == "auto":
         if avail[0] == "reference" and device.type == "cpu":
             _ext.warn_fallback("agent_attention")
         return avail[0]
     if choice not in avail:
-        raise ValueError(f"backend {choice!r} is not available for {device.type} tensors here; available: {avail}")
+        raise ValueError(f"backend {choice!r} is not available for {device.type} tensors here; available: {list(avail)}")
     return choice
 
 
@@ -115,6 +126,8 @@ def agent_attention(
     be = resolve_backend(q.device, backend)
     if be == "cuda" and q.dtype == torch.float64:
         be = "reference"  # the CUDA kernels take fp16/bf16/fp32; float64 runs the reference composition
+    if N == 0:
+        be = "reference"  # no tokens: nothing to compute; the compiled kernels assume N >= 1
     if be == "reference":
         return agent_attention_ref(q, k, v, agents, b1, b2, s)
     if be == "triton":
@@ -154,10 +167,10 @@ def _register() -> None:
 
     @torch.library.register_fake(bwd)
     def _bwd_fake(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_a, lse_q, scale):
-        e = q.new_empty((0,))
+        # a missing bias gets an empty gradient; two distinct tensors, as the kernels return (no aliasing)
         return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(agents),
-                torch.empty_like(bias_agent) if bias_agent is not None else e,
-                torch.empty_like(bias_query) if bias_query is not None else e)
+                torch.empty_like(bias_agent) if bias_agent is not None else q.new_empty((0,)),
+                torch.empty_like(bias_query) if bias_query is not None else q.new_empty((0,)))
 
     def setup_context(ctx, inputs, output):
         q, k, v, agents, bias_agent, bias_query, scale = inputs
