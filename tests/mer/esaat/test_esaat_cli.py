@@ -1,0 +1,85 @@
+"""`mer prune` end to end: a tiny `mer train` run (synthetic 'tiny' preset, htnet_tiny, 2 epochs, LOSO over
+6 subjects) -> ESAAT per fold -> files, pooled metrics, leakage checks, reloadable pruned models."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from mer.cli import main
+    from mer.synth.config import SynthConfig
+    from mer.synth.generate import generate
+
+    tmp = tmp_path_factory.mktemp("esaat_cli")
+    data, run = tmp / "synth", tmp / "run"
+    generate(SynthConfig(preset="tiny", seed=0), data, progress=False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = main(["train", "--data", str(data), "--protocol", "loso", "--model", "htnet_tiny", "--model-arg",
+                   "block_repeats=2", "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--flow", "farneback",
+                   "--size", "16", "--cache", str(tmp / "cache"), "--out", str(run), "--no-progress"])
+    finally:
+        torch.set_num_threads(n)
+    assert rc == 0
+    return run
+
+
+@pytest.mark.slow
+def test_prune_end_to_end(tiny_run, tmp_path, capsys):
+    from mer.cli import main
+    from mer.esaat import load_pruned
+    from mer.train.loop import normalise, predict_proba
+
+    out = tmp_path / "k1"
+    args = ["prune", "--run", str(tiny_run), "--remove", "1", "--epochs", "2", "--fade-epochs", "1", "--calib", "8",
+            "--batch-size", "8", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "| before |" in text and "| after |" in text and "Kendall" in text
+    for name in ("esaat.json", "metrics.json", "summary.md", "transfer_entropy.png", "predictions.csv",
+                 "esaat_config.json", "confusion.png"):
+        assert (out / name).is_file(), name
+    s = json.loads((out / "esaat.json").read_text())
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 18 and m["folds"] == 6 and 0 <= m["scores"]["all"]["uf1"] <= 1
+    assert s["after"]["uf1"] == m["scores"]["all"]["uf1"] and "uf1" in s["before"]
+    assert len(s["per_fold"]) == 6
+    assert all(len(f["removed"]) == 1 and len(f["layer_te"]) == 4 for f in s["per_fold"])
+    assert s["after"]["flops"] < s["before"]["flops"]
+    assert -1.0 <= s["ranking_agreement"]["spearman_mean"] <= 1.0
+    folds = json.loads((tiny_run / "folds.json").read_text())
+    with open(tiny_run / "samples.csv", newline="") as f:
+        subj = {int(r["index"]): f"{r['dataset']}/{r['subject']}" for r in csv.DictReader(f)}
+    # the held-out subject never informs the selection or fine-tuning
+    for fold in folds:
+        res = json.loads((out / "folds" / fold["dir"] / "result.json").read_text())
+        held = set(fold["test_subjects"])
+        for purpose in ("calibrate", "fit", "norm"):
+            assert not {subj[i] for i in res["indices_used"][purpose]} & held, (fold["name"], purpose)
+        assert sorted(res["indices_used"]["predict"]) == sorted(fold["test"])
+    # a pruned fold model reloads and reproduces its predictions
+    fold = folds[0]
+    model = load_pruned(out / "folds" / fold["dir"] / "model.pt")
+    assert len(model.attention_layers()) == 3
+    ck = torch.load(out / "folds" / fold["dir"] / "model.pt", weights_only=True)
+    from mer.train.config import TrainConfig
+    from mer.train.data import load_inputs
+
+    _, x, _, _ = load_inputs(TrainConfig.from_dict(json.loads((tiny_run / "config.json").read_text())),
+                             progress=False)
+    prob = predict_proba(model, normalise(x[fold["test"]], np.asarray(ck["norm_mean"]), np.asarray(ck["norm_std"])))
+    with open(out / "folds" / fold["dir"] / "predictions.csv", newline="") as f:
+        saved = np.array([[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")] for r in csv.DictReader(f)])
+    np.testing.assert_allclose(prob, saved, atol=2e-6)
+    # an existing output folder is not overwritten silently; bad options are clear errors
+    assert main(args) == 2 and "--force" in capsys.readouterr().err
+    assert main(["prune", "--run", str(tiny_run), "--remove", "9", "--out", str(tmp_path / "k9"),
+                 "--no-progress", "--epochs", "0", "--fade-epochs", "0"]) == 2
+    assert "0 <= k <= 4" in capsys.readouterr().err
+    assert main(["prune", "--run", str(tmp_path), "--remove", "1"]) == 2
+    assert "not a `mer train` run" in capsys.readouterr().err
