@@ -18,8 +18,11 @@ class FlowPatchEmbed(nn.Module):
         embed_dim: token width D.
         patch_size: p.
         grid_size: (H/p, W/p) the position embedding is sized for (int for square).
-        pos: 'learned' (LAPE: one D-vector per patch position, truncated-normal init, std 0.02) or 'none'.
+        pos: 'learned' (LAPE: one D-vector per patch position, ``nn.init.trunc_normal_(std=0.02)``, whose
+            default cut at +-2 is absolute, as in timm) or 'none'.
         flatten: return (B, N, D) tokens instead of a (B, D, H/p, W/p) map.
+        fused: run the fused op (default); False runs the reference composition (conv + bias + pos add)
+            on the same parameters. Can be flipped on an instance (``m.fused = False``).
 
     Parameters: ``proj`` (an ``nn.Conv2d(C, D, p, stride=p)``, so plain patch-embedding weights load
     as they are) and ``pos_embed`` (D, H/p, W/p). Inputs whose grid differs from ``grid_size`` get the
@@ -27,12 +30,17 @@ class FlowPatchEmbed(nn.Module):
     """
 
     def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4, grid_size=7,
-                 pos: str = "learned", flatten: bool = False):
+                 pos: str = "learned", flatten: bool = False, fused: bool = True):
         super().__init__()
         if pos not in ("learned", "none"):
             raise ValueError(f"pos must be 'learned' or 'none', got {pos!r}")
         gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
+        if min(in_chans, embed_dim, patch_size, gh, gw) < 1:
+            raise ValueError(f"in_chans, embed_dim, patch_size and grid_size must be >= 1, got {in_chans}, "
+                             f"{embed_dim}, {patch_size}, {grid_size}")
+        self.in_chans, self.embed_dim = int(in_chans), int(embed_dim)
         self.patch_size, self.grid_size, self.flatten = int(patch_size), (int(gh), int(gw)), flatten
+        self.fused = fused
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
         if pos == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(embed_dim, gh, gw))
@@ -47,11 +55,17 @@ class FlowPatchEmbed(nn.Module):
         return F.interpolate(self.pos_embed[None], size=(gh, gw), mode="bicubic", align_corners=False)[0]
 
     def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> (B, D, H/p, W/p), or (B, N, D) with ``flatten``."""
         p = self.patch_size
-        if x.dim() != 4:
-            raise ValueError(f"x must be (B, C, H, W), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"x must be (B, C, H, W) with C = in_chans = {self.in_chans}, got {tuple(x.shape)}")
         pos = self.pos_for(x.shape[-2] // p, x.shape[-1] // p)
-        return flow_patch_embed(x, self.proj.weight, self.proj.bias, pos, p, flatten=self.flatten)
+        return flow_patch_embed(x, self.proj.weight, self.proj.bias, pos, p, flatten=self.flatten,
+                                backend=None if self.fused else "reference")
+
+    def extra_repr(self) -> str:
+        return (f"grid_size={self.grid_size}, pos={'learned' if self.pos_embed is not None else 'none'}, "
+                f"flatten={self.flatten}, fused={self.fused}")
 
     # ------------------------------------------------------------------ weight loading
     @torch.no_grad()
@@ -61,6 +75,8 @@ class FlowPatchEmbed(nn.Module):
             raise ValueError(f"weight must be {tuple(self.proj.weight.shape)}, got {tuple(weight.shape)}")
         self.proj.weight.copy_(weight)
         if bias is not None:
+            if tuple(bias.shape) != tuple(self.proj.bias.shape):
+                raise ValueError(f"bias must be {tuple(self.proj.bias.shape)}, got {tuple(bias.shape)}")
             self.proj.bias.copy_(bias)
         return self
 
