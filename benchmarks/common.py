@@ -141,14 +141,17 @@ def _sync(device: str) -> None:
 
 def time_fn(fn, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30,
             budget_s: float = 0.5) -> dict:
-    """Wall time of ``fn()`` after ``warmup`` calls: at least ``min_reps`` timed calls, more until
+    """Wall time of ``fn()`` after up to ``warmup`` calls (at least one): at least ``min_reps`` timed calls, more until
     ``budget_s`` seconds of timed calls or ``max_reps``. CUDA: timed with events around each call.
 
     Returns {'median_ms', 'min_ms', 'p25_ms', 'p75_ms', 'iqr_ms', 'reps'}.
     """
-    for _ in range(warmup):
+    t0 = time.perf_counter()
+    for _ in range(warmup):  # warm-up calls stop early once they have used the budget (slow calls)
         fn()
-    _sync(device)
+        _sync(device)
+        if time.perf_counter() - t0 > budget_s:
+            break
     times: list[float] = []
     spent = 0.0
     while len(times) < min_reps or (spent < budget_s and len(times) < max_reps):

@@ -49,6 +49,7 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = _panels(rows)
     if not panels:
@@ -75,12 +76,16 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
                         ax.plot(Ns2, [r["saved_mb"] for r in rs2], color=col, ls=":", lw=1)
         if crossover:
             for x in summary.get("crossovers", []):
-                if (x["pass"], x["n"], x["d"], x["softmax"]) == (pss, n, d, "softmax_sdpa") and x.get("crossover_N"):
+                if ((x["pass"], x["n"], x["d"], x["softmax"], x.get("stat")) == (pss, n, d, "softmax_sdpa", "median")
+                        and x.get("crossover_N")):
                     ax.axvline(x["crossover_N"], color="k", ls="--", lw=1)
                     ax.annotate(f"crossover N≈{x['crossover_N']}", (x["crossover_N"], 0.95), rotation=90,
                                 xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        Ns_all = sorted({r["N"] for r in rows if r["pass"] == pss and r["d"] == d})
+        ax.set_xticks(Ns_all, [str(N) for N in Ns_all], fontsize=7)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("N (tokens)")
         ax.set_ylabel(ylabel)
         title = "forward" if pss == "fwd" else "forward + backward"

@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE / "results"), help="output directory (default benchmarks/results)")
     ap.add_argument("--suite-path", action="append", default=[], metavar="DIR",
                     help="another directory of suite files (repeatable)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads before running (default: torch's choice). On a machine shared with "
+                         "other jobs 1 gives far steadier times: a parallel region waits for its slowest thread")
     ap.add_argument("--note", default="", help="free text stored in the header (e.g. how loaded the machine was)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--list", action="store_true", help="list the discovered suites and exit")
@@ -196,6 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                   "use --device cpu", file=sys.stderr)
             return 2
 
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            print(f"error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     cfg = {"quick": bool(args.quick or args.tiny), "tiny": bool(args.tiny), "device": args.device, "only": only,
            "argv": list(argv)}

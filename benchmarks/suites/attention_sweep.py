@@ -40,7 +40,7 @@ import common  # noqa: E402
 NAME = "attention_sweep"
 AGENT_IMPLS = ("agent_fused", "agent_eager", "agent_sdpa2")
 SOFTMAX_IMPLS = ("softmax_sdpa", "softmax_eager")
-COLUMNS = ["impl", "pass", "N", "n", "d", "status", "median_ms", "iqr_ms", "gflops_s", "pct_peak_bw",
+COLUMNS = ["impl", "pass", "N", "n", "d", "status", "median_ms", "iqr_ms", "min_ms", "gflops_s", "pct_peak_bw",
            "peak_mem_mb", "saved_mb", "check_rel_err", "note"]
 
 
@@ -254,7 +254,7 @@ def run(cfg: dict | None = None) -> list[dict]:
             tm = common.time_fn(fn, c.device, warmup=c.warmup, min_reps=c.min_reps, max_reps=c.max_reps,
                                 budget_s=c.budget_s)
             row.update(tm)
-            last[key] = (N, tm["median_ms"])
+            last[key] = (N, tm["min_ms"])  # the minimum: a loaded machine inflates medians
             row["gflops_s"] = round(flops / (tm["median_ms"] * 1e-3) / 1e9, 2)
             if c.device == "cuda":
                 gbs = nbytes / (tm["median_ms"] * 1e-3)
@@ -273,22 +273,24 @@ def run(cfg: dict | None = None) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ summary
-def crossovers(rows: list[dict], agent: str = "agent_fused", softmax: str = "softmax_sdpa") -> list[dict]:
-    """Per (pass, n, d): the N above which ``agent`` is faster than ``softmax`` (median times).
+def crossovers(rows: list[dict], agent: str = "agent_fused", softmax: str = "softmax_sdpa",
+               stat: str = "median_ms", min_points: int = 3) -> list[dict]:
+    """Per (pass, n, d) with at least ``min_points`` N measured for both: the N above which ``agent`` is
+    faster than ``softmax`` by ``stat`` (``median_ms`` or ``min_ms``).
 
     ``crossover_N`` is interpolated on log N / log time between the last measured N where softmax was
     faster (or not slower) and the first N from which agent stays faster at every larger measured N;
     ``first_faster_N`` is that measured N. None when agent never stays faster in the measured range;
     ``N_min`` when it is faster everywhere.
     """
-    ok = [r for r in rows if r.get("status") == "ok" and r.get("median_ms")]
+    ok = [r for r in rows if r.get("status") == "ok" and r.get(stat)]
     out = []
     lines = sorted({(r["pass"], r["n"], r["d"]) for r in ok if r["impl"] == agent})
     for pss, n, d in lines:
-        a = {r["N"]: r["median_ms"] for r in ok if r["impl"] == agent and (r["pass"], r["n"], r["d"]) == (pss, n, d)}
-        s = {r["N"]: r["median_ms"] for r in ok if r["impl"] == softmax and (r["pass"], r["d"]) == (pss, d)}
+        a = {r["N"]: r[stat] for r in ok if r["impl"] == agent and (r["pass"], r["n"], r["d"]) == (pss, n, d)}
+        s = {r["N"]: r[stat] for r in ok if r["impl"] == softmax and (r["pass"], r["d"]) == (pss, d)}
         Ns = sorted(set(a) & set(s))
-        if len(Ns) < 2:
+        if len(Ns) < max(2, min_points):
             continue
         faster = [a[N] < s[N] for N in Ns]
         first = None
@@ -296,7 +298,8 @@ def crossovers(rows: list[dict], agent: str = "agent_fused", softmax: str = "sof
             if all(faster[i:]):
                 first = i
                 break
-        rec = dict(pass_=pss, n=n, d=d, agent=agent, softmax=softmax, Ns=Ns, first_faster_N=None,
+        rec = dict(pass_=pss, n=n, d=d, agent=agent, softmax=softmax, stat=stat.replace("_ms", ""), Ns=Ns,
+                   first_faster_N=None,
                    crossover_N=None, ratio_at_max_N=round(s[Ns[-1]] / a[Ns[-1]], 3))
         if first is not None:
             rec["first_faster_N"] = Ns[first]
@@ -321,7 +324,9 @@ def summarize(rows: list[dict]) -> dict:
     status = {}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
-    return {"crossovers": crossovers(rows) + crossovers(rows, softmax="softmax_eager"), "status_counts": status}
+    xs = [x for soft in SOFTMAX_IMPLS for stat in ("median_ms", "min_ms")
+          for x in crossovers(rows, softmax=soft, stat=stat)]
+    return {"crossovers": xs, "status_counts": status}
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -332,8 +337,8 @@ def summary_markdown(summary: dict) -> str:
     """The crossover table (what the README quotes)."""
     rows = [dict(x, measured_N=" ".join(str(N) for N in x["Ns"])) for x in summary.get("crossovers", [])]
     return ("### Crossover: the N above which fused agent attention beats softmax attention\n\n"
-            + common.markdown_table(rows, ["pass", "n", "d", "agent", "softmax", "crossover_N", "first_faster_N",
-                                           "ratio_at_max_N", "measured_N", "note"],
+            + common.markdown_table(rows, ["pass", "n", "d", "agent", "softmax", "stat", "crossover_N",
+                                           "first_faster_N", "ratio_at_max_N", "measured_N", "note"],
                                     {"ratio_at_max_N": "softmax/agent time at largest N"})
             + f"\nRow status counts: {summary.get('status_counts')}\n")
 

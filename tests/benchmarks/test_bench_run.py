@@ -149,6 +149,7 @@ def test_crossover_interpolation():
     rows = [row("agent_fused", N, 1.0) for N in (100, 200, 400, 800)]
     rows += [row("softmax_sdpa", N, ms) for N, ms in ((100, 0.25), (200, 0.5), (400, 2.0), (800, 8.0))]
     (x,) = sweep.crossovers(rows)
+    assert x["stat"] == "median"
     assert x["first_faster_N"] == 400 and x["crossover_N"] == round(2 ** 0.5 * 200) and x["ratio_at_max_N"] == 8.0
     # a later loss moves the crossover past it; never faster -> None
     rows2 = [r if not (r["impl"] == "softmax_sdpa" and r["N"] == 800) else dict(r, median_ms=0.9) for r in rows]
