@@ -1,15 +1,23 @@
 // Fused Agent Attention on CPU: forward and backward, float32 and float64.
 //
-// Per (batch, head) task, with scale s, agents A (n x d), keys/values K, V (N x d), queries Q (N x d):
-//   stage 1: S1 = s A K^T + B1 (n x N) -> row softmax -> P1;  V_A = P1 V (n x d)
-//   stage 2: S2 = s Q A^T + B2 (N x n), in row blocks of kRows -> row softmax -> P2;  O = P2 V_A
-// Only one score tile per thread lives in cache (n x N for stage 1, kRows x n for stage 2); the forward
-// keeps for backward only V_A and the log-sum-exp of every score row (n + N values per head). The
-// backward recomputes the probabilities from those statistics.
+// Per (batch, head), with scale s, agents A (n x d), keys/values K, V (N x d), queries Q (N x d):
+//   stage 1: S1 = s A K^T + B1 (n x N) -> softmax over N -> P1;  V_A = P1 V (n x d)
+//   stage 2: S2 = s Q A^T + B2 (N x n) -> softmax over n -> P2;  O = P2 V_A (N x d)
 //
-// The four products per stage run through BLAS (MKL's sgemm_/dgemm_, exported by libtorch_cpu) on
-// cache-sized tiles; bias add, exp and normalisation are fused into one pass over the tile.
+// Stage 1 runs over blocks of kKeys keys with an online softmax (running max, sum and an n x d
+// accumulator rescaled when the max grows), so only one n x kKeys score tile per thread exists. When
+// there are few (batch, head) slices, the keys are split into chunks on different threads and the partial
+// (max, sum, accumulator) triples are merged. Stage 2 works on kRows queries at a time in a transposed tile
+// ST = s A Q_blk^T (n x kRows): the softmax over the n agents runs down the columns, so every vector op
+// covers 8 queries whatever n is; the stage-2 bias is transposed once per call to match. Bias add, max,
+// exp and the sum run in two passes over the cache-resident tile; the normalisation is applied to
+// whichever of P2 (n x R) or O (R x d) is smaller. Products go through BLAS (MKL's sgemm_/dgemm_ exported
+// by libtorch_cpu, one thread per task) on the tiles.
+//
+// The forward keeps for backward only V_A and the log-sum-exp of every score row (n + N values per
+// head); the backward recomputes the probabilities tile by tile from them, in the same layouts.
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -21,170 +29,198 @@
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/vec.h"
 
 namespace agentattn {
 namespace {
 
-constexpr int64_t kRows = 128;  // stage-2 query rows per tile
+constexpr int64_t kRows = 128;  // stage-2 queries per tile
+constexpr int64_t kKeys = 256;  // stage-1 keys per tile
+constexpr int64_t kRowTask = 512;  // stage-2 queries per parallel task
 
-// exp for float: 2^(x log2 e) with a degree-6 polynomial for the fraction; written so that GCC
-// vectorises loops over it (AVX-512: 16 lanes). Relative error about 2e-7 on the softmax range.
-inline float fast_exp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.3f);
-  const float t = x * 1.4426950408889634f;
-  const float fi = std::floor(t);
-  const float f = t - fi;
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
-  const int32_t e = static_cast<int32_t>(fi) + 127;
-  float scale;
-  const uint32_t bits = static_cast<uint32_t>(e) << 23;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-inline double fast_exp(double x) { return std::exp(x); }
+using vec::neg_inf;
 
-// Row-wise: x[j] = exp(x[j] - m) over a row of `len`, returns the sum; m = row max.
-template <typename T>
-inline T exp_row_inplace(T* x, int64_t len, T m) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < len; ++j) {
-    const T e = fast_exp(x[j] - m);
-    x[j] = e;
-    sum += e;
+// Run f(task, thread) for task in [0, ntasks) on the intra-op threads, dynamically scheduled (the
+// machine is shared: a static split waits for the slowest thread).
+template <typename F>
+void parallel_tasks(int64_t ntasks, const F& f) {
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), ntasks);
+  if (nt <= 1 || omp_in_parallel()) {
+    for (int64_t t = 0; t < ntasks; ++t) f(t, 0);
+    return;
   }
-  return sum;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(nt))
+  for (int64_t t = 0; t < ntasks; ++t) f(t, omp_get_thread_num());
 }
 
+// Per-thread scratch that only grows (no allocation per call once warm).
 template <typename T>
-inline T row_max(const T* x, int64_t len) {
-  T m = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < len; ++j) m = std::max(m, x[j]);
-  return m;
+T* scratch(int slot, size_t count) {
+  static thread_local std::vector<T> buf[4];
+  if (buf[slot].size() < count) buf[slot].resize(count);
+  return buf[slot].data();
 }
 
-// Softmax of each row of S (rows x cols, row stride ld) in place; writes the log-sum-exp per row.
-template <typename T>
-void softmax_rows(T* S, int64_t rows, int64_t cols, int64_t ld, T* lse) {
-  for (int64_t i = 0; i < rows; ++i) {
-    T* row = S + i * ld;
-    const T m = row_max(row, cols);
-    const T sum = exp_row_inplace(row, cols, m);
-    const T inv = T(1) / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) row[j] *= inv;
-    lse[i] = m + std::log(sum);
-  }
-}
-
-// P = exp(S - lse[row]) in place (recompute of probabilities in backward).
-template <typename T>
-void probs_from_lse(T* S, int64_t rows, int64_t cols, const T* lse) {
-  for (int64_t i = 0; i < rows; ++i) {
-    T* row = S + i * cols;
-    const T l = lse[i];
-#pragma omp simd
-    for (int64_t j = 0; j < cols; ++j) row[j] = fast_exp(row[j] - l);
-  }
-}
-
-template <typename T>
-inline void add_into(T* dst, const T* src, int64_t len) {
-#pragma omp simd
-  for (int64_t j = 0; j < len; ++j) dst[j] += src[j];
-}
-
-struct Dims {
-  int64_t B, H, N, n, d;
-};
-
-// Where the (b, h) slice of a (Bb, Hb, rows, cols) bias starts; Bb in {1, B}, Hb in {1, H}.
+// Where the (b, h) slice of a (Bb, Hb, rows, cols) tensor starts; Bb in {1, B}, Hb in {1, H}.
 inline int64_t bias_offset(const at::Tensor& bias, int64_t b, int64_t h) {
   const int64_t bb = bias.size(0) == 1 ? 0 : b;
   const int64_t hh = bias.size(1) == 1 ? 0 : h;
   return (bb * bias.size(1) + hh) * bias.size(2) * bias.size(3);
 }
 
+// Keys per stage-1 task: all N unless there are fewer than ~4 tasks per thread.
+inline int64_t stage1_chunk(int64_t BH, int64_t N) {
+  const int64_t nt = at::get_num_threads();
+  int64_t chunks = std::max<int64_t>(1, (4 * nt + BH - 1) / BH);
+  chunks = std::min(chunks, (N + kKeys - 1) / kKeys);
+  const int64_t len = (N + chunks - 1) / chunks;
+  return ((len + kKeys - 1) / kKeys) * kKeys;
+}
+
+// Stage 1 over keys [k0, k1) of one slice: unnormalised online softmax. On return m[j] is the row max,
+// l[j] the sum of exp(score - m[j]) and acc (n x d) = sum exp(score - m[j]) V.
+template <typename T>
+void stage1_partial(const T* Ap, const T* Kp, const T* Vp, const T* B1p, int64_t N, int64_t n, int64_t d,
+                    T scale, int64_t k0, int64_t k1, T* m, T* l, T* acc) {
+  T* S = scratch<T>(0, static_cast<size_t>(n * kKeys));
+  for (int64_t j = 0; j < n; ++j) m[j] = neg_inf<T>(), l[j] = 0;
+  std::fill(acc, acc + n * d, T(0));
+  for (int64_t c0 = k0; c0 < k1; c0 += kKeys) {
+    const int64_t C = std::min(kKeys, k1 - c0);
+    blas::gemm_rm<T>(false, true, n, C, d, scale, Ap, d, Kp + c0 * d, d, T(0), S, C);
+    for (int64_t j = 0; j < n; ++j) {
+      T* row = S + j * C;
+      const T mb = vec::add_bias_max(row, B1p ? B1p + j * N + c0 : nullptr, C);
+      const T mnew = std::max(m[j], mb);
+      const T sum = vec::exp_sub_sum(row, C, mnew);
+      if (mnew != m[j]) {
+        const T alpha = m[j] == neg_inf<T>() ? T(0) : std::exp(m[j] - mnew);
+        l[j] *= alpha;
+        vec::scale_inplace(acc + j * d, d, alpha);
+        m[j] = mnew;
+      }
+      l[j] += sum;
+    }
+    blas::gemm_rm<T>(false, false, n, d, C, T(1), S, C, Vp + c0 * d, d, T(1), acc, d);
+  }
+}
+
+// Stage 2 over queries [r0, r1) of one slice: O rows and their log-sum-exp.
+template <typename T>
+void stage2_rows(const T* Qp, const T* Ap, const T* VAp, const T* B2Tp, int64_t N, int64_t n, int64_t d,
+                 T scale, int64_t r0, int64_t r1, T* Op, T* L2p) {
+  T* ST = scratch<T>(1, static_cast<size_t>(n * kRows));
+  T* mv = scratch<T>(2, static_cast<size_t>(2 * kRows));
+  T* lv = mv + kRows;
+  for (int64_t i0 = r0; i0 < r1; i0 += kRows) {
+    const int64_t R = std::min(kRows, r1 - i0);
+    blas::gemm_rm<T>(false, true, n, R, d, scale, Ap, d, Qp + i0 * d, d, T(0), ST, R);
+    vec::col_softmax(ST, n, R, R, B2Tp ? B2Tp + i0 : nullptr, N, mv, lv);
+    for (int64_t i = 0; i < R; ++i) {
+      L2p[i0 + i] = mv[i] + std::log(lv[i]);
+      lv[i] = T(1) / lv[i];
+    }
+    if (n <= d) {
+      for (int64_t j = 0; j < n; ++j) {
+        T* row = ST + j * R;
+        for (int64_t i = 0; i < R; ++i) row[i] *= lv[i];
+      }
+    }
+    T* Ob = Op + i0 * d;
+    blas::gemm_rm<T>(true, false, R, d, n, T(1), ST, R, VAp, d, T(0), Ob, d);
+    if (n > d)
+      for (int64_t i = 0; i < R; ++i) vec::scale_inplace(Ob + i * d, d, lv[i]);
+  }
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
                   const at::Tensor* b1, const at::Tensor* b2, T scale, at::Tensor& out,
                   at::Tensor& agent_v, at::Tensor& lse1, at::Tensor& lse2) {
-  const Dims D{q.size(0), q.size(1), q.size(2), a.size(2), q.size(3)};
-  const T* Q = q.data_ptr<T>();
-  const T* K = k.data_ptr<T>();
-  const T* V = v.data_ptr<T>();
-  const T* A = a.data_ptr<T>();
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+  const T *Q = q.data_ptr<T>(), *K = k.data_ptr<T>(), *V = v.data_ptr<T>(), *A = a.data_ptr<T>();
   const T* B1 = b1 ? b1->data_ptr<T>() : nullptr;
-  const T* B2 = b2 ? b2->data_ptr<T>() : nullptr;
-  T* O = out.data_ptr<T>();
-  T* VA = agent_v.data_ptr<T>();
-  T* L1 = lse1.data_ptr<T>();
-  T* L2 = lse2.data_ptr<T>();
-  const int64_t N = D.N, n = D.n, d = D.d;
+  at::Tensor b2t;  // stage-2 bias as (Bb, Hb, n, N)
+  if (b2) b2t = b2->transpose(2, 3).contiguous();
+  const T* B2T = b2 ? b2t.template data_ptr<T>() : nullptr;
+  T *O = out.data_ptr<T>(), *VA = agent_v.data_ptr<T>(), *L1 = lse1.data_ptr<T>(), *L2 = lse2.data_ptr<T>();
 
-  at::parallel_for(0, D.B * D.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> s1(static_cast<size_t>(n * N));
-    std::vector<T> s2(static_cast<size_t>(kRows * n));
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / D.H, h = bh % D.H;
-      const T* Qp = Q + bh * N * d;
-      const T* Kp = K + bh * N * d;
-      const T* Vp = V + bh * N * d;
-      const T* Ap = A + bh * n * d;
-      T* VAp = VA + bh * n * d;
-      // stage 1: S1 = s A K^T (+ B1), softmax over N, V_A = P1 V
-      if (B1) {
-        std::memcpy(s1.data(), B1 + bias_offset(*b1, b, h), sizeof(T) * n * N);
-        blas::gemm_rm<T>(false, true, n, N, d, scale, Ap, d, Kp, d, T(1), s1.data(), N);
-      } else {
-        blas::gemm_rm<T>(false, true, n, N, d, scale, Ap, d, Kp, d, T(0), s1.data(), N);
+  // ---- stage 1: V_A and lse1, in key chunks
+  const int64_t kc = stage1_chunk(BH, N);
+  const int64_t nkc = (N + kc - 1) / kc;
+  const int64_t part_sz = n * d + 2 * n;
+  std::vector<T> parts(nkc > 1 ? static_cast<size_t>(BH * nkc * part_sz) : 0);
+  parallel_tasks(BH * nkc, [&](int64_t t, int) {
+    const int64_t bh = t / nkc, c = t % nkc, b = bh / H, h = bh % H;
+    const T* B1p = B1 ? B1 + bias_offset(*b1, b, h) : nullptr;
+    const int64_t k0 = c * kc, k1 = std::min(N, k0 + kc);
+    if (nkc == 1) {
+      T* m = scratch<T>(3, static_cast<size_t>(2 * n));
+      T* l = m + n;
+      T* acc = VA + bh * n * d;
+      stage1_partial(A + bh * n * d, K + bh * N * d, V + bh * N * d, B1p, N, n, d, scale, k0, k1, m, l, acc);
+      for (int64_t j = 0; j < n; ++j) {
+        L1[bh * n + j] = m[j] + std::log(l[j]);
+        vec::scale_inplace(acc + j * d, d, T(1) / l[j]);
       }
-      softmax_rows(s1.data(), n, N, N, L1 + bh * n);
-      blas::gemm_rm<T>(false, false, n, d, N, T(1), s1.data(), N, Vp, d, T(0), VAp, d);
-      // stage 2: row blocks of queries against the n agents
-      const T* B2p = B2 ? B2 + bias_offset(*b2, b, h) : nullptr;
-      for (int64_t r0 = 0; r0 < N; r0 += kRows) {
-        const int64_t R = std::min(kRows, N - r0);
-        if (B2p) {
-          std::memcpy(s2.data(), B2p + r0 * n, sizeof(T) * R * n);
-          blas::gemm_rm<T>(false, true, R, n, d, scale, Qp + r0 * d, d, Ap, d, T(1), s2.data(), n);
-        } else {
-          blas::gemm_rm<T>(false, true, R, n, d, scale, Qp + r0 * d, d, Ap, d, T(0), s2.data(), n);
-        }
-        softmax_rows(s2.data(), R, n, n, L2 + bh * N + r0);
-        blas::gemm_rm<T>(false, false, R, d, n, T(1), s2.data(), n, VAp, d, T(0), O + bh * N * d + r0 * d, d);
-      }
+    } else {
+      T* p = parts.data() + t * part_sz;
+      stage1_partial(A + bh * n * d, K + bh * N * d, V + bh * N * d, B1p, N, n, d, scale, k0, k1, p, p + n,
+                     p + 2 * n);
     }
+  });
+  if (nkc > 1) {
+    parallel_tasks(BH, [&](int64_t bh, int) {
+      for (int64_t j = 0; j < n; ++j) {
+        T M = neg_inf<T>();
+        for (int64_t c = 0; c < nkc; ++c) M = std::max(M, parts[(bh * nkc + c) * part_sz + j]);
+        T lsum = 0;
+        T* va = VA + (bh * n + j) * d;
+        std::fill(va, va + d, T(0));
+        for (int64_t c = 0; c < nkc; ++c) {
+          const T* p = parts.data() + (bh * nkc + c) * part_sz;
+          const T w = p[j] == neg_inf<T>() ? T(0) : std::exp(p[j] - M);
+          lsum += w * p[n + j];
+          const T* acc = p + 2 * n + j * d;
+          for (int64_t x = 0; x < d; ++x) va[x] += w * acc[x];
+        }
+        L1[bh * n + j] = M + std::log(lsum);
+        vec::scale_inplace(va, d, T(1) / lsum);
+      }
+    });
+  }
+
+  // ---- stage 2: O and lse2, in row chunks
+  const int64_t nrc = (N + kRowTask - 1) / kRowTask;
+  parallel_tasks(BH * nrc, [&](int64_t t, int) {
+    const int64_t bh = t / nrc, c = t % nrc, b = bh / H, h = bh % H;
+    const T* B2Tp = B2T ? B2T + bias_offset(b2t, b, h) : nullptr;
+    const int64_t r0 = c * kRowTask, r1 = std::min(N, r0 + kRowTask);
+    stage2_rows(Q + bh * N * d, A + bh * n * d, VA + bh * n * d, B2Tp, N, n, d, scale, r0, r1, O + bh * N * d,
+                L2 + bh * N);
   });
 }
 
 // Bias-gradient accumulation target for task (b, h): the output itself when the bias is not broadcast
-// (each (b, h) owns its slice), else a per-thread buffer summed at the end.
+// (each (b, h) owns its slice), else a per-thread buffer summed at the end. `grad` has the layout the
+// kernel accumulates in (for the stage-2 bias: transposed, (Bb, Hb, n, N)).
 template <typename T>
 struct BiasGrad {
-  at::Tensor grad;                    // (Bb, Hb, rows, cols), the returned gradient
-  std::vector<std::vector<T>> local;  // per-thread partial sums when broadcast
+  at::Tensor grad;
+  std::vector<std::vector<T>> local;
   bool broadcast = false;
-  int64_t slice = 0;
 
-  void init(const at::Tensor* bias, int64_t B, int64_t H) {
+  void init(const at::Tensor* bias, int64_t B, int64_t H, bool transposed) {
     if (!bias) return;
-    grad = at::zeros_like(*bias);
+    grad = transposed ? at::zeros({bias->size(0), bias->size(1), bias->size(3), bias->size(2)}, bias->options())
+                      : at::zeros_like(*bias);
     broadcast = bias->size(0) != B || bias->size(1) != H;
-    slice = bias->size(2) * bias->size(3);
     if (broadcast) local.assign(static_cast<size_t>(at::get_num_threads()), {});
   }
-  T* target(int64_t b, int64_t h) {
+  T* target(int64_t b, int64_t h, int thread) {
     const int64_t off = bias_offset(grad, b, h);
     if (!broadcast) return grad.data_ptr<T>() + off;
-    auto& buf = local[static_cast<size_t>(at::get_thread_num())];
+    auto& buf = local[static_cast<size_t>(thread)];
     if (buf.empty()) buf.assign(static_cast<size_t>(grad.numel()), T(0));
     return buf.data() + off;
   }
@@ -192,7 +228,8 @@ struct BiasGrad {
     if (!broadcast) return;
     T* g = grad.data_ptr<T>();
     for (auto& buf : local)
-      if (!buf.empty()) add_into(g, buf.data(), grad.numel());
+      if (!buf.empty())
+        for (int64_t i = 0; i < grad.numel(); ++i) g[i] += buf[static_cast<size_t>(i)];
   }
 };
 
@@ -202,91 +239,62 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
                    const at::Tensor& agent_v, const at::Tensor& lse1, const at::Tensor& lse2, T scale,
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& da, BiasGrad<T>& g1,
                    BiasGrad<T>& g2) {
-  const Dims D{q.size(0), q.size(1), q.size(2), a.size(2), q.size(3)};
-  const int64_t N = D.N, n = D.n, d = D.d;
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
   const T *dO = dout.data_ptr<T>(), *Q = q.data_ptr<T>(), *K = k.data_ptr<T>(), *V = v.data_ptr<T>(),
           *A = a.data_ptr<T>(), *O = out.data_ptr<T>(), *VA = agent_v.data_ptr<T>(),
           *L1 = lse1.data_ptr<T>(), *L2 = lse2.data_ptr<T>();
   const T* B1 = b1 ? b1->data_ptr<T>() : nullptr;
-  const T* B2 = b2 ? b2->data_ptr<T>() : nullptr;
+  at::Tensor b2t;
+  if (b2) b2t = b2->transpose(2, 3).contiguous();
+  const T* B2T = b2 ? b2t.template data_ptr<T>() : nullptr;
   T *dQ = dq.data_ptr<T>(), *dK = dk.data_ptr<T>(), *dV = dv.data_ptr<T>(), *dA = da.data_ptr<T>();
 
-  at::parallel_for(0, D.B * D.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> p2(static_cast<size_t>(kRows * n)), dp2(static_cast<size_t>(kRows * n));
-    std::vector<T> rowdot(static_cast<size_t>(std::max(kRows, n)));
-    std::vector<T> p1(static_cast<size_t>(n * N)), dp1(static_cast<size_t>(n * N));
-    std::vector<T> dva(static_cast<size_t>(n * d));
-    for (int64_t bh = begin; bh < end; ++bh) {
-      const int64_t b = bh / D.H, h = bh % D.H;
-      const T *Qp = Q + bh * N * d, *Kp = K + bh * N * d, *Vp = V + bh * N * d, *Ap = A + bh * n * d;
-      const T *dOp = dO + bh * N * d, *Op = O + bh * N * d, *VAp = VA + bh * n * d;
-      T *dQp = dQ + bh * N * d, *dKp = dK + bh * N * d, *dVp = dV + bh * N * d, *dAp = dA + bh * n * d;
-      std::fill(dva.begin(), dva.end(), T(0));
-      // ---- stage 2 backward, row blocks of queries
-      const T* B2p = B2 ? B2 + bias_offset(*b2, b, h) : nullptr;
-      T* G2p = B2 ? g2.target(b, h) : nullptr;
-      for (int64_t r0 = 0; r0 < N; r0 += kRows) {
-        const int64_t R = std::min(kRows, N - r0);
-        // P2 = exp(s Q A^T + B2 - lse2)
-        if (B2p) {
-          std::memcpy(p2.data(), B2p + r0 * n, sizeof(T) * R * n);
-          blas::gemm_rm<T>(false, true, R, n, d, scale, Qp + r0 * d, d, Ap, d, T(1), p2.data(), n);
-        } else {
-          blas::gemm_rm<T>(false, true, R, n, d, scale, Qp + r0 * d, d, Ap, d, T(0), p2.data(), n);
-        }
-        probs_from_lse(p2.data(), R, n, L2 + bh * N + r0);
-        // dP2 = dO V_A^T ; Di = rowsum(dO * O)
-        blas::gemm_rm<T>(false, true, R, n, d, T(1), dOp + r0 * d, d, VAp, d, T(0), dp2.data(), n);
-        for (int64_t i = 0; i < R; ++i) {
-          const T* x = dOp + (r0 + i) * d;
-          const T* y = Op + (r0 + i) * d;
-          T acc = 0;
-#pragma omp simd reduction(+ : acc)
-          for (int64_t c = 0; c < d; ++c) acc += x[c] * y[c];
-          rowdot[i] = acc;
-        }
-        // dV_A += P2^T dO (uses P2 before it is overwritten)
-        blas::gemm_rm<T>(true, false, n, d, R, T(1), p2.data(), n, dOp + r0 * d, d, T(1), dva.data(), d);
-        // dS2 = P2 * (dP2 - Di), into dp2
-        for (int64_t i = 0; i < R; ++i) {
-          T* ds = dp2.data() + i * n;
-          const T* p = p2.data() + i * n;
-          const T di = rowdot[i];
-#pragma omp simd
-          for (int64_t j = 0; j < n; ++j) ds[j] = p[j] * (ds[j] - di);
-        }
-        if (G2p) add_into(G2p + r0 * n, dp2.data(), R * n);
-        // dQ = s dS2 A ; dA += s dS2^T Q
-        blas::gemm_rm<T>(false, false, R, d, n, scale, dp2.data(), n, Ap, d, T(0), dQp + r0 * d, d);
-        blas::gemm_rm<T>(true, false, n, d, R, scale, dp2.data(), n, Qp + r0 * d, d, r0 == 0 ? T(0) : T(1), dAp, d);
-      }
-      // ---- stage 1 backward, upstream gradient dV_A
-      if (B1) {
-        std::memcpy(p1.data(), B1 + bias_offset(*b1, b, h), sizeof(T) * n * N);
-        blas::gemm_rm<T>(false, true, n, N, d, scale, Ap, d, Kp, d, T(1), p1.data(), N);
-      } else {
-        blas::gemm_rm<T>(false, true, n, N, d, scale, Ap, d, Kp, d, T(0), p1.data(), N);
-      }
-      probs_from_lse(p1.data(), n, N, L1 + bh * n);
-      // dV = P1^T dV_A ; dP1 = dV_A V^T ; D1 = rowsum(dV_A * V_A)
-      blas::gemm_rm<T>(true, false, N, d, n, T(1), p1.data(), N, dva.data(), d, T(0), dVp, d);
-      blas::gemm_rm<T>(false, true, n, N, d, T(1), dva.data(), d, Vp, d, T(0), dp1.data(), N);
-      for (int64_t i = 0; i < n; ++i) {
-        T acc = 0;
-        for (int64_t c = 0; c < d; ++c) acc += dva[i * d + c] * VAp[i * d + c];
-        rowdot[i] = acc;
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        T* ds = dp1.data() + i * N;
-        const T* p = p1.data() + i * N;
-        const T di = rowdot[i];
-#pragma omp simd
-        for (int64_t j = 0; j < N; ++j) ds[j] = p[j] * (ds[j] - di);
-      }
-      if (B1) add_into(g1.target(b, h), dp1.data(), n * N);
+  parallel_tasks(BH, [&](int64_t bh, int thread) {
+    const int64_t b = bh / H, h = bh % H;
+    const T *Qp = Q + bh * N * d, *Kp = K + bh * N * d, *Vp = V + bh * N * d, *Ap = A + bh * n * d;
+    const T *dOp = dO + bh * N * d, *Op = O + bh * N * d, *VAp = VA + bh * n * d;
+    T *dQp = dQ + bh * N * d, *dKp = dK + bh * N * d, *dVp = dV + bh * N * d, *dAp = dA + bh * n * d;
+    const int64_t tile = std::max(kRows, kKeys);
+    T* P = scratch<T>(0, static_cast<size_t>(n * tile));
+    T* dP = scratch<T>(1, static_cast<size_t>(n * tile));
+    T* dva = scratch<T>(2, static_cast<size_t>(n * d));
+    T* rowdot = scratch<T>(3, static_cast<size_t>(std::max(kRows, n)));
+    std::fill(dva, dva + n * d, T(0));
+    std::fill(dAp, dAp + n * d, T(0));
+    // ---- stage 2 backward, transposed tiles PT = P2^T (n x R)
+    const T* B2Tp = B2T ? B2T + bias_offset(b2t, b, h) : nullptr;
+    T* G2Tp = b2 ? g2.target(b, h, thread) : nullptr;
+    for (int64_t i0 = 0; i0 < N; i0 += kRows) {
+      const int64_t R = std::min(kRows, N - i0);
+      blas::gemm_rm<T>(false, true, n, R, d, scale, Ap, d, Qp + i0 * d, d, T(0), P, R);
+      vec::col_probs(P, n, R, R, B2Tp ? B2Tp + i0 : nullptr, N, L2 + bh * N + i0);
+      // dP2^T = V_A dO^T ; Di = rowsum(dO * O) ; dV_A += P2^T dO
+      blas::gemm_rm<T>(false, true, n, R, d, T(1), VAp, d, dOp + i0 * d, d, T(0), dP, R);
+      for (int64_t i = 0; i < R; ++i) rowdot[i] = vec::dot(dOp + (i0 + i) * d, Op + (i0 + i) * d, d);
+      blas::gemm_rm<T>(false, false, n, d, R, T(1), P, R, dOp + i0 * d, d, T(1), dva, d);
+      // dS2^T = P2^T * (dP2^T - Di) (+ into the bias gradient)
+      vec::col_dsoftmax(dP, P, n, R, R, rowdot, G2Tp ? G2Tp + i0 : nullptr, N);
+      // dQ = s dS2 A ; dA += s dS2^T Q
+      blas::gemm_rm<T>(true, false, R, d, n, scale, dP, R, Ap, d, T(0), dQp + i0 * d, d);
+      blas::gemm_rm<T>(false, false, n, d, R, scale, dP, R, Qp + i0 * d, d, T(1), dAp, d);
+    }
+    // ---- stage 1 backward over key tiles, upstream gradient dV_A
+    for (int64_t j = 0; j < n; ++j) rowdot[j] = vec::dot(dva + j * d, VAp + j * d, d);
+    const T* B1p = B1 ? B1 + bias_offset(*b1, b, h) : nullptr;
+    T* G1p = b1 ? g1.target(b, h, thread) : nullptr;
+    for (int64_t c0 = 0; c0 < N; c0 += kKeys) {
+      const int64_t C = std::min(kKeys, N - c0);
+      blas::gemm_rm<T>(false, true, n, C, d, scale, Ap, d, Kp + c0 * d, d, T(0), P, C);
+      for (int64_t j = 0; j < n; ++j)
+        vec::exp_bias_sub(P + j * C, B1p ? B1p + j * N + c0 : nullptr, C, L1[bh * n + j]);
+      // dV = P1^T dV_A ; dP1 = dV_A V^T
+      blas::gemm_rm<T>(true, false, C, d, n, T(1), P, C, dva, d, T(0), dVp + c0 * d, d);
+      blas::gemm_rm<T>(false, true, n, C, d, T(1), dva, d, Vp + c0 * d, d, T(0), dP, C);
+      for (int64_t j = 0; j < n; ++j)
+        vec::dsoftmax_row(dP + j * C, P + j * C, C, rowdot[j], G1p ? G1p + j * N + c0 : nullptr);
       // dA += s dS1 K ; dK = s dS1^T A
-      blas::gemm_rm<T>(false, false, n, d, N, scale, dp1.data(), N, Kp, d, T(1), dAp, d);
-      blas::gemm_rm<T>(true, false, N, d, n, scale, dp1.data(), N, Ap, d, T(0), dKp, d);
+      blas::gemm_rm<T>(false, false, n, d, C, scale, dP, C, Kp + c0 * d, d, T(1), dAp, d);
+      blas::gemm_rm<T>(true, false, C, d, n, scale, dP, C, Ap, d, T(0), dKp + c0 * d, d);
     }
   });
 }
@@ -358,15 +366,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor db1 = at::empty({0}, q.options()), db2 = at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "agent_attention_bwd_cpu", [&] {
     BiasGrad<scalar_t> g1, g2;
-    g1.init(b1, q.size(0), q.size(1));
-    g2.init(b2, q.size(0), q.size(1));
+    g1.init(b1, q.size(0), q.size(1), false);
+    g2.init(b2, q.size(0), q.size(1), true);
     backward_impl<scalar_t>(dout, q, k, v, agents, b1, b2, out.contiguous(), agent_v.contiguous(),
                             lse_agent.contiguous(), lse_query.contiguous(), static_cast<scalar_t>(scale), dq,
                             dk, dv, da, g1, g2);
     g1.finish();
     g2.finish();
     if (b1) db1 = g1.grad;
-    if (b2) db2 = g2.grad;
+    if (b2) db2 = g2.grad.transpose(2, 3).contiguous();
   });
   return {dq, dk, dv, da, db1, db2};
 }
