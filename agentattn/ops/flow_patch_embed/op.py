@@ -71,7 +71,8 @@ def _available(device_type: str) -> list:
     ``torch.compile`` from tracing into the extension queries."""
     if device_type not in _AVAIL:
         if device_type == "cpu":
-            _AVAIL[device_type] = (["cpp"] if _ext.has_ext() else []) + ["reference"]
+            built = _ext.has_ext() and hasattr(torch.ops.agentattn, "flow_patch_embed_fwd")  # not a stale _C
+            _AVAIL[device_type] = (["cpp"] if built else []) + ["reference"]
         elif device_type == "cuda":
             avail = _ext.backends()["cuda"]
             has = _ext.has_ext() and torch._C._dispatch_has_kernel_for_dispatch_key(

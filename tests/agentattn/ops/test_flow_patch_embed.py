@@ -19,7 +19,8 @@ SHAPES = [
     (1, 3, 224, 224, 16, 12),  # ViT: 14x14 tokens, K = 768
     (3, 2, 12, 20, 4, 5),      # rectangular grid, tiles span images
     (2, 1, 5, 3, 1, 7),        # p = 1 (a per-pixel linear map)
-    (3, 3, 64, 64, 2, 8),      # 3 x 1024 tokens: several tiles, last one partial
+    (3, 3, 64, 64, 2, 8),      # 3 x 1024 tokens: several tiles, last one partial (K = 12: direct loops)
+    (3, 3, 48, 80, 4, 6),      # K = 48 (BLAS path), 240 tokens per image: tiles end mid-image
 ]
 COMBOS = [(True, True), (True, False), (False, True), (False, False)]
 

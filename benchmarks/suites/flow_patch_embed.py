@@ -1,0 +1,253 @@
+"""Benchmark of the fused flow-patch embedding (patch projection + bias + LAPE in one op) against the
+two PyTorch formulations a model would otherwise use, forward and forward+backward.
+
+Suite plugin: ``NAME`` and ``run(cfg) -> list[dict]``. Also runnable on its own::
+
+    OMP_NUM_THREADS=1 python benchmarks/suites/flow_patch_embed.py --out benchmarks/results/cpu-<date>-flow_patch_embed
+    python benchmarks/suites/flow_patch_embed.py --quick
+    python benchmarks/suites/flow_patch_embed.py --device cuda          # on a GPU machine
+
+Implementations, all in the same process run on the same tensors (never zeros):
+
+  fused    agentattn.flow_patch_embed(x, weight, bias, pos, p) (C++ on CPU; CUDA/Triton on GPU)
+  conv     F.conv2d(x, weight, bias, stride=p) + pos          (nn.Conv2d(stride=p) + LAPE add)
+  unfold   weight.view(D, K) @ F.unfold(x, p, stride=p) + bias, reshape, + pos
+
+Passes: ``fwd`` under ``torch.no_grad()`` (inference) and ``fwd_bwd`` = forward + gradients of weight,
+bias and pos (x is the input image: no gradient, as in a first layer). Shapes: HTNet as released (B=64,
+C=3, 28x28, p=7, D=256: HTNET.md), 56x56 with p=4 (D=256), the mer working variant (28x28, p=2, D=32)
+and a ViT-Ti patch embedding (224x224, p=16, D=192). The implementations are timed round-robin (one
+call of each in turn) so that load from other processes hits all of them alike; per row the median,
+the 10th/90th percentiles and the minimum in ms. ``ratio_vs_best`` = best baseline median / fused
+median (> 1: the fused op is faster). A correctness row per shape compares the fused output and
+gradients with the conv baseline in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+NAME = "flow_patch_embed"
+
+
+@dataclass
+class FlowPatchBenchConfig:
+    shapes: list = field(default_factory=lambda: [
+        # name, B, C, S (H = W), p, D
+        ("htnet_28_p7_D256", 64, 3, 28, 7, 256),
+        ("htnet_56_p4_D256", 64, 3, 56, 4, 256),
+        ("mer_small_28_p2_D32", 64, 3, 28, 2, 32),
+        ("vit_224_p16_D192", 16, 3, 224, 16, 192),
+    ])
+    impls: tuple = ("fused", "conv", "unfold")
+    passes: tuple = ("fwd", "fwd_bwd")
+    reps: int = 25          # timed calls per implementation and pass
+    warmup: int = 3
+    device: str = "cpu"
+    threads: int | None = None  # torch.set_num_threads; None keeps the current setting
+    seed: int = 0
+
+
+def _cfg(cfg) -> FlowPatchBenchConfig:
+    if isinstance(cfg, FlowPatchBenchConfig):
+        return cfg
+    cfg = dict(cfg or {})
+    c = FlowPatchBenchConfig(device=cfg.get("device", "cpu") or "cpu")
+    if cfg.get("quick"):
+        c.shapes = [("htnet_28_p7_D256", 16, 3, 28, 7, 256), ("vit_224_p16_D192", 4, 3, 224, 16, 192)]
+        c.reps, c.warmup = 7, 2
+    for k in ("reps", "warmup", "threads", "seed"):
+        if cfg.get(k) is not None:
+            setattr(c, k, cfg[k])
+    return c
+
+
+def _impls(x, w, b, q, p):
+    import torch.nn.functional as F
+
+    import agentattn
+
+    B, C, H, W = x.shape
+    D = w.shape[0]
+
+    def fused():
+        return agentattn.flow_patch_embed(x, w, b, q, p)
+
+    def conv():
+        return F.conv2d(x, w, b, stride=p) + q
+
+    def unfold():
+        out = w.reshape(D, -1) @ F.unfold(x, kernel_size=p, stride=p) + b[:, None]
+        return out.reshape(B, D, H // p, W // p) + q
+
+    return {"fused": fused, "conv": conv, "unfold": unfold}
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
+    import torch
+
+    dev = torch.device(c.device)
+    g = torch.Generator().manual_seed(c.seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dev)  # noqa: E731
+    x = mk(B, C, S, S)
+    w, b, q = mk(D, C, p, p) * (C * p * p) ** -0.5, mk(D), mk(D, S // p, S // p) * 0.02
+    params = [t.requires_grad_() for t in (w, b, q)]
+    fns = {k: v for k, v in _impls(x, w, b, q, p).items() if k in c.impls}
+    grad = mk(B, D, S // p, S // p)
+
+    def step(fn, pss):
+        if pss == "fwd":
+            with torch.no_grad():
+                fn()
+        else:
+            torch.autograd.grad(fn(), params, grad)
+
+    rows = []
+    # correctness in the same run: fused vs conv, output and the three parameter gradients
+    ref_out = fns["conv"]() if "conv" in fns else None
+    if "fused" in fns and ref_out is not None:
+        out = fns["fused"]()
+        gr = torch.autograd.grad(ref_out, params, grad)
+        gf = torch.autograd.grad(out, params, grad)
+        errs = {"out": (out - ref_out).abs().max().item()}
+        errs.update({f"d{n}": ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+                     for n, a, r in zip(("weight", "bias", "pos"), gf, gr)})
+        errs["out"] /= ref_out.abs().max().item()
+        rows.append(dict(suite=NAME, kind="check", shape=name, B=B, C=C, H=S, W=S, p=p, D=D, device=c.device,
+                         rel_err_vs_conv=errs, ok=all(v < 1e-4 for v in errs.values())))
+    flops_fwd = 2 * B * (S // p) ** 2 * D * C * p * p
+    for pss in c.passes:
+        times = {k: [] for k in fns}
+        for _ in range(c.warmup):
+            for fn in fns.values():
+                step(fn, pss)
+        for _ in range(c.reps):
+            for k, fn in fns.items():  # round-robin: background load hits every implementation alike
+                _sync(dev)
+                t0 = time.perf_counter()
+                step(fn, pss)
+                _sync(dev)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+        flops = flops_fwd * (1 if pss == "fwd" else 2)  # backward: dweight only (x needs no grad)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        base = [m for k, m in med.items() if k != "fused"]
+        for k, v in times.items():
+            qs = statistics.quantiles(v, n=10) if len(v) >= 2 else [v[0]] * 9
+            row = dict(suite=NAME, kind="time", shape=name, B=B, C=C, H=S, W=S, p=p, D=D, device=c.device,
+                       threads=torch.get_num_threads(), impl=k, pass_=pss, median_ms=med[k], p10_ms=qs[0],
+                       p90_ms=qs[-1], min_ms=min(v), reps=len(v), gflops=flops / med[k] / 1e6)
+            if k == "fused" and base:
+                row["ratio_vs_best"] = min(base) / med[k]
+                row["best_baseline"] = min((m, kk) for kk, m in med.items() if kk != "fused")[1]
+            rows.append(row)
+    return rows
+
+
+def run(cfg=None) -> list[dict]:
+    """One row per shape x implementation x pass (kind='time') plus one correctness row per shape."""
+    import torch
+
+    c = _cfg(cfg)
+    if c.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"[{NAME}] device {c.device} requested but CUDA is not available: skipped", file=sys.stderr)
+        return []
+    if c.threads:
+        torch.set_num_threads(int(c.threads))
+    rows = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = lambda it, **k: it  # noqa: E731
+    for shape in tqdm(c.shapes, desc=NAME, unit="shape"):
+        rows += _bench_shape(*shape, c)
+    return rows
+
+
+def to_markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# flow_patch_embed benchmark ({meta.get('device_name')}, {meta.get('threads')} thread(s))", "",
+             f"torch {meta.get('torch')}, commit {str(meta.get('commit'))[:10]}, {meta.get('date')}. "
+             "Times in ms: median [p10, p90] over round-robin repetitions. "
+             "ratio = best baseline median / fused median (> 1: fused faster).", "",
+             "| shape | pass | fused | conv | unfold | GFLOP/s fused | ratio vs best |",
+             "|---|---|---|---|---|---|---|"]
+    t = [r for r in rows if r["kind"] == "time"]
+    for shape in dict.fromkeys(r["shape"] for r in t):
+        for pss in dict.fromkeys(r["pass_"] for r in t if r["shape"] == shape):
+            sel = {r["impl"]: r for r in t if r["shape"] == shape and r["pass_"] == pss}
+            cell = lambda k: (f"{sel[k]['median_ms']:.3f} [{sel[k]['p10_ms']:.3f}, {sel[k]['p90_ms']:.3f}]"  # noqa: E731
+                              if k in sel else "-")
+            f = sel.get("fused", {})
+            ratio = f"{f['ratio_vs_best']:.2f}x (vs {f['best_baseline']})" if "ratio_vs_best" in f else "-"
+            gf = f"{f['gflops']:.1f}" if f else "-"
+            lines.append(f"| {shape} | {pss} | {cell('fused')} | {cell('conv')} | {cell('unfold')} | {gf} | {ratio} |")
+    checks = [r for r in rows if r["kind"] == "check"]
+    if checks:
+        lines += ["", "Correctness in the same run (fused vs conv, max abs error / max abs value):", ""]
+        for r in checks:
+            e = ", ".join(f"{k} {v:.1e}" for k, v in r["rel_err_vs_conv"].items())
+            lines.append(f"- {r['shape']}: {e} -> {'ok' if r['ok'] else 'MISMATCH'}")
+    return "\n".join(lines) + "\n"
+
+
+def _meta(c: FlowPatchBenchConfig) -> dict:
+    import torch
+
+    import agentattn
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = None
+    dev = (torch.cuda.get_device_name() if c.device.startswith("cuda") else
+           f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} logical cores")
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return dict(device=c.device, device_name=dev, threads=torch.get_num_threads(), torch=torch.__version__,
+                commit=commit, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), loadavg_1min=load,
+                backends=agentattn.backends(), command=" ".join(sys.argv))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="example: OMP_NUM_THREADS=1 python benchmarks/suites/flow_patch_embed.py --quick")
+    ap.add_argument("--out", help="output path prefix: writes <out>.json and <out>.md")
+    ap.add_argument("--quick", action="store_true", help="two small shapes, fewer repetitions")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument("--reps", type=int, help="timed repetitions per implementation and pass")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: as configured)")
+    args = ap.parse_args(argv)
+    c = _cfg({"quick": args.quick, "device": args.device, "reps": args.reps, "threads": args.threads})
+    rows = run(c)
+    if not rows:
+        return 1
+    meta = _meta(c)
+    md = to_markdown(rows, meta)
+    print(md)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".json", "w") as f:
+            json.dump(dict(meta=meta, config=asdict(c), rows=rows), f, indent=1, default=str)
+        with open(args.out + ".md", "w") as f:
+            f.write(md)
+        print(f"wrote {args.out}.json and {args.out}.md")
+    return 0 if all(r.get("ok", True) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
