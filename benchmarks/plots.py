@@ -76,11 +76,18 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
                         ax.plot(Ns2, [r["saved_mb"] for r in rs2], color=col, ls=":", lw=1)
         if crossover:
             for x in summary.get("crossovers", []):
-                if ((x["pass"], x["n"], x["d"], x["softmax"], x.get("stat")) == (pss, n, d, "softmax_sdpa", "median")
-                        and x.get("crossover_N")):
+                if (x["pass"], x["n"], x["d"], x["softmax"], x.get("stat")) != (pss, n, d, "softmax_sdpa", "median"):
+                    continue
+                if x.get("crossover_N"):
                     ax.axvline(x["crossover_N"], color="k", ls="--", lw=1)
                     ax.annotate(f"crossover N≈{x['crossover_N']}", (x["crossover_N"], 0.95), rotation=90,
                                 xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8)
+                elif x.get("first_faster_N"):
+                    ax.annotate(f"agent_fused faster than softmax_sdpa from N={x['first_faster_N']} on",
+                                (0.02, 0.97), xycoords="axes fraction", va="top", fontsize=8)
+                else:
+                    ax.annotate("agent_fused not faster than softmax_sdpa at the largest N", (0.02, 0.97),
+                                xycoords="axes fraction", va="top", fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         Ns_all = sorted({r["N"] for r in rows if r["pass"] == pss and r["d"] == d})

@@ -20,7 +20,8 @@ softmax attention counted through its explicit q kᵀ / P v path because the cou
 CPU SDPA kernel; softmax, norms, GELU, pooling and elementwise adds are not counted), MACs = FLOPs / 2
 (one multiply-add = one MAC, as fvcore-based papers count), ``attn_flops`` = the part in the attention
 core (q kᵀ and P v, or the agent op); inference latency per batch (eval, ``torch.inference_mode``) at a
-small and a large batch (1 and 64; ``--quick`` 1 and 8), and throughput (images/s) at the large batch.
+small and a large batch (1 and 64; ``--quick`` 1 and 8), median and minimum, and throughput (images/s,
+from the median) at the large batch.
 """
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ import common  # noqa: E402
 
 NAME = "models"
 COLUMNS = ["model", "attn", "registered", "same_as", "status", "params", "mflops", "mmacs", "attn_mflops",
-           "ms_b_small", "ms_b_large", "img_s", "note"]
+           "ms_b_small", "min_ms_b_small", "ms_b_large", "min_ms_b_large", "img_s", "note"]
 HEADERS = {"mflops": "MFLOPs/img", "mmacs": "MMACs/img", "attn_mflops": "attn-core MFLOPs/img",
-           "ms_b_small": "ms @ b_small", "ms_b_large": "ms @ b_large", "img_s": "img/s @ b_large"}
+           "ms_b_small": "ms @ b_small", "ms_b_large": "ms @ b_large", "min_ms_b_small": "min ms @ b_small",
+           "min_ms_b_large": "min ms @ b_large", "img_s": "img/s @ b_large"}
 
 
 @dataclass
@@ -162,7 +164,7 @@ def measure(model, image: int, c: ModelsConfig) -> dict:
         with torch.inference_mode():
             t = common.time_fn(lambda: model(x), c.device, warmup=c.warmup, min_reps=c.min_reps,
                                max_reps=c.max_reps, budget_s=c.budget_s)
-        out[f"ms_b_{tag}"], out[f"iqr_ms_b_{tag}"] = t["median_ms"], t["iqr_ms"]
+        out[f"ms_b_{tag}"], out[f"iqr_ms_b_{tag}"], out[f"min_ms_b_{tag}"] = t["median_ms"], t["iqr_ms"], t["min_ms"]
         out["reps"] = t["reps"]
     out["img_s"] = round(c.batch_large / (out["ms_b_large"] * 1e-3), 1)
     return out
