@@ -141,8 +141,9 @@ def _sync(device: str) -> None:
 
 def time_fn(fn, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30,
             budget_s: float = 0.5) -> dict:
-    """Wall time of ``fn()`` after up to ``warmup`` calls (at least one): at least ``min_reps`` timed calls, more until
-    ``budget_s`` seconds of timed calls or ``max_reps``. CUDA: timed with events around each call.
+    """Wall time of ``fn()`` after up to ``warmup`` calls (fewer when they use up ``budget_s``): at least
+    ``min_reps`` timed calls, more until ``budget_s`` seconds of timed calls or ``max_reps``. CUDA: timed
+    with events around each call.
 
     Returns {'median_ms', 'min_ms', 'p25_ms', 'p75_ms', 'iqr_ms', 'reps'}.
     """
@@ -153,28 +154,68 @@ def time_fn(fn, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_rep
         if time.perf_counter() - t0 > budget_s:
             break
     times: list[float] = []
-    spent = 0.0
-    while len(times) < min_reps or (spent < budget_s and len(times) < max_reps):
-        if device == "cuda":
-            import torch
+    while len(times) < min_reps or (sum(times) < budget_s and len(times) < max_reps):
+        times.append(_timed_call(fn, device))
+    return _stats(times)
 
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            dt = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-        times.append(dt)
-        spent += dt
-    ms = sorted(1e3 * t for t in times)
+
+def _stats(times_s: list[float]) -> dict:
+    ms = sorted(1e3 * t for t in times_s)
     q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
     return {"median_ms": round(statistics.median(ms), 4), "min_ms": round(ms[0], 4),
             "p25_ms": round(q[0], 4), "p75_ms": round(q[2], 4), "iqr_ms": round(q[2] - q[0], 4),
             "reps": len(ms)}
+
+
+def time_round_robin(fns: dict, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30,
+                     budget_s: float = 0.5) -> dict:
+    """``time_fn`` for several functions at once, called in turn (one call of each per round) so that load
+    from other processes falls on all of them alike. Each function stops once it has ``min_reps`` calls
+    and either ``budget_s`` seconds of timed calls or ``max_reps`` calls; the fast ones keep going while
+    the slow ones are done. Returns {key: stats} with the keys of ``fns``. A function that raises is
+    dropped and its entry is the exception."""
+    out: dict = {}
+    live = dict(fns)
+    for key, fn in list(live.items()):  # warm-up, each on its own (at least one call)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(max(1, warmup)):
+                fn()
+                _sync(device)
+                if time.perf_counter() - t0 > budget_s:
+                    break
+        except Exception as e:
+            out[key] = e
+            del live[key]
+    times: dict = {k: [] for k in live}
+    while live:
+        for key in list(live):
+            try:
+                times[key].append(_timed_call(live[key], device))
+            except Exception as e:
+                out[key] = e
+                del live[key]
+                continue
+            n, spent = len(times[key]), sum(times[key])
+            if n >= min_reps and (spent >= budget_s or n >= max_reps):
+                out[key] = _stats(times[key])
+                del live[key]
+    return out
+
+
+def _timed_call(fn, device: str) -> float:
+    if device == "cuda":
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------- memory

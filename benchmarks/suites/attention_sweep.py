@@ -5,7 +5,8 @@ Suite plugin (``NAME``, ``run(cfg) -> list[dict]``, ``summarize(rows) -> dict``)
     python benchmarks/suites/attention_sweep.py --quick            # prints a Markdown table
     python benchmarks/run.py --only attention_sweep                # the same inside the full harness
 
-Implementations, side by side in one process on the same inputs (never zeros):
+Implementations, side by side in one process (random inputs, never zeros); all rows of one (pass, N, d) are
+timed round-robin, one call of each in turn, so that load from other processes falls on all alike:
 
   agent_fused     agentattn.agent_attention with the best available backend (cpp on CPU; cuda/triton on GPU)
   agent_eager     naive.agent_attention_ref: the reference composition (what the original module runs)
@@ -202,74 +203,103 @@ def run(cfg: dict | None = None) -> list[dict]:
     peak_bw = common.peak_bandwidth(torch.cuda.get_device_name(0)) if c.device == "cuda" else None
     elt = torch.finfo(dtype).bits // 8
     checks: dict[tuple, tuple] = {}
-    last: dict[tuple, tuple] = {}  # (impl, pass, n, d) -> (N, ms) of the previous N, for the cap
+    last: dict[tuple, tuple] = {}  # (impl, pass, n, d) -> (N, min ms) of the previous N, for the cap
     rows = []
-    tasks = _tasks(c)
-    for impl, pss, N, n, d in common.progress(tasks, NAME, total=len(tasks)):
-        family = "agent" if impl in AGENT_IMPLS else "softmax"
-        B, H = c.B, c.H
-        flops = _flops(family, B, H, N, n, d, pss)
-        nbytes = (4 if pss == "fwd" else 9) * B * H * N * d * elt
-        row = {"suite": NAME, "impl": impl, "family": family, "pass": pss}
-        row.update(backend=backend if impl == "agent_fused" else None, device=c.device, dtype=c.dtype,
-                   B=B, H=H, N=N, n=n, d=d, bias=family == "agent", status="ok", note="", flops=flops,
-                   bytes_min=nbytes)
-        rows.append(row)
-        key = (impl, pss, n, d)
-        if c.device == "cpu" and key in last:
-            N0, ms0 = last[key]
-            pred = ms0 / 1e3 * (N / N0) ** (1 if family == "agent" else 2)
-            if pred > c.cap_s:
-                row.update(status="skipped", note=f"predicted {pred:.1f} s per call > cap {c.cap_s:g} s")
+    groups: dict[tuple, list] = {}  # (pass, d, N) -> [(impl, n)]: timed together, round-robin
+    for impl, pss, N, n, d in _tasks(c):
+        groups.setdefault((pss, d, N), []).append((impl, n))
+    for (pss, d, N), members in common.progress(sorted(groups.items()), NAME, total=len(groups)):
+        live = {}
+        for impl, n in members:
+            row = _new_row(c, impl, pss, N, n, d, backend, elt)
+            rows.append(row)
+            if _skip_or_check(row, c, last, checks, backend):
                 continue
-        if impl == "softmax_eager" and B * H * N * N * 4 > c.max_scores_bytes:
-            row.update(status="skipped", note=f"(B,H,N,N) scores {B * H * N * N * 4 / 2**30:.1f} GiB > cap")
-            continue
-        # correctness, once per (impl, shape), before any timing
-        if impl not in ("agent_eager", "softmax_eager"):
-            ck = (impl, N, n, d)
-            if ck not in checks:
-                if family == "softmax" and N > c.check_softmax_max_N:
-                    checks[ck] = (True, None, f"not checked (fp64 reference too large above N={c.check_softmax_max_N})")
+            try:
+                t = _inputs(c, N, n or 1, d, dtype, requires_grad=pss == "fwd_bwd")
+                fwd = _call(impl, t, d ** -0.5, backend)
+                if pss == "fwd":
+                    def fn(fwd=fwd):
+                        with torch.no_grad():
+                            return fwd()
                 else:
-                    try:
-                        checks[ck] = check(impl, c, N, n or 0, d, backend)
-                    except Exception as e:  # an implementation that cannot run this shape
-                        checks[ck] = (False, None, f"check raised {type(e).__name__}: {str(e)[:160]}")
-            ok, err, note = checks[ck]
-            row.update(check_rel_err=None if err is None else float(f"{err:.3g}"), note=note)
-            if not ok:
-                row.update(status="failed check")
+                    fn = _fwd_bwd(fwd, t, row["family"])
+                live[(impl, n)] = (row, t, fwd, fn)
+            except Exception as e:
+                row.update(status="error", note=_err(e))
+        stats = common.time_round_robin({k: v[3] for k, v in live.items()}, c.device, warmup=c.warmup,
+                                        min_reps=c.min_reps, max_reps=c.max_reps, budget_s=c.budget_s)
+        for key, (row, t, fwd, fn) in live.items():
+            tm = stats[key]
+            if isinstance(tm, Exception):
+                row.update(status="error", note=_err(tm))
                 continue
-        try:
-            t = _inputs(c, N, n or 1, d, dtype, requires_grad=pss == "fwd_bwd")
-            scale = d ** -0.5
-            fwd = _call(impl, t, scale, backend)
-            if pss == "fwd":
-                def fn(fwd=fwd):
-                    with torch.no_grad():
-                        return fwd()
-            else:
-                fn = _fwd_bwd(fwd, t, family)
-            tm = common.time_fn(fn, c.device, warmup=c.warmup, min_reps=c.min_reps, max_reps=c.max_reps,
-                                budget_s=c.budget_s)
             row.update(tm)
-            last[key] = (N, tm["min_ms"])  # the minimum: a loaded machine inflates medians
-            row["gflops_s"] = round(flops / (tm["median_ms"] * 1e-3) / 1e9, 2)
+            last[(row["impl"], pss, row["n"], d)] = (N, tm["min_ms"])  # the minimum: load inflates medians
+            row["gflops_s"] = round(row["flops"] / (tm["median_ms"] * 1e-3) / 1e9, 2)
             if c.device == "cuda":
-                gbs = nbytes / (tm["median_ms"] * 1e-3)
+                gbs = row["bytes_min"] / (tm["median_ms"] * 1e-3)
                 row["gb_s"] = round(gbs / 1e9, 1)
                 row["pct_peak_bw"] = round(100 * gbs / peak_bw, 1) if peak_bw else None
             if c.memory:
-                peak, method = common.peak_memory_bytes(fn, c.device)
-                row.update(peak_mem_mb=round(peak / 2**20, 3), mem_method=method)
-                if pss == "fwd_bwd":
-                    inputs = [t[x] for x in ("q", "k", "v", "a", "b1", "b2", "go")]
-                    row["saved_mb"] = round(common.saved_tensor_bytes(fwd, inputs) / 2**20, 3)
-            del t, fwd, fn
-        except Exception as e:
-            row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-    return rows
+                try:
+                    peak, method = common.peak_memory_bytes(fn, c.device)
+                    row.update(peak_mem_mb=round(peak / 2**20, 3), mem_method=method)
+                    if pss == "fwd_bwd":
+                        inputs = [t[x] for x in ("q", "k", "v", "a", "b1", "b2", "go")]
+                        row["saved_mb"] = round(common.saved_tensor_bytes(fwd, inputs) / 2**20, 3)
+                except Exception as e:
+                    row["note"] = (row["note"] + "; " if row["note"] else "") + f"memory: {_err(e)}"
+        del live
+    order = {impl: i for i, impl in enumerate(AGENT_IMPLS + SOFTMAX_IMPLS)}
+    return sorted(rows, key=lambda r: (order[r["impl"]], r["pass"], r["n"] or 0, r["d"], r["N"]))
+
+
+def _err(e: Exception) -> str:
+    msg = str(e).splitlines()[0][:200] if str(e) else ""
+    return f"{type(e).__name__}: {msg}"
+
+
+def _new_row(c: SweepConfig, impl, pss, N, n, d, backend, elt) -> dict:
+    family = "agent" if impl in AGENT_IMPLS else "softmax"
+    row = {"suite": NAME, "impl": impl, "family": family, "pass": pss}
+    row.update(backend=backend if impl == "agent_fused" else None, device=c.device, dtype=c.dtype,
+               B=c.B, H=c.H, N=N, n=n, d=d, bias=family == "agent", status="ok", note="",
+               flops=_flops(family, c.B, c.H, N, n, d, pss),
+               bytes_min=(4 if pss == "fwd" else 9) * c.B * c.H * N * d * elt)
+    return row
+
+
+def _skip_or_check(row: dict, c: SweepConfig, last: dict, checks: dict, backend: str) -> bool:
+    """Apply the time cap, the score-size cap and the correctness check (once per implementation and
+    shape, before any timing) to ``row``; True when it must not be timed (status and note set)."""
+    impl, pss, N, n, d, family = (row[k] for k in ("impl", "pass", "N", "n", "d", "family"))
+    key = (impl, pss, n, d)
+    if c.device == "cpu" and key in last:
+        N0, ms0 = last[key]
+        pred = ms0 / 1e3 * (N / N0) ** (1 if family == "agent" else 2)
+        if pred > c.cap_s:
+            row.update(status="skipped", note=f"predicted {pred:.1f} s per call > cap {c.cap_s:g} s")
+            return True
+    if impl == "softmax_eager" and c.B * c.H * N * N * 4 > c.max_scores_bytes:
+        row.update(status="skipped", note=f"(B,H,N,N) scores {c.B * c.H * N * N * 4 / 2**30:.1f} GiB > cap")
+        return True
+    if impl in ("agent_eager", "softmax_eager"):
+        return False  # the references themselves
+    ck = (impl, N, n, d)
+    if ck not in checks:
+        if family == "softmax" and N > c.check_softmax_max_N:
+            checks[ck] = (True, None, f"not checked (fp64 reference too large above N={c.check_softmax_max_N})")
+        else:
+            try:
+                checks[ck] = check(impl, c, N, n or 0, d, backend)
+            except Exception as e:  # an implementation that cannot run this shape
+                checks[ck] = (False, None, f"check raised {_err(e)}")
+    ok, err, note = checks[ck]
+    row.update(check_rel_err=None if err is None else float(f"{err:.3g}"), note=note)
+    if not ok:
+        row.update(status="failed check")
+    return not ok
 
 
 # ------------------------------------------------------------------------------------------ summary
