@@ -73,12 +73,21 @@ def prepare_bias(bias: Tensor | None, target: tuple, name: str, q: Tensor) -> Te
 
 
 # ------------------------------------------------------------------------------------------- dispatch
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` at import time (that
+    import costs seconds): the public function only sets this attribute, which Dynamo reads when it traces
+    a call (tests/agentattn/ops/test_agent_attention_cpu.py checks both)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _available(device_type: str) -> tuple:
     """The backends this installation offers for ``device_type`` (default first); queries no GPU.
 
     Marked constant for ``torch.compile``: the extension's and Triton's presence do not change within a
-    process, and evaluating them at trace time keeps ``fullgraph=True`` graphs unbroken."""
+    process, and evaluating them at trace time keeps ``fullgraph=True`` graphs unbroken (the op that says
+    whether CUDA kernels were built returns a bool, which Dynamo cannot put in a graph)."""
     if device_type not in ("cpu", "cuda"):
         return ("reference",)
     return tuple(_ext.backends()[device_type])
@@ -97,7 +106,9 @@ def resolve_backend(device: torch.device, backend: str | None) -> str:
             _ext.warn_fallback("agent_attention")
         return avail[0]
     if choice not in avail:
-        raise ValueError(f"backend {choice!r} is not available for {device.type} tensors here; available: {list(avail)}")
+        raise ValueError(
+            f"backend {choice!r} is not available for {device.type} tensors here; available: {list(avail)}"
+        )
     return choice
 
 
