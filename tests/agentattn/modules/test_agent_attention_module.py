@@ -435,6 +435,22 @@ def test_module_saves_no_per_batch_score_or_bias_tensor():
 
 
 @needs_ext
+def test_module_under_bf16_autocast():
+    """Under CPU autocast the projections run in bf16; the op takes bf16 q/k/v/agents with fp32 biases."""
+    torch.manual_seed(23)
+    m = _randomise_(AgentAttention(32, num_heads=2, agent_num=4, window=4, num_prefix_tokens=1), seed=24)
+    x = torch.randn(2, 17, 32, generator=torch.Generator().manual_seed(25))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+        m.fused = False
+        y_ref = m(x)
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@needs_ext
 def test_module_compiles_fullgraph():
     torch._dynamo.reset()
     m = _randomise_(AgentAttention(16, num_heads=2, agent_num=4, window=(3, 4), num_prefix_tokens=1), seed=18)

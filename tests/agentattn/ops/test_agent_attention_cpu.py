@@ -206,6 +206,35 @@ def test_fp32_matches_fp64_reference(case, poisoned):
         assert err <= 16 * plain + 32 * EPS32, f"{name}: {err:.3g} vs plain fp32 composition {plain:.3g}"
 
 
+@pytest.fixture
+def three_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@needs_ext
+@pytest.mark.parametrize("case", [(3, 2, 197, 16, 48, (1, 1, 16, 197), (1, 2, 197, 16)),
+                                  (2, 3, 300, 9, 32, (2, 1, 9, 300), (1, 1, 300, 9)),
+                                  (1, 1, 3136, 49, 32, (1, 1, 49, 3136), (1, 1, 3136, 49))], ids=_case_id)
+def test_multithreaded_matches_reference(case, three_threads, poisoned):
+    """The parallel paths (tasks split over threads, per-thread partial sums of broadcast bias gradients,
+    row blocks of one (b, h)) run only with more than one thread; the other tests use OMP_NUM_THREADS=1."""
+    assert torch.get_num_threads() == 3
+    B, H, N, n, d, _, _ = case
+    inputs = _make(*case, seed=21)
+    g = _grad_out((B, H, N, d), seed=22)
+    ref_out, ref_grads = _reference(inputs, g)
+    out, grads = _run(agentattn.agent_attention, inputs, g, torch.float64, backend="cpp")
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-11)
+    for name, x, y in zip(GRAD_NAMES, grads, ref_grads):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()),
+                                   msg=lambda m: f"d{name}: {m}")
+
+
 @needs_ext
 def test_low_precision_inputs_run_through_fp32():
     q, k, v, a, b1, b2 = _make(2, 2, 30, 4, 16, (1, 2, 4, 30), None, seed=5)
