@@ -24,11 +24,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/ukernel.h"
 #include "cpu/vec.h"
 
 namespace agentattn {
@@ -133,11 +136,270 @@ void stage2_rows(const T* Qp, const T* Ap, const T* VAp, const T* B2Tp, int64_t 
   }
 }
 
+#ifdef AGENTATTN_AVX2
+// ---------------------------------------------------------------------------------------------------------
+// float32 fast path (AVX2, d a multiple of 8): the products run in the micro-kernels of ukernel.h on the
+// tensors as they lie in memory; the only packed operand is (s A)^T, d x n_pad (n rounded up to 8, zero
+// padding), shared by both stages:
+//   stage 1, per key tile:   ST = K_tile (s A)^T            (C x n_pad)  -> online softmax down columns
+//                            acc += ST^T V_tile             (n x d)
+//   stage 2, per query tile: S2 = Q_tile (s A)^T            (R x n_pad)  -> softmax along rows (n lanes)
+//                            O = diag(1/sum) S2 V_A         (R x d)
+// The stage-1 bias is transposed once per call to (Bb, Hb, N, n_pad); the stage-2 bias is read in place.
+namespace fast {
+
+constexpr int64_t kKeysF = 128;  // stage-1 keys per tile (C x n_pad tile in L1/L2)
+constexpr int64_t kRowsF = 96;   // stage-2 queries per tile
+
+inline int64_t pad8(int64_t x) { return (x + 7) / 8 * 8; }
+
+// AT (d x np) = s A^T, columns n..np zero.
+inline void pack_agents(const float* Ap, int64_t n, int64_t d, int64_t np, float s, float* AT) {
+  for (int64_t c = 0; c < d; ++c) {
+    float* row = AT + c * np;
+    for (int64_t j = 0; j < n; ++j) row[j] = s * Ap[j * d + c];
+    for (int64_t j = n; j < np; ++j) row[j] = 0.0f;
+  }
+}
+
+// dst (N x np) = src^T for src (n x N); columns n..np zero.
+inline void transpose_bias(const float* src, int64_t n, int64_t N, int64_t np, float* dst) {
+  for (int64_t i0 = 0; i0 < N; i0 += 64) {
+    const int64_t i1 = std::min(N, i0 + 64);
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = i0; i < i1; ++i) dst[i * np + j] = src[j * N + i];
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = n; j < np; ++j) dst[i * np + j] = 0.0f;
+  }
+}
+
+// Online softmax down the columns of one stage-1 tile ST (C rows x 8*NV columns, row stride ld), row by
+// row so that ST and the bias stream through memory: adds the bias (row stride ld) in place, updates the
+// running max m, writes exp(ST - m) and the rescale factors alpha = exp(m_old - m_new), l = l*alpha + sum.
+template <int NV>
+inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, float* m, float* l, float* alpha) {
+  __m256 mx[NV], sm[NV];
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) mx[v] = _mm256_set1_ps(neg_inf<float>());
+  for (int64_t i = 0; i < C; ++i) {
+    float* p = ST + i * ld;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      __m256 x = _mm256_loadu_ps(p + 8 * v);
+      if (bias) {
+        x = _mm256_add_ps(x, _mm256_loadu_ps(bias + i * ld + 8 * v));
+        _mm256_storeu_ps(p + 8 * v, x);
+      }
+      mx[v] = _mm256_max_ps(mx[v], x);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v) {
+    const __m256 mold = _mm256_loadu_ps(m + 8 * v);
+    mx[v] = _mm256_max_ps(mold, mx[v]);
+    // exp(-inf - finite) clamps to about 1e-38: l and acc start at zero, so that is harmless
+    _mm256_storeu_ps(alpha + 8 * v, vec::exp8(_mm256_sub_ps(mold, mx[v])));
+    _mm256_storeu_ps(m + 8 * v, mx[v]);
+    sm[v] = _mm256_setzero_ps();
+  }
+  for (int64_t i = 0; i < C; ++i) {
+    float* p = ST + i * ld;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      const __m256 e = vec::exp8(_mm256_sub_ps(_mm256_loadu_ps(p + 8 * v), mx[v]));
+      _mm256_storeu_ps(p + 8 * v, e);
+      sm[v] = _mm256_add_ps(sm[v], e);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < NV; ++v)
+    _mm256_storeu_ps(l + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(l + 8 * v), _mm256_loadu_ps(alpha + 8 * v), sm[v]));
+}
+
+// Stage 1 over keys [k0, k1): m, l (np each) and acc (n x d), unnormalised (as stage1_partial).
+inline void stage1(const float* AT, const float* Kp, const float* Vp, const float* B1Tp, int64_t n, int64_t np,
+                   int64_t d, int64_t k0, int64_t k1, float* m, float* l, float* acc) {
+  float* ST = scratch<float>(0, static_cast<size_t>(kKeysF * np));
+  float* mb = scratch<float>(3, static_cast<size_t>(2 * np));
+  float* alpha = mb + np;
+  for (int64_t j = 0; j < np; ++j) m[j] = neg_inf<float>(), l[j] = 0.0f;
+  std::fill(acc, acc + n * d, 0.0f);
+  for (int64_t c0 = k0; c0 < k1; c0 += kKeysF) {
+    const int64_t C = std::min(kKeysF, k1 - c0);
+    ukernel::gemm_bcast(C, np, d, Kp + c0 * d, d, 1, AT, np, ST, np, false, nullptr);
+    const float* bias = B1Tp ? B1Tp + c0 * np : nullptr;
+    switch (np / 8) {  // register-resident running max and sum for up to 8 vectors (n <= 64)
+      case 1: softmax_cols<1>(ST, C, np, bias, m, l, alpha); break;
+      case 2: softmax_cols<2>(ST, C, np, bias, m, l, alpha); break;
+      case 3: softmax_cols<3>(ST, C, np, bias, m, l, alpha); break;
+      case 4: softmax_cols<4>(ST, C, np, bias, m, l, alpha); break;
+      case 5: softmax_cols<5>(ST, C, np, bias, m, l, alpha); break;
+      case 6: softmax_cols<6>(ST, C, np, bias, m, l, alpha); break;
+      case 7: softmax_cols<7>(ST, C, np, bias, m, l, alpha); break;
+      default:
+        for (int64_t j0 = 0; j0 < np; j0 += 64) {
+          const int64_t w = std::min<int64_t>(64, np - j0);
+          const float* bj = bias ? bias + j0 : nullptr;
+          switch (w / 8) {
+            case 1: softmax_cols<1>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            case 2: softmax_cols<2>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            case 3: softmax_cols<3>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            case 4: softmax_cols<4>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            case 5: softmax_cols<5>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            case 6: softmax_cols<6>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            case 7: softmax_cols<7>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+            default: softmax_cols<8>(ST + j0, C, np, bj, m + j0, l + j0, alpha + j0); break;
+          }
+        }
+    }
+    if (c0 > k0)
+      for (int64_t j = 0; j < n; ++j)
+        if (alpha[j] != 1.0f) vec::scale_inplace(acc + j * d, d, alpha[j]);
+    ukernel::gemm_bcast(n, d, C, ST, 1, np, Vp + c0 * d, d, acc, d, true, nullptr);
+  }
+}
+
+// Stage 2 over queries [r0, r1): O rows and lse2.
+inline void stage2(const float* AT, const float* Qp, const float* VAp, const float* B2p, int64_t n, int64_t np,
+                   int64_t d, int64_t r0, int64_t r1, float* Op, float* L2p) {
+  float* S = scratch<float>(1, static_cast<size_t>(kRowsF * np));
+  float* mrow = scratch<float>(2, static_cast<size_t>(2 * kRowsF + 16));
+  float* srow = mrow + kRowsF + 8;
+  const int64_t nv = np / 8, tail = n - (nv - 1) * 8;
+  const __m256i tmask = ukernel::tail_mask(tail);
+  const __m256 ninf = _mm256_set1_ps(neg_inf<float>());
+  for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
+    const int64_t R = std::min(kRowsF, r1 - i0);
+    ukernel::gemm_bcast(R, np, d, Qp + i0 * d, d, 1, AT, np, S, np, false, nullptr);
+    for (int64_t i = 0; i < R; ++i) {
+      float* row = S + i * np;
+      const float* b = B2p ? B2p + (i0 + i) * n : nullptr;
+      __m256 mx = ninf;
+      for (int64_t v = 0; v < nv; ++v) {
+        __m256 x = _mm256_loadu_ps(row + 8 * v);
+        if (v < nv - 1) {
+          if (b) x = _mm256_add_ps(x, _mm256_loadu_ps(b + 8 * v));
+        } else {
+          if (b) x = _mm256_add_ps(x, _mm256_maskload_ps(b + 8 * v, tmask));
+          x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(tmask));
+        }
+        _mm256_storeu_ps(row + 8 * v, x);
+        mx = _mm256_max_ps(mx, x);
+      }
+      const float ms = vec::hmax8(mx);
+      const __m256 msv = _mm256_set1_ps(ms);
+      __m256 sum = _mm256_setzero_ps();
+      for (int64_t v = 0; v < nv; ++v) {
+        __m256 e = vec::exp8(_mm256_sub_ps(_mm256_loadu_ps(row + 8 * v), msv));
+        if (v == nv - 1) e = _mm256_and_ps(e, _mm256_castsi256_ps(tmask));
+        _mm256_storeu_ps(row + 8 * v, e);
+        sum = _mm256_add_ps(sum, e);
+      }
+      mrow[i] = ms;
+      srow[i] = vec::hsum8(sum);
+    }
+    int64_t i = 0;
+    for (; i + 8 <= R; i += 8) {
+      const __m256 sv = _mm256_loadu_ps(srow + i);
+      _mm256_storeu_ps(L2p + i0 + i, _mm256_add_ps(_mm256_loadu_ps(mrow + i), ukernel::log8(sv)));
+      _mm256_storeu_ps(srow + i, _mm256_div_ps(_mm256_set1_ps(1.0f), sv));
+    }
+    for (; i < R; ++i) {
+      L2p[i0 + i] = mrow[i] + std::log(srow[i]);
+      srow[i] = 1.0f / srow[i];
+    }
+    ukernel::gemm_bcast(R, d, n, S, np, 1, VAp, d, Op + i0 * d, d, false, srow);
+  }
+}
+
+inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                    const at::Tensor* b1, const at::Tensor* b2, float scale, at::Tensor& out, at::Tensor& agent_v,
+                    at::Tensor& lse1, at::Tensor& lse2) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+  const int64_t np = pad8(n);
+  const float *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(), *V = v.data_ptr<float>(),
+              *A = a.data_ptr<float>();
+  float *O = out.data_ptr<float>(), *VA = agent_v.data_ptr<float>(), *L1 = lse1.data_ptr<float>(),
+        *L2 = lse2.data_ptr<float>();
+  const float* B2 = b2 ? b2->data_ptr<float>() : nullptr;
+  at::Tensor b1t;
+  if (b1) {
+    b1t = at::empty({b1->size(0), b1->size(1), N, np}, b1->options());
+    const float* src = b1->data_ptr<float>();
+    float* dst = b1t.data_ptr<float>();
+    parallel_tasks(b1->size(0) * b1->size(1), [&](int64_t s, int) {
+      transpose_bias(src + s * n * N, n, N, np, dst + s * N * np);
+    });
+  }
+  const float* B1T = b1 ? b1t.data_ptr<float>() : nullptr;
+
+  // ---- stage 1
+  const int64_t kc = stage1_chunk(BH, N);
+  const int64_t nkc = (N + kc - 1) / kc;
+  const int64_t part_sz = n * d + 2 * np;
+  std::vector<float> parts(nkc > 1 ? static_cast<size_t>(BH * nkc * part_sz) : 0);
+  parallel_tasks(BH * nkc, [&](int64_t t, int) {
+    const int64_t bh = t / nkc, c = t % nkc, b = bh / H, h = bh % H;
+    float* AT = scratch<float>(2, static_cast<size_t>(d * np));
+    pack_agents(A + bh * n * d, n, d, np, scale, AT);
+    const float* B1Tp = B1T ? B1T + bias_offset(b1t, b, h) : nullptr;
+    const int64_t k0 = c * kc, k1 = std::min(N, k0 + kc);
+    float* p = nkc > 1 ? parts.data() + t * part_sz : scratch<float>(1, static_cast<size_t>(2 * np));
+    float* acc = nkc > 1 ? p + 2 * np : VA + bh * n * d;
+    stage1(AT, K + bh * N * d, V + bh * N * d, B1Tp, n, np, d, k0, k1, p, p + np, acc);
+    if (nkc == 1)
+      for (int64_t j = 0; j < n; ++j) {
+        L1[bh * n + j] = p[j] + std::log(p[np + j]);
+        vec::scale_inplace(acc + j * d, d, 1.0f / p[np + j]);
+      }
+  });
+  if (nkc > 1) {
+    parallel_tasks(BH, [&](int64_t bh, int) {
+      for (int64_t j = 0; j < n; ++j) {
+        float M = neg_inf<float>();
+        for (int64_t c = 0; c < nkc; ++c) M = std::max(M, parts[(bh * nkc + c) * part_sz + j]);
+        float lsum = 0;
+        float* va = VA + (bh * n + j) * d;
+        std::fill(va, va + d, 0.0f);
+        for (int64_t c = 0; c < nkc; ++c) {
+          const float* p = parts.data() + (bh * nkc + c) * part_sz;
+          const float w = p[j] == neg_inf<float>() ? 0.0f : std::exp(p[j] - M);
+          lsum += w * p[np + j];
+          const float* acc = p + 2 * np + j * d;
+          for (int64_t x = 0; x < d; ++x) va[x] += w * acc[x];
+        }
+        L1[bh * n + j] = M + std::log(lsum);
+        vec::scale_inplace(va, d, 1.0f / lsum);
+      }
+    });
+  }
+
+  // ---- stage 2
+  const int64_t nrc = (N + kRowTask - 1) / kRowTask;
+  parallel_tasks(BH * nrc, [&](int64_t t, int) {
+    const int64_t bh = t / nrc, c = t % nrc, b = bh / H, h = bh % H;
+    float* AT = scratch<float>(3, static_cast<size_t>(d * np));
+    pack_agents(A + bh * n * d, n, d, np, scale, AT);
+    const float* B2p = B2 ? B2 + bias_offset(*b2, b, h) : nullptr;
+    const int64_t r0 = c * kRowTask, r1 = std::min(N, r0 + kRowTask);
+    stage2(AT, Q + bh * N * d, VA + bh * n * d, B2p, n, np, d, r0, r1, O + bh * N * d, L2 + bh * N);
+  });
+}
+
+}  // namespace fast
+#endif
+
 template <typename T>
 void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
                   const at::Tensor* b1, const at::Tensor* b2, T scale, at::Tensor& out,
                   at::Tensor& agent_v, at::Tensor& lse1, at::Tensor& lse2) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+#ifdef AGENTATTN_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (d % 8 == 0 && std::getenv("AGENTATTN_CPU_BLAS_PATH") == nullptr)
+      return fast::forward(q, k, v, a, b1, b2, scale, out, agent_v, lse1, lse2);
+  }
+#endif
   const T *Q = q.data_ptr<T>(), *K = k.data_ptr<T>(), *V = v.data_ptr<T>(), *A = a.data_ptr<T>();
   const T* B1 = b1 ? b1->data_ptr<T>() : nullptr;
   at::Tensor b2t;  // stage-2 bias as (Bb, Hb, n, N)
