@@ -18,8 +18,10 @@ bias and pos (x is the input image: no gradient, as in a first layer). Shapes: H
 C=3, 28x28, p=7, D=256: HTNET.md), 56x56 with p=4 (D=256), the mer working variant (28x28, p=2, D=32)
 and a ViT-Ti patch embedding (224x224, p=16, D=192). The implementations are timed round-robin (one
 call of each in turn) so that load from other processes hits all of them alike; per row the median,
-the 10th/90th percentiles and the minimum in ms. ``ratio_vs_best`` = best baseline median / fused
-median (> 1: the fused op is faster). A correctness row per shape compares the fused output and
+the 10th/90th percentiles and the minimum wall time in ms, and on CPU the same for the process CPU time
+(``time.process_time``: on a shared machine it excludes the time the process waits for a core).
+``ratio_vs_best`` = best baseline median / fused median (> 1: the fused op is faster; ``cpu_ratio_vs_best``
+the same on CPU time). A correctness row per shape compares the fused output and
 gradients with the conv baseline in the same run.
 """
 from __future__ import annotations
@@ -132,27 +134,35 @@ def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
     flops_fwd = 2 * B * (S // p) ** 2 * D * C * p * p
     for pss in c.passes:
         times = {k: [] for k in fns}
+        cpu = {k: [] for k in fns}  # process CPU time: robust to other processes taking the cores
         for _ in range(c.warmup):
             for fn in fns.values():
                 step(fn, pss)
         for _ in range(c.reps):
             for k, fn in fns.items():  # round-robin: background load hits every implementation alike
                 _sync(dev)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 step(fn, pss)
                 _sync(dev)
                 times[k].append((time.perf_counter() - t0) * 1e3)
+                cpu[k].append((time.process_time() - c0) * 1e3)
         flops = flops_fwd * (1 if pss == "fwd" else 2)  # backward: dweight only (x needs no grad)
         med = {k: statistics.median(v) for k, v in times.items()}
-        base = [m for k, m in med.items() if k != "fused"]
+        cmed = {k: statistics.median(v) for k, v in cpu.items()}
         for k, v in times.items():
             qs = statistics.quantiles(v, n=10) if len(v) >= 2 else [v[0]] * 9
             row = dict(suite=NAME, kind="time", shape=name, B=B, C=C, H=S, W=S, p=p, D=D, device=c.device,
                        threads=torch.get_num_threads(), impl=k, pass_=pss, median_ms=med[k], p10_ms=qs[0],
                        p90_ms=qs[-1], min_ms=min(v), reps=len(v), gflops=flops / med[k] / 1e6)
-            if k == "fused" and base:
-                row["ratio_vs_best"] = min(base) / med[k]
-                row["best_baseline"] = min((m, kk) for kk, m in med.items() if kk != "fused")[1]
+            if dev.type == "cpu":
+                cq = statistics.quantiles(cpu[k], n=10) if len(v) >= 2 else [cpu[k][0]] * 9
+                row.update(cpu_median_ms=cmed[k], cpu_p10_ms=cq[0], cpu_p90_ms=cq[-1], cpu_min_ms=min(cpu[k]))
+            if k == "fused" and len(med) > 1:
+                best = min((m, kk) for kk, m in med.items() if kk != "fused")
+                row.update(ratio_vs_best=best[0] / med[k], best_baseline=best[1])
+                if dev.type == "cpu":
+                    cbest = min((m, kk) for kk, m in cmed.items() if kk != "fused")
+                    row.update(cpu_ratio_vs_best=cbest[0] / cmed[k], cpu_best_baseline=cbest[1])
             rows.append(row)
     return rows
 
@@ -178,13 +188,17 @@ def run(cfg=None) -> list[dict]:
 
 
 def to_markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"# flow_patch_embed benchmark ({meta.get('device_name')}, {meta.get('threads')} thread(s))", "",
-             f"torch {meta.get('torch')}, commit {str(meta.get('commit'))[:10]}, {meta.get('date')}. "
-             "Times in ms: median [p10, p90] over round-robin repetitions. "
-             "ratio = best baseline median / fused median (> 1: fused faster).", "",
-             "| shape | pass | fused | conv | unfold | GFLOP/s fused | ratio vs best |",
-             "|---|---|---|---|---|---|---|"]
     t = [r for r in rows if r["kind"] == "time"]
+    has_cpu = any("cpu_median_ms" in r for r in t)
+    lines = [f"# flow_patch_embed benchmark ({meta.get('device_name')}, {meta.get('threads')} thread(s))", "",
+             f"torch {meta.get('torch')}, commit {str(meta.get('commit'))[:10]}, {meta.get('date')}, "
+             f"1-min load average {meta.get('loadavg_1min')}. Command: `{meta.get('command')}`.", "",
+             "Wall time in ms: median [p10, p90] over round-robin repetitions"
+             + ("; CPU = median process CPU time (ms), less sensitive to other processes on the machine" if has_cpu
+                else "") + ". ratio = best baseline median / fused median (> 1: fused faster).", "",
+             "| shape | pass | fused | conv | unfold | GFLOP/s fused | ratio (wall) |"
+             + (" CPU fused / conv / unfold | ratio (CPU) |" if has_cpu else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|" if has_cpu else "")]
     for shape in dict.fromkeys(r["shape"] for r in t):
         for pss in dict.fromkeys(r["pass_"] for r in t if r["shape"] == shape):
             sel = {r["impl"]: r for r in t if r["shape"] == shape and r["pass_"] == pss}
@@ -193,7 +207,13 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             f = sel.get("fused", {})
             ratio = f"{f['ratio_vs_best']:.2f}x (vs {f['best_baseline']})" if "ratio_vs_best" in f else "-"
             gf = f"{f['gflops']:.1f}" if f else "-"
-            lines.append(f"| {shape} | {pss} | {cell('fused')} | {cell('conv')} | {cell('unfold')} | {gf} | {ratio} |")
+            line = f"| {shape} | {pss} | {cell('fused')} | {cell('conv')} | {cell('unfold')} | {gf} | {ratio} |"
+            if has_cpu:
+                cp = " / ".join(f"{sel[k]['cpu_median_ms']:.3f}" if k in sel else "-" for k in ("fused", "conv", "unfold"))
+                cr = (f"{f['cpu_ratio_vs_best']:.2f}x (vs {f['cpu_best_baseline']})"
+                      if "cpu_ratio_vs_best" in f else "-")
+                line += f" {cp} | {cr} |"
+            lines.append(line)
     checks = [r for r in rows if r["kind"] == "check"]
     if checks:
         lines += ["", "Correctness in the same run (fused vs conv, max abs error / max abs value):", ""]

@@ -16,6 +16,7 @@
 //            dbias, dpos: per-thread sums over the tile's tokens (dpos indexed by position l, summed over b)
 //            dW2 += dY^T · cols (per-thread accumulator, cols re-gathered from x: no forward state)
 //            dcols = dY · W2 (BLAS), scattered back into dx (each pixel belongs to exactly one patch)
+//            K <= kSmallK, map layout: the products read each image's dY segment in place (no tile copy)
 // Per-thread partial sums of dW, dbias, dpos are added in thread order at the end.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -175,10 +176,12 @@ void backward_impl(const Geo& g, const T* dout, const T* x, const T* w, bool fla
   std::vector<std::vector<T>> pw(nthreads), pbias(nthreads), ppos(nthreads);
   const int64_t grain = (tiles + nthreads - 1) / nthreads;
   const bool sum_pos = dpos != nullptr, sum_bias = dbias != nullptr && dpos == nullptr;
+  // small K, map layout: dW and dcols^T by BLAS on each image's dY segment in place (no dY tile copy)
+  const bool small_map = !flatten && K <= kSmallK;
   at::parallel_for(0, nthreads, 1, [&](int64_t sb, int64_t se) {
     std::vector<T> cols(static_cast<size_t>(kTile * K));
     std::vector<T> dcols(dx ? static_cast<size_t>(kTile * K) : 0);
-    std::vector<T> dyt(flatten ? 0 : static_cast<size_t>(D * kTile));
+    std::vector<T> dyt(flatten || small_map ? 0 : static_cast<size_t>(D * kTile));
     for (int64_t slot = sb; slot < se; ++slot) {
       auto& aw = pw[slot];
       auto& ab = pbias[slot];
@@ -200,11 +203,14 @@ void backward_impl(const Geo& g, const T* dout, const T* x, const T* w, bool fla
             for (int64_t d = 0; d < D; ++d) acc[d] += r[d];
           }
         } else {
+          if (small_map && dw) gather(x, g, g0, Tn, cols.data());
           for (int64_t t0 = 0; t0 < Tn;) {
             const int64_t tok = g0 + t0, b = tok / L, l0 = tok % L, len = std::min(Tn - t0, L - l0);
             for (int64_t d = 0; d < D; ++d) {
               const T* src = dout + (b * D + d) * L + l0;
-              if (dw || dx) std::memcpy(dyt.data() + d * Tn + t0, src, sizeof(T) * len);
+              if (!small_map && (dw || dx)) {
+                std::memcpy(dyt.data() + d * Tn + t0, src, sizeof(T) * len);
+              }
               if (sum_pos) {
                 T* acc = ap.data() + d * L + l0;
 #pragma omp simd
@@ -216,9 +222,18 @@ void backward_impl(const Geo& g, const T* dout, const T* x, const T* w, bool fla
                 ab[d] += acc;
               }
             }
+            if (small_map) {  // the image's dY segment is a (D x len) matrix with row stride L: no copy
+              const T* seg = dout + b * D * L + l0;
+              if (dw) blas::gemm_rm<T>(false, false, D, K, len, T(1), seg, L, cols.data() + t0 * K, K, T(1), aw.data(), K);
+              if (dx) blas::gemm_rm<T>(true, false, len, K, D, T(1), seg, L, w, K, T(0), dcols.data() + t0 * K, K);
+            }
             t0 += len;
           }
           dy = dyt.data();
+        }
+        if (small_map) {
+          if (dx) scatter(dcols.data(), g, g0, Tn, dx);
+          continue;
         }
         if (dw) {
           gather(x, g, g0, Tn, cols.data());
