@@ -74,7 +74,8 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
                              progress=False)
     prob = predict_proba(model, normalise(x[fold["test"]], np.asarray(ck["norm_mean"]), np.asarray(ck["norm_std"])))
     with open(out / "folds" / fold["dir"] / "predictions.csv", newline="") as f:
-        saved = np.array([[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")] for r in csv.DictReader(f)])
+        saved = np.array([[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")]
+                          for r in csv.DictReader(f)])
     np.testing.assert_allclose(prob, saved, atol=2e-6)
     # an existing output folder is not overwritten silently; bad options are clear errors
     assert main(args) == 2 and "--force" in capsys.readouterr().err
