@@ -40,6 +40,11 @@ namespace {
 constexpr int64_t kRows = 128;  // stage-2 queries per tile
 constexpr int64_t kKeys = 256;  // stage-1 keys per tile
 constexpr int64_t kRowTask = 512;  // stage-2 queries per parallel task
+#ifdef AGENTATTN_AVX2
+constexpr bool kHaveFast = true;
+#else
+constexpr bool kHaveFast = false;
+#endif
 
 using vec::neg_inf;
 
@@ -54,6 +59,13 @@ void parallel_tasks(int64_t ntasks, const F& f) {
   }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(nt))
   for (int64_t t = 0; t < ntasks; ++t) f(t, omp_get_thread_num());
+}
+
+// The float32 AVX2 micro-kernel path takes d % 8 == 0; AGENTATTN_CPU_BLAS_PATH=1 forces the BLAS-tile path
+// (for comparisons).
+inline bool use_fast(int64_t d) {
+  static const bool blas_forced = std::getenv("AGENTATTN_CPU_BLAS_PATH") != nullptr;
+  return d % 8 == 0 && !blas_forced;
 }
 
 // Per-thread scratch that only grows (no allocation per call once warm).
@@ -216,6 +228,18 @@ inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, fl
     _mm256_storeu_ps(l + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(l + 8 * v), _mm256_loadu_ps(alpha + 8 * v), sm[v]));
 }
 
+// The stage-1 bias (Bb, Hb, n, N) as (Bb, Hb, N, np), padding zero; undefined when there is none.
+inline at::Tensor transposed_bias(const at::Tensor* b1, int64_t n, int64_t N, int64_t np) {
+  at::Tensor b1t;
+  if (!b1) return b1t;
+  b1t = at::empty({b1->size(0), b1->size(1), N, np}, b1->options());
+  const float* src = b1->data_ptr<float>();
+  float* dst = b1t.data_ptr<float>();
+  parallel_tasks(b1->size(0) * b1->size(1),
+                 [&](int64_t s, int) { transpose_bias(src + s * n * N, n, N, np, dst + s * N * np); });
+  return b1t;
+}
+
 // Stage 1 over keys [k0, k1): m, l (np each) and acc (n x d), unnormalised (as stage1_partial).
 inline void stage1(const float* AT, const float* Kp, const float* Vp, const float* B1Tp, int64_t n, int64_t np,
                    int64_t d, int64_t k0, int64_t k1, float* m, float* l, float* acc) {
@@ -322,15 +346,7 @@ inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   float *O = out.data_ptr<float>(), *VA = agent_v.data_ptr<float>(), *L1 = lse1.data_ptr<float>(),
         *L2 = lse2.data_ptr<float>();
   const float* B2 = b2 ? b2->data_ptr<float>() : nullptr;
-  at::Tensor b1t;
-  if (b1) {
-    b1t = at::empty({b1->size(0), b1->size(1), N, np}, b1->options());
-    const float* src = b1->data_ptr<float>();
-    float* dst = b1t.data_ptr<float>();
-    parallel_tasks(b1->size(0) * b1->size(1), [&](int64_t s, int) {
-      transpose_bias(src + s * n * N, n, N, np, dst + s * N * np);
-    });
-  }
+  at::Tensor b1t = transposed_bias(b1, n, N, np);
   const float* B1T = b1 ? b1t.data_ptr<float>() : nullptr;
 
   // ---- stage 1
@@ -396,7 +412,7 @@ void forward_impl(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
 #ifdef AGENTATTN_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    if (d % 8 == 0 && std::getenv("AGENTATTN_CPU_BLAS_PATH") == nullptr)
+    if (use_fast(d))
       return fast::forward(q, k, v, a, b1, b2, scale, out, agent_v, lse1, lse2);
   }
 #endif
@@ -472,10 +488,11 @@ struct BiasGrad {
   std::vector<std::vector<T>> local;
   bool broadcast = false;
 
-  void init(const at::Tensor* bias, int64_t B, int64_t H, bool transposed) {
+  void init(const at::Tensor* bias, int64_t B, int64_t H, bool transposed, int64_t pad_cols = 0) {
     if (!bias) return;
-    grad = transposed ? at::zeros({bias->size(0), bias->size(1), bias->size(3), bias->size(2)}, bias->options())
-                      : at::zeros_like(*bias);
+    const int64_t rows = transposed ? bias->size(3) : bias->size(2);
+    const int64_t cols = transposed ? bias->size(2) : bias->size(3);
+    grad = at::zeros({bias->size(0), bias->size(1), rows, std::max(cols, pad_cols)}, bias->options());
     broadcast = bias->size(0) != B || bias->size(1) != H;
     if (broadcast) local.assign(static_cast<size_t>(at::get_num_threads()), {});
   }
@@ -495,6 +512,129 @@ struct BiasGrad {
   }
 };
 
+#ifdef AGENTATTN_AVX2
+namespace fast {
+
+// float32 fast backward (AVX2, d a multiple of 8), one (batch, head) per task, same tile layouts as the
+// forward. Stage 2 per query tile: S = Q (sA)^T, dP = dO V_A^T (R x np), P and dS along rows;
+// dQ = dS (sA), dA' += dS^T Q, dV_A += P^T dO. Stage 1 per key tile: ST = K (sA)^T, dPT = V dV_A^T
+// (C x np), P and dS down columns; dV = P dV_A, dK = dS (sA), dA' += dS^T K. dA = s dA'.
+// The stage-1 bias gradient accumulates transposed and padded (N x np) and is transposed back at the end.
+inline void backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& a, const at::Tensor* b1, const at::Tensor* b2, const at::Tensor& out,
+                     const at::Tensor& agent_v, const at::Tensor& lse1, const at::Tensor& lse2, float scale,
+                     at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& da, BiasGrad<float>& g1T,
+                     BiasGrad<float>& g2) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+  const int64_t np = pad8(n), nv = np / 8, tail = n - (nv - 1) * 8;
+  const float *dO = dout.data_ptr<float>(), *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(),
+              *V = v.data_ptr<float>(), *A = a.data_ptr<float>(), *O = out.data_ptr<float>(),
+              *VA = agent_v.data_ptr<float>(), *L1 = lse1.data_ptr<float>(), *L2 = lse2.data_ptr<float>();
+  const float* B2 = b2 ? b2->data_ptr<float>() : nullptr;
+  at::Tensor b1t = transposed_bias(b1, n, N, np);
+  const float* B1T = b1 ? b1t.data_ptr<float>() : nullptr;
+  float *dQ = dq.data_ptr<float>(), *dK = dk.data_ptr<float>(), *dV = dv.data_ptr<float>(),
+        *dA = da.data_ptr<float>();
+  const int64_t tile = std::max(kRowsF, kKeysF);
+
+  parallel_tasks(BH, [&](int64_t bh, int thread) {
+    const int64_t b = bh / H, h = bh % H;
+    const float *Qp = Q + bh * N * d, *Kp = K + bh * N * d, *Vp = V + bh * N * d, *Ap = A + bh * n * d;
+    const float *dOp = dO + bh * N * d, *Op = O + bh * N * d, *VAp = VA + bh * n * d;
+    float *dQp = dQ + bh * N * d, *dKp = dK + bh * N * d, *dVp = dV + bh * N * d, *dAp = dA + bh * n * d;
+    float* S = scratch<float>(0, static_cast<size_t>(tile * np));
+    float* dP = scratch<float>(1, static_cast<size_t>(tile * np));
+    float* small = scratch<float>(2, static_cast<size_t>(3 * d * np + 3 * n * d + 3 * np));
+    float *AT = small, *VAT = AT + d * np, *dVAT = VAT + d * np, *As = dVAT + d * np, *dva = As + n * d,
+          *dacc = dva + n * d, *L1p = dacc + n * d, *D1 = L1p + np;
+    pack_agents(Ap, n, d, np, scale, AT);
+    pack_agents(VAp, n, d, np, 1.0f, VAT);
+    for (int64_t x = 0; x < n * d; ++x) As[x] = scale * Ap[x];
+    std::fill(dva, dva + n * d, 0.0f);
+    std::fill(dacc, dacc + n * d, 0.0f);
+    const __m256i tmask = ukernel::tail_mask(tail);
+    const __m256 zero = _mm256_setzero_ps();
+
+    // ---- stage 2
+    const float* B2p = B2 ? B2 + bias_offset(*b2, b, h) : nullptr;
+    float* G2p = b2 ? g2.target(b, h, thread) : nullptr;
+    for (int64_t i0 = 0; i0 < N; i0 += kRowsF) {
+      const int64_t R = std::min(kRowsF, N - i0);
+      ukernel::gemm_bcast(R, np, d, Qp + i0 * d, d, 1, AT, np, S, np, false, nullptr);
+      ukernel::gemm_bcast(R, np, d, dOp + i0 * d, d, 1, VAT, np, dP, np, false, nullptr);
+      for (int64_t i = 0; i < R; ++i) {
+        const int64_t r = i0 + i;
+        __m256 dd = zero;
+        for (int64_t c = 0; c < d; c += 8)
+          dd = _mm256_fmadd_ps(_mm256_loadu_ps(dOp + r * d + c), _mm256_loadu_ps(Op + r * d + c), dd);
+        const __m256 di = _mm256_set1_ps(vec::hsum8(dd));
+        const __m256 lse = _mm256_set1_ps(L2[bh * N + r]);
+        float* srow = S + i * np;
+        float* drow = dP + i * np;
+        const float* brow = B2p ? B2p + r * n : nullptr;
+        float* grow = G2p ? G2p + r * n : nullptr;
+        for (int64_t v8 = 0; v8 < nv; ++v8) {
+          const bool last = v8 == nv - 1;
+          __m256 x = _mm256_loadu_ps(srow + 8 * v8);
+          if (brow)
+            x = _mm256_add_ps(x, last ? _mm256_maskload_ps(brow + 8 * v8, tmask) : _mm256_loadu_ps(brow + 8 * v8));
+          __m256 p = vec::exp8(_mm256_sub_ps(x, lse));
+          if (last) p = _mm256_and_ps(p, _mm256_castsi256_ps(tmask));
+          const __m256 ds = _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(drow + 8 * v8), di));
+          _mm256_storeu_ps(srow + 8 * v8, p);
+          _mm256_storeu_ps(drow + 8 * v8, ds);
+          if (grow) {
+            if (last)
+              _mm256_maskstore_ps(grow + 8 * v8, tmask,
+                                  _mm256_add_ps(_mm256_maskload_ps(grow + 8 * v8, tmask), ds));
+            else
+              _mm256_storeu_ps(grow + 8 * v8, _mm256_add_ps(_mm256_loadu_ps(grow + 8 * v8), ds));
+          }
+        }
+      }
+      ukernel::gemm_bcast(R, d, n, dP, np, 1, As, d, dQp + i0 * d, d, false, nullptr);
+      ukernel::gemm_bcast(n, d, R, dP, 1, np, Qp + i0 * d, d, dacc, d, true, nullptr);
+      ukernel::gemm_bcast(n, d, R, S, 1, np, dOp + i0 * d, d, dva, d, true, nullptr);
+    }
+
+    // ---- stage 1
+    for (int64_t j = 0; j < np; ++j) {
+      L1p[j] = j < n ? L1[bh * n + j] : 1e30f;  // padding lanes: probability 0 (clamped)
+      D1[j] = j < n ? vec::dot(dva + j * d, VAp + j * d, d) : 0.0f;
+    }
+    pack_agents(dva, n, d, np, 1.0f, dVAT);
+    const float* B1Tp = B1T ? B1T + bias_offset(b1t, b, h) : nullptr;
+    float* G1p = b1 ? g1T.target(b, h, thread) : nullptr;
+    for (int64_t c0 = 0; c0 < N; c0 += kKeysF) {
+      const int64_t C = std::min(kKeysF, N - c0);
+      ukernel::gemm_bcast(C, np, d, Kp + c0 * d, d, 1, AT, np, S, np, false, nullptr);
+      ukernel::gemm_bcast(C, np, d, Vp + c0 * d, d, 1, dVAT, np, dP, np, false, nullptr);
+      for (int64_t i = 0; i < C; ++i) {
+        float* srow = S + i * np;
+        float* drow = dP + i * np;
+        const float* brow = B1Tp ? B1Tp + (c0 + i) * np : nullptr;
+        float* grow = G1p ? G1p + (c0 + i) * np : nullptr;
+        for (int64_t j0 = 0; j0 < np; j0 += 8) {
+          __m256 x = _mm256_loadu_ps(srow + j0);
+          if (brow) x = _mm256_add_ps(x, _mm256_loadu_ps(brow + j0));
+          const __m256 p = vec::exp8(_mm256_sub_ps(x, _mm256_loadu_ps(L1p + j0)));
+          const __m256 ds = _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(drow + j0), _mm256_loadu_ps(D1 + j0)));
+          _mm256_storeu_ps(srow + j0, p);
+          _mm256_storeu_ps(drow + j0, ds);
+          if (grow) _mm256_storeu_ps(grow + j0, _mm256_add_ps(_mm256_loadu_ps(grow + j0), ds));
+        }
+      }
+      ukernel::gemm_bcast(C, d, n, S, np, 1, dva, d, dVp + c0 * d, d, false, nullptr);
+      ukernel::gemm_bcast(C, d, n, dP, np, 1, As, d, dKp + c0 * d, d, false, nullptr);
+      ukernel::gemm_bcast(n, d, C, dP, 1, np, Kp + c0 * d, d, dacc, d, true, nullptr);
+    }
+    for (int64_t x = 0; x < n * d; ++x) dAp[x] = scale * dacc[x];
+  });
+}
+
+}  // namespace fast
+#endif
+
 template <typename T>
 void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& a, const at::Tensor* b1, const at::Tensor* b2, const at::Tensor& out,
@@ -502,6 +642,11 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
                    at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& da, BiasGrad<T>& g1,
                    BiasGrad<T>& g2) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+#ifdef AGENTATTN_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_fast(d)) return fast::backward(dout, q, k, v, a, b1, b2, out, agent_v, lse1, lse2, scale, dq, dk, dv, da, g1, g2);
+  }
+#endif
   const T *dO = dout.data_ptr<T>(), *Q = q.data_ptr<T>(), *K = k.data_ptr<T>(), *V = v.data_ptr<T>(),
           *A = a.data_ptr<T>(), *O = out.data_ptr<T>(), *VA = agent_v.data_ptr<T>(),
           *L1 = lse1.data_ptr<T>(), *L2 = lse2.data_ptr<T>();
@@ -628,15 +773,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor db1 = at::empty({0}, q.options()), db2 = at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "agent_attention_bwd_cpu", [&] {
     BiasGrad<scalar_t> g1, g2;
-    g1.init(b1, q.size(0), q.size(1), false);
-    g2.init(b2, q.size(0), q.size(1), true);
+    // fast float path: stage-1 gradient transposed and padded (N x np), stage-2 as the bias (N x n);
+    // BLAS-tile path: stage-1 as the bias (n x N), stage-2 transposed (n x N)
+    const bool fast = std::is_same_v<scalar_t, float> && use_fast(q.size(3)) && kHaveFast;
+    g1.init(b1, q.size(0), q.size(1), fast, fast ? (agents.size(2) + 7) / 8 * 8 : 0);
+    g2.init(b2, q.size(0), q.size(1), !fast);
     backward_impl<scalar_t>(dout, q, k, v, agents, b1, b2, out.contiguous(), agent_v.contiguous(),
                             lse_agent.contiguous(), lse_query.contiguous(), static_cast<scalar_t>(scale), dq,
                             dk, dv, da, g1, g2);
     g1.finish();
     g2.finish();
-    if (b1) db1 = g1.grad;
-    if (b2) db2 = g2.grad.transpose(2, 3).contiguous();
+    if (b1) db1 = fast ? g1.grad.narrow(3, 0, agents.size(2)).transpose(2, 3).contiguous() : g1.grad;
+    if (b2) db2 = fast ? g2.grad : g2.grad.transpose(2, 3).contiguous();
   });
   return {dq, dk, dv, da, db1, db2};
 }
