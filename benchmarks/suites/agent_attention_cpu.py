@@ -1,0 +1,335 @@
+"""CPU benchmark of the fused C++ agent-attention kernel against the PyTorch compositions (issue 2).
+
+Suite plugin: ``NAME`` and ``run(cfg) -> list[dict]`` (one row per shape x implementation x pass, plus the
+correctness and matmul-rate rows). Also runnable on its own::
+
+    python benchmarks/suites/agent_attention_cpu.py --out benchmarks/results/<host>-<date>-agent_attention_cpu
+    python benchmarks/suites/agent_attention_cpu.py --quick
+
+Shapes (fp32, biases (1, H, n, N) and (1, H, N, n) shared over the batch, learnable in fwd+bwd):
+A = DeiT-T-like (B=32, H=3, N=196, n=49, d=64); B = Swin-T-stage-1-like (B=8, H=3, N=3136, d=32) with
+n=49 and n=9. Implementations, timed in the same process, interleaved round-robin (so that load from other
+processes on a shared machine hits all of them alike):
+
+  fused    agentattn.agent_attention (the C++ CPU kernel)
+  eager    naive.agent_attention_ref, the reference composition as the reference module runs it
+  sdpa2    naive.agent_attention_sdpa, two F.scaled_dot_product_attention calls with float masks
+  mm       torch.mm of a 768 x 768 x 768 fp32 product (0.91 GFLOP, the size of the shape-B n=49 forward),
+           timed alongside every shape: the machine's matmul rate in the same run
+
+Per row: median wall ms over the repetitions (after warm-up, never on zeros), inter-quartile range,
+median CPU ms (process time, all threads), effective GFLOP/s (forward 8·B·H·N·n·d, fwd+bwd 3x that, the
+FlopCounterMode convention of the op), % of the matmul rate, and speed-ups against eager and sdpa2
+(ratios of medians from the same interleaved run). Before timing, every shape is checked against the
+reference in float64 (output and all six gradients); a kernel that fails is not timed ("refused").
+``check_targets(rows)`` evaluates the issue's targets.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+NAME = "agent_attention_cpu"
+
+SHAPES = [
+    # name, B, H, N, n, d
+    ("A_deit_t", 32, 3, 196, 49, 64),
+    ("B_swin_s1_n49", 8, 3, 3136, 49, 32),
+    ("B_swin_s1_n9", 8, 3, 3136, 9, 32),
+]
+MM_SIZE = 768
+
+
+@dataclass
+class CpuBenchConfig:
+    shapes: list = field(default_factory=lambda: list(SHAPES))
+    impls: tuple = ("fused", "eager", "sdpa2")
+    passes: tuple = ("fwd", "fwd_bwd")
+    threads: int = 2
+    warmup: int = 3
+    reps: dict = field(default_factory=lambda: {"fwd": 31, "fwd_bwd": 15})
+    check_tol: float = 1e-4  # max |fused - ref64| / max |ref64|, fp32, per tensor
+    quick: bool = False
+
+
+def _cfg(cfg) -> CpuBenchConfig:
+    if isinstance(cfg, CpuBenchConfig):
+        return cfg
+    cfg = cfg or {}
+    get = (lambda k, d=None: cfg.get(k, d)) if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
+    c = CpuBenchConfig()
+    if get("quick", False):
+        c.quick, c.warmup, c.reps = True, 1, {"fwd": 5, "fwd_bwd": 3}
+        c.shapes = [("A_deit_t", 4, 3, 196, 49, 64), ("B_swin_s1_n49", 1, 3, 3136, 49, 32),
+                    ("B_swin_s1_n9", 1, 3, 3136, 9, 32)]
+    return c
+
+
+def _inputs(B, H, N, n, d, dtype, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    q, k, v, a = mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)
+    b1, b2 = 0.02 * mk(1, H, n, N), 0.02 * mk(1, H, N, n)
+    return [q, k, v, a, b1, b2], mk(B, H, N, d)
+
+
+def _impl_fn(impl):
+    import agentattn
+    from agentattn.ops.agent_attention.naive import agent_attention_ref, agent_attention_sdpa
+
+    if impl == "fused":
+        return lambda *t: agentattn.agent_attention(*t, backend="cpp")
+    if impl == "eager":
+        return agent_attention_ref
+    if impl == "sdpa2":
+        return agent_attention_sdpa
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def check_correct(B, H, N, n, d, tol) -> dict:
+    """Fused fp32 output and gradients against the reference in float64 at one shape."""
+    import torch
+
+    from agentattn.ops.agent_attention.naive import agent_attention_ref
+
+    ins, go = _inputs(B, H, N, n, d, torch.float64, seed=1)
+
+    def grads(fn, dtype):
+        xs = [t.detach().to(dtype).clone().requires_grad_() for t in ins]
+        out = fn(*xs)
+        out.backward(go.to(dtype))
+        return [out.detach()] + [x.grad for x in xs]
+
+    ref = grads(agent_attention_ref, torch.float64)
+    got = grads(_impl_fn("fused"), torch.float32)
+    errs = {}
+    for name, r, x in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), ref, got):
+        x = x.double()
+        errs[name] = float("inf") if not torch.isfinite(x).all() else \
+            float((x - r).abs().max() / r.abs().max().clamp_min(1e-30))
+    worst = max(errs.values())
+    return dict(max_rel_err=worst, errors={k: float(f"{v:.3g}") for k, v in errs.items()}, ok=worst <= tol)
+
+
+def _time_interleaved(fns: dict, warmup: int, reps: int) -> dict:
+    """Round-robin timing: each repetition runs every function once, starting at a rotating position."""
+    names = list(fns)
+    for _ in range(warmup):
+        for nm in names:
+            fns[nm]()
+    wall = {nm: [] for nm in names}
+    cpu = {nm: [] for nm in names}
+    for r in range(reps):
+        for i in range(len(names)):
+            nm = names[(r + i) % len(names)]
+            c0, t0 = time.process_time(), time.perf_counter()
+            fns[nm]()
+            t1, c1 = time.perf_counter(), time.process_time()
+            wall[nm].append((t1 - t0) * 1e3)
+            cpu[nm].append((c1 - c0) * 1e3)
+    out = {}
+    for nm in names:
+        w = sorted(wall[nm])
+        q = statistics.quantiles(w, n=4) if len(w) >= 2 else [w[0]] * 3
+        out[nm] = dict(ms=statistics.median(w), iqr_ms=q[2] - q[0], min_ms=w[0], cpu_ms=statistics.median(cpu[nm]),
+                       reps=len(w))
+    return out
+
+
+def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[dict]:
+    import torch
+
+    rows = []
+    mm_flops = 2 * MM_SIZE**3
+    gx = torch.Generator().manual_seed(2)
+    x, y = torch.randn(MM_SIZE, MM_SIZE, generator=gx), torch.randn(MM_SIZE, MM_SIZE, generator=gx)
+    impls = [i for i in c.impls if not (i == "fused" and refused)]
+    for pss in c.passes:
+        ins, go = _inputs(B, H, N, n, d, torch.float32)
+        train = pss == "fwd_bwd"
+        fns = {}
+        for impl in impls:
+            fn = _impl_fn(impl)
+            if train:
+                ts = [t.clone().requires_grad_() for t in ins]
+
+                def f(fn=fn, ts=ts):
+                    fn(*ts).backward(go)
+                    for t in ts:
+                        t.grad = None
+            else:
+                def f(fn=fn):
+                    with torch.no_grad():
+                        fn(*ins)
+            fns[impl] = f
+        fns["mm"] = lambda: torch.mm(x, y)
+        res = _time_interleaved(fns, c.warmup, c.reps[pss])
+        mm_rate = mm_flops / (res["mm"]["ms"] * 1e-3) / 1e9
+        flops = 8 * B * H * N * n * d * (3 if train else 1)
+        base = dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, dtype="float32", pass_=pss,
+                    threads=torch.get_num_threads())
+        for impl in impls:
+            r = res[impl]
+            gfs = flops / (r["ms"] * 1e-3) / 1e9
+            row = dict(base, impl=impl, flops=flops, ms=round(r["ms"], 3), iqr_ms=round(r["iqr_ms"], 3),
+                       min_ms=round(r["min_ms"], 3), cpu_ms=round(r["cpu_ms"], 3), reps=r["reps"],
+                       gflops=round(gfs, 1), pct_mm_rate=round(100 * gfs / mm_rate, 1))
+            for other in ("eager", "sdpa2"):
+                if other in res and impl != other:
+                    row[f"speedup_vs_{other}"] = round(res[other]["ms"] / r["ms"], 2)
+            rows.append(row)
+        rows.append(dict(base, impl="mm", flops=mm_flops, ms=round(res["mm"]["ms"], 3),
+                         iqr_ms=round(res["mm"]["iqr_ms"], 3), min_ms=round(res["mm"]["min_ms"], 3),
+                         cpu_ms=round(res["mm"]["cpu_ms"], 3), reps=res["mm"]["reps"], gflops=round(mm_rate, 1),
+                         pct_mm_rate=100.0, mm_shape=f"{MM_SIZE}x{MM_SIZE}x{MM_SIZE}"))
+        if refused:
+            rows.append(dict(base, impl="fused", error="refused: failed the float64 correctness check"))
+    return rows
+
+
+def run(cfg=None) -> list[dict]:
+    """Benchmark rows (see the module docstring). Needs the compiled extension; returns [] without it."""
+    import torch
+
+    import agentattn
+
+    c = _cfg(cfg)
+    if "cpp" not in agentattn.backends()["cpu"]:
+        print(f"[{NAME}] agentattn._C is not built: skipped", file=sys.stderr)
+        return []
+    prev = torch.get_num_threads()
+    torch.set_num_threads(c.threads)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = lambda x, **k: x  # noqa: E731
+    rows = []
+    try:
+        for name, B, H, N, n, d in tqdm(c.shapes, desc=NAME):
+            chk = check_correct(B, H, N, n, d, c.check_tol)
+            rows.append(dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, impl="fused", pass_="check",
+                             **chk))
+            rows += _bench_shape(name, B, H, N, n, d, c, refused=not chk["ok"])
+    finally:
+        torch.set_num_threads(prev)
+    return rows
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    """Issue 2's targets on the fused rows (ratios of medians from the same interleaved run)."""
+    def find(shape, pss, impl="fused"):
+        return next((r for r in rows if r["shape"] == shape and r["pass_"] == pss and r["impl"] == impl
+                     and "ms" in r), None)
+
+    spec = [
+        ("A_deit_t", "fwd", "speedup_vs_eager", 1.5, "forward A >= 1.5x eager"),
+        ("A_deit_t", "fwd", "speedup_vs_sdpa2", 1.1, "forward A >= 1.1x two-SDPA"),
+        ("B_swin_s1_n49", "fwd", "speedup_vs_eager", 3.0, "forward B n=49 >= 3x eager"),
+        ("B_swin_s1_n49", "fwd", "speedup_vs_sdpa2", 1.3, "forward B n=49 >= 1.3x two-SDPA"),
+        ("B_swin_s1_n9", "fwd", "speedup_vs_sdpa2", 3.0, "forward B n=9 >= 3x two-SDPA"),
+        ("A_deit_t", "fwd_bwd", "speedup_vs_eager", 1.5, "fwd+bwd A >= 1.5x eager autograd"),
+        ("B_swin_s1_n49", "fwd_bwd", "speedup_vs_eager", 1.5, "fwd+bwd B n=49 >= 1.5x eager autograd"),
+        ("B_swin_s1_n9", "fwd_bwd", "speedup_vs_eager", 1.5, "fwd+bwd B n=9 >= 1.5x eager autograd"),
+        ("B_swin_s1_n49", "fwd", "pct_mm_rate", 60.0, "forward B n=49 FLOP rate >= 60% of fp32 matmul rate"),
+    ]
+    out = []
+    for shape, pss, key, want, text in spec:
+        r = find(shape, pss)
+        val = r.get(key) if r else None
+        out.append(dict(target=text, value=val, want=want, ok=val is not None and val >= want))
+    return out
+
+
+def to_markdown(rows: list[dict], targets: list[dict], meta: dict) -> str:
+    lines = [f"# {NAME} on {meta.get('cpu')} ({meta.get('threads')} threads)", "",
+             f"commit {meta.get('commit')}, torch {meta.get('torch')}, load average before/after "
+             f"{meta.get('loadavg_before')} / {meta.get('loadavg_after')}", "",
+             "| shape | pass | impl | median ms | IQR ms | CPU ms | GFLOP/s | % mm rate | x eager | x sdpa2 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["pass_"] == "check":
+            continue
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['pass_']} | {r['impl']} | {r['error']} | | | | | | |")
+            continue
+        cells = [r.get(k, "") for k in ("shape", "pass_", "impl", "ms", "iqr_ms", "cpu_ms", "gflops", "pct_mm_rate",
+                                        "speedup_vs_eager", "speedup_vs_sdpa2")]
+        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    lines += ["", "## Correctness (fused fp32 vs reference fp64, max |err| / max |ref| over out and 6 grads)", "",
+              "| shape | max rel err | ok |", "|---|---|---|"]
+    lines += [f"| {r['shape']} | {r['max_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
+              for r in rows if r["pass_"] == "check"]
+    lines += ["", "## Targets (issue 2)", "", "| target | value | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['value']} | {'yes' if t['ok'] else 'NO'} |" for t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _meta(threads: int) -> dict:
+    import torch
+
+    import agentattn
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc", "agentattn"], capture_output=True,
+                               text=True, cwd=here).stdout.strip()
+    except OSError:
+        commit, dirty = None, ""
+    return dict(machine=platform.node(), cpu=_cpu_name(), cores=os.cpu_count(), threads=threads,
+                torch=torch.__version__, python=platform.python_version(), commit=commit,
+                kernel_sources_dirty=bool(dirty), backends=agentattn.backends(),
+                mkl=torch.backends.mkl.is_available(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 epilog="example: python benchmarks/suites/agent_attention_cpu.py --quick")
+    ap.add_argument("--out", help="output path prefix: writes <out>.json and <out>.md")
+    ap.add_argument("--quick", action="store_true", help="small batches, few repetitions (targets not meaningful)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: both cores)")
+    args = ap.parse_args(argv)
+    cfg = _cfg({"quick": args.quick})
+    cfg.threads = args.threads
+    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rows = run(cfg)
+    if not rows:
+        return 1
+    targets = check_targets(rows)
+    meta = _meta(cfg.threads)
+    meta["loadavg_before"] = round(load0, 2) if load0 is not None else None
+    meta["loadavg_after"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    md = to_markdown(rows, targets, meta)
+    print(md)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out + ".json", "w") as f:
+            json.dump(dict(meta=meta, config=asdict(cfg), rows=rows, targets=targets), f, indent=1, default=str)
+        with open(args.out + ".md", "w") as f:
+            f.write(md)
+        print(f"wrote {args.out}.json and {args.out}.md")
+    return 0 if all(r.get("ok", True) for r in rows if r["pass_"] == "check") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
