@@ -82,5 +82,12 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     assert main(["prune", "--run", str(tiny_run), "--remove", "9", "--out", str(tmp_path / "k9"),
                  "--no-progress", "--epochs", "0", "--fade-epochs", "0"]) == 2
     assert "0 <= k <= 4" in capsys.readouterr().err
+    # a FLOP budget without fine-tuning: every fold's pruned model keeps at most 90% of the FLOPs
+    assert main(["prune", "--run", str(tiny_run), "--flops-budget", "0.9", "--epochs", "0", "--fade-epochs", "0",
+                 "--calib", "8", "--out", str(tmp_path / "f90"), "--no-progress"]) == 0
+    capsys.readouterr()
+    f90 = json.loads((tmp_path / "f90" / "esaat.json").read_text())
+    assert all(f["after"]["flops"] <= 0.9 * f["before"]["flops"] for f in f90["per_fold"])
+    assert all(f["removed"] for f in f90["per_fold"])
     assert main(["prune", "--run", str(tmp_path), "--remove", "1"]) == 2
     assert "not a `mer train` run" in capsys.readouterr().err
