@@ -11,7 +11,7 @@
 //   gather   cols (T x K): row t = the p x p patch of token t, channel-major (c, pi, pj) like W2's columns
 //   forward  flatten:   out rows (T x D) = (pos^T + bias) rows, then += cols · W2^T  (BLAS, beta = 1)
 //            map:       Yt (D x T) = W2 · cols^T (BLAS), epilogue out[b, d, :] = Yt[d, seg] + pos[d, :] + bias[d]
-//            K <= kSmallK: the same sums as vectorised loops straight into the output (BLAS is slow there)
+//            K <= kSmallK: straight into the output on top of pos + bias (no tile, no epilogue pass)
 //   backward dY tile (the map layout is copied into a (D x T) tile, the flatten layout is read in place)
 //            dbias, dpos: per-thread sums over the tile's tokens (dpos indexed by position l, summed over b)
 //            dW2 += dY^T · cols (per-thread accumulator, cols re-gathered from x: no forward state)
@@ -93,8 +93,8 @@ void forward_impl(const Geo& g, const T* x, const T* w, const T* bias, const T* 
       pb[flatten ? l * D + d : d * L + l] = v;
     }
   }
-  // small K (e.g. p = 2, C = 3: K = 12): BLAS is slow at such a thin inner dimension, so the product is
-  // written straight into the output with the pos + bias table as the initial value (one pass, no tile)
+  // small K (e.g. p = 2, C = 3: K = 12): the product is written straight into the output with the
+  // pos + bias table as the initial value (flatten: vectorised loops; map: BLAS per image segment)
   const bool small = K <= kSmallK;
   std::vector<T> wt;  // W2^T (K x D) for the small-K flatten path
   if (small && flatten) {
@@ -104,7 +104,7 @@ void forward_impl(const Geo& g, const T* x, const T* w, const T* bias, const T* 
   }
   at::parallel_for(0, num_tiles(g), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> cols(static_cast<size_t>(kTile * K));
-    std::vector<T> yt(flatten ? 0 : static_cast<size_t>((small ? K : D) * kTile));
+    std::vector<T> yt(flatten || small ? 0 : static_cast<size_t>(D * kTile));
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t g0 = tile * kTile, Tn = std::min(kTile, g.B * L - g0);
       gather(x, g, g0, Tn, cols.data());
@@ -123,24 +123,13 @@ void forward_impl(const Geo& g, const T* x, const T* w, const T* bias, const T* 
           }
         }
       } else if (small) {
-        T* ct = yt.data();  // cols^T (K x Tn): token runs contiguous
-        for (int64_t t = 0; t < Tn; ++t)
-          for (int64_t k = 0; k < K; ++k) ct[k * Tn + t] = cols[t * K + k];
+        // each image's output segment is a (D x len) matrix with row stride L: initialise it with
+        // pos + bias, then one BLAS call adds W2 · cols_seg^T in place (no tile, no epilogue pass)
         for (int64_t t0 = 0; t0 < Tn;) {
           const int64_t tok = g0 + t0, b = tok / L, l0 = tok % L, len = std::min(Tn - t0, L - l0);
-          for (int64_t d = 0; d < D; ++d) {
-            T* o = out + (b * D + d) * L + l0;
-            const T* q = pb.data() + d * L + l0;
-            const T* wr = w + d * K;
-#pragma omp simd
-            for (int64_t e = 0; e < len; ++e) o[e] = q[e];
-            for (int64_t k = 0; k < K; ++k) {
-              const T wk = wr[k];
-              const T* c = ct + k * Tn + t0;
-#pragma omp simd
-              for (int64_t e = 0; e < len; ++e) o[e] += wk * c[e];
-            }
-          }
+          T* seg = out + b * D * L + l0;
+          for (int64_t d = 0; d < D; ++d) std::memcpy(seg + d * L, pb.data() + d * L + l0, sizeof(T) * len);
+          blas::gemm_rm<T>(false, true, D, len, K, T(1), w, K, cols.data() + t0 * K, K, T(1), seg, L);
           t0 += len;
         }
       } else if (flatten) {
