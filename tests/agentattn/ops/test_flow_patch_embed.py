@@ -204,3 +204,17 @@ def test_dtype_and_backend_errors():
         flow_patch_embed(x, w, b, q, 7, backend="fast")
     with pytest.raises(TypeError, match="bias must be a torch.Tensor or None"):
         flow_patch_embed(x, w, 1.0, q, 7)
+
+
+@needs_ext
+def test_non_contiguous_inputs_and_empty_batch():
+    x, w, b, q = _inputs(2, 3, 28, 28, 7, 16)
+    xs = x.to(memory_format=torch.channels_last)
+    ws = w.transpose(2, 3).contiguous().transpose(2, 3)  # same values, non-contiguous strides
+    assert not xs.is_contiguous() and not ws.is_contiguous()
+    torch.testing.assert_close(flow_patch_embed(xs, ws, b, q, 7, backend="cpp"), flow_patch_embed_ref(x, w, b, q, 7))
+    w.requires_grad_()
+    out = flow_patch_embed(x[:0], w, b, q, 7, backend="cpp")
+    assert out.shape == (0, 16, 4, 4)
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
