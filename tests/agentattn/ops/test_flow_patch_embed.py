@@ -132,6 +132,10 @@ def test_gradcheck(flatten):
 def test_opcheck(combo, flatten):
     x, w, b, q = (None if t is None else t.float().requires_grad_() for t in _inputs(2, 3, 8, 12, 4, 5, *combo))
     torch.library.opcheck(torch.ops.agentattn.flow_patch_embed_fwd.default, (x, w, b, q, 4, flatten))
+    g = torch.randn((2, 6, 5) if flatten else (2, 5, 2, 3))
+    args = [None if t is None else t.detach() for t in (x, w, b, q)]
+    torch.library.opcheck(torch.ops.agentattn.flow_patch_embed_bwd.default, (g, *args, 4, flatten, True, flatten),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 @needs_ext
