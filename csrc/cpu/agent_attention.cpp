@@ -175,14 +175,12 @@ inline void pack_agents(const float* Ap, int64_t n, int64_t d, int64_t np, float
 }
 
 // dst (N x np) = src^T for src (n x N); columns n..np zero.
-inline void transpose_bias(const float* src, int64_t n, int64_t N, int64_t np, float* dst) {
-  for (int64_t i0 = 0; i0 < N; i0 += 64) {
-    const int64_t i1 = std::min(N, i0 + 64);
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = i0; i < i1; ++i) dst[i * np + j] = src[j * N + i];
-    for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = n; j < np; ++j) dst[i * np + j] = 0.0f;
-  }
+inline void transpose_bias(const float* src, int64_t n, int64_t N, int64_t np, float* dst, int64_t i0,
+                           int64_t i1) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = i0; i < i1; ++i) dst[i * np + j] = src[j * N + i];
+  for (int64_t i = i0; i < i1; ++i)
+    for (int64_t j = n; j < np; ++j) dst[i * np + j] = 0.0f;
 }
 
 // Online softmax down the columns of one stage-1 tile ST (C rows x 8*NV columns, row stride ld), row by
@@ -228,16 +226,51 @@ inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, fl
     _mm256_storeu_ps(l + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(l + 8 * v), _mm256_loadu_ps(alpha + 8 * v), sm[v]));
 }
 
-// The stage-1 bias (Bb, Hb, n, N) as (Bb, Hb, N, np), padding zero; undefined when there is none.
-inline at::Tensor transposed_bias(const at::Tensor* b1, int64_t n, int64_t N, int64_t np) {
-  at::Tensor b1t;
-  if (!b1) return b1t;
-  b1t = at::empty({b1->size(0), b1->size(1), N, np}, b1->options());
-  const float* src = b1->data_ptr<float>();
-  float* dst = b1t.data_ptr<float>();
-  parallel_tasks(b1->size(0) * b1->size(1),
-                 [&](int64_t s, int) { transpose_bias(src + s * n * N, n, N, np, dst + s * N * np); });
-  return b1t;
+// The stage-1 bias (Bb, Hb, n, N) as (Bb, Hb, N, np), padding zero, in a buffer of the calling thread that
+// is kept between calls (no page faults on a fresh allocation per call). tasks() pieces of 64 keys, each
+// written by run(t), so that the transpose can share a parallel region with the main loop.
+struct BiasT {
+  const float* src = nullptr;
+  float* dst = nullptr;
+  int64_t Bb = 0, Hb = 0, n = 0, N = 0, np = 0, chunks = 0;
+
+  BiasT(const at::Tensor* b1, int64_t n_, int64_t N_, int64_t np_) : n(n_), N(N_), np(np_) {
+    if (!b1) return;
+    static thread_local std::vector<float> buf;
+    Bb = b1->size(0), Hb = b1->size(1), chunks = (N + 63) / 64;
+    const size_t need = static_cast<size_t>(Bb * Hb * N * np);
+    if (buf.size() < need) buf.resize(need);
+    src = b1->data_ptr<float>();
+    dst = buf.data();
+  }
+  int64_t tasks() const { return src ? Bb * Hb * chunks : 0; }
+  void run(int64_t t) const {
+    const int64_t sl = t / chunks, i0 = (t % chunks) * 64;
+    transpose_bias(src + sl * n * N, n, N, np, dst + sl * N * np, i0, std::min(N, i0 + 64));
+  }
+  const float* slice(int64_t b, int64_t h) const {
+    if (!src) return nullptr;
+    return dst + ((Bb == 1 ? 0 : b) * Hb + (Hb == 1 ? 0 : h)) * N * np;
+  }
+};
+
+// One OpenMP region: pre(t) for t < npre (static split), a barrier, then main(t, thread) for t < nmain
+// (dynamic). One fork/join instead of two: on a loaded machine every join waits for a descheduled thread.
+template <typename F1, typename F2>
+void parallel_two_phase(int64_t npre, const F1& pre, int64_t nmain, const F2& main) {
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), std::max(npre, nmain));
+  if (nt <= 1 || omp_in_parallel()) {
+    for (int64_t t = 0; t < npre; ++t) pre(t);
+    for (int64_t t = 0; t < nmain; ++t) main(t, 0);
+    return;
+  }
+#pragma omp parallel num_threads(static_cast<int>(nt))
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < npre; ++t) pre(t);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < nmain; ++t) main(t, omp_get_thread_num());
+  }
 }
 
 // Stage 1 over keys [k0, k1): m, l (np each) and acc (n x d), unnormalised (as stage1_partial).
@@ -346,30 +379,44 @@ inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   float *O = out.data_ptr<float>(), *VA = agent_v.data_ptr<float>(), *L1 = lse1.data_ptr<float>(),
         *L2 = lse2.data_ptr<float>();
   const float* B2 = b2 ? b2->data_ptr<float>() : nullptr;
-  at::Tensor b1t = transposed_bias(b1, n, N, np);
-  const float* B1T = b1 ? b1t.data_ptr<float>() : nullptr;
-
-  // ---- stage 1
+  const BiasT b1t(b1, n, N, np);
   const int64_t kc = stage1_chunk(BH, N);
   const int64_t nkc = (N + kc - 1) / kc;
-  const int64_t part_sz = n * d + 2 * np;
-  std::vector<float> parts(nkc > 1 ? static_cast<size_t>(BH * nkc * part_sz) : 0);
-  parallel_tasks(BH * nkc, [&](int64_t t, int) {
-    const int64_t bh = t / nkc, c = t % nkc, b = bh / H, h = bh % H;
+  auto stage1_task = [&](int64_t t, float* p, float* acc) {
+    const int64_t bh = t / nkc, c = t % nkc;
     float* AT = scratch<float>(2, static_cast<size_t>(d * np));
     pack_agents(A + bh * n * d, n, d, np, scale, AT);
-    const float* B1Tp = B1T ? B1T + bias_offset(b1t, b, h) : nullptr;
     const int64_t k0 = c * kc, k1 = std::min(N, k0 + kc);
-    float* p = nkc > 1 ? parts.data() + t * part_sz : scratch<float>(1, static_cast<size_t>(2 * np));
-    float* acc = nkc > 1 ? p + 2 * np : VA + bh * n * d;
-    stage1(AT, K + bh * N * d, V + bh * N * d, B1Tp, n, np, d, k0, k1, p, p + np, acc);
-    if (nkc == 1)
+    stage1(AT, K + bh * N * d, V + bh * N * d, b1t.slice(bh / H, bh % H), n, np, d, k0, k1, p, p + np, acc);
+  };
+  auto stage2_task = [&](int64_t bh, int64_t r0, int64_t r1) {
+    float* AT = scratch<float>(3, static_cast<size_t>(d * np));
+    pack_agents(A + bh * n * d, n, d, np, scale, AT);
+    const float* B2p = B2 ? B2 + bias_offset(*b2, bh / H, bh % H) : nullptr;
+    stage2(AT, Q + bh * N * d, VA + bh * n * d, B2p, n, np, d, r0, r1, O + bh * N * d, L2 + bh * N);
+  };
+  if (nkc == 1) {
+    // enough slices: one task per (batch, head) runs both stages, all in one parallel region
+    parallel_two_phase(b1t.tasks(), [&](int64_t t) { b1t.run(t); }, BH, [&](int64_t bh, int) {
+      float* p = scratch<float>(1, static_cast<size_t>(2 * np));
+      float* acc = VA + bh * n * d;
+      stage1_task(bh, p, acc);
       for (int64_t j = 0; j < n; ++j) {
         L1[bh * n + j] = p[j] + std::log(p[np + j]);
         vec::scale_inplace(acc + j * d, d, 1.0f / p[np + j]);
       }
+      stage2_task(bh, 0, N);
+    });
+    return;
+  }
+  // few slices: key chunks for stage 1, merged, then query chunks for stage 2
+  const int64_t part_sz = n * d + 2 * np;
+  std::vector<float> parts(static_cast<size_t>(BH * nkc * part_sz));
+  parallel_two_phase(b1t.tasks(), [&](int64_t t) { b1t.run(t); }, BH * nkc, [&](int64_t t, int) {
+    float* p = parts.data() + t * part_sz;
+    stage1_task(t, p, p + 2 * np);
   });
-  if (nkc > 1) {
+  {
     parallel_tasks(BH, [&](int64_t bh, int) {
       for (int64_t j = 0; j < n; ++j) {
         float M = neg_inf<float>();
@@ -393,12 +440,8 @@ inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   // ---- stage 2
   const int64_t nrc = (N + kRowTask - 1) / kRowTask;
   parallel_tasks(BH * nrc, [&](int64_t t, int) {
-    const int64_t bh = t / nrc, c = t % nrc, b = bh / H, h = bh % H;
-    float* AT = scratch<float>(3, static_cast<size_t>(d * np));
-    pack_agents(A + bh * n * d, n, d, np, scale, AT);
-    const float* B2p = B2 ? B2 + bias_offset(*b2, b, h) : nullptr;
-    const int64_t r0 = c * kRowTask, r1 = std::min(N, r0 + kRowTask);
-    stage2(AT, Q + bh * N * d, VA + bh * n * d, B2p, n, np, d, r0, r1, O + bh * N * d, L2 + bh * N);
+    const int64_t bh = t / nrc, r0 = (t % nrc) * kRowTask;
+    stage2_task(bh, r0, std::min(N, r0 + kRowTask));
   });
 }
 
@@ -531,13 +574,12 @@ inline void backward(const at::Tensor& dout, const at::Tensor& q, const at::Tens
               *V = v.data_ptr<float>(), *A = a.data_ptr<float>(), *O = out.data_ptr<float>(),
               *VA = agent_v.data_ptr<float>(), *L1 = lse1.data_ptr<float>(), *L2 = lse2.data_ptr<float>();
   const float* B2 = b2 ? b2->data_ptr<float>() : nullptr;
-  at::Tensor b1t = transposed_bias(b1, n, N, np);
-  const float* B1T = b1 ? b1t.data_ptr<float>() : nullptr;
+  const BiasT b1t(b1, n, N, np);
   float *dQ = dq.data_ptr<float>(), *dK = dk.data_ptr<float>(), *dV = dv.data_ptr<float>(),
         *dA = da.data_ptr<float>();
   const int64_t tile = std::max(kRowsF, kKeysF);
 
-  parallel_tasks(BH, [&](int64_t bh, int thread) {
+  parallel_two_phase(b1t.tasks(), [&](int64_t t) { b1t.run(t); }, BH, [&](int64_t bh, int thread) {
     const int64_t b = bh / H, h = bh % H;
     const float *Qp = Q + bh * N * d, *Kp = K + bh * N * d, *Vp = V + bh * N * d, *Ap = A + bh * n * d;
     const float *dOp = dO + bh * N * d, *Op = O + bh * N * d, *VAp = VA + bh * n * d;
@@ -603,7 +645,7 @@ inline void backward(const at::Tensor& dout, const at::Tensor& q, const at::Tens
       D1[j] = j < n ? vec::dot(dva + j * d, VAp + j * d, d) : 0.0f;
     }
     pack_agents(dva, n, d, np, 1.0f, dVAT);
-    const float* B1Tp = B1T ? B1T + bias_offset(b1t, b, h) : nullptr;
+    const float* B1Tp = b1t.slice(b, h);
     float* G1p = b1 ? g1T.target(b, h, thread) : nullptr;
     for (int64_t c0 = 0; c0 < N; c0 += kKeysF) {
       const int64_t C = std::min(kKeysF, N - c0);
