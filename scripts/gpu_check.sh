@@ -4,7 +4,7 @@
 #   2. the GPU test suite: CUDA and Triton backends vs the fp64 reference, opcheck, torch.compile;
 #      the Triton tests of the CPU suite, compiled for the GPU this time
 #   3. compute-sanitizer (memcheck + racecheck) on a small forward+backward of the CUDA kernels
-#   4. the GPU benchmark (benchmarks/suites/agent_attention_gpu.py)
+#   4. the GPU benchmarks (benchmarks/suites/agent_attention_gpu.py, flow_patch_embed.py --device cuda)
 # Everything is written to benchmarks/results/<device>-<date>-gpu_check-* (and copied to $OUT when set,
 # as the device tool provides). Usage:
 #   bash scripts/gpu_check.sh            # all four steps
@@ -48,6 +48,7 @@ test)
     echo "== GPU tests"
     $PY -m pytest -q -rs -m "cuda or triton" -p no:cacheprovider \
         tests/agentattn/ops/test_agent_attention_cuda.py tests/agentattn/ops/test_agent_attention_triton.py \
+        tests/agentattn/ops/test_flow_patch_embed_cuda.py tests/agentattn/ops/test_flow_patch_embed_triton.py \
         2>&1 | tee "${prefix}-tests.log"
     rc=${PIPESTATUS[0]}
     record tests "$([[ $rc -eq 0 ]] && echo ok || echo FAILED) ($(tail -1 "${prefix}-tests.log"))" ;;
@@ -80,6 +81,12 @@ bench|quickbench)
         record bench "ok (benchmarks/results/${dev}-${stamp}-agent_attention_gpu.{json,md})"
     else
         tail -30 "${prefix}-bench.log"; record bench "FAILED (see ${prefix}-bench.log)"
+    fi
+    if $PY benchmarks/suites/flow_patch_embed.py --device cuda "${extra[@]}" \
+        --out "benchmarks/results/${dev}-${stamp}-flow_patch_embed" >>"${prefix}-bench.log" 2>&1; then
+        record bench_flow_patch_embed "ok (benchmarks/results/${dev}-${stamp}-flow_patch_embed.{json,md})"
+    else
+        tail -30 "${prefix}-bench.log"; record bench_flow_patch_embed "FAILED (see ${prefix}-bench.log)"
     fi ;;
 *) echo "unknown step $step (build | test | sanitize | bench | quickbench)" >&2; exit 2 ;;
 esac
