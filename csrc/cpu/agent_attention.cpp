@@ -165,6 +165,12 @@ constexpr int64_t kRowsF = 96;   // stage-2 queries per tile
 
 inline int64_t pad8(int64_t x) { return (x + 7) / 8 * 8; }
 
+// Prefetch [p, p + count floats) into L2 (the next tile's rows of K, V or Q while this tile computes).
+inline void prefetch(const float* p, int64_t count) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < count * 4; off += 64) _mm_prefetch(c + off, _MM_HINT_T1);
+}
+
 // AT (d x np) = s A^T, columns n..np zero.
 inline void pack_agents(const float* Ap, int64_t n, int64_t d, int64_t np, float s, float* AT) {
   for (int64_t c = 0; c < d; ++c) {
@@ -186,13 +192,25 @@ inline void transpose_bias(const float* src, int64_t n, int64_t N, int64_t np, f
 // Online softmax down the columns of one stage-1 tile ST (C rows x 8*NV columns, row stride ld), row by
 // row so that ST and the bias stream through memory: adds the bias (row stride ld) in place, updates the
 // running max m, writes exp(ST - m) and the rescale factors alpha = exp(m_old - m_new), l = l*alpha + sum.
+struct Prefetch {
+  const float *a = nullptr, *b = nullptr;
+  int64_t len = 0, rows = 0;  // rows of len floats at a and at b
+  void row(int64_t i) const {
+    if (i >= rows) return;
+    prefetch(a + i * len, len);
+    prefetch(b + i * len, len);
+  }
+};
+
 template <int NV>
-inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, float* m, float* l, float* alpha) {
+inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, float* m, float* l, float* alpha,
+                         const Prefetch& pf = Prefetch{}) {
   __m256 mx[NV], sm[NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) mx[v] = _mm256_set1_ps(neg_inf<float>());
   for (int64_t i = 0; i < C; ++i) {
     float* p = ST + i * ld;
+    pf.row(i);
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
       __m256 x = _mm256_loadu_ps(p + 8 * v);
@@ -284,15 +302,18 @@ inline void stage1(const float* AT, const float* Kp, const float* Vp, const floa
   for (int64_t c0 = k0; c0 < k1; c0 += kKeysF) {
     const int64_t C = std::min(kKeysF, k1 - c0);
     ukernel::gemm_bcast(C, np, d, Kp + c0 * d, d, 1, AT, np, ST, np, false, nullptr);
+    // the next tile's K and V rows, one row each per row of this tile's softmax pass
+    const int64_t Cn = c0 + kKeysF < k1 ? std::min(kKeysF, k1 - c0 - kKeysF) : 0;
+    const Prefetch pf{Kp + (c0 + kKeysF) * d, Vp + (c0 + kKeysF) * d, d, Cn};
     const float* bias = B1Tp ? B1Tp + c0 * np : nullptr;
     switch (np / 8) {  // register-resident running max and sum for up to 8 vectors (n <= 64)
-      case 1: softmax_cols<1>(ST, C, np, bias, m, l, alpha); break;
-      case 2: softmax_cols<2>(ST, C, np, bias, m, l, alpha); break;
-      case 3: softmax_cols<3>(ST, C, np, bias, m, l, alpha); break;
-      case 4: softmax_cols<4>(ST, C, np, bias, m, l, alpha); break;
-      case 5: softmax_cols<5>(ST, C, np, bias, m, l, alpha); break;
-      case 6: softmax_cols<6>(ST, C, np, bias, m, l, alpha); break;
-      case 7: softmax_cols<7>(ST, C, np, bias, m, l, alpha); break;
+      case 1: softmax_cols<1>(ST, C, np, bias, m, l, alpha, pf); break;
+      case 2: softmax_cols<2>(ST, C, np, bias, m, l, alpha, pf); break;
+      case 3: softmax_cols<3>(ST, C, np, bias, m, l, alpha, pf); break;
+      case 4: softmax_cols<4>(ST, C, np, bias, m, l, alpha, pf); break;
+      case 5: softmax_cols<5>(ST, C, np, bias, m, l, alpha, pf); break;
+      case 6: softmax_cols<6>(ST, C, np, bias, m, l, alpha, pf); break;
+      case 7: softmax_cols<7>(ST, C, np, bias, m, l, alpha, pf); break;
       default:
         for (int64_t j0 = 0; j0 < np; j0 += 64) {
           const int64_t w = std::min<int64_t>(64, np - j0);
@@ -328,7 +349,9 @@ inline void stage2(const float* AT, const float* Qp, const float* VAp, const flo
   for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
     const int64_t R = std::min(kRowsF, r1 - i0);
     ukernel::gemm_bcast(R, np, d, Qp + i0 * d, d, 1, AT, np, S, np, false, nullptr);
+    const int64_t Rn = i0 + kRowsF < r1 ? std::min(kRowsF, r1 - i0 - kRowsF) : 0;
     for (int64_t i = 0; i < R; ++i) {
+      if (i < Rn) prefetch(Qp + (i0 + kRowsF + i) * d, d);
       float* row = S + i * np;
       const float* b = B2p ? B2p + (i0 + i) * n : nullptr;
       __m256 mx = ninf;
