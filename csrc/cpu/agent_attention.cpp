@@ -337,6 +337,46 @@ inline void stage1(const float* AT, const float* Kp, const float* Vp, const floa
   }
 }
 
+// Stage-2 softmax along the rows of S (R x 8*NV, row stride ld; n valid columns, tmask the last vector's
+// valid lanes): adds the bias rows (stride n), keeps the row in registers between max and exp, writes the
+// unnormalised exp (0 in the padding lanes), the row max and the row sum; prefetches the next tile's Q rows.
+template <int NV>
+inline void softmax_rows(float* S, int64_t R, int64_t ld, const float* b, int64_t n, __m256i tmask, float* mrow,
+                         float* srow, const float* qnext, int64_t Rn, int64_t d) {
+  const __m256 ninf = _mm256_set1_ps(neg_inf<float>());
+  const __m256 lastmask = _mm256_castsi256_ps(tmask);
+  for (int64_t i = 0; i < R; ++i) {
+    if (i < Rn) prefetch(qnext + i * d, d);
+    float* row = S + i * ld;
+    const float* brow = b ? b + i * n : nullptr;
+    __m256 x[NV];
+    __m256 mx = ninf;
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      x[v] = _mm256_loadu_ps(row + 8 * v);
+      if (v < NV - 1) {
+        if (brow) x[v] = _mm256_add_ps(x[v], _mm256_loadu_ps(brow + 8 * v));
+      } else {
+        if (brow) x[v] = _mm256_add_ps(x[v], _mm256_maskload_ps(brow + 8 * v, tmask));
+        x[v] = _mm256_blendv_ps(ninf, x[v], lastmask);
+      }
+      mx = _mm256_max_ps(mx, x[v]);
+    }
+    const float ms = vec::hmax8(mx);
+    const __m256 msv = _mm256_set1_ps(ms);
+    __m256 sum = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) {
+      __m256 e = vec::exp8(_mm256_sub_ps(x[v], msv));
+      if (v == NV - 1) e = _mm256_and_ps(e, lastmask);
+      _mm256_storeu_ps(row + 8 * v, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    mrow[i] = ms;
+    srow[i] = vec::hsum8(sum);
+  }
+}
+
 // Stage 2 over queries [r0, r1): O rows and lse2.
 inline void stage2(const float* AT, const float* Qp, const float* VAp, const float* B2p, int64_t n, int64_t np,
                    int64_t d, int64_t r0, int64_t r1, float* Op, float* L2p) {
@@ -350,33 +390,47 @@ inline void stage2(const float* AT, const float* Qp, const float* VAp, const flo
     const int64_t R = std::min(kRowsF, r1 - i0);
     ukernel::gemm_bcast(R, np, d, Qp + i0 * d, d, 1, AT, np, S, np, false, nullptr);
     const int64_t Rn = i0 + kRowsF < r1 ? std::min(kRowsF, r1 - i0 - kRowsF) : 0;
-    for (int64_t i = 0; i < R; ++i) {
-      if (i < Rn) prefetch(Qp + (i0 + kRowsF + i) * d, d);
-      float* row = S + i * np;
-      const float* b = B2p ? B2p + (i0 + i) * n : nullptr;
-      __m256 mx = ninf;
-      for (int64_t v = 0; v < nv; ++v) {
-        __m256 x = _mm256_loadu_ps(row + 8 * v);
-        if (v < nv - 1) {
-          if (b) x = _mm256_add_ps(x, _mm256_loadu_ps(b + 8 * v));
-        } else {
-          if (b) x = _mm256_add_ps(x, _mm256_maskload_ps(b + 8 * v, tmask));
-          x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(tmask));
+    const float* brows = B2p ? B2p + i0 * n : nullptr;
+    const float* qnext = Qp + (i0 + kRowsF) * d;
+    switch (nv) {
+      case 1: softmax_rows<1>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 2: softmax_rows<2>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 3: softmax_rows<3>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 4: softmax_rows<4>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 5: softmax_rows<5>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 6: softmax_rows<6>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 7: softmax_rows<7>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      case 8: softmax_rows<8>(S, R, np, brows, n, tmask, mrow, srow, qnext, Rn, d); break;
+      default:
+      for (int64_t i = 0; i < R; ++i) {
+        if (i < Rn) prefetch(Qp + (i0 + kRowsF + i) * d, d);
+        float* row = S + i * np;
+        const float* b = B2p ? B2p + (i0 + i) * n : nullptr;
+        __m256 mx = ninf;
+        for (int64_t v = 0; v < nv; ++v) {
+          __m256 x = _mm256_loadu_ps(row + 8 * v);
+          if (v < nv - 1) {
+            if (b) x = _mm256_add_ps(x, _mm256_loadu_ps(b + 8 * v));
+          } else {
+            if (b) x = _mm256_add_ps(x, _mm256_maskload_ps(b + 8 * v, tmask));
+            x = _mm256_blendv_ps(ninf, x, _mm256_castsi256_ps(tmask));
+          }
+          _mm256_storeu_ps(row + 8 * v, x);
+          mx = _mm256_max_ps(mx, x);
         }
-        _mm256_storeu_ps(row + 8 * v, x);
-        mx = _mm256_max_ps(mx, x);
+        const float ms = vec::hmax8(mx);
+        const __m256 msv = _mm256_set1_ps(ms);
+        __m256 sum = _mm256_setzero_ps();
+        for (int64_t v = 0; v < nv; ++v) {
+          __m256 e = vec::exp8(_mm256_sub_ps(_mm256_loadu_ps(row + 8 * v), msv));
+          if (v == nv - 1) e = _mm256_and_ps(e, _mm256_castsi256_ps(tmask));
+          _mm256_storeu_ps(row + 8 * v, e);
+          sum = _mm256_add_ps(sum, e);
+        }
+        mrow[i] = ms;
+        srow[i] = vec::hsum8(sum);
       }
-      const float ms = vec::hmax8(mx);
-      const __m256 msv = _mm256_set1_ps(ms);
-      __m256 sum = _mm256_setzero_ps();
-      for (int64_t v = 0; v < nv; ++v) {
-        __m256 e = vec::exp8(_mm256_sub_ps(_mm256_loadu_ps(row + 8 * v), msv));
-        if (v == nv - 1) e = _mm256_and_ps(e, _mm256_castsi256_ps(tmask));
-        _mm256_storeu_ps(row + 8 * v, e);
-        sum = _mm256_add_ps(sum, e);
-      }
-      mrow[i] = ms;
-      srow[i] = vec::hsum8(sum);
+        break;
     }
     int64_t i = 0;
     for (; i + 8 <= R; i += 8) {
