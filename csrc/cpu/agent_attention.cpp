@@ -4,15 +4,18 @@
 //   stage 1: S1 = s A K^T + B1 (n x N) -> softmax over N -> P1;  V_A = P1 V (n x d)
 //   stage 2: S2 = s Q A^T + B2 (N x n) -> softmax over n -> P2;  O = P2 V_A (N x d)
 //
-// Stage 1 runs over blocks of kKeys keys with an online softmax (running max, sum and an n x d
-// accumulator rescaled when the max grows), so only one n x kKeys score tile per thread exists. When
-// there are few (batch, head) slices, the keys are split into chunks on different threads and the partial
-// (max, sum, accumulator) triples are merged. Stage 2 works on kRows queries at a time in a transposed tile
-// ST = s A Q_blk^T (n x kRows): the softmax over the n agents runs down the columns, so every vector op
-// covers 8 queries whatever n is; the stage-2 bias is transposed once per call to match. Bias add, max,
-// exp and the sum run in two passes over the cache-resident tile; the normalisation is applied to
-// whichever of P2 (n x R) or O (R x d) is smaller. Products go through BLAS (MKL's sgemm_/dgemm_ exported
-// by libtorch_cpu, one thread per task) on the tiles.
+// Two implementations of the same tiling, chosen per call:
+//  - float32 with AVX2+FMA and d % 8 == 0 (namespace fast): every product runs in the unpacked 6 x 16
+//    micro-kernels of ukernel.h on the tensors as they lie in memory (only (s A)^T, d x n_pad, is packed);
+//    stage 1 in key tiles ST = K_tile (sA)^T (C x n_pad) with an online softmax down the columns, stage 2
+//    in query tiles S2 = Q_tile (sA)^T (R x n_pad) with the softmax along the rows; the stage-1 bias is
+//    transposed once per call. One OpenMP region per call when there are enough (batch, head) slices.
+//  - float64, float32 without AVX2 or with d % 8 != 0 (and AGENTATTN_CPU_BLAS_PATH=1): BLAS (MKL's
+//    sgemm_/dgemm_ exported by libtorch_cpu, one thread per task) on tiles: stage 1 in key blocks of
+//    kKeys with the same online softmax, stage 2 in transposed tiles ST = s A Q_blk^T (n x kRows), the
+//    softmax down the columns (8 queries per vector whatever n is), the stage-2 bias transposed per call.
+// Both split the keys of stage 1 into chunks on different threads, with a merge of the partial
+// (max, sum, accumulator) triples, when there are fewer than 4 slices per thread.
 //
 // The forward keeps for backward only V_A and the log-sum-exp of every score row (n + N values per
 // head); the backward recomputes the probabilities tile by tile from them, in the same layouts.
@@ -26,8 +29,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/blas.h"
