@@ -52,12 +52,19 @@ constexpr bool kHaveFast = false;
 using vec::neg_inf;
 
 // Run f(task, thread) for task in [0, ntasks) on the intra-op threads, dynamically scheduled (the
-// machine is shared: a static split waits for the slowest thread).
+// machine is shared: a static split waits for the slowest thread). `ordered`: task t always runs on
+// thread t % threads, in increasing t, so per-thread sums (broadcast bias gradients) are bitwise
+// reproducible from run to run at a fixed thread count, as PyTorch's own CPU reductions are.
 template <typename F>
-void parallel_tasks(int64_t ntasks, const F& f) {
+void parallel_tasks(int64_t ntasks, const F& f, bool ordered = false) {
   const int64_t nt = std::min<int64_t>(at::get_num_threads(), ntasks);
   if (nt <= 1 || omp_in_parallel()) {
     for (int64_t t = 0; t < ntasks; ++t) f(t, 0);
+    return;
+  }
+  if (ordered) {
+#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(nt))
+    for (int64_t t = 0; t < ntasks; ++t) f(t, omp_get_thread_num());
     return;
   }
 #pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(nt))
@@ -277,8 +284,9 @@ struct BiasT {
 
 // One OpenMP region: pre(t) for t < npre (static split), a barrier, then main(t, thread) for t < nmain
 // (dynamic). One fork/join instead of two: on a loaded machine every join waits for a descheduled thread.
+// `ordered` as in parallel_tasks (main(t) on thread t % threads, in increasing t).
 template <typename F1, typename F2>
-void parallel_two_phase(int64_t npre, const F1& pre, int64_t nmain, const F2& main) {
+void parallel_two_phase(int64_t npre, const F1& pre, int64_t nmain, const F2& main, bool ordered = false) {
   const int64_t nt = std::min<int64_t>(at::get_num_threads(), std::max(npre, nmain));
   if (nt <= 1 || omp_in_parallel()) {
     for (int64_t t = 0; t < npre; ++t) pre(t);
@@ -289,8 +297,13 @@ void parallel_two_phase(int64_t npre, const F1& pre, int64_t nmain, const F2& ma
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < npre; ++t) pre(t);
+    if (ordered) {
+#pragma omp for schedule(static, 1)
+      for (int64_t t = 0; t < nmain; ++t) main(t, omp_get_thread_num());
+    } else {
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nmain; ++t) main(t, omp_get_thread_num());
+      for (int64_t t = 0; t < nmain; ++t) main(t, omp_get_thread_num());
+    }
   }
 }
 
@@ -751,7 +764,7 @@ inline void backward(const at::Tensor& dout, const at::Tensor& q, const at::Tens
       ukernel::gemm_bcast(n, d, C, dP, 1, np, Kp + c0 * d, d, dacc, d, true, nullptr);
     }
     for (int64_t x = 0; x < n * d; ++x) dAp[x] = scale * dacc[x];
-  });
+  }, g1T.broadcast || g2.broadcast);  // ordered: reproducible broadcast bias-gradient sums
 }
 
 }  // namespace fast
@@ -825,7 +838,7 @@ void backward_impl(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
       blas::gemm_rm<T>(false, false, n, d, C, scale, dP, C, Kp + c0 * d, d, T(1), dAp, d);
       blas::gemm_rm<T>(true, false, C, d, n, scale, dP, C, Ap, d, T(0), dKp + c0 * d, d);
     }
-  });
+  }, g1.broadcast || g2.broadcast);  // ordered: reproducible broadcast bias-gradient sums
 }
 
 void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& q, int64_t rows, int64_t cols,
@@ -873,6 +886,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> agent_attention_fwd_c
   auto lse2 = at::empty({B, H, N}, q.options());
   const at::Tensor* b1 = bias_agent.has_value() ? &*bias_agent : nullptr;
   const at::Tensor* b2 = bias_query.has_value() ? &*bias_query : nullptr;
+  if (N == 0 || B * H == 0) {  // no keys: the agents attend to nothing (V_A = 0, lse = -inf)
+    agent_v.zero_();
+    lse1.fill_(-std::numeric_limits<double>::infinity());
+    return {out, agent_v, lse1, lse2};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "agent_attention_fwd_cpu", [&] {
     forward_impl<scalar_t>(q, k, v, agents, b1, b2, static_cast<scalar_t>(scale), out, agent_v, lse1, lse2);
   });
@@ -893,6 +911,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor* b1 = bias_agent.has_value() ? &*bias_agent : nullptr;
   const at::Tensor* b2 = bias_query.has_value() ? &*bias_query : nullptr;
   at::Tensor db1 = at::empty({0}, q.options()), db2 = at::empty({0}, q.options());
+  if (N == 0 || q.size(0) * q.size(1) == 0) {  // nothing flows back: zero agent and bias gradients
+    da.zero_();
+    if (b1) db1 = at::zeros_like(*b1);
+    if (b2) db2 = at::zeros_like(*b2);
+    return {dq, dk, dv, da, db1, db2};
+  }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "agent_attention_bwd_cpu", [&] {
     BiasGrad<scalar_t> g1, g2;
     // fast float path: stage-1 gradient transposed and padded (N x np), stage-2 as the bias (N x n);

@@ -319,14 +319,32 @@ print("OK")
 
 
 @needs_ext
-@pytest.mark.xfail(strict=True, reason="csrc/cpu/agent_attention.cpp with N = 0 (no tokens): the forward dies with "
-                   "SIGFPE (kernel built 02:48 UTC), and the backward never initialises dagents (at::empty_like; "
-                   "the stage-2 loop that writes it with beta = 0 does not run). agent_attention() routes N = 0 "
-                   "to the reference meanwhile. Run in a subprocess because the crash kills the interpreter.")
 def test_raw_op_with_no_tokens():
+    # in a subprocess: this once crashed the interpreter (SIGFPE in the stage-1 chunking)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run([sys.executable, "-c", _N0_OP_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("OK"), f"rc={res.returncode}: {res.stderr[-1500:]}"
+
+
+@needs_ext
+def test_broadcast_bias_gradients_are_reproducible_with_threads():
+    # per-thread partial sums of a broadcast bias gradient must be combined in a fixed order (they were
+    # not under dynamic scheduling: ESAAT's determinism test then failed at random with 2 threads)
+    q, k, v, a, b1, b2 = _make(6, 2, 49, 9, 16, (1, 2, 9, 49), (1, 1, 49, 9), seed=11)
+    xs = [t.requires_grad_() for t in (q, k, v, a, b1, b2)]
+    g = torch.randn_like(q)
+    old = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        runs = []
+        for _ in range(8):
+            out = agentattn.agent_attention(*xs, backend="cpp")
+            runs.append([out, *torch.autograd.grad(out, xs, g)])
+    finally:
+        torch.set_num_threads(old)
+    for r in runs[1:]:
+        for name, x0, x1 in zip(("out", "q", "k", "v", "agents", "bias_agent", "bias_query"), runs[0], r):
+            assert torch.equal(x0, x1), f"{name} differs between identical calls"
 
 
 # ----------------------------------------------------------------------------------- autograd checks
