@@ -4,7 +4,7 @@
 Runs ``mer train`` once per (configuration, seed) into OUT/<config>-s<seed> (a finished run is reused, an
 interrupted one resumes: rerun the same command), then writes OUT/ablation.json and OUT/ablation.md with
 UF1/UAR as mean ± sample standard deviation over the seeds, parameters and forward FLOPs per image, and
-the mean training time per fold.
+the mean training CPU time per fold.
 
 Configurations (``--configs``, comma-separated; all use the regions input and the same protocol):
 
@@ -94,9 +94,9 @@ def _ms(xs: list[float]) -> str:
 
 def summarise(rows: list[dict], prof: dict, a) -> str:
     lines = [f"Synthetic composite, protocol {a.protocol}, {a.epochs} epochs, {a.flow} flow, regions input; "
-             f"mean ± sample std over seeds {a.seeds}; fold time = mean wall seconds per fold "
-             f"({a.workers} fold workers on this machine).", "",
-             "| configuration | model | UF1 | UAR | params | MFLOPs/image | fold time (s) | seeds |",
+             f"mean ± sample std over seeds {a.seeds}; train time = mean CPU seconds per fold (one thread per fold "
+             f"worker; wall time depended on the machine's other load).", "",
+             "| configuration | model | UF1 | UAR | params | MFLOPs/image | CPU s/fold | seeds |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name in a.configs:
         rs = [r for r in rows if r["config"] == name]
@@ -107,7 +107,7 @@ def summarise(rows: list[dict], prof: dict, a) -> str:
         p = prof[name]
         lines.append(f"| {name} | {label} | {_ms([r['uf1'] for r in rs])} | {_ms([r['uar'] for r in rs])} | "
                      f"{p['params']:,} | {p['mflops']:.1f} | "
-                     f"{statistics.mean(r['fold_seconds_mean'] for r in rs):.0f} | {len(rs)} |")
+                     f"{statistics.mean(r['fold_cpu_seconds_mean'] for r in rs):.0f} | {len(rs)} |")
     return "\n".join(lines)
 
 
