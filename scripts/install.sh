@@ -14,6 +14,8 @@ if ! $PY -c "import torch" >/dev/null 2>&1; then
 fi
 $PIP -r requirements.txt
 if [[ "${1:-}" == "--test" ]]; then $PIP -r requirements-test.txt; fi
+# build tools for --no-build-isolation (an old setuptools, e.g. a fresh venv's 65.x, lacks bdist_wheel)
+$PIP "setuptools>=70.1" wheel
 # editable install: builds agentattn._C next to the sources, installs the `mer` command
 $PIP --no-build-isolation --no-deps -e .
 $PY -c "import agentattn; print('[install] agentattn backends:', agentattn.backends())"
