@@ -80,3 +80,23 @@ def backends() -> dict:
         "cuda_kernels_built": has_cuda_ext(),
         "triton": has_triton(),
     }
+
+
+BACKEND_CHOICES = ("auto", "cpp", "cuda", "triton", "reference")
+
+
+def choose_backend(op: str, device_type: str, backend: str | None, avail) -> str:
+    """The backend an ``op`` call on ``device_type`` uses: the argument, else ``AGENTATTN_BACKEND`` (CPU) /
+    ``AGENTATTN_CUDA_BACKEND`` (CUDA), else the first of ``avail`` (the available backends, fastest first).
+    Falling back to the reference on CPU warns once; an unavailable explicit choice is an error."""
+    env = "AGENTATTN_CUDA_BACKEND" if device_type == "cuda" else "AGENTATTN_BACKEND"
+    choice = (backend or os.environ.get(env) or "auto").lower()
+    if choice not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {choice!r}")
+    if choice == "auto":
+        if avail[0] == "reference" and device_type == "cpu":
+            warn_fallback(op)
+        return avail[0]
+    if choice not in avail:
+        raise ValueError(f"backend {choice!r} is not available for {device_type} tensors here; available: {list(avail)}")
+    return choice

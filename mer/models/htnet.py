@@ -22,7 +22,7 @@ import torch.nn as nn
 from einops import rearrange
 
 from agentattn import AgentAttention, FlowPatchEmbed
-from mer.models.layers import Aggregate, Block, LayerNorm2d, SoftmaxAttention
+from mer.models.layers import Aggregate, Block, LayerNorm2d, SoftmaxAttention, set_attention_fused
 
 Tensor = torch.Tensor
 
@@ -287,11 +287,7 @@ class HTNet(nn.Module):
 
     def set_fused(self, fused: bool | None) -> None:
         """Set the ``fused`` switch of every attention branch (for softmax, None means True)."""
-        for _, branch in self.attention_layers():
-            if isinstance(branch, SoftmaxAttention):
-                branch.fused = True if fused is None else fused
-            elif hasattr(branch, "fused"):
-                branch.fused = fused
+        set_attention_fused(self.attention_layers(), fused)
 
     def attention_info(self) -> list[dict]:
         """Per attention slot: name, level, kind, tokens per attention, blocks per image, dim, agents, params."""

@@ -92,6 +92,16 @@ class SoftmaxAttention(nn.Module):
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(Bn, N, self.inner_dim)))
 
 
+def set_attention_fused(attention_layers, fused: bool | None) -> None:
+    """Set the ``fused`` switch of every attention branch in ``attention_layers`` ((name, module) pairs):
+    softmax branches take ``fused`` (None means True, SDPA), others (agent attention) take it as is."""
+    for _, branch in attention_layers:
+        if isinstance(branch, SoftmaxAttention):
+            branch.fused = True if fused is None else fused
+        elif hasattr(branch, "fused"):
+            branch.fused = fused
+
+
 class Block(nn.Module):
     """Pre-norm transformer block on tokens, (Bn, N, C) -> (Bn, N, C):
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from agentattn import AgentAttention
-from mer.models.layers import Block, SoftmaxAttention
+from mer.models.layers import Block, SoftmaxAttention, set_attention_fused
 
 Tensor = torch.Tensor
 
@@ -170,11 +170,7 @@ class VisionTransformer(nn.Module):
     def set_fused(self, fused: bool | None) -> None:
         """Set the ``fused`` switch of every attention branch (for softmax, None means True)."""
         self.fused = fused
-        for _, branch in self.attention_layers():
-            if isinstance(branch, SoftmaxAttention):
-                branch.fused = True if fused is None else fused
-            elif hasattr(branch, "fused"):
-                branch.fused = fused
+        set_attention_fused(self.attention_layers(), fused)
 
     def attention_info(self) -> list[dict]:
         """Per attention slot: name, kind, tokens, dim, agents, params."""

@@ -8,7 +8,6 @@ composition in ``naive.py`` (one warning per process).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -17,7 +16,7 @@ from agentattn.ops.agent_attention.naive import agent_attention_ref
 
 Tensor = torch.Tensor
 
-BACKENDS = ("auto", "cpp", "cuda", "triton", "reference")
+BACKENDS = _ext.BACKEND_CHOICES
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -96,20 +95,7 @@ def _available(device_type: str) -> tuple:
 def resolve_backend(device: torch.device, backend: str | None) -> str:
     """The backend a call on ``device`` uses: the argument, else ``AGENTATTN_BACKEND`` (CPU) /
     ``AGENTATTN_CUDA_BACKEND`` (CUDA), else the fastest available."""
-    env = "AGENTATTN_CUDA_BACKEND" if device.type == "cuda" else "AGENTATTN_BACKEND"
-    choice = (backend or os.environ.get(env) or "auto").lower()
-    if choice not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {choice!r}")
-    avail = _available(device.type)
-    if choice == "auto":
-        if avail[0] == "reference" and device.type == "cpu":
-            _ext.warn_fallback("agent_attention")
-        return avail[0]
-    if choice not in avail:
-        raise ValueError(
-            f"backend {choice!r} is not available for {device.type} tensors here; available: {list(avail)}"
-        )
-    return choice
+    return _ext.choose_backend("agent_attention", device.type, backend, _available(device.type))
 
 
 def agent_attention(
