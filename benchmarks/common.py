@@ -19,8 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Peak HBM bandwidth in bytes/s by device-name substring (first match wins; vendor datasheets). The same
-# table as ``suites/agent_attention_gpu.PEAK_BW``, kept here so that suites do not import one another.
+# Peak HBM bandwidth in bytes/s by device-name substring (first match wins; vendor datasheets).
 PEAK_BW = [
     ("H200", 4.8e12),
     ("H100 PCIe", 2.0e12),
@@ -54,6 +53,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_result(prefix: str, payload: dict, markdown: str) -> None:
+    """A standalone suite run's output: ``<prefix>.json`` (``payload``) and ``<prefix>.md``."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    with open(prefix + ".json", "w") as f:
+        json.dump(payload, f, indent=1, default=str)
+    with open(prefix + ".md", "w") as f:
+        f.write(markdown)
+    print(f"wrote {prefix}.json and {prefix}.md")
 
 
 def git_commit() -> str | None:

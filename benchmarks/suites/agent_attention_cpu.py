@@ -27,7 +27,6 @@ reference in float64 (output and all six gradients); a kernel that fails is not 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,11 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 NAME = "agent_attention_cpu"
 DEVICES = ("cpu",)  # for benchmarks/run.py: a CPU-only suite
@@ -294,17 +298,6 @@ def to_markdown(rows: list[dict], targets: list[dict] | None = None, meta: dict 
     return "\n".join(lines) + "\n"
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _meta(threads: int) -> dict:
     import torch
 
@@ -317,7 +310,7 @@ def _meta(threads: int) -> dict:
                                text=True, cwd=here).stdout.strip()
     except OSError:
         commit, dirty = None, ""
-    return dict(machine=platform.node(), cpu=_cpu_name(), cores=os.cpu_count(), threads=threads,
+    return dict(machine=platform.node(), cpu=common.cpu_model(), cores=os.cpu_count(), threads=threads,
                 torch=torch.__version__, python=platform.python_version(), commit=commit,
                 kernel_sources_dirty=bool(dirty), backends=agentattn.backends(),
                 mkl=torch.backends.mkl.is_available(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
@@ -343,12 +336,7 @@ def main(argv=None) -> int:
     md = to_markdown(rows, targets, meta)
     print(md)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump(dict(meta=meta, config=asdict(cfg), rows=rows, targets=targets), f, indent=1, default=str)
-        with open(args.out + ".md", "w") as f:
-            f.write(md)
-        print(f"wrote {args.out}.json and {args.out}.md")
+        common.write_result(args.out, dict(meta=meta, config=asdict(cfg), rows=rows, targets=targets), md)
     return 0 if all(r.get("ok", True) for r in rows if r["pass_"] == "check") else 2
 
 

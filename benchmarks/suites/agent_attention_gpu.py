@@ -23,28 +23,16 @@ speed-up against eager. ``check_targets(rows)`` evaluates the issue's targets.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 NAME = "agent_attention_gpu"
-
-# Peak HBM bandwidth in bytes/s by device-name substring (first match wins; vendor datasheets).
-PEAK_BW = [
-    ("H200", 4.8e12),
-    ("H100 PCIe", 2.0e12),
-    ("H100 NVL", 3.9e12),
-    ("H100", 3.35e12),  # H100 SXM5 80GB HBM3
-    ("A100-SXM4-80GB", 2.039e12),
-    ("A100 80GB PCIe", 1.935e12),
-    ("A100", 1.555e12),  # 40 GB parts
-    ("L40S", 0.864e12),
-    ("RTX 4090", 1.008e12),
-]
-
 
 @dataclass
 class GpuBenchConfig:
@@ -61,13 +49,6 @@ class GpuBenchConfig:
     warmup: int = 10
     reps: int = 30
     quick: bool = False
-
-
-def peak_bandwidth(name: str) -> float | None:
-    for key, bw in PEAK_BW:
-        if key.lower() in name.lower():
-            return bw
-    return None
 
 
 def _cfg(cfg) -> GpuBenchConfig:
@@ -174,7 +155,7 @@ def _bench_one(name, B, H, N, n, d, dtype_name, impl, pss, c: GpuBenchConfig) ->
         row.update(error=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
         torch.cuda.empty_cache()
         return row
-    peak = peak_bandwidth(torch.cuda.get_device_name())
+    peak = common.peak_bandwidth(torch.cuda.get_device_name())
     gbs = nbytes / (ms * 1e-3) / 1e9
     row.update(ms=round(ms, 4), gb_s=round(gbs, 1), pct_peak_bw=(round(100 * gbs * 1e9 / peak, 1) if peak else None),
                tflops=round(flops / (ms * 1e-3) / 1e12, 2), peak_mem_mb=round(mem, 1))
@@ -270,12 +251,9 @@ def _meta() -> dict:
 
     import agentattn
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
+    commit = common.git_commit()
     return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                peak_bw=peak_bandwidth(torch.cuda.get_device_name()) if torch.cuda.is_available() else None,
+                peak_bw=common.peak_bandwidth(torch.cuda.get_device_name()) if torch.cuda.is_available() else None,
                 torch=torch.__version__, cuda=torch.version.cuda, commit=commit, backends=agentattn.backends())
 
 
@@ -294,12 +272,7 @@ def main(argv=None) -> int:
     md = to_markdown(rows, targets, meta["device"])
     print(md)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump(dict(meta=meta, config=asdict(cfg), rows=rows, targets=targets), f, indent=1, default=str)
-        with open(args.out + ".md", "w") as f:
-            f.write(md)
-        print(f"wrote {args.out}.json and {args.out}.md")
+        common.write_result(args.out, dict(meta=meta, config=asdict(cfg), rows=rows, targets=targets), md)
     return 0
 
 

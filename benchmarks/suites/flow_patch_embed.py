@@ -27,14 +27,16 @@ gradients with the conv baseline in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 NAME = "flow_patch_embed"
 
@@ -228,12 +230,9 @@ def _meta(c: FlowPatchBenchConfig) -> dict:
 
     import agentattn
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
+    commit = common.git_commit()
     dev = (torch.cuda.get_device_name() if c.device.startswith("cuda") else
-           f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} logical cores")
+           f"{common.cpu_model()} CPU, {os.cpu_count()} logical cores")
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -260,12 +259,7 @@ def main(argv=None) -> int:
     md = to_markdown(rows, meta)
     print(md)
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump(dict(meta=meta, config=asdict(c), rows=rows), f, indent=1, default=str)
-        with open(args.out + ".md", "w") as f:
-            f.write(md)
-        print(f"wrote {args.out}.json and {args.out}.md")
+        common.write_result(args.out, dict(meta=meta, config=asdict(c), rows=rows), md)
     return 0 if all(r.get("ok", True) for r in rows) else 1
 
 
