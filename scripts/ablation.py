@@ -41,22 +41,15 @@ CONFIGS = {
 }
 
 
-def _model_args(args: list[str]) -> dict:
-    out = {}
-    for kv in args:
-        k, v = kv.split("=", 1)
-        out[k] = int(v) if v.lstrip("-").isdigit() else v
-    return out
-
-
 def profile(model_name: str, model_args: list[str], size: int) -> dict:
     """Parameters and forward FLOPs per image (FlopCounterMode, see mer.models.profile)."""
     import torch
 
+    from mer.cli.train import _kv  # the parsing `mer train --model-arg` applies, so this is the trained model
     from mer.models import create_model
     from mer.models.profile import count_flops, count_params
 
-    m = create_model(model_name, **_model_args(model_args)).eval()
+    m = create_model(model_name, **_kv(model_args, "--model-arg")).eval()
     with torch.no_grad():
         f = count_flops(m, torch.randn(1, 3, size, size))
     return {"params": count_params(m), "mflops": f["flops"] / 1e6}
@@ -71,14 +64,13 @@ def run_one(a, name: str, seed: int) -> dict:
     for kv in margs:
         cmd += ["--model-arg", kv]
     metrics = out / "metrics.json"
-    done = metrics.exists() and json.loads(metrics.read_text())["folds_finished"] == json.loads(
-        metrics.read_text())["folds"]
-    if not done:
+    m = json.loads(metrics.read_text()) if metrics.exists() else None
+    if m is None or m["folds_finished"] != m["folds"]:
         print(f"[ablation] {name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
         subprocess.run(cmd, check=True)
         print(f"[ablation] {name} seed {seed}: {time.time() - t0:.0f} s", flush=True)
-    m = json.loads(metrics.read_text())
+        m = json.loads(metrics.read_text())
     return {"config": name, "seed": seed, "model": model, "model_args": margs, "augment": augment,
             "uf1": m["scores"]["all"]["uf1"], "uar": m["scores"]["all"]["uar"],
             "per_dataset": {k: v for k, v in m["scores"].items() if k != "all"},
