@@ -81,7 +81,7 @@ inline bool use_fast(int64_t d) {
 // Per-thread scratch that only grows (no allocation per call once warm).
 template <typename T>
 T* scratch(int slot, size_t count) {
-  static thread_local std::vector<T> buf[4];
+  static thread_local std::vector<T> buf[6];
   if (buf[slot].size() < count) buf[slot].resize(count);
   return buf[slot].data();
 }
@@ -179,6 +179,12 @@ inline int64_t pad8(int64_t x) { return (x + 7) / 8 * 8; }
 inline void prefetch(const float* p, int64_t count) {
   const char* c = reinterpret_cast<const char*>(p);
   for (int64_t off = 0; off < count * 4; off += 64) _mm_prefetch(c + off, _MM_HINT_T1);
+}
+// The same into L1: the bias tiles (read by the softmax passes right after the product, where an L2 hit
+// still stalled them in a profile).
+inline void prefetch_l1(const float* p, int64_t count) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < count * 4; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
 }
 
 // AT (d x np) = s A^T, columns n..np zero.
@@ -353,6 +359,11 @@ inline void stage1(const float* AT, const float* Kp, const float* Vp, const floa
   }
 }
 
+// Output tiles of O go out with non-temporal stores when O is 32-byte aligned (it is not read back here).
+inline int out_mode(const float* Op) {
+  return reinterpret_cast<uintptr_t>(Op) % 32 == 0 ? ukernel::kStream : ukernel::kStore;
+}
+
 // Stage-2 softmax along the rows of S (R x 8*NV, row stride ld; n valid columns, tmask the last vector's
 // valid lanes): adds the bias rows (stride n), keeps the row in registers between max and exp, writes the
 // unnormalised exp (0 in the padding lanes), the row max and the row sum; prefetches the next tile's Q rows.
@@ -402,6 +413,7 @@ inline void stage2(const float* AT, const float* Qp, const float* VAp, const flo
   const int64_t nv = np / 8, tail = n - (nv - 1) * 8;
   const __m256i tmask = ukernel::tail_mask(tail);
   const __m256 ninf = _mm256_set1_ps(neg_inf<float>());
+  const int omode = out_mode(Op);
   for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
     const int64_t R = std::min(kRowsF, r1 - i0);
     ukernel::gemm_bcast(R, np, d, Qp + i0 * d, d, 1, AT, np, S, np, false, nullptr);
@@ -458,14 +470,279 @@ inline void stage2(const float* AT, const float* Qp, const float* VAp, const flo
       L2p[i0 + i] = mrow[i] + std::log(srow[i]);
       srow[i] = 1.0f / srow[i];
     }
-    ukernel::gemm_bcast(R, d, n, S, np, 1, VAp, d, Op + i0 * d, d, false, srow);
+    ukernel::gemm_bcast(R, d, n, S, np, 1, VAp, d, Op + i0 * d, d, omode, srow);
   }
+  if (omode == ukernel::kStream) _mm_sfence();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Agent-major forward layout: scores as n x tokens (agents in rows, tokens in the vector lanes), the
+// layout of the BLAS-tile path, with the token tiles packed transposed (d x C) per tile:
+//   stage 1, per key tile:   S = (s A) K_tile^T        (n x C)  -> online softmax along the rows (keys)
+//                            acc += S V_tile           (n x d)
+//   stage 2, per query tile: ST = (s A) Q_tile^T      (n x R)  -> softmax down the columns (8 queries per
+//                            O = diag(1/sum) ST^T V_A  (R x d)     vector op, no padding of n)
+// No score is computed for padding agents (the token-major layout computes n_pad = 8 * ceil(n / 8)
+// columns: 16 for n = 9), the stage-1 bias is read in place and the stage-2 bias transposed once per call.
+
+// sA (n x d) = s A.
+inline void scale_agents(const float* Ap, int64_t n, int64_t d, float s, float* sA) {
+  for (int64_t i = 0; i < n * d; ++i) sA[i] = s * Ap[i];
+}
+
+// A group of g slices (consecutive batches of one head) that share both biases: the agent-major stages run
+// tile outer, slice inner, so that each bias tile comes from memory once for the whole group (the biases
+// of a head, 2 n N floats, do not fit in L2 at the Swin shape; per slice they were re-read from L3 and cost
+// 20-45 % of the forward). Slice s of the group: tensors at base + s * stride.
+struct AmGroup {
+  int64_t g = 1;
+  const float *sA = nullptr, *K = nullptr, *V = nullptr, *Q = nullptr;  // sA: g x n x d, contiguous
+  float *VA = nullptr, *O = nullptr, *L2 = nullptr, *ml = nullptr;      // ml: g x (m, l), 2 np each
+  int64_t tok_stride = 0, va_stride = 0, l2_stride = 0;                 // K, V, Q, O / V_A / lse2
+};
+
+// Stage 1 over keys [k0, k1) for the slices of grp: per slice m, l (n each, in grp.ml) and acc (n x d, in
+// grp.VA), unnormalised (as stage1_partial).
+inline void stage1_am(const AmGroup& grp, const float* B1p, int64_t N, int64_t n, int64_t np, int64_t d, int64_t k0,
+                      int64_t k1) {
+  float* S = scratch<float>(0, static_cast<size_t>(n * kKeysF));
+  float* KT = scratch<float>(4, static_cast<size_t>(d * kKeysF));
+  for (int64_t s = 0; s < grp.g; ++s) {
+    float* m = grp.ml + s * 2 * np;
+    for (int64_t j = 0; j < n; ++j) m[j] = neg_inf<float>(), m[np + j] = 0.0f;
+    std::fill(grp.VA + s * grp.va_stride, grp.VA + s * grp.va_stride + n * d, 0.0f);
+  }
+  for (int64_t c0 = k0; c0 < k1; c0 += kKeysF) {
+    const int64_t C = std::min(kKeysF, k1 - c0), C8 = pad8(C);
+    const int64_t Cn = c0 + kKeysF < k1 ? std::min(kKeysF, k1 - c0 - kKeysF) : 0;
+    // the next tile's bias: n rows N apart, a stream pattern the hardware prefetcher does not follow
+    if (B1p && Cn)
+      for (int64_t j = 0; j < n; ++j) prefetch_l1(B1p + j * N + c0 + kKeysF, Cn);
+    for (int64_t s = 0; s < grp.g; ++s) {
+      const float *Kp = grp.K + s * grp.tok_stride, *Vp = grp.V + s * grp.tok_stride;
+      float *m = grp.ml + s * 2 * np, *l = m + np, *acc = grp.VA + s * grp.va_stride;
+      ukernel::pack_transposed(Kp + c0 * d, C, d, KT, C8);
+      ukernel::gemm_wide(n, C8, d, grp.sA + s * n * d, d, 1, KT, C8, S, C8, false, nullptr);
+      // what runs next (the next slice's tile, or the first slice's next tile): its K and V rows, spread
+      // over this tile's softmax rows
+      const int64_t tnext = ((c0 - k0) / kKeysF) * grp.g + s + 1;
+      const int64_t ps = tnext % grp.g, pc0 = k0 + (tnext / grp.g) * kKeysF;
+      const int64_t pC = pc0 < k1 ? std::min(kKeysF, k1 - pc0) : 0;
+      const float* pK = grp.K + ps * grp.tok_stride + pc0 * d;
+      const float* pV = grp.V + ps * grp.tok_stride + pc0 * d;
+      const int64_t per_row = (pC * d + n - 1) / n;
+      for (int64_t j = 0; j < n; ++j) {
+        if (pC) {
+          const int64_t off = std::min(j * per_row, pC * d), len = std::min(per_row, pC * d - off);
+          prefetch(pK + off, len);
+          prefetch(pV + off, len);
+        }
+        float* row = S + j * C8;
+        const float mb = vec::add_bias_max(row, B1p ? B1p + j * N + c0 : nullptr, C);
+        const float mnew = std::max(m[j], mb);
+        const float sum = vec::exp_sub_sum(row, C, mnew);
+        if (mnew != m[j]) {
+          const float alpha = m[j] == neg_inf<float>() ? 0.0f : std::exp(m[j] - mnew);
+          l[j] *= alpha;
+          if (c0 > k0) vec::scale_inplace(acc + j * d, d, alpha);
+          m[j] = mnew;
+        }
+        l[j] += sum;
+      }
+      ukernel::gemm_wide(n, d, C, S, C8, 1, Vp + c0 * d, d, acc, d, true, nullptr);
+    }
+  }
+}
+
+// Stage 2 over queries [r0, r1) for the slices of grp: O rows and lse2. B2Tp: the stage-2 bias transposed
+// (n x N) or null.
+inline void stage2_am(const AmGroup& grp, const float* B2Tp, int64_t N, int64_t n, int64_t d, int64_t r0,
+                      int64_t r1) {
+  float* ST = scratch<float>(1, static_cast<size_t>(n * kRowsF));
+  float* QT = scratch<float>(4, static_cast<size_t>(d * kRowsF));
+  float* mv = scratch<float>(5, static_cast<size_t>(2 * kRowsF));
+  float* lv = mv + kRowsF;
+  const int omode = out_mode(grp.O) == ukernel::kStream && (grp.tok_stride * 4) % 32 == 0 ? ukernel::kStream
+                                                                                          : ukernel::kStore;
+  for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
+    const int64_t R = std::min(kRowsF, r1 - i0), R8 = pad8(R);
+    const int64_t Rn = i0 + kRowsF < r1 ? std::min(kRowsF, r1 - i0 - kRowsF) : 0;
+    if (B2Tp && Rn)
+      for (int64_t j = 0; j < n; ++j) prefetch_l1(B2Tp + j * N + i0 + kRowsF, Rn);
+    for (int64_t s = 0; s < grp.g; ++s) {
+      const float* Qp = grp.Q + s * grp.tok_stride;
+      ukernel::pack_transposed(Qp + i0 * d, R, d, QT, R8);
+      ukernel::gemm_wide(n, R8, d, grp.sA + s * n * d, d, 1, QT, R8, ST, R8, false, nullptr);
+      const bool last = s + 1 == grp.g;
+      if (!last)
+        prefetch(grp.Q + (s + 1) * grp.tok_stride + i0 * d, R * d);
+      else if (Rn)
+        prefetch(grp.Q + (i0 + kRowsF) * d, Rn * d);
+      vec::col_softmax<float>(ST, n, R, R8, B2Tp ? B2Tp + i0 : nullptr, N, mv, lv);
+      float* L2p = grp.L2 + s * grp.l2_stride;
+      int64_t i = 0;
+      for (; i + 8 <= R; i += 8) {
+        const __m256 sv = _mm256_loadu_ps(lv + i);
+        _mm256_storeu_ps(L2p + i0 + i, _mm256_add_ps(_mm256_loadu_ps(mv + i), ukernel::log8(sv)));
+        _mm256_storeu_ps(lv + i, _mm256_div_ps(_mm256_set1_ps(1.0f), sv));
+      }
+      for (; i < R; ++i) {
+        L2p[i0 + i] = mv[i] + std::log(lv[i]);
+        lv[i] = 1.0f / lv[i];
+      }
+      ukernel::gemm_wide(R, d, n, ST, 1, R8, grp.VA + s * grp.va_stride, d, grp.O + s * grp.tok_stride + i0 * d, d,
+                         omode, lv);
+    }
+  }
+  if (omode == ukernel::kStream) _mm_sfence();
+}
+
+// The stage-2 bias (Bb, Hb, N, n) as (Bb, Hb, n, N) in a buffer of the calling thread kept between calls;
+// tasks() pieces of 64 queries (as BiasT).
+struct BiasQT {
+  const float* src = nullptr;
+  float* dst = nullptr;
+  int64_t Bb = 0, Hb = 0, n = 0, N = 0, chunks = 0;
+
+  BiasQT(const at::Tensor* b2, int64_t n_, int64_t N_) : n(n_), N(N_) {
+    if (!b2) return;
+    static thread_local std::vector<float> buf;
+    Bb = b2->size(0), Hb = b2->size(1), chunks = (N + 63) / 64;
+    const size_t need = static_cast<size_t>(Bb * Hb * N * n);
+    if (buf.size() < need) buf.resize(need);
+    src = b2->data_ptr<float>();
+    dst = buf.data();
+  }
+  int64_t tasks() const { return src ? Bb * Hb * chunks : 0; }
+  void run(int64_t t) const {
+    const int64_t sl = t / chunks, i0 = (t % chunks) * 64, i1 = std::min(N, i0 + 64);
+    const float* s = src + sl * N * n;
+    float* o = dst + sl * N * n;
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = i0; i < i1; ++i) o[j * N + i] = s[i * n + j];
+  }
+  const float* slice(int64_t b, int64_t h) const {
+    if (!src) return nullptr;
+    return dst + ((Bb == 1 ? 0 : b) * Hb + (Hb == 1 ? 0 : h)) * N * n;
+  }
+};
+
+// Which forward layout: AGENTATTN_CPU_FWD_LAYOUT=token|agent forces one (for comparisons), else by n.
+inline bool agent_major(int64_t n) {
+  const char* e = std::getenv("AGENTATTN_CPU_FWD_LAYOUT");
+  if (e && std::strcmp(e, "token") == 0) return false;
+  if (e && std::strcmp(e, "agent") == 0) return true;
+  return n % 8 != 0;
+}
+
+// Merge the partial stage-1 triples (m, l: np each, acc: n x d) of nkc key chunks per slice into V_A and lse1.
+inline void merge_chunks(const std::vector<float>& parts, int64_t BH, int64_t nkc, int64_t n, int64_t np, int64_t d,
+                         float* VA, float* L1) {
+  const int64_t part_sz = n * d + 2 * np;
+  parallel_tasks(BH, [&](int64_t bh, int) {
+    for (int64_t j = 0; j < n; ++j) {
+      float M = neg_inf<float>();
+      for (int64_t c = 0; c < nkc; ++c) M = std::max(M, parts[(bh * nkc + c) * part_sz + j]);
+      float lsum = 0;
+      float* va = VA + (bh * n + j) * d;
+      std::fill(va, va + d, 0.0f);
+      for (int64_t c = 0; c < nkc; ++c) {
+        const float* p = parts.data() + (bh * nkc + c) * part_sz;
+        const float w = p[j] == neg_inf<float>() ? 0.0f : std::exp(p[j] - M);
+        lsum += w * p[np + j];
+        const float* acc = p + 2 * np + j * d;
+        for (int64_t x = 0; x < d; ++x) va[x] += w * acc[x];
+      }
+      L1[bh * n + j] = M + std::log(lsum);
+      vec::scale_inplace(va, d, 1.0f / lsum);
+    }
+  });
+}
+
+// Normalise one slice's stage-1 result: lse1 = m + log l, V_A = acc / l.
+inline void finish_stage1(const float* m, const float* l, int64_t n, int64_t d, float* acc, float* L1p) {
+  for (int64_t j = 0; j < n; ++j) {
+    L1p[j] = m[j] + std::log(l[j]);
+    vec::scale_inplace(acc + j * d, d, 1.0f / l[j]);
+  }
+}
+
+// Batches per task in the agent-major forward when the biases are shared over the batch: as many as
+// possible (each bias tile is read once per task), while keeping at least 2 tasks per thread.
+inline int64_t batch_group(int64_t B, int64_t H) {
+  const int64_t nt = at::get_num_threads();
+  int64_t g = B;
+  while (g > 1 && H * ((B + g - 1) / g) < 2 * nt) g = (g + 1) / 2;
+  return g;
+}
+
+inline void forward_agent_major(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                                const at::Tensor* b1, const at::Tensor* b2, float scale, at::Tensor& out,
+                                at::Tensor& agent_v, at::Tensor& lse1, at::Tensor& lse2) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+  const int64_t np = pad8(n);
+  const float *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(), *V = v.data_ptr<float>(),
+              *A = a.data_ptr<float>();
+  float *O = out.data_ptr<float>(), *VA = agent_v.data_ptr<float>(), *L1 = lse1.data_ptr<float>(),
+        *L2 = lse2.data_ptr<float>();
+  const float* B1 = b1 ? b1->data_ptr<float>() : nullptr;
+  const BiasQT b2t(b2, n, N);
+  auto b1_slice = [&](int64_t b, int64_t h) { return B1 ? B1 + bias_offset(*b1, b, h) : nullptr; };
+  // gb slices (b0 .. b0 + gb - 1, head h) with their scaled agents in scratch
+  auto group = [&](int64_t b0, int64_t h, int64_t gb) {
+    AmGroup grp;
+    grp.g = gb;
+    float* sA = scratch<float>(2, static_cast<size_t>(gb * n * d));
+    for (int64_t s = 0; s < gb; ++s) scale_agents(A + ((b0 + s) * H + h) * n * d, n, d, scale, sA + s * n * d);
+    const int64_t bh0 = b0 * H + h;
+    grp.sA = sA;
+    grp.K = K + bh0 * N * d, grp.V = V + bh0 * N * d, grp.Q = Q + bh0 * N * d;
+    grp.VA = VA + bh0 * n * d, grp.O = O + bh0 * N * d, grp.L2 = L2 + bh0 * N;
+    grp.ml = scratch<float>(3, static_cast<size_t>(gb * 2 * np));
+    grp.tok_stride = H * N * d, grp.va_stride = H * n * d, grp.l2_stride = H * N;
+    return grp;
+  };
+  const int64_t kc = stage1_chunk(BH, N);
+  const int64_t nkc = (N + kc - 1) / kc;
+  if (nkc == 1) {
+    // enough slices: one task per group of batches (one head) runs both stages, all in one parallel region
+    const bool shared = (!b1 || b1->size(0) == 1) && (!b2 || b2->size(0) == 1);
+    const int64_t g = shared ? batch_group(B, H) : 1, ngr = (B + g - 1) / g;
+    parallel_two_phase(b2t.tasks(), [&](int64_t t) { b2t.run(t); }, H * ngr, [&](int64_t t, int) {
+      const int64_t h = t % H, b0 = (t / H) * g, gb = std::min(g, B - b0);
+      const AmGroup grp = group(b0, h, gb);
+      stage1_am(grp, b1_slice(b0, h), N, n, np, d, 0, N);
+      for (int64_t s = 0; s < gb; ++s) {
+        const float* m = grp.ml + s * 2 * np;
+        finish_stage1(m, m + np, n, d, grp.VA + s * grp.va_stride, L1 + ((b0 + s) * H + h) * n);
+      }
+      stage2_am(grp, b2t.slice(b0, h), N, n, d, 0, N);
+    });
+    return;
+  }
+  // few slices: key chunks for stage 1, merged, then query chunks for stage 2
+  const int64_t part_sz = n * d + 2 * np;
+  std::vector<float> parts(static_cast<size_t>(BH * nkc * part_sz));
+  parallel_two_phase(b2t.tasks(), [&](int64_t t) { b2t.run(t); }, BH * nkc, [&](int64_t t, int) {
+    const int64_t bh = t / nkc, c = t % nkc, k0 = c * kc;
+    AmGroup grp = group(bh / H, bh % H, 1);
+    grp.ml = parts.data() + t * part_sz;
+    grp.VA = grp.ml + 2 * np;
+    stage1_am(grp, b1_slice(bh / H, bh % H), N, n, np, d, k0, std::min(N, k0 + kc));
+  });
+  merge_chunks(parts, BH, nkc, n, np, d, VA, L1);
+  const int64_t nrc = (N + kRowTask - 1) / kRowTask;
+  parallel_tasks(BH * nrc, [&](int64_t t, int) {
+    const int64_t bh = t / nrc, r0 = (t % nrc) * kRowTask;
+    stage2_am(group(bh / H, bh % H, 1), b2t.slice(bh / H, bh % H), N, n, d, r0, std::min(N, r0 + kRowTask));
+  });
 }
 
 inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
                     const at::Tensor* b1, const at::Tensor* b2, float scale, at::Tensor& out, at::Tensor& agent_v,
                     at::Tensor& lse1, at::Tensor& lse2) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3), BH = B * H;
+  if (agent_major(n)) return forward_agent_major(q, k, v, a, b1, b2, scale, out, agent_v, lse1, lse2);
   const int64_t np = pad8(n);
   const float *Q = q.data_ptr<float>(), *K = k.data_ptr<float>(), *V = v.data_ptr<float>(),
               *A = a.data_ptr<float>();
@@ -477,9 +754,9 @@ inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
   const int64_t nkc = (N + kc - 1) / kc;
   auto stage1_task = [&](int64_t t, float* p, float* acc) {
     const int64_t bh = t / nkc, c = t % nkc;
+    const int64_t k0 = c * kc, k1 = std::min(N, k0 + kc);
     float* AT = scratch<float>(2, static_cast<size_t>(d * np));
     pack_agents(A + bh * n * d, n, d, np, scale, AT);
-    const int64_t k0 = c * kc, k1 = std::min(N, k0 + kc);
     stage1(AT, K + bh * N * d, V + bh * N * d, b1t.slice(bh / H, bh % H), n, np, d, k0, k1, p, p + np, acc);
   };
   auto stage2_task = [&](int64_t bh, int64_t r0, int64_t r1) {
@@ -494,10 +771,7 @@ inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
       float* p = scratch<float>(1, static_cast<size_t>(2 * np));
       float* acc = VA + bh * n * d;
       stage1_task(bh, p, acc);
-      for (int64_t j = 0; j < n; ++j) {
-        L1[bh * n + j] = p[j] + std::log(p[np + j]);
-        vec::scale_inplace(acc + j * d, d, 1.0f / p[np + j]);
-      }
+      finish_stage1(p, p + np, n, d, acc, L1 + bh * n);
       stage2_task(bh, 0, N);
     });
     return;
@@ -509,28 +783,7 @@ inline void forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& 
     float* p = parts.data() + t * part_sz;
     stage1_task(t, p, p + 2 * np);
   });
-  {
-    parallel_tasks(BH, [&](int64_t bh, int) {
-      for (int64_t j = 0; j < n; ++j) {
-        float M = neg_inf<float>();
-        for (int64_t c = 0; c < nkc; ++c) M = std::max(M, parts[(bh * nkc + c) * part_sz + j]);
-        float lsum = 0;
-        float* va = VA + (bh * n + j) * d;
-        std::fill(va, va + d, 0.0f);
-        for (int64_t c = 0; c < nkc; ++c) {
-          const float* p = parts.data() + (bh * nkc + c) * part_sz;
-          const float w = p[j] == neg_inf<float>() ? 0.0f : std::exp(p[j] - M);
-          lsum += w * p[np + j];
-          const float* acc = p + 2 * np + j * d;
-          for (int64_t x = 0; x < d; ++x) va[x] += w * acc[x];
-        }
-        L1[bh * n + j] = M + std::log(lsum);
-        vec::scale_inplace(va, d, 1.0f / lsum);
-      }
-    });
-  }
-
-  // ---- stage 2
+  merge_chunks(parts, BH, nkc, n, np, d, VA, L1);
   const int64_t nrc = (N + kRowTask - 1) / kRowTask;
   parallel_tasks(BH * nrc, [&](int64_t t, int) {
     const int64_t bh = t / nrc, r0 = (t % nrc) * kRowTask;

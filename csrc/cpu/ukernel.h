@@ -15,24 +15,50 @@
 #ifdef AGENTATTN_AVX2
 namespace agentattn::ukernel {
 
+// What the tiles do with C (the `accumulate` argument; false/true are kStore/kAccumulate):
+constexpr int kStore = 0;       // C = result
+constexpr int kAccumulate = 1;  // C += result
+constexpr int kStream = 2;      // C = result with non-temporal stores (C 32-byte aligned, ldc % 8 == 0;
+                                // the caller issues _mm_sfence): the output is not read back, so it
+                                // skips the read-for-ownership of every line
+
 template <int MR, int NV>
 inline void tile(int64_t K, const float* a, int64_t sam, int64_t sak, const float* B, int64_t ldb, float* C,
-                 int64_t ldc, bool accumulate, const float* rs) {
+                 int64_t ldc, int accumulate, const float* rs) {
   __m256 c[MR][NV];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) c[m][v] = _mm256_setzero_ps();
-  for (int64_t k = 0; k < K; ++k) {
-    __m256 b[NV];
+  if constexpr (MR * NV + NV + 1 <= 16) {
+    // B row in registers, one broadcast at a time (6 x 16: 12 + 2 + 1 registers)
+    for (int64_t k = 0; k < K; ++k) {
+      __m256 b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(B + k * ldb + 8 * v);
-    const float* ak = a + k * sak;
+      for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(B + k * ldb + 8 * v);
+      const float* ak = a + k * sak;
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) {
-      const __m256 x = _mm256_broadcast_ss(ak + m * sam);
+      for (int m = 0; m < MR; ++m) {
+        const __m256 x = _mm256_broadcast_ss(ak + m * sam);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) c[m][v] = _mm256_fmadd_ps(x, b[v], c[m][v]);
+        for (int v = 0; v < NV; ++v) c[m][v] = _mm256_fmadd_ps(x, b[v], c[m][v]);
+      }
+    }
+  } else {
+    // all broadcasts in registers, one B vector at a time (3 x 32: 12 + 3 + 1 registers; the other order
+    // needs 17 and the compiler then re-reads B from memory in every FMA)
+    for (int64_t k = 0; k < K; ++k) {
+      __m256 x[MR];
+      const float* ak = a + k * sak;
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) x[m] = _mm256_broadcast_ss(ak + m * sam);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        __m256 b = _mm256_loadu_ps(B + k * ldb + 8 * v);
+        asm("" : "+x"(b));  // keep b in a register: GCC otherwise folds the load into each of the MR FMAs
+#pragma GCC unroll 8
+        for (int m = 0; m < MR; ++m) c[m][v] = _mm256_fmadd_ps(x[m], b, c[m][v]);
+      }
     }
   }
 #pragma GCC unroll 8
@@ -42,15 +68,18 @@ inline void tile(int64_t K, const float* a, int64_t sam, int64_t sak, const floa
     for (int v = 0; v < NV; ++v) {
       float* p = C + m * ldc + 8 * v;
       __m256 r = rs ? _mm256_mul_ps(c[m][v], s) : c[m][v];
-      if (accumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(p));
-      _mm256_storeu_ps(p, r);
+      if (accumulate == kAccumulate) r = _mm256_add_ps(r, _mm256_loadu_ps(p));
+      if (accumulate == kStream)
+        _mm256_stream_ps(p, r);
+      else
+        _mm256_storeu_ps(p, r);
     }
   }
 }
 
 template <int NV>
 inline void row_tiles(int64_t M, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B, int64_t ldb,
-                      float* C, int64_t ldc, bool acc, const float* rs) {
+                      float* C, int64_t ldc, int acc, const float* rs) {
   int64_t m0 = 0;
   for (; m0 + 6 <= M; m0 += 6)
     tile<6, NV>(K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, acc, rs ? rs + m0 : nullptr);
@@ -68,7 +97,7 @@ inline void row_tiles(int64_t M, int64_t K, const float* a, int64_t sam, int64_t
 }
 
 inline void gemm_bcast(int64_t M, int64_t NC, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B,
-                       int64_t ldb, float* C, int64_t ldc, bool accumulate, const float* rs) {
+                       int64_t ldb, float* C, int64_t ldc, int accumulate, const float* rs) {
   for (int64_t x0 = 0; x0 < NC; x0 += 16) {
     if (NC - x0 >= 16)
       row_tiles<2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
@@ -77,8 +106,74 @@ inline void gemm_bcast(int64_t M, int64_t NC, int64_t K, const float* a, int64_t
   }
 }
 
+// The same product with 3 x 32 register tiles (12 accumulators) on column blocks of 32, the rest of the
+// columns with the 6-row tiles above: for products whose row count is small or not a multiple of 6 (the
+// agent-major score tiles have n rows, e.g. 9 = 3 x 3).
+template <int NV>
+inline void row_tiles3(int64_t M, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B, int64_t ldb,
+                       float* C, int64_t ldc, int acc, const float* rs) {
+  int64_t m0 = 0;
+  for (; m0 + 3 <= M; m0 += 3)
+    tile<3, NV>(K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, acc, rs ? rs + m0 : nullptr);
+  const float* am = a + m0 * sam;
+  float* cm = C + m0 * ldc;
+  const float* r = rs ? rs + m0 : nullptr;
+  if (M - m0 == 2) tile<2, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r);
+  if (M - m0 == 1) tile<1, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r);
+}
+
+inline void gemm_wide(int64_t M, int64_t NC, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B,
+                      int64_t ldb, float* C, int64_t ldc, int accumulate, const float* rs) {
+  int64_t x0 = 0;
+  for (; x0 + 32 <= NC; x0 += 32)
+    row_tiles3<4>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+  if (NC - x0 >= 16) {
+    row_tiles<2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+    x0 += 16;
+  }
+  if (NC - x0 >= 8) row_tiles<1>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+}
+
+// dst (8 x 8, row stride ldd) = src^T (8 x 8, row stride lds).
+AGENTATTN_INLINE void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r[8], t[8], u[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+#pragma GCC unroll 2
+  for (int h = 0; h < 2; ++h) {  // rows 0-3 (h = 0) and 4-7 (h = 1)
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ldd, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+  }
+}
+
+// dst (d x ldd) = src^T for src (rows x d, row stride d), d a multiple of 8; columns rows..pad8(rows) of dst
+// are zero.
+inline void pack_transposed(const float* src, int64_t rows, int64_t d, float* dst, int64_t ldd) {
+  int64_t c = 0;
+  for (; c + 8 <= rows; c += 8)
+    for (int64_t k = 0; k < d; k += 8) transpose8x8(src + c * d + k, d, dst + k * ldd + c, ldd);
+  if (c == rows) return;
+  for (int64_t k = 0; k < d; ++k) {
+    float* out = dst + k * ldd;
+    for (int64_t i = c; i < rows; ++i) out[i] = src[i * d + k];
+    for (int64_t i = rows; i < c + 8; ++i) out[i] = 0.0f;
+  }
+}
+
 // log(x) for 8 positive normal floats (Cephes logf polynomial).
-inline __m256 log8(__m256 x) {
+AGENTATTN_INLINE __m256 log8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.0f);
   x = _mm256_max_ps(x, _mm256_set1_ps(1.17549435e-38f));
   const __m256i xi = _mm256_castps_si256(x);

@@ -235,6 +235,44 @@ def test_multithreaded_matches_reference(case, three_threads, poisoned):
                                    msg=lambda m: f"d{name}: {m}")
 
 
+# float32 forward paths: two score layouts (token-major: agents padded to 8 in the lanes, the default when
+# n % 8 == 0; agent-major: tokens in the lanes, K/Q tiles packed transposed, the default otherwise), batch
+# groups sharing the bias tiles (biases with batch dim 1), key chunks + merge (few slices), 1 and 3 threads.
+FWD_PATH_CASES = [
+    (5, 3, 200, 9, 32, (1, 3, 9, 200), (1, 3, 200, 9)),     # shared biases: batch groups, 5 not a multiple
+    (4, 2, 197, 49, 64, (1, 1, 49, 197), (1, 2, 197, 49)),  # b1 shared by all heads too
+    (3, 2, 130, 25, 32, (3, 2, 25, 130), (1, 2, 130, 25)),  # full b1: one slice per task
+    (2, 2, 301, 16, 40, None, (1, 2, 301, 16)),             # n % 8 == 0; d = 40 (32 + 8 lanes)
+    (1, 1, 3136, 9, 32, (1, 1, 9, 3136), None),             # one slice: key chunks on threads, merged
+    (2, 1, 77, 3, 24, (1, 1, 3, 77), (2, 1, 77, 3)),        # n < 8; N not a multiple of 8
+]
+
+
+@needs_ext
+@pytest.mark.parametrize("layout", ["token", "agent"])
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("case", FWD_PATH_CASES, ids=_case_id)
+def test_fp32_forward_paths_match_reference(case, threads, layout, monkeypatch, poisoned):
+    """out, V_A and both log-sum-exp statistics of every float32 forward path against the fp64 reference
+    (AGENTATTN_CPU_FWD_LAYOUT forces a layout; it is read on every call)."""
+    monkeypatch.setenv("AGENTATTN_CPU_FWD_LAYOUT", layout)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        B, H, N, n, d, _, _ = case
+        inputs = _make(*case, seed=31)
+        scale = d ** -0.5
+        ref = agent_attention_ref_stats(*inputs, scale)
+        x32 = [None if t is None else t.float().contiguous() for t in inputs]
+        got = torch.ops.agentattn.agent_attention_fwd(*x32, scale)
+    finally:
+        torch.set_num_threads(old)
+    for name, x, r in zip(("out", "agent_v", "lse_agent", "lse_query"), got, ref):
+        assert x.dtype == torch.float32 and x.shape == r.shape, name
+        err = (x.double() - r).abs().max().item() / r.abs().max().item()
+        assert err <= 64 * EPS32, f"{name}: relative error {err:.3g} ({layout}, {threads} threads)"
+
+
 @needs_ext
 def test_low_precision_inputs_run_through_fp32():
     q, k, v, a, b1, b2 = _make(2, 2, 30, 4, 16, (1, 2, 4, 30), None, seed=5)
