@@ -618,8 +618,15 @@ struct BiasQT {
     const int64_t sl = t / chunks, i0 = (t % chunks) * 64, i1 = std::min(N, i0 + 64);
     const float* s = src + sl * N * n;
     float* o = dst + sl * N * n;
+    int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {  // 8 x 8 blocks, then the agents left over
+      int64_t j = 0;
+      for (; j + 8 <= n; j += 8) ukernel::transpose8x8(s + i * n + j, n, o + j * N + i, N);
+      for (; j < n; ++j)
+        for (int64_t r = i; r < i + 8; ++r) o[j * N + r] = s[r * n + j];
+    }
     for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = i0; i < i1; ++i) o[j * N + i] = s[i * n + j];
+      for (int64_t r = i; r < i1; ++r) o[j * N + r] = s[r * n + j];
   }
   const float* slice(int64_t b, int64_t h) const {
     if (!src) return nullptr;
