@@ -5,11 +5,17 @@
 //   stage 2: S2 = s Q A^T + B2 (N x n) -> softmax over n -> P2;  O = P2 V_A (N x d)
 //
 // Two implementations of the same tiling, chosen per call:
-//  - float32 with AVX2+FMA and d % 8 == 0 (namespace fast): every product runs in the unpacked 6 x 16
-//    micro-kernels of ukernel.h on the tensors as they lie in memory (only (s A)^T, d x n_pad, is packed);
-//    stage 1 in key tiles ST = K_tile (sA)^T (C x n_pad) with an online softmax down the columns, stage 2
-//    in query tiles S2 = Q_tile (sA)^T (R x n_pad) with the softmax along the rows; the stage-1 bias is
-//    transposed once per call. One OpenMP region per call when there are enough (batch, head) slices.
+//  - float32 with AVX2+FMA and d % 8 == 0 (namespace fast): every product runs in the unpacked register-
+//    tile micro-kernels of ukernel.h. The forward has two score layouts:
+//      token-major (n % 8 == 0): agents in the vector lanes, padded to n_pad = 8 ceil(n / 8); stage 1 in key
+//        tiles ST = K_tile (sA)^T (C x n_pad) with an online softmax down the columns, stage 2 in query
+//        tiles S2 = Q_tile (sA)^T (R x n_pad) with the softmax along the rows; tensors read where they lie,
+//        only (sA)^T packed; the stage-1 bias transposed once per call;
+//      agent-major (n % 8 != 0, no padding waste): tokens in the lanes, each K/Q tile packed transposed;
+//        S = sA K_tile^T (n x C) with the online softmax along the rows, ST = sA Q_tile^T (n x R) with the
+//        softmax down the columns; batches that share the biases run in groups, tile outer, so that a
+//        bias tile is read once per group; the stage-2 bias transposed once per call.
+//    The backward uses the token-major layout. One OpenMP region per call when there are enough slices.
 //  - float64, float32 without AVX2 or with d % 8 != 0 (and AGENTATTN_CPU_BLAS_PATH=1): BLAS (MKL's
 //    sgemm_/dgemm_ exported by libtorch_cpu, one thread per task) on tiles: stage 1 in key blocks of
 //    kKeys with the same online softmax, stage 2 in transposed tiles ST = s A Q_blk^T (n x kRows), the
