@@ -77,61 +77,51 @@ inline void tile(int64_t K, const float* a, int64_t sam, int64_t sak, const floa
   }
 }
 
-template <int NV>
+// The rows left over after the full tiles of row_tiles: one tile of r <= R rows (nothing when r = 0).
+template <int R, int NV>
+inline void tail_tile(int64_t r, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B, int64_t ldb,
+                      float* C, int64_t ldc, int acc, const float* rs) {
+  if constexpr (R > 0) {
+    if (r == R)
+      tile<R, NV>(K, a, sam, sak, B, ldb, C, ldc, acc, rs);
+    else
+      tail_tile<R - 1, NV>(r, K, a, sam, sak, B, ldb, C, ldc, acc, rs);
+  }
+}
+
+// M rows in tiles of MR rows x 8 NV columns.
+template <int MR, int NV>
 inline void row_tiles(int64_t M, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B, int64_t ldb,
                       float* C, int64_t ldc, int acc, const float* rs) {
   int64_t m0 = 0;
-  for (; m0 + 6 <= M; m0 += 6)
-    tile<6, NV>(K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, acc, rs ? rs + m0 : nullptr);
-  const float* am = a + m0 * sam;
-  float* cm = C + m0 * ldc;
-  const float* r = rs ? rs + m0 : nullptr;
-  switch (M - m0) {
-    case 5: tile<5, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r); break;
-    case 4: tile<4, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r); break;
-    case 3: tile<3, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r); break;
-    case 2: tile<2, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r); break;
-    case 1: tile<1, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r); break;
-    default: break;
-  }
+  for (; m0 + MR <= M; m0 += MR)
+    tile<MR, NV>(K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, acc, rs ? rs + m0 : nullptr);
+  tail_tile<MR - 1, NV>(M - m0, K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, acc, rs ? rs + m0 : nullptr);
 }
 
 inline void gemm_bcast(int64_t M, int64_t NC, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B,
                        int64_t ldb, float* C, int64_t ldc, int accumulate, const float* rs) {
   for (int64_t x0 = 0; x0 < NC; x0 += 16) {
     if (NC - x0 >= 16)
-      row_tiles<2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+      row_tiles<6, 2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
     else
-      row_tiles<1>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+      row_tiles<6, 1>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
   }
 }
 
 // The same product with 3 x 32 register tiles (12 accumulators) on column blocks of 32, the rest of the
-// columns with the 6-row tiles above: for products whose row count is small or not a multiple of 6 (the
+// columns with 6-row tiles: for products whose row count is small or not a multiple of 6 (the
 // agent-major score tiles have n rows, e.g. 9 = 3 x 3).
-template <int NV>
-inline void row_tiles3(int64_t M, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B, int64_t ldb,
-                       float* C, int64_t ldc, int acc, const float* rs) {
-  int64_t m0 = 0;
-  for (; m0 + 3 <= M; m0 += 3)
-    tile<3, NV>(K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, acc, rs ? rs + m0 : nullptr);
-  const float* am = a + m0 * sam;
-  float* cm = C + m0 * ldc;
-  const float* r = rs ? rs + m0 : nullptr;
-  if (M - m0 == 2) tile<2, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r);
-  if (M - m0 == 1) tile<1, NV>(K, am, sam, sak, B, ldb, cm, ldc, acc, r);
-}
-
 inline void gemm_wide(int64_t M, int64_t NC, int64_t K, const float* a, int64_t sam, int64_t sak, const float* B,
                       int64_t ldb, float* C, int64_t ldc, int accumulate, const float* rs) {
   int64_t x0 = 0;
   for (; x0 + 32 <= NC; x0 += 32)
-    row_tiles3<4>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+    row_tiles<3, 4>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
   if (NC - x0 >= 16) {
-    row_tiles<2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+    row_tiles<6, 2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
     x0 += 16;
   }
-  if (NC - x0 >= 8) row_tiles<1>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
+  if (NC - x0 >= 8) row_tiles<6, 1>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, accumulate, rs);
 }
 
 // dst (8 x 8, row stride ldd) = src^T (8 x 8, row stride lds).
