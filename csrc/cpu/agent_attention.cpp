@@ -266,31 +266,42 @@ inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, fl
     _mm256_storeu_ps(l + 8 * v, _mm256_fmadd_ps(_mm256_loadu_ps(l + 8 * v), _mm256_loadu_ps(alpha + 8 * v), sm[v]));
 }
 
-// The stage-1 bias (Bb, Hb, n, N) as (Bb, Hb, N, np), padding zero, in a buffer of the calling thread that
-// is kept between calls (no page faults on a fresh allocation per call). tasks() pieces of 64 keys, each
-// written by run(t), so that the transpose can share a parallel region with the main loop.
-struct BiasT {
+// A rearranged copy of a bias (Bb, Hb, ...) with `per_slice` floats per (b, h) slice, in a buffer of the
+// calling thread that is kept between calls (no page faults on a fresh allocation per call), written in
+// tasks() pieces of 64 tokens by the owner's run(t), so that the copy can share a parallel region with the
+// main loop. Null bias: no tasks, null slices.
+struct BiasCopy {
   const float* src = nullptr;
   float* dst = nullptr;
-  int64_t Bb = 0, Hb = 0, n = 0, N = 0, np = 0, chunks = 0;
+  int64_t Bb = 0, Hb = 0, per_slice = 0, chunks = 0;
 
-  BiasT(const at::Tensor* b1, int64_t n_, int64_t N_, int64_t np_) : n(n_), N(N_), np(np_) {
-    if (!b1) return;
-    static thread_local std::vector<float> buf;
-    Bb = b1->size(0), Hb = b1->size(1), chunks = (N + 63) / 64;
-    const size_t need = static_cast<size_t>(Bb * Hb * N * np);
+  BiasCopy(const at::Tensor* bias, int64_t N, int64_t per_slice_, std::vector<float>& buf) : per_slice(per_slice_) {
+    if (!bias) return;
+    Bb = bias->size(0), Hb = bias->size(1), chunks = (N + 63) / 64;
+    const size_t need = static_cast<size_t>(Bb * Hb * per_slice);
     if (buf.size() < need) buf.resize(need);
-    src = b1->data_ptr<float>();
+    src = bias->data_ptr<float>();
     dst = buf.data();
   }
   int64_t tasks() const { return src ? Bb * Hb * chunks : 0; }
+  const float* slice(int64_t b, int64_t h) const {
+    if (!src) return nullptr;
+    return dst + ((Bb == 1 ? 0 : b) * Hb + (Hb == 1 ? 0 : h)) * per_slice;
+  }
+};
+
+// The stage-1 bias (Bb, Hb, n, N) as (Bb, Hb, N, np), padding zero (token-major layout).
+struct BiasT : BiasCopy {
+  int64_t n, N, np;
+  BiasT(const at::Tensor* b1, int64_t n_, int64_t N_, int64_t np_)
+      : BiasCopy(b1, N_, N_ * np_, buffer()), n(n_), N(N_), np(np_) {}
+  static std::vector<float>& buffer() {
+    static thread_local std::vector<float> buf;
+    return buf;
+  }
   void run(int64_t t) const {
     const int64_t sl = t / chunks, i0 = (t % chunks) * 64;
     transpose_bias(src + sl * n * N, n, N, np, dst + sl * N * np, i0, std::min(N, i0 + 64));
-  }
-  const float* slice(int64_t b, int64_t h) const {
-    if (!src) return nullptr;
-    return dst + ((Bb == 1 ? 0 : b) * Hb + (Hb == 1 ? 0 : h)) * N * np;
   }
 };
 
@@ -368,6 +379,21 @@ inline void stage1(const float* AT, const float* Kp, const float* Vp, const floa
 // Output tiles of O go out with non-temporal stores when O is 32-byte aligned (it is not read back here).
 inline int out_mode(const float* Op) {
   return reinterpret_cast<uintptr_t>(Op) % 32 == 0 ? ukernel::kStream : ukernel::kStore;
+}
+
+// For R stage-2 rows with max m and sum l of their exponentials: lse = m + log l, and l becomes 1 / l (the
+// row scale of the O product).
+inline void finish_rows(const float* m, float* l, int64_t R, float* lse) {
+  int64_t i = 0;
+  for (; i + 8 <= R; i += 8) {
+    const __m256 sv = _mm256_loadu_ps(l + i);
+    _mm256_storeu_ps(lse + i, _mm256_add_ps(_mm256_loadu_ps(m + i), ukernel::log8(sv)));
+    _mm256_storeu_ps(l + i, _mm256_div_ps(_mm256_set1_ps(1.0f), sv));
+  }
+  for (; i < R; ++i) {
+    lse[i] = m[i] + std::log(l[i]);
+    l[i] = 1.0f / l[i];
+  }
 }
 
 // Stage-2 softmax along the rows of S (R x 8*NV, row stride ld; n valid columns, tmask the last vector's
@@ -466,16 +492,7 @@ inline void stage2(const float* AT, const float* Qp, const float* VAp, const flo
       }
         break;
     }
-    int64_t i = 0;
-    for (; i + 8 <= R; i += 8) {
-      const __m256 sv = _mm256_loadu_ps(srow + i);
-      _mm256_storeu_ps(L2p + i0 + i, _mm256_add_ps(_mm256_loadu_ps(mrow + i), ukernel::log8(sv)));
-      _mm256_storeu_ps(srow + i, _mm256_div_ps(_mm256_set1_ps(1.0f), sv));
-    }
-    for (; i < R; ++i) {
-      L2p[i0 + i] = mrow[i] + std::log(srow[i]);
-      srow[i] = 1.0f / srow[i];
-    }
+    finish_rows(mrow, srow, R, L2p + i0);
     ukernel::gemm_bcast(R, d, n, S, np, 1, VAp, d, Op + i0 * d, d, omode, srow);
   }
   if (omode == ukernel::kStream) _mm_sfence();
@@ -568,8 +585,7 @@ inline void stage2_am(const AmGroup& grp, const float* B2Tp, int64_t N, int64_t 
   float* QT = scratch<float>(4, static_cast<size_t>(d * kRowsF));
   float* mv = scratch<float>(5, static_cast<size_t>(2 * kRowsF));
   float* lv = mv + kRowsF;
-  const int omode = out_mode(grp.O) == ukernel::kStream && (grp.tok_stride * 4) % 32 == 0 ? ukernel::kStream
-                                                                                          : ukernel::kStore;
+  const int omode = out_mode(grp.O);  // every slice's O is aligned like the first: tok_stride is a multiple of 8
   for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
     const int64_t R = std::min(kRowsF, r1 - i0), R8 = pad8(R);
     const int64_t Rn = i0 + kRowsF < r1 ? std::min(kRowsF, r1 - i0 - kRowsF) : 0;
@@ -586,16 +602,7 @@ inline void stage2_am(const AmGroup& grp, const float* B2Tp, int64_t N, int64_t 
         prefetch(grp.Q + (i0 + kRowsF) * d, Rn * d);
       vec::col_softmax<float>(ST, n, R, R8, B2Tp ? B2Tp + i0 : nullptr, N, mv, lv);
       float* L2p = grp.L2 + s * grp.l2_stride;
-      int64_t i = 0;
-      for (; i + 8 <= R; i += 8) {
-        const __m256 sv = _mm256_loadu_ps(lv + i);
-        _mm256_storeu_ps(L2p + i0 + i, _mm256_add_ps(_mm256_loadu_ps(mv + i), ukernel::log8(sv)));
-        _mm256_storeu_ps(lv + i, _mm256_div_ps(_mm256_set1_ps(1.0f), sv));
-      }
-      for (; i < R; ++i) {
-        L2p[i0 + i] = mv[i] + std::log(lv[i]);
-        lv[i] = 1.0f / lv[i];
-      }
+      finish_rows(mv, lv, R, L2p + i0);
       ukernel::gemm_wide(R, d, n, ST, 1, R8, grp.VA + s * grp.va_stride, d, grp.O + s * grp.tok_stride + i0 * d, d,
                          omode, lv);
     }
@@ -603,23 +610,14 @@ inline void stage2_am(const AmGroup& grp, const float* B2Tp, int64_t N, int64_t 
   if (omode == ukernel::kStream) _mm_sfence();
 }
 
-// The stage-2 bias (Bb, Hb, N, n) as (Bb, Hb, n, N) in a buffer of the calling thread kept between calls;
-// tasks() pieces of 64 queries (as BiasT).
-struct BiasQT {
-  const float* src = nullptr;
-  float* dst = nullptr;
-  int64_t Bb = 0, Hb = 0, n = 0, N = 0, chunks = 0;
-
-  BiasQT(const at::Tensor* b2, int64_t n_, int64_t N_) : n(n_), N(N_) {
-    if (!b2) return;
+// The stage-2 bias (Bb, Hb, N, n) as (Bb, Hb, n, N) (agent-major layout).
+struct BiasQT : BiasCopy {
+  int64_t n, N;
+  BiasQT(const at::Tensor* b2, int64_t n_, int64_t N_) : BiasCopy(b2, N_, N_ * n_, buffer()), n(n_), N(N_) {}
+  static std::vector<float>& buffer() {
     static thread_local std::vector<float> buf;
-    Bb = b2->size(0), Hb = b2->size(1), chunks = (N + 63) / 64;
-    const size_t need = static_cast<size_t>(Bb * Hb * N * n);
-    if (buf.size() < need) buf.resize(need);
-    src = b2->data_ptr<float>();
-    dst = buf.data();
+    return buf;
   }
-  int64_t tasks() const { return src ? Bb * Hb * chunks : 0; }
   void run(int64_t t) const {
     const int64_t sl = t / chunks, i0 = (t % chunks) * 64, i1 = std::min(N, i0 + 64);
     const float* s = src + sl * N * n;
@@ -633,10 +631,6 @@ struct BiasQT {
     }
     for (int64_t j = 0; j < n; ++j)
       for (int64_t r = i; r < i1; ++r) o[j * N + r] = s[r * n + j];
-  }
-  const float* slice(int64_t b, int64_t h) const {
-    if (!src) return nullptr;
-    return dst + ((Bb == 1 ? 0 : b) * Hb + (Hb == 1 ? 0 : h)) * N * n;
   }
 };
 

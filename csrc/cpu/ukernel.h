@@ -5,8 +5,9 @@
 //   B row-major (ldb), C row-major (ldc), NC a multiple of 8.
 // Every product in the kernel has this form with operands as they lie in memory: the rows of K or Q
 // against the packed, scaled agents (s A)^T (d x n_pad), and a probability tile (read row- or
-// column-wise through the strides) against the rows of V or V_A. Register tile 6 x 16 (12 accumulators);
-// the B panel (K x 16) stays in L1 across the row tiles. rs (per-row output scale) may be null.
+// column-wise through the strides) against the rows of V or V_A. Register tiles of 12 accumulators, 6 x 16
+// (gemm_bcast) or 3 x 32 (gemm_wide); the B panel stays in L1 across the row tiles. rs (per-row output
+// scale) may be null.
 #pragma once
 #include <cstdint>
 
