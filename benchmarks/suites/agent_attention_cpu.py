@@ -17,6 +17,13 @@ processes on a shared machine hits all of them alike):
   mm       torch.mm of a 768 x 768 x 768 fp32 product (0.91 GFLOP, the size of the shape-B n=49 forward),
            timed alongside every shape: the machine's matmul rate in the same run
 
+and, forward only, two floors that no implementation of the op can beat by much (context for the targets):
+
+  bmm4     the forward's four products alone (A K^T, P V, Q A^T, P V_A) through torch.bmm into preallocated
+           outputs: no scale, bias or softmax; the time torch's own GEMMs need for the op's FLOPs
+  stream   the op's compulsory memory traffic through torch's streaming kernels: q, k and v read once
+           (sum) and the output written once (fill); GB/s in the row
+
 Per row: median wall ms over the repetitions (after warm-up, never on zeros), inter-quartile range,
 median CPU ms (process time, all threads), effective GFLOP/s (forward 8·B·H·N·n·d, fwd+bwd 3x that, the
 FlopCounterMode convention of the op), % of the matmul rate, and speed-ups against eager and sdpa2
@@ -56,6 +63,7 @@ MM_SIZE = 768
 class CpuBenchConfig:
     shapes: list = field(default_factory=lambda: list(SHAPES))
     impls: tuple = ("fused", "eager", "sdpa2")
+    floors: tuple = ("bmm4", "stream")  # forward only
     passes: tuple = ("fwd", "fwd_bwd")
     threads: int = 2
     warmup: int = 3
@@ -101,6 +109,29 @@ def _impl_fn(impl):
     if impl == "sdpa2":
         return agent_attention_sdpa
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _floor_fns(ins, B, H, N, n, d) -> dict:
+    """The forward's floors (module docstring): {name: (fn, flops, bytes)}."""
+    import torch
+
+    q, k, v = (t.reshape(B * H, N, d) for t in ins[:3])
+    a = ins[3].reshape(B * H, n, d)
+    s1, s2 = torch.empty(B * H, n, N), torch.empty(B * H, N, n)
+    va, o = torch.empty(B * H, n, d), torch.empty(B * H, N, d)
+
+    def bmm4():
+        torch.bmm(a, k.transpose(1, 2), out=s1)
+        torch.bmm(s1, v, out=va)
+        torch.bmm(q, a.transpose(1, 2), out=s2)
+        torch.bmm(s2, va, out=o)
+
+    def stream():
+        q.sum(), k.sum(), v.sum()
+        o.fill_(0.5)
+
+    tok = B * H * N * d
+    return {"bmm4": (bmm4, 8 * B * H * N * n * d, None), "stream": (stream, None, 4 * 4 * tok)}
 
 
 def check_correct(B, H, N, n, d, tol) -> dict:
@@ -179,6 +210,10 @@ def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[
                     with torch.no_grad():
                         fn(*ins)
             fns[impl] = f
+        floors = _floor_fns(ins, B, H, N, n, d) if not train else {}
+        floors = {k: floors[k] for k in c.floors if k in floors}
+        for nm, (fn, _, _) in floors.items():
+            fns[nm] = fn
         fns["mm"] = lambda: torch.mm(x, y)
         res = _time_interleaved(fns, c.warmup, c.reps[pss])
         mm_rate = mm_flops / (res["mm"]["ms"] * 1e-3) / 1e9
@@ -193,6 +228,19 @@ def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[
                        gflops=round(gfs, 1), pct_mm_rate=round(100 * gfs / mm_rate, 1))
             for other in ("eager", "sdpa2"):
                 if other in res and impl != other:
+                    row[f"speedup_vs_{other}"] = round(res[other]["ms"] / r["ms"], 2)
+            rows.append(row)
+        for nm, (_, fl, nbytes) in floors.items():
+            r = res[nm]
+            row = dict(base, impl=nm, floor=True, ms=round(r["ms"], 3), iqr_ms=round(r["iqr_ms"], 3),
+                       min_ms=round(r["min_ms"], 3), cpu_ms=round(r["cpu_ms"], 3), reps=r["reps"])
+            if fl:
+                gfs = fl / (r["ms"] * 1e-3) / 1e9
+                row.update(flops=fl, gflops=round(gfs, 1), pct_mm_rate=round(100 * gfs / mm_rate, 1))
+            if nbytes:
+                row.update(bytes=nbytes, gbytes_s=round(nbytes / (r["ms"] * 1e-3) / 1e9, 1))
+            for other in ("eager", "sdpa2"):
+                if other in res:
                     row[f"speedup_vs_{other}"] = round(res[other]["ms"] / r["ms"], 2)
             rows.append(row)
         rows.append(dict(base, impl="mm", flops=mm_flops, ms=round(res["mm"]["ms"], 3),
@@ -253,8 +301,26 @@ def check_targets(rows: list[dict]) -> list[dict]:
     for shape, pss, key, want, text in spec:
         r = find(shape, pss)
         val = r.get(key) if r else None
-        out.append(dict(target=text, value=val, want=want, ok=val is not None and val >= want))
+        t = dict(target=text, value=val, want=want, ok=val is not None and val >= want)
+        if r and val:
+            # context: the fused time, the time the target asks for, and the forward's floors in the same run
+            t["fused_ms"] = r["ms"]
+            t["needs_ms"] = round(r["ms"] * val / want, 3)
+            for fl in ("bmm4", "stream"):
+                f = find(shape, pss, fl)
+                if f:
+                    t[f"{fl}_ms"] = f["ms"]
+        out.append(t)
     return out
+
+
+def _targets_markdown(targets: list[dict]) -> list[str]:
+    lines = ["| target | value | met | fused ms | target needs ms | bmm4 ms | stream ms |", "|---|---|---|---|---|---|---|"]
+    for t in targets:
+        cells = [t["target"], t["value"], "yes" if t["ok"] else "NO"] + [t.get(k, "") for k in
+                                                                       ("fused_ms", "needs_ms", "bmm4_ms", "stream_ms")]
+        lines.append("| " + " | ".join(str(x) for x in cells) + " |")
+    return lines
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -265,9 +331,7 @@ def summarize(rows: list[dict]) -> dict:
 
 def summary_markdown(summary: dict) -> str:
     head = "" if summary.get("full_sizes") else "(reduced sizes: targets not meaningful)\n\n"
-    return head + "\n".join(["| target | value | met |", "|---|---|---|"]
-                            + [f"| {t['target']} | {t['value']} | {'yes' if t['ok'] else 'NO'} |"
-                               for t in summary["targets"]]) + "\n"
+    return head + "\n".join(_targets_markdown(summary["targets"])) + "\n"
 
 
 def to_markdown(rows: list[dict], targets: list[dict] | None = None, meta: dict | None = None) -> str:
@@ -287,14 +351,17 @@ def to_markdown(rows: list[dict], targets: list[dict] | None = None, meta: dict 
             continue
         cells = [r.get(k, "") for k in ("shape", "pass_", "impl", "ms", "iqr_ms", "cpu_ms", "gflops", "pct_mm_rate",
                                         "speedup_vs_eager", "speedup_vs_sdpa2")]
+        if "gbytes_s" in r:
+            cells[6] = f"{r['gbytes_s']} GB/s"
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     lines += ["", "## Correctness (fused fp32 vs reference fp64, max |err| / max |ref| over out and 6 grads)", "",
               "| shape | max rel err | ok |", "|---|---|---|"]
     lines += [f"| {r['shape']} | {r['max_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
               for r in rows if r["pass_"] == "check"]
     if targets is not None:  # standalone; benchmarks/run.py shows them through summary_markdown
-        lines += ["", "## Targets (issue 2)", "", "| target | value | met |", "|---|---|---|"]
-        lines += [f"| {t['target']} | {t['value']} | {'yes' if t['ok'] else 'NO'} |" for t in targets]
+        lines += ["", "## Targets (issue 2)", "",
+                  "bmm4 and stream: the forward's floors measured in the same run (module docstring).", ""]
+        lines += _targets_markdown(targets)
     return "\n".join(lines) + "\n"
 
 

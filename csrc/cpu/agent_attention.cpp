@@ -184,12 +184,14 @@ inline int64_t pad8(int64_t x) { return (x + 7) / 8 * 8; }
 // Prefetch [p, p + count floats) into L2 (the next tile's rows of K, V or Q while this tile computes).
 inline void prefetch(const float* p, int64_t count) {
   const char* c = reinterpret_cast<const char*>(p);
+#pragma GCC unroll 4
   for (int64_t off = 0; off < count * 4; off += 64) _mm_prefetch(c + off, _MM_HINT_T1);
 }
 // The same into L1: the bias tiles (read by the softmax passes right after the product, where an L2 hit
 // still stalled them in a profile).
 inline void prefetch_l1(const float* p, int64_t count) {
   const char* c = reinterpret_cast<const char*>(p);
+#pragma GCC unroll 4
   for (int64_t off = 0; off < count * 4; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
 }
 

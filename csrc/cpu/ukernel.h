@@ -33,6 +33,7 @@ inline void tile(int64_t K, const float* a, int64_t sam, int64_t sak, const floa
     for (int v = 0; v < NV; ++v) c[m][v] = _mm256_setzero_ps();
   if constexpr (MR * NV + NV + 1 <= 16) {
     // B row in registers, one broadcast at a time (6 x 16: 12 + 2 + 1 registers)
+#pragma GCC unroll 2
     for (int64_t k = 0; k < K; ++k) {
       __m256 b[NV];
 #pragma GCC unroll 4
@@ -48,6 +49,7 @@ inline void tile(int64_t K, const float* a, int64_t sam, int64_t sak, const floa
   } else {
     // all broadcasts in registers, one B vector at a time (3 x 32: 12 + 3 + 1 registers; the other order
     // needs 17 and the compiler then re-reads B from memory in every FMA)
+#pragma GCC unroll 2
     for (int64_t k = 0; k < K; ++k) {
       __m256 x[MR];
       const float* ak = a + k * sak;

@@ -155,3 +155,29 @@ def test_crossover_interpolation():
     rows2 = [r if not (r["impl"] == "softmax_sdpa" and r["N"] == 800) else dict(r, median_ms=0.9) for r in rows]
     (y,) = sweep.crossovers(rows2)
     assert y["crossover_N"] is None and y["first_faster_N"] is None
+
+
+def test_agent_attention_cpu_floors_and_target_context():
+    """The CPU suite's forward floors (bmm4, stream) are timed beside the kernels and feed the targets table."""
+    cpu = _load("bench_agent_attention_cpu_under_test", BENCH / "suites" / "agent_attention_cpu.py")
+    import agentattn
+
+    if "cpp" not in agentattn.backends()["cpu"]:
+        pytest.skip("agentattn._C is not built")
+    cfg = cpu._cfg({"tiny": True})
+    cfg.threads = 1
+    cfg.shapes = [("B_swin_s1_n9", 1, 2, 392, 9, 32)]
+    rows = cpu.run(cfg)
+    fwd = {r["impl"]: r for r in rows if r["pass_"] == "fwd"}
+    assert {"fused", "eager", "sdpa2", "bmm4", "stream", "mm"} <= set(fwd)
+    assert not any(r.get("floor") for r in rows if r["pass_"] == "fwd_bwd"), "floors are forward-only"
+    B, H, N, n, d = 1, 2, 392, 9, 32
+    assert fwd["bmm4"]["flops"] == 8 * B * H * N * n * d and fwd["bmm4"]["ms"] > 0
+    assert fwd["stream"]["bytes"] == 16 * B * H * N * d and fwd["stream"]["gbytes_s"] > 0
+    t = cpu.check_targets(rows)
+    n9 = next(x for x in t if x["target"].startswith("forward B n=9"))
+    assert n9["needs_ms"] == pytest.approx(fwd["sdpa2"]["ms"] / 3.0, rel=0.02)
+    assert n9["bmm4_ms"] == fwd["bmm4"]["ms"] and n9["stream_ms"] == fwd["stream"]["ms"]
+    md = cpu.to_markdown(rows, t)
+    assert "| B_swin_s1_n9 | fwd | bmm4 |" in md and "| B_swin_s1_n9 | fwd | stream |" in md
+    assert "target needs ms" in md and "GB/s" in md
