@@ -157,8 +157,8 @@ def test_crossover_interpolation():
     assert y["crossover_N"] is None and y["first_faster_N"] is None
 
 
-def test_agent_attention_cpu_floors_and_target_context():
-    """The CPU suite's forward floors (bmm4, stream) are timed beside the kernels and feed the targets table."""
+def test_agent_attention_cpu_reference_points_and_target_context():
+    """The CPU suite's forward reference points (bmm4, stream) are timed beside the kernels and feed the targets table."""
     cpu = _load("bench_agent_attention_cpu_under_test", BENCH / "suites" / "agent_attention_cpu.py")
     import agentattn
 
@@ -170,7 +170,7 @@ def test_agent_attention_cpu_floors_and_target_context():
     rows = cpu.run(cfg)
     fwd = {r["impl"]: r for r in rows if r["pass_"] == "fwd"}
     assert {"fused", "eager", "sdpa2", "bmm4", "stream", "mm"} <= set(fwd)
-    assert not any(r.get("floor") for r in rows if r["pass_"] == "fwd_bwd"), "floors are forward-only"
+    assert not any(r.get("reference") for r in rows if r["pass_"] == "fwd_bwd"), "reference points are forward-only"
     B, H, N, n, d = 1, 2, 392, 9, 32
     assert fwd["bmm4"]["flops"] == 8 * B * H * N * n * d and fwd["bmm4"]["ms"] > 0
     assert fwd["stream"]["bytes"] == 16 * B * H * N * d and fwd["stream"]["gbytes_s"] > 0
