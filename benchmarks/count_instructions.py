@@ -59,6 +59,11 @@ def count(a) -> dict:
             raise SystemExit(f"valgrind run failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
         ann = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", out],
                              capture_output=True, text=True, check=True).stdout
+    return summarize(ann, a.B * a.H * a.calls)
+
+
+def summarize(ann: str, heads: int) -> dict:
+    """Sum callgrind_annotate's exclusive per-function lines of agentattn's kernels, per head and call."""
     per = collections.Counter()
     for line in ann.splitlines():
         m = LINE.match(line)
@@ -68,7 +73,6 @@ def count(a) -> dict:
         name = name.split(":", 1)[1] if ":" in name.split("(")[0] else name  # drop the source file
         name = re.sub(r"\(.*", "", name.replace("(anonymous namespace)", "anon"))
         per[name] += int(m.group(1).replace(",", ""))
-    heads = a.B * a.H * a.calls
     return dict(total=sum(per.values()) / heads, functions=[(k, v / heads) for k, v in per.most_common(8)])
 
 

@@ -319,7 +319,8 @@ def check_targets(rows: list[dict]) -> list[dict]:
 
 
 def _targets_markdown(targets: list[dict]) -> list[str]:
-    lines = ["| target | value | met | fused ms | target needs ms | bmm4 ms | stream ms |", "|---|---|---|---|---|---|---|"]
+    lines = ["| target | value | met | fused ms | target needs ms | bmm4 ms | stream ms |",
+             "|---|---|---|---|---|---|---|"]
     for t in targets:
         cells = [t["target"], t["value"], "yes" if t["ok"] else "NO"] + [t.get(k, "") for k in
                                                                        ("fused_ms", "needs_ms", "bmm4_ms", "stream_ms")]

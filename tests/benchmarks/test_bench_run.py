@@ -158,7 +158,7 @@ def test_crossover_interpolation():
 
 
 def test_agent_attention_cpu_reference_points_and_target_context():
-    """The CPU suite's forward reference points (bmm4, stream) are timed beside the kernels and feed the targets table."""
+    """The CPU suite's forward reference points (bmm4, stream) are timed and feed the targets table."""
     cpu = _load("bench_agent_attention_cpu_under_test", BENCH / "suites" / "agent_attention_cpu.py")
     import agentattn
 
