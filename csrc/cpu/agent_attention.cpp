@@ -195,6 +195,17 @@ inline void prefetch_l1(const float* p, int64_t count) {
   for (int64_t off = 0; off < count * 4; off += 64) _mm_prefetch(c + off, _MM_HINT_T0);
 }
 
+// n rows of a row-major matrix (row stride ld), columns [off, off + count), into L1; nothing for a null
+// matrix or count 0 (the next bias tile of the agent-major stages: n rows N apart, a stream pattern the
+// hardware prefetcher does not follow).
+inline void prefetch_rows_l1(const float* rows, int64_t n, int64_t ld, int64_t off, int64_t count) {
+  if (!rows || count <= 0) return;
+  for (int64_t j = 0; j < n; ++j) prefetch_l1(rows + j * ld + off, count);
+}
+
+// Extent of the tile of `tile` items starting at x0 in [.., end): 0 past the end.
+inline int64_t tile_extent(int64_t x0, int64_t tile, int64_t end) { return x0 < end ? std::min(tile, end - x0) : 0; }
+
 // AT (d x np) = s A^T, columns n..np zero.
 inline void pack_agents(const float* Ap, int64_t n, int64_t d, int64_t np, float s, float* AT) {
   for (int64_t c = 0; c < d; ++c) {
@@ -344,7 +355,7 @@ inline void stage1(const float* AT, const float* Kp, const float* Vp, const floa
     const int64_t C = std::min(kKeysF, k1 - c0);
     ukernel::gemm_bcast(C, np, d, Kp + c0 * d, d, 1, AT, np, ST, np, false, nullptr);
     // the next tile's K and V rows, one row each per row of this tile's softmax pass
-    const int64_t Cn = c0 + kKeysF < k1 ? std::min(kKeysF, k1 - c0 - kKeysF) : 0;
+    const int64_t Cn = tile_extent(c0 + kKeysF, kKeysF, k1);
     const Prefetch pf{Kp + (c0 + kKeysF) * d, Vp + (c0 + kKeysF) * d, d, Cn};
     const float* bias = B1Tp ? B1Tp + c0 * np : nullptr;
     switch (np / 8) {  // register-resident running max and sum for up to 8 vectors (n <= 64)
@@ -451,7 +462,7 @@ inline void stage2(const float* AT, const float* Qp, const float* VAp, const flo
   for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
     const int64_t R = std::min(kRowsF, r1 - i0);
     ukernel::gemm_bcast(R, np, d, Qp + i0 * d, d, 1, AT, np, S, np, false, nullptr);
-    const int64_t Rn = i0 + kRowsF < r1 ? std::min(kRowsF, r1 - i0 - kRowsF) : 0;
+    const int64_t Rn = tile_extent(i0 + kRowsF, kRowsF, r1);
     const float* brows = B2p ? B2p + i0 * n : nullptr;
     const float* qnext = Qp + (i0 + kRowsF) * d;
     switch (nv) {
@@ -539,10 +550,7 @@ inline void stage1_am(const AmGroup& grp, const float* B1p, int64_t N, int64_t n
   }
   for (int64_t c0 = k0; c0 < k1; c0 += kKeysF) {
     const int64_t C = std::min(kKeysF, k1 - c0), C8 = pad8(C);
-    const int64_t Cn = c0 + kKeysF < k1 ? std::min(kKeysF, k1 - c0 - kKeysF) : 0;
-    // the next tile's bias: n rows N apart, a stream pattern the hardware prefetcher does not follow
-    if (B1p && Cn)
-      for (int64_t j = 0; j < n; ++j) prefetch_l1(B1p + j * N + c0 + kKeysF, Cn);
+    prefetch_rows_l1(B1p, n, N, c0 + kKeysF, tile_extent(c0 + kKeysF, kKeysF, k1));  // the next bias tile
     for (int64_t s = 0; s < grp.g; ++s) {
       const float *Kp = grp.K + s * grp.tok_stride, *Vp = grp.V + s * grp.tok_stride;
       float *m = grp.ml + s * 2 * np, *l = m + np, *acc = grp.VA + s * grp.va_stride;
@@ -552,7 +560,7 @@ inline void stage1_am(const AmGroup& grp, const float* B1p, int64_t N, int64_t n
       // over this tile's softmax rows
       const int64_t tnext = ((c0 - k0) / kKeysF) * grp.g + s + 1;
       const int64_t ps = tnext % grp.g, pc0 = k0 + (tnext / grp.g) * kKeysF;
-      const int64_t pC = pc0 < k1 ? std::min(kKeysF, k1 - pc0) : 0;
+      const int64_t pC = tile_extent(pc0, kKeysF, k1);
       const float* pK = grp.K + ps * grp.tok_stride + pc0 * d;
       const float* pV = grp.V + ps * grp.tok_stride + pc0 * d;
       const int64_t per_row = (pC * d + n - 1) / n;
@@ -590,9 +598,8 @@ inline void stage2_am(const AmGroup& grp, const float* B2Tp, int64_t N, int64_t 
   const int omode = out_mode(grp.O);  // every slice's O is aligned like the first: tok_stride is a multiple of 8
   for (int64_t i0 = r0; i0 < r1; i0 += kRowsF) {
     const int64_t R = std::min(kRowsF, r1 - i0), R8 = pad8(R);
-    const int64_t Rn = i0 + kRowsF < r1 ? std::min(kRowsF, r1 - i0 - kRowsF) : 0;
-    if (B2Tp && Rn)
-      for (int64_t j = 0; j < n; ++j) prefetch_l1(B2Tp + j * N + i0 + kRowsF, Rn);
+    const int64_t Rn = tile_extent(i0 + kRowsF, kRowsF, r1);
+    prefetch_rows_l1(B2Tp, n, N, i0 + kRowsF, Rn);  // the next bias tile
     for (int64_t s = 0; s < grp.g; ++s) {
       const float* Qp = grp.Q + s * grp.tok_stride;
       ukernel::pack_transposed(Qp + i0 * d, R, d, QT, R8);
