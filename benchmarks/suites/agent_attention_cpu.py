@@ -224,33 +224,24 @@ def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[
         flops = 8 * B * H * N * n * d * (3 if train else 1)
         base = dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, dtype="float32", pass_=pss,
                     threads=torch.get_num_threads())
-        for impl in impls:
-            r = res[impl]
-            gfs = flops / (r["ms"] * 1e-3) / 1e9
-            row = dict(base, impl=impl, flops=flops, ms=round(r["ms"], 3), iqr_ms=round(r["iqr_ms"], 3),
-                       min_ms=round(r["min_ms"], 3), cpu_ms=round(r["cpu_ms"], 3), reps=r["reps"],
-                       gflops=round(gfs, 1), pct_mm_rate=round(100 * gfs / mm_rate, 1))
-            for other in ("eager", "sdpa2"):
-                if other in res and impl != other:
-                    row[f"speedup_vs_{other}"] = round(res[other]["ms"] / r["ms"], 2)
-            rows.append(row)
-        for nm, (_, fl, nbytes) in refs.items():
+
+        def row_of(nm, fl=None, nbytes=None, speedups=True, **extra):
             r = res[nm]
-            row = dict(base, impl=nm, reference=True, ms=round(r["ms"], 3), iqr_ms=round(r["iqr_ms"], 3),
+            row = dict(base, impl=nm, **extra, ms=round(r["ms"], 3), iqr_ms=round(r["iqr_ms"], 3),
                        min_ms=round(r["min_ms"], 3), cpu_ms=round(r["cpu_ms"], 3), reps=r["reps"])
             if fl:
                 gfs = fl / (r["ms"] * 1e-3) / 1e9
                 row.update(flops=fl, gflops=round(gfs, 1), pct_mm_rate=round(100 * gfs / mm_rate, 1))
             if nbytes:
                 row.update(bytes=nbytes, gbytes_s=round(nbytes / (r["ms"] * 1e-3) / 1e9, 1))
-            for other in ("eager", "sdpa2"):
-                if other in res:
+            for other in ("eager", "sdpa2") if speedups else ():
+                if other in res and nm != other:
                     row[f"speedup_vs_{other}"] = round(res[other]["ms"] / r["ms"], 2)
-            rows.append(row)
-        rows.append(dict(base, impl="mm", flops=mm_flops, ms=round(res["mm"]["ms"], 3),
-                         iqr_ms=round(res["mm"]["iqr_ms"], 3), min_ms=round(res["mm"]["min_ms"], 3),
-                         cpu_ms=round(res["mm"]["cpu_ms"], 3), reps=res["mm"]["reps"], gflops=round(mm_rate, 1),
-                         pct_mm_rate=100.0, mm_shape=f"{MM_SIZE}x{MM_SIZE}x{MM_SIZE}"))
+            return row
+
+        rows += [row_of(impl, flops) for impl in impls]
+        rows += [row_of(nm, fl, nbytes, reference=True) for nm, (_, fl, nbytes) in refs.items()]
+        rows.append(row_of("mm", mm_flops, speedups=False, mm_shape=f"{MM_SIZE}x{MM_SIZE}x{MM_SIZE}"))
         if refused:
             rows.append(dict(base, impl="fused", error="refused: failed the float64 correctness check"))
     return rows
