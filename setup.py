@@ -28,7 +28,7 @@ def _extensions():
         return [], {}
     try:
         import torch
-        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     except ImportError as e:  # pragma: no cover - exercised only on a machine without torch
         raise SystemExit(
             "agentattn needs torch installed before it is built. Run `bash scripts/install.sh` "

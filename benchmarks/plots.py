@@ -58,15 +58,15 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
     nrows = (len(panels) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.4 * nrows), squeeze=False)
     h = doc["header"]
-    for ax, (pss, n, d) in zip(axes.flat, panels):
+    for ax, (pss, n, d) in zip(axes.flat, panels, strict=False):  # an odd panel count leaves one spare axis
         for impl, (col, mk, ls) in STYLE.items():
             Ns, rs = _series(rows, impl, pss, n, d, key)
             if not Ns:
                 continue
             ys = [r[key] for r in rs]
             if key == "median_ms":
-                err = [[max(0.0, y - r.get("p25_ms", y)) for y, r in zip(ys, rs)],
-                       [max(0.0, r.get("p75_ms", y) - y) for y, r in zip(ys, rs)]]
+                err = [[max(0.0, y - r.get("p25_ms", y)) for y, r in zip(ys, rs, strict=True)],
+                       [max(0.0, r.get("p75_ms", y) - y) for y, r in zip(ys, rs, strict=True)]]
                 ax.errorbar(Ns, ys, yerr=err, color=col, marker=mk, ls=ls, ms=4, capsize=2, label=impl)
             else:
                 ax.plot(Ns, ys, color=col, marker=mk, ls=ls, ms=4, label=impl)

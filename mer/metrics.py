@@ -7,11 +7,11 @@ Definition (per class c over the pooled predictions, then the plain mean over ``
     UF1 = mean_c F1_c,  UAR = mean_c recall_c
 This equals scikit-learn's ``f1_score(..., labels=labels, average='macro', zero_division=0)`` and
 ``recall_score(..., labels=labels, average='macro', zero_division=0)`` (its default 'warn' gives the same
-numbers; ``zero_division=1`` would count the recall of a class absent from y_true as 1 and inflate UAR). A class absent from a subset
-still counts (with 0), as the MEGC2019 definition over all three classes requires; helpers that drop
-absent classes (a common bug in public evaluation scripts, which catch the exception of a 1x1 confusion
-matrix and skip the class) report higher numbers on small subsets. On the full composite every class is
-present, so both agree there.
+numbers; ``zero_division=1`` would count the recall of a class absent from y_true as 1 and inflate UAR).
+A class absent from a subset still counts (with 0), as the MEGC2019 definition over all three classes
+requires; helpers that drop absent classes (a common bug in public evaluation scripts, which catch the
+exception of a 1x1 confusion matrix and skip the class) report higher numbers on small subsets. On the
+full composite every class is present, so both agree there.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def confusion_matrix(y_true, y_pred, labels: Sequence[int] = (0, 1, 2)) -> np.nd
     if bad:
         raise ValueError(f"values {bad} are not in labels {tuple(labels)}")
     cm = np.zeros((len(labels), len(labels)), np.int64)
-    for t, p in zip(yt, yp):
+    for t, p in zip(yt, yp, strict=True):
         cm[index[int(t)], index[int(p)]] += 1
     return cm
 
@@ -88,7 +88,7 @@ def megc_log_lines(samples, y_pred, y_true=None) -> list[str]:
             raise ValueError("a sample has no label; pass y_true")
     y_true = list(np.asarray(y_true).ravel())
     folds: dict[tuple[str, str], list[str]] = {}
-    for s, t, p in zip(samples, y_true, y_pred):
+    for s, t, p in zip(samples, y_true, y_pred, strict=True):
         folds.setdefault((s.dataset, s.subject), []).append(f"{s.clip} {int(t)} {int(p)}")
     lines = []
     for (db, subj), rows in folds.items():

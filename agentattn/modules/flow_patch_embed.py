@@ -69,7 +69,7 @@ class FlowPatchEmbed(nn.Module):
 
     # ------------------------------------------------------------------ weight loading
     @torch.no_grad()
-    def load_conv_weights(self, weight: Tensor, bias: Tensor | None = None) -> "FlowPatchEmbed":
+    def load_conv_weights(self, weight: Tensor, bias: Tensor | None = None) -> FlowPatchEmbed:
         """Load a plain patch-embedding conv, weight (D, C, p, p) and bias (D)."""
         if tuple(weight.shape) != tuple(self.proj.weight.shape):
             raise ValueError(f"weight must be {tuple(self.proj.weight.shape)}, got {tuple(weight.shape)}")
@@ -81,7 +81,7 @@ class FlowPatchEmbed(nn.Module):
         return self
 
     @torch.no_grad()
-    def load_htnet_weights(self, weight: Tensor, bias: Tensor | None = None) -> "FlowPatchEmbed":
+    def load_htnet_weights(self, weight: Tensor, bias: Tensor | None = None) -> FlowPatchEmbed:
         """Load HTNet's patch embedding: rearrange ``b c (h p1) (w p2) -> b (p1 p2 c) h w`` followed by a
         1x1 conv with weight (D, p·p·C, 1, 1). Channel (p1·p + p2)·C + c of the 1x1 conv is pixel (p1, p2)
         of input channel c, i.e. ``weight[D, c, p1, p2]`` of the equivalent p x p conv."""

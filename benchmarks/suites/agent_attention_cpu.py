@@ -153,7 +153,7 @@ def check_correct(B, H, N, n, d, tol) -> dict:
     ref = grads(agent_attention_ref, torch.float64)
     got = grads(_impl_fn("fused"), torch.float32)
     errs = {}
-    for name, r, x in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), ref, got):
+    for name, r, x in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), ref, got, strict=True):
         x = x.double()
         errs[name] = float("inf") if not torch.isfinite(x).all() else \
             float((x - r).abs().max() / r.abs().max().clamp_min(1e-30))

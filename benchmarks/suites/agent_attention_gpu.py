@@ -92,7 +92,6 @@ def _peak_mem_mb(fn) -> float:
 
 
 def _make_impl(impl: str, q, k, v, a, b1, b2, s):
-    import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

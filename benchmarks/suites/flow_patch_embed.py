@@ -129,7 +129,7 @@ def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
         gf = torch.autograd.grad(out, params, grad)
         errs = {"out": (out - ref_out).abs().max().item()}
         errs.update({f"d{n}": ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
-                     for n, a, r in zip(("weight", "bias", "pos"), gf, gr)})
+                     for n, a, r in zip(("weight", "bias", "pos"), gf, gr, strict=True)})
         errs["out"] /= ref_out.abs().max().item()
         rows.append(dict(suite=NAME, kind="check", shape=name, B=B, C=C, H=S, W=S, p=p, D=D, device=c.device,
                          rel_err_vs_conv=errs, ok=all(v < 1e-4 for v in errs.values())))
@@ -211,7 +211,8 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             gf = f"{f['gflops']:.1f}" if f else "-"
             line = f"| {shape} | {pss} | {cell('fused')} | {cell('conv')} | {cell('unfold')} | {gf} | {ratio} |"
             if has_cpu:
-                cp = " / ".join(f"{sel[k]['cpu_median_ms']:.3f}" if k in sel else "-" for k in ("fused", "conv", "unfold"))
+                cp = " / ".join(f"{sel[k]['cpu_median_ms']:.3f}" if k in sel else "-"
+                                for k in ("fused", "conv", "unfold"))
                 cr = (f"{f['cpu_ratio_vs_best']:.2f}x (vs {f['cpu_best_baseline']})"
                       if "cpu_ratio_vs_best" in f else "-")
                 line += f" {cp} | {cr} |"
@@ -243,8 +244,9 @@ def _meta(c: FlowPatchBenchConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 epilog="example: OMP_NUM_THREADS=1 python benchmarks/suites/flow_patch_embed.py --quick")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="example: OMP_NUM_THREADS=1 python benchmarks/suites/flow_patch_embed.py --quick")
     ap.add_argument("--out", help="output path prefix: writes <out>.json and <out>.md")
     ap.add_argument("--quick", action="store_true", help="two small shapes, fewer repetitions")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")

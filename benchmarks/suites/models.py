@@ -141,7 +141,7 @@ def count_flops(model, x) -> dict:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x)
     finally:
-        for m, f in zip(switched, saved):
+        for m, f in zip(switched, saved, strict=True):
             m.fused = f
     by_op = {str(k): int(v) for k, v in fc.get_flop_counts().get("Global", {}).items()}
     attn = sum(v for k, v in by_op.items() if "bmm" in k or "agent_attention" in k)

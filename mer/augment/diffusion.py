@@ -17,7 +17,7 @@ the same samples (on the same machine and thread count).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -45,7 +45,7 @@ class ChannelScaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, x: np.ndarray) -> "ChannelScaler":
+    def fit(cls, x: np.ndarray) -> ChannelScaler:
         """x: (M, C, H, W)."""
         x64 = x.astype(np.float64, copy=False)
         mean = x64.mean(axis=(0, 2, 3))
@@ -72,7 +72,7 @@ def class_targets(y: np.ndarray, ratio: str | float) -> dict[int, int]:
     """
     classes, counts = np.unique(y, return_counts=True)
     if isinstance(ratio, str) and ratio.strip().lower() == "balance":
-        out = {int(c): int(counts.max() - n) for c, n in zip(classes, counts)}
+        out = {int(c): int(counts.max() - n) for c, n in zip(classes, counts, strict=True)}
     else:
         try:
             r = float(ratio)
@@ -85,7 +85,7 @@ def class_targets(y: np.ndarray, ratio: str | float) -> dict[int, int]:
         n = np.floor(exact).astype(int)
         for j in np.argsort(-(exact - n), kind="stable")[: total - n.sum()]:
             n[j] += 1
-        out = {int(c): int(k) for c, k in zip(classes, n)}
+        out = {int(c): int(k) for c, k in zip(classes, n, strict=True)}
     return {c: k for c, k in sorted(out.items()) if k > 0}
 
 
@@ -203,7 +203,8 @@ def generate(
     cfg = cfg or train_cfg
     h, w = ckpt["image_size"]
     c = ckpt["in_channels"]
-    labels = np.concatenate([np.full(n, k, dtype=np.int64) for k, n in targets.items()]) if targets else np.zeros(0, np.int64)
+    labels = (np.concatenate([np.full(n, k, dtype=np.int64) for k, n in targets.items()]) if targets
+              else np.zeros(0, np.int64))
     clip = (torch.tensor(ckpt["clip_lo"]), torch.tensor(ckpt["clip_hi"])) if cfg.clip_x0 else None
     g = torch.Generator().manual_seed(_seeds(seed)[3])
     out = []
@@ -278,8 +279,9 @@ def augment_fold(
             _atomic_write(folder / "model.pt", lambda f: torch.save(ckpt, f))
             classes, counts = np.unique(y, return_counts=True)
             meta = {"fold_key": fold_key, "key": key, "x_shape": list(x.shape),
-                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts)},
-                    "seed": int(seed), "cfg": cfg.key_dict(), "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
+                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
+                    "seed": int(seed), "cfg": cfg.key_dict(),
+                    "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
             _atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     x_gen, y_gen = generate(ckpt, targets, seed, cfg)

@@ -72,7 +72,8 @@ def quality_report(x_gen: np.ndarray, y_gen: np.ndarray, x_train: np.ndarray, y_
         m = y_gen == c
         per_class[c] = {
             "real": real.get(c), "generated": gen.get(c),
-            "mean_abs_diff": (np.abs(np.subtract(gen[c]["mean"], real[c]["mean"])).tolist() if c in gen and c in real else None),
+            "mean_abs_diff": (np.abs(np.subtract(gen[c]["mean"], real[c]["mean"])).tolist()
+                              if c in gen and c in real else None),
             "std_ratio": (np.divide(gen[c]["std"], real[c]["std"]).tolist() if c in gen and c in real else None),
             "nn_gen_to_train": _summary(d_gen[m]),
             "nn_real_to_real": _summary(d_rr[y_train == c]),
@@ -110,7 +111,8 @@ def report_markdown(rep: dict) -> str:
               "| | n | min | p01 | median | mean |", "|---|---|---|---|---|---|"]
     for name, s in (("generated → training", gtr), ("real → real (leave-one-out)", rr)):
         if s.get("n"):
-            lines.append(f"| {name} | {s['n']} | {s['min']:.3f} | {s['p01']:.3f} | {s['median']:.3f} | {s['mean']:.3f} |")
+            lines.append(f"| {name} | {s['n']} | {s['min']:.3f} | {s['p01']:.3f} | {s['median']:.3f} "
+                         f"| {s['mean']:.3f} |")
     if o["near_copy_fraction"] is not None:
         lines += ["", f"Median ratio generated/real: {o['median_ratio_gen_over_real']:.3f} (≈ 1: as close to the "
                   "training set as real samples are to each other; ≫ 1: off-manifold; ≪ 1: copies).",

@@ -14,7 +14,8 @@ __all__ = ["toy_flow_set"]
 _CENTRES = [(0.3, 0.3), (0.7, 0.35), (0.5, 0.75)]
 
 
-def toy_flow_set(counts: tuple[int, ...] = (250, 109, 83), size: int = 28, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def toy_flow_set(counts: tuple[int, ...] = (250, 109, 83), size: int = 28,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Returns (x (M, 3, size, size) float32, standardised per channel; y (M,) int64), shuffled; ≤ 3 classes."""
     if len(counts) > len(_CENTRES) or size < 4:
         raise ValueError(f"at most {len(_CENTRES)} classes and size >= 4, got {len(counts)} classes, size {size}")

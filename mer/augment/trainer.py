@@ -7,8 +7,8 @@ CPU core of the development machine.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ class DDPMConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DDPMConfig":
+    def from_dict(cls, d: dict) -> DDPMConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -121,7 +121,8 @@ def build_diffusion(
                              prior_mean=mean, prior_var=var)
 
 
-def class_prior(z: np.ndarray, y: np.ndarray, num_classes: int, min_var: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+def class_prior(z: np.ndarray, y: np.ndarray, num_classes: int,
+                min_var: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class mean and variance images of (standardised) training images z (M, C, H, W).
 
     Returns (mean, var), each (num_classes + 1, C, H, W) float32: row c for class c (classes absent from
@@ -230,7 +231,7 @@ def train_ddpm(
 
 @torch.no_grad()
 def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters()):
+    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
         pe.lerp_(pm, 1.0 - decay)
-    for be, bm in zip(ema.buffers(), model.buffers()):
+    for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)

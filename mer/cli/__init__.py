@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for name, modname in COMMANDS.items():
+    for modname in COMMANDS.values():
         if importlib.util.find_spec(modname) is None:
             continue
         mod = importlib.import_module(modname)

@@ -90,7 +90,7 @@ def _load_npz(path: str):
     try:
         z = np.load(path)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"mer augment: cannot read {path!r} as .npz: {e}")
+        raise SystemExit(f"mer augment: cannot read {path!r} as .npz: {e}") from e
     missing = {"x", "y"} - set(z.files)
     if missing:
         raise SystemExit(f"mer augment: {path!r} lacks key(s) {sorted(missing)}; it has {z.files}. "
@@ -115,11 +115,11 @@ def run(args) -> int:
     try:
         cfg = DDPMConfig(**{**_defaults(), **overrides, "progress": not args.no_progress})
     except ValueError as e:
-        raise SystemExit(f"mer augment: {e}")
+        raise SystemExit(f"mer augment: {e}") from e
     try:
         ratio = args.ratio if args.ratio.strip().lower() == "balance" else float(args.ratio)
     except ValueError:
-        raise SystemExit(f"mer augment: --ratio must be 'balance' or a number, got {args.ratio!r}")
+        raise SystemExit(f"mer augment: --ratio must be 'balance' or a number, got {args.ratio!r}") from None
     if args.toy:
         from mer.augment.toy import toy_flow_set
 
@@ -133,7 +133,7 @@ def run(args) -> int:
         xg, yg = augment_fold(x, y, cfg=cfg, cache_dir=args.cache_dir, fold_key=args.fold_key, seed=args.seed,
                               ratio=ratio)
     except ValueError as e:
-        raise SystemExit(f"mer augment: {e}")
+        raise SystemExit(f"mer augment: {e}") from e
     timing = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
               "threads": torch.get_num_threads(), "n_train": int(len(x)), "n_generated": int(len(xg)),
               "image_shape": list(x.shape[1:])}

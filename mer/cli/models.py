@@ -96,9 +96,9 @@ def run(args) -> int:
             line += [f"{r['latency_ms_b1']:.2f}", f"{r[f'latency_ms_b{args.batch}']:.1f}",
                      f"{r[f'train_step_ms_b{args.batch}']:.1f}"]
         table.append(line)
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *table, strict=True)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) if i in (0, 4, 5) else str(c).rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
     m = machine()
     print(f"# {m['cpu']}, torch {m['torch']}, {m['threads']} thread(s); FLOPs/MACs per image (forward); "
           f"latency: {args.stat} of {args.reps} runs, ms")

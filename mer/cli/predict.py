@@ -37,8 +37,14 @@ def run(args) -> int:
 
     from mer.preprocess import FaceNotFoundError
     from mer.train.models import ModelError
-    from mer.train.predict import (PredictError, checkpoint_paths, choose_apex, clip_frames, load_checkpoint,
-                                   predict_pair)
+    from mer.train.predict import (
+        PredictError,
+        checkpoint_paths,
+        choose_apex,
+        clip_frames,
+        load_checkpoint,
+        predict_pair,
+    )
 
     def fail(msg: str) -> int:
         print(f"mer predict: error: {msg}", file=sys.stderr)

@@ -80,7 +80,8 @@ def run(args) -> int:
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.6))
     axes[0, 0].imshow(on, cmap="gray")
     axes[0, 0].set_title(f"onset {s.onset} (face {meta['face_source']})")
-    for (name, b), c in zip(meta["region_boxes"].items(), ["tab:red", "tab:orange", "tab:cyan", "tab:green"]):
+    colours = ["tab:red", "tab:orange", "tab:cyan", "tab:green"]
+    for (name, b), c in zip(meta["region_boxes"].items(), colours, strict=True):
         axes[0, 0].add_patch(Rectangle((b[0], b[1]), b[2], b[3], fill=False, color=c, lw=1.2, label=name))
     axes[0, 0].legend(fontsize=6, loc="lower left")
     axes[0, 1].imshow(ap, cmap="gray")
@@ -91,7 +92,7 @@ def run(args) -> int:
     im = axes[0, 3].imshow(strain, cmap="magma")
     axes[0, 3].set_title("optical strain")
     fig.colorbar(im, ax=axes[0, 3], fraction=0.046)
-    for j, (ch, name) in enumerate(zip(range(3), ["u (px @ S)", "v (px @ S)", "strain"])):
+    for j, (ch, name) in enumerate(zip(range(3), ["u (px @ S)", "v (px @ S)", "strain"], strict=True)):
         im = axes[1, j].imshow(face[ch], cmap="coolwarm" if ch < 2 else "magma")
         axes[1, j].set_title(f"input face: {name}")
         fig.colorbar(im, ax=axes[1, j], fraction=0.046)

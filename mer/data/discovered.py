@@ -1,9 +1,9 @@
 """What a dataset module finds under a root before validation (see :func:`mer.data.frames.build_samples`)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from mer.data.frames import Entry, middle_apex
 

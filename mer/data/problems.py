@@ -5,14 +5,13 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
-
 MAX_LINES = 60  # problems listed in an error message (the exception keeps all of them)
 
 
 class DatasetError(ValueError):
     """A dataset does not match its annotations (the message lists every problem and how to proceed)."""
 
-    def __init__(self, message: str, problems: list["Problem"] | None = None):
+    def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
 

@@ -8,8 +8,8 @@ branch's parameters and FLOPs). With ``fade_epochs=0`` the caller removes them b
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

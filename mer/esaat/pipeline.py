@@ -162,7 +162,7 @@ def _check_samples(run: Path, samples, y) -> None:
 
     with open(run / "samples.csv", newline="") as f:
         saved = [(r["dataset"], r["subject"], r["clip"], int(r["label"])) for r in csv.DictReader(f)]
-    now = [(s.dataset, s.subject, s.clip, int(t)) for s, t in zip(samples, y)]
+    now = [(s.dataset, s.subject, s.clip, int(t)) for s, t in zip(samples, y, strict=True)]
     if saved != now:
         raise RuntimeError(f"the prepared samples differ from {run}/samples.csv (the data changed since training); "
                            "prune with the data the run was trained on")
@@ -173,7 +173,7 @@ def _write_predictions(path: Path, ids, test, y_test, prob) -> None:
     from mer.train.rundir import atomic_write_text
 
     lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
-    for i, t, pr in zip(test, y_test, prob):
+    for i, t, pr in zip(test, y_test, prob, strict=True):
         ds, subj, clip = ids[i]
         lines.append(f"{int(i)},{ds},{subj},{clip},{int(t)},{int(pr.argmax())}," + ",".join(f"{v:.6f}" for v in pr))
     atomic_write_text(path, "\n".join(lines) + "\n")

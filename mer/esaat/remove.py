@@ -13,7 +13,7 @@ HTNet); branches that already are agent attention are left as they are.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn

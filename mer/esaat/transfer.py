@@ -11,8 +11,8 @@ methods and the ESAAT hooks ``attention_layers()`` and ``block_of(name)``: ``HTN
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn

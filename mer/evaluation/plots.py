@@ -32,7 +32,7 @@ def plot_confusions(m: dict, path) -> Path:
     plt = _plt()
     sets = list(m["scores"].items())
     fig, axes = plt.subplots(1, len(sets), figsize=(3.6 * len(sets), 4.0), squeeze=False)
-    for ax, (name, s) in zip(axes[0], sets):
+    for ax, (name, s) in zip(axes[0], sets, strict=True):
         cm = np.array(s["confusion"], dtype=float)
         norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
@@ -67,7 +67,7 @@ def plot_learning_curves(root, m: dict, path) -> Path:
     if any("oracle_test_acc" in r for h in hists for r in h):
         keys += [("oracle_test_acc", "ORACLE held-out accuracy")]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys), 3.4), squeeze=False)
-    for ax, (k, label) in zip(axes[0], keys):
+    for ax, (k, label) in zip(axes[0], keys, strict=True):
         n = max((len(h) for h in hists), default=0)
         vals = np.full((len(hists), n), np.nan)
         for i, h in enumerate(hists):

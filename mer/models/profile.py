@@ -37,7 +37,7 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> dict:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
             model(x)
     finally:
-        for m, f in zip(softmax, saved):
+        for m, f in zip(softmax, saved, strict=True):
             m.fused = f
         model.train(was_training)
     total = fc.get_total_flops()

@@ -117,7 +117,8 @@ class VisionTransformer(nn.Module):
     def attention_layers(self, include_removed: bool = False) -> list[tuple[str, nn.Module | None]]:
         """Ordered (name, branch) for every attention branch, input to output; ``include_removed`` also lists
         removed ones as (name, None). A branch is called as ``branch(tokens (B, 1 + N, D), hw=grid)``."""
-        return [(n, b.attn) for n, b in zip(self._names(), self.blocks) if include_removed or b.attn is not None]
+        return [(n, b.attn) for n, b in zip(self._names(), self.blocks, strict=True)
+                if include_removed or b.attn is not None]
 
     def block_of(self, name: str) -> Block:
         """The ``Block`` holding the attention slot ``name``."""

@@ -37,7 +37,8 @@ def sample_key(sample, cfg_dict: dict) -> str:
         apex_path = sample.frame_path(sample.apex)
     except ValueError:
         apex_path = ""
-    rel = (lambda p: os.path.relpath(p, sample.root) if sample.root and p else p)
+    def rel(p):
+        return os.path.relpath(p, sample.root) if sample.root and p else p
     ident = {
         "version": PIPELINE_VERSION,
         "sample": [sample.dataset, sample.subject, sample.clip, sample.onset, sample.apex, sample.offset,

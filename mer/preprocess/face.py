@@ -5,7 +5,7 @@ Boxes are ``(x, y, w, h)`` in pixels of the image they were found in.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -17,7 +17,7 @@ class FaceNotFoundError(RuntimeError):
     """No face found by the detector (the message says in what and what to do)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _cascade(name: str = CASCADE) -> cv2.CascadeClassifier:
     path = os.path.join(cv2.data.haarcascades, name)
     clf = cv2.CascadeClassifier(path)

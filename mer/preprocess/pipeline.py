@@ -79,7 +79,7 @@ def flow_maps(onset_crop: np.ndarray, apex_crop: np.ndarray, cfg: PrepConfig, re
     boxes = window_boxes(points, F)
     regions = tile_regions(maps, boxes, cfg.size) * scale
     info.update({"region_source": used, "region_points": points.round(2).tolist(),
-                 "region_boxes": {n: list(b) for n, b in zip(REGION_NAMES, boxes)}, "flow": cfg.flow,
+                 "region_boxes": {n: list(b) for n, b in zip(REGION_NAMES, boxes, strict=True)}, "flow": cfg.flow,
                  "seconds_flow": round(t_flow, 4)})
     return face.astype(np.float32), regions.astype(np.float32), info
 
@@ -245,7 +245,7 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
         hit = cache.load(k)
         if hit is not None:
             results[k] = hit
-    todo = [(s, k) for s, k in zip(samples, keys) if k not in results]
+    todo = [(s, k) for s, k in zip(samples, keys, strict=True) if k not in results]
     errors: dict[str, str] = {}
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"prepare ({cfg.flow})",
                unit="sample", disable=not progress)
@@ -275,7 +275,7 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
             ex.shutdown(wait=True)
     finally:
         bar.close()
-    failed = [(s, errors[k]) for s, k in zip(samples, keys) if k in errors]
+    failed = [(s, errors[k]) for s, k in zip(samples, keys, strict=True) if k in errors]
     if failed:
         lines = "\n".join(f"  - {s.uid}: {why}" for s, why in failed)
         msg = f"{len(failed)} of {len(samples)} sample(s) could not be prepared:\n{lines}"
@@ -283,7 +283,7 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
             raise PrepError(msg + "\nThe others are cached. Fix these, or pass on_error='warn' to exclude "
                             "them (they are counted).", failed)
         warnings.warn(msg + "\nExcluded (on_error='warn').", RuntimeWarning, stacklevel=2)
-    ok = [(s, results[k]) for s, k in zip(samples, keys) if k in results]
+    ok = [(s, results[k]) for s, k in zip(samples, keys, strict=True) if k in results]
     S = cfg.size
     face = np.stack([r[0] for _, r in ok]) if ok else np.zeros((0, 3, S, S), np.float32)
     regions = np.stack([r[1] for _, r in ok]) if ok else np.zeros((0, 3, S, S), np.float32)

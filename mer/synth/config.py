@@ -73,7 +73,7 @@ class Difficulty:
     mismatch: float
 
     @classmethod
-    def from_level(cls, d: float) -> "Difficulty":
+    def from_level(cls, d: float) -> Difficulty:
         d = parse_difficulty(d)
         return cls(
             d=d,

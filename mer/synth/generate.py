@@ -10,9 +10,20 @@ from pathlib import Path
 
 from mer.synth.config import SynthConfig
 from mer.synth.plan import ClipPlan, list_rows, make_plan
-from mer.synth.writers import (CASME2_XLSX, LIST_NAME, SAMM_XLSX, TRUTH_NAME, clip_folder, encode_frame,
-                               frame_name, write_casme2_xlsx, write_json, write_list, write_samm_xlsx,
-                               write_truth)
+from mer.synth.writers import (
+    CASME2_XLSX,
+    LIST_NAME,
+    SAMM_XLSX,
+    TRUTH_NAME,
+    clip_folder,
+    encode_frame,
+    frame_name,
+    write_casme2_xlsx,
+    write_json,
+    write_list,
+    write_samm_xlsx,
+    write_truth,
+)
 
 OUTPUTS = ("casme2", "samm", "smic", LIST_NAME, "synth_config.json")
 

@@ -266,7 +266,7 @@ def _plans_from_rows(cfg: SynthConfig, rows, extras: dict[str, list[str]], n_exc
 def tiny_rows() -> list[tuple[str, str, str, int]]:
     rows = []
     for subj, eps in (("sub01", ("EP01_01", "EP02_01f", "EP03_02")), ("sub02", ("EP01_11f", "EP05_02", "EP09_01"))):
-        rows += [("casme2", subj, ep, lab) for ep, lab in zip(eps, (0, 1, 2))]
+        rows += [("casme2", subj, ep, lab) for ep, lab in zip(eps, (0, 1, 2), strict=True)]
     for subj in ("006", "007"):
         rows += [("samm", subj, f"{subj}_1_{i + 1}", lab) for i, lab in enumerate((0, 1, 2))]
     for subj in ("s01", "s02"):

@@ -67,7 +67,8 @@ class TrainConfig:
     select: str = "fixed"  # 'fixed': the last epoch; 'val': best epoch on a validation split of training subjects
     val_fraction: float = 0.15  # share of the training *subjects* held out for select='val'
     patience: int = 10  # select='val': stop after this many epochs without a better validation UF1
-    reproduce_htnet_oracle: bool = False  # HTNet's released test-set epoch selection (labelled ORACLE; not a valid estimate)
+    # HTNet's released test-set epoch selection (labelled ORACLE; not a valid estimate)
+    reproduce_htnet_oracle: bool = False
     # --- augmentation ----------------------------------------------------------------------------
     augment: str = "none"  # 'none' | 'ddpm' (mer.augment, trained per fold on its training subjects only)
     augment_ratio: str = "balance"  # 'balance' (top classes up to the largest) or a multiple of the fit set, e.g. '1.0'
@@ -156,7 +157,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -169,10 +170,10 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def replace(self, **kw) -> "TrainConfig":
+    def replace(self, **kw) -> TrainConfig:
         return replace(self, **kw)
 
-    def diff(self, other: "TrainConfig") -> list[str]:
+    def diff(self, other: TrainConfig) -> list[str]:
         """Readable differences in the experiment fields (empty: same experiment)."""
         a, b = self.experiment_dict(), other.experiment_dict()
         out = []

@@ -261,7 +261,7 @@ def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0) -> d
 
 def _write_predictions(path: Path, task: FoldTask, test, y_test, pred, prob) -> None:
     lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
-    for i, t, p, pr in zip(test, y_test, pred, prob):
+    for i, t, p, pr in zip(test, y_test, pred, prob, strict=True):
         ds, subj, clip = task.ids[i]
         lines.append(f"{int(i)},{ds},{subj},{clip},{int(t)},{int(p)}," + ",".join(f"{v:.6f}" for v in pr))
     atomic_write_text(path, "\n".join(lines) + "\n")

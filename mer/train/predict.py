@@ -112,4 +112,4 @@ def predict_pair(models: list, onset, apex, *, cropped: bool = False) -> dict:
         x = normalise(x, np.asarray(meta["norm_mean"]), np.asarray(meta["norm_std"]))
         probs.append(predict_proba(model, x)[0])
     p = np.mean(probs, axis=0)
-    return {name: float(v) for name, v in zip(LABEL_NAMES, p)}
+    return {name: float(v) for name, v in zip(LABEL_NAMES, p, strict=True)}

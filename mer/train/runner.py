@@ -16,13 +16,11 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-
 from mer.train import distributed as dist
 from mer.train.config import ConfigMismatch, TrainConfig
 from mer.train.folds import build_folds, fold_dirname, shard
 from mer.train.loop import FoldTask, train_fold
-from mer.train.rundir import RunDir, atomic_write_json, atomic_write_text
+from mer.train.rundir import RunDir, atomic_write_text
 
 # set by the worker initialiser: the arrays every fold of the run shares (sent once per worker process)
 _SHARED: dict = {}
@@ -95,7 +93,7 @@ def _samples_csv(samples, y) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["index", "dataset", "subject", "clip", "label"])
-    for i, (s, t) in enumerate(zip(samples, y)):
+    for i, (s, t) in enumerate(zip(samples, y, strict=True)):
         w.writerow([i, s.dataset, s.subject, s.clip, int(t)])
     return buf.getvalue()
 

@@ -22,7 +22,7 @@ Ir                       file:function
   1,600,000 ( 0.03%)  /work/main/csrc/cpu/agent_attention.cpp:agentattn::(anonymous namespace)::fast::stage1_am(agentattn::(anonymous namespace)::fast::AmGroup const&) [/x/_C.so]
     800,000 ( 0.01%)  => /work/main/csrc/cpu/ukernel.h:void agentattn::ukernel::tile<3, 4>(long) (3x)
  60,000,000 ( 1.01%)  /tmp/Python-3.11.7/Python/ceval.c:_PyEval_EvalFrameDefault [/lib/libpython3.11.so]
-"""
+"""  # noqa: E501 (verbatim callgrind_annotate output)
 
 
 def test_summarize_sums_agentattn_functions_per_head():

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 
 from mer.data import Sample
-from mer.protocols import check_folds, cross_dataset, leave_one_dataset_out, loso, subject_kfold, Fold
+from mer.protocols import Fold, check_folds, cross_dataset, leave_one_dataset_out, loso, subject_kfold
 
 
 def _samples(seed=0):
     rng = np.random.default_rng(seed)
     out = []
     # the same subject spelling in two datasets must stay two subjects
-    for db, subjects in [("casme2", ["sub01", "sub02", "s01"]), ("smic", ["s01", "s02"]), ("samm", ["006", "007", "009"])]:
+    per_dataset = [("casme2", ["sub01", "sub02", "s01"]), ("smic", ["s01", "s02"]), ("samm", ["006", "007", "009"])]
+    for db, subjects in per_dataset:
         for s in subjects:
             for k in range(int(rng.integers(1, 6))):
                 out.append(Sample(db, s, f"{s}_{k}", (), 0, 0, 0, label=int(rng.integers(0, 3))))

@@ -8,7 +8,6 @@ composition in ``naive.py`` (one warning per process).
 """
 from __future__ import annotations
 
-
 import torch
 
 from agentattn import _ext
@@ -60,7 +59,7 @@ def prepare_bias(bias: Tensor | None, target: tuple, name: str, q: Tensor) -> Te
     if bias.dim() > 4:
         raise ValueError(f"{name} must be broadcastable to {target}, got {bias.dim()}-D shape {_shape(bias)}")
     shape = (1,) * (4 - bias.dim()) + _shape(bias)
-    for have, want in zip(shape, target):
+    for have, want in zip(shape, target, strict=True):
         if have not in (1, want):
             raise ValueError(f"{name} must be broadcastable to (B, H, rows, cols) = {target}, got {_shape(bias)}")
     if bias.device != q.device:

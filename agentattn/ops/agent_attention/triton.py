@@ -21,13 +21,16 @@ which is how the CPU test suite checks it. Nothing here touches a GPU at import 
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
 
 from agentattn.ops.agent_attention.triton_kernels import (
-    _stage1_bwd, _stage1_fwd_reduce, _stage1_fwd_split, _stage2_bwd, _stage2_fwd,
+    _stage1_bwd,
+    _stage1_fwd_reduce,
+    _stage1_fwd_split,
+    _stage2_bwd,
+    _stage2_fwd,
 )
 
 Tensor = torch.Tensor
@@ -54,14 +57,14 @@ def _splits(n_tiles: int, bh: int, device: torch.device) -> tuple[int, int]:
     return per, -(-n_tiles // per)
 
 
-def _bias_strides(bias: Optional[Tensor], B: int, H: int) -> tuple[int, int]:
+def _bias_strides(bias: Tensor | None, B: int, H: int) -> tuple[int, int]:
     if bias is None:
         return 0, 0
     Bb, Hb, r, c = bias.shape
     return (Hb * r * c if Bb == B and B > 1 else 0), (r * c if Hb == H and H > 1 else 0)
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor], b2: Optional[Tensor]) -> None:
+def _check(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None) -> None:
     if q.device.type != "cuda" and not _INTERPRET:
         raise ValueError(f"the Triton backend needs CUDA tensors (got {q.device}); set TRITON_INTERPRET=1 "
                          "before importing triton to run it on CPU for testing")
@@ -103,7 +106,7 @@ def _warps(block_a: int, block_d: int) -> int:
     return 8 if block_a * block_d >= 64 * 64 else 4
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor], b2: Optional[Tensor],
+def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None,
             scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the forward kernels. Returns (out (B,H,N,d), agent_v (B,H,n,d), lse_agent (B,H,n) fp32,
     lse_query (B,H,N) fp32)."""
@@ -145,7 +148,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor
     return out, agent_v, lse1, lse2
 
 
-def _bias_grad_buffer(bias: Optional[Tensor], B: int, H: int) -> tuple[Optional[Tensor], bool]:
+def _bias_grad_buffer(bias: Tensor | None, B: int, H: int) -> tuple[Tensor | None, bool]:
     if bias is None:
         return None, False
     atomic = bias.shape[0] != B or bias.shape[1] != H
@@ -154,8 +157,8 @@ def _bias_grad_buffer(bias: Optional[Tensor], B: int, H: int) -> tuple[Optional[
     return torch.empty_like(bias), False
 
 
-def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Optional[Tensor],
-             b2: Optional[Tensor], out: Tensor, agent_v: Tensor, lse1: Tensor, lse2: Tensor,
+def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None,
+             b2: Tensor | None, out: Tensor, agent_v: Tensor, lse1: Tensor, lse2: Tensor,
              scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Launch the backward kernels (probabilities recomputed from lse). Returns
     (dq, dk, dv, dagents, dbias_agent, dbias_query); an absent bias's gradient is an empty tensor."""
@@ -210,8 +213,8 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
 
 # ------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("agentattn_triton::fwd", mutates_args=())
-def _fwd_op(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Optional[Tensor],
-            bias_query: Optional[Tensor], scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _fwd_op(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None,
+            bias_query: Tensor | None, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return forward(q, k, v, agents, bias_agent, bias_query, scale)
 
 
@@ -224,8 +227,8 @@ def _(q, k, v, agents, bias_agent, bias_query, scale):
 
 
 @torch.library.custom_op("agentattn_triton::bwd", mutates_args=())
-def _bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Optional[Tensor],
-            bias_query: Optional[Tensor], out: Tensor, agent_v: Tensor, lse_agent: Tensor, lse_query: Tensor,
+def _bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None,
+            bias_query: Tensor | None, out: Tensor, agent_v: Tensor, lse_agent: Tensor, lse_query: Tensor,
             scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return backward(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_agent, lse_query, scale)
 
@@ -254,8 +257,8 @@ def _backward(ctx, grad_out, _g_agent_v, _g_lse1, _g_lse2):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def agent_attention_triton(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Optional[Tensor],
-                           bias_query: Optional[Tensor], scale: float) -> Tensor:
+def agent_attention_triton(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None,
+                           bias_query: Tensor | None, scale: float) -> Tensor:
     """Agent attention on the Triton kernels, differentiable.
 
     q, k, v: (B, H, N, d); agents: (B, H, n, d); bias_agent (Bb, Hb, n, N) / bias_query (Bb, Hb, N, n)

@@ -12,7 +12,6 @@ runs the reference in ``naive.py`` (one warning per process).
 """
 from __future__ import annotations
 
-
 import torch
 
 from agentattn import _ext

@@ -19,7 +19,6 @@ which is how the CPU test suite checks it. Nothing here touches a GPU at import 
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -48,7 +47,7 @@ def _blocks(D: int, K: int) -> tuple[int, int, int]:
     return 64, bn, bk
 
 
-def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor], p: int) -> None:
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, p: int) -> None:
     if x.device.type != "cuda" and not _INTERPRET:
         raise ValueError(f"the Triton backend needs CUDA tensors (got {x.device}); set TRITON_INTERPRET=1 "
                          "before importing triton to run it on CPU for testing")
@@ -66,7 +65,7 @@ def _geometry(x: Tensor, weight: Tensor, p: int) -> tuple:
     return B, C, H, W, D, gh, gw, gh * gw, C * p * p
 
 
-def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor], patch_size: int,
+def forward(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int,
             flatten: bool) -> Tensor:
     """Launch the forward kernel. Returns (B, D, H/p, W/p), or (B, L, D) when ``flatten``."""
     p = int(patch_size)
@@ -89,8 +88,9 @@ def forward(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Ten
     return out
 
 
-def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor],
-             patch_size: int, flatten: bool, need_dx: bool, need_dweight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None,
+             patch_size: int, flatten: bool, need_dx: bool,
+             need_dweight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the backward kernels. Returns (dx, dweight, dbias, dpos); a gradient not asked for (or of
     an absent bias/pos) is an empty tensor."""
     p = int(patch_size)
@@ -137,7 +137,7 @@ def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor]
 
 # ------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("agentattn_triton::flow_patch_embed_fwd", mutates_args=())
-def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor], patch_size: int,
+def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int,
             flatten: bool) -> Tensor:
     return forward(x, weight, bias, pos, patch_size, flatten)
 
@@ -150,7 +150,7 @@ def _(x, weight, bias, pos, patch_size, flatten):
 
 
 @torch.library.custom_op("agentattn_triton::flow_patch_embed_bwd", mutates_args=())
-def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor],
+def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None,
             patch_size: int, flatten: bool, need_dx: bool, need_dweight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return backward(grad_out, x, weight, bias, pos, patch_size, flatten, need_dx, need_dweight)
 
@@ -181,7 +181,7 @@ def _backward(ctx, grad_out):
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def flow_patch_embed_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], pos: Optional[Tensor],
+def flow_patch_embed_triton(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None,
                             patch_size: int, flatten: bool = False) -> Tensor:
     """Flow-patch embedding on the Triton kernels, differentiable.
 

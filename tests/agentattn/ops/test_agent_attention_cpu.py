@@ -28,7 +28,9 @@ import agentattn
 from agentattn import _ext
 from agentattn.ops.agent_attention import op as aa_op
 from agentattn.ops.agent_attention.naive import (
-    agent_attention_ref, agent_attention_ref_stats, agent_attention_sdpa,
+    agent_attention_ref,
+    agent_attention_ref_stats,
+    agent_attention_sdpa,
 )
 
 HAS_EXT = _ext.has_ext()
@@ -115,7 +117,7 @@ def _case_id(c):
 
 
 def _check_grad_shapes(grads, inputs):
-    for name, g, x in zip(GRAD_NAMES, grads, inputs):
+    for name, g, x in zip(GRAD_NAMES, grads, inputs, strict=True):
         if x is None:
             assert g is None, name
         else:
@@ -170,7 +172,7 @@ def test_fp64_matches_reference(case, poisoned):
     assert out.dtype == torch.float64 and out.shape == (B, H, N, d)
     _check_grad_shapes(grads, inputs)
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-11)
-    for name, x, y in zip(GRAD_NAMES, grads, ref_grads):
+    for name, x, y in zip(GRAD_NAMES, grads, ref_grads, strict=True):
         if y is not None:
             torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()),
                                        msg=lambda m: f"d{name}: {m}")
@@ -194,7 +196,8 @@ def test_fp32_matches_fp64_reference(case, poisoned):
     out, grads = _run(agentattn.agent_attention, inputs, g, torch.float32, scale=scale, backend="cpp")
     assert out.dtype == torch.float32
     _check_grad_shapes(grads, inputs)
-    for name, x, p, r in zip(("out",) + GRAD_NAMES, [out] + grads, [plain_out] + plain_grads, [ref_out] + ref_grads):
+    for name, x, p, r in zip(("out",) + GRAD_NAMES, [out] + grads, [plain_out] + plain_grads, [ref_out] + ref_grads,
+                             strict=True):
         if r is None:
             continue
         assert torch.isfinite(x).all(), name
@@ -230,7 +233,7 @@ def test_multithreaded_matches_reference(case, three_threads, poisoned):
     ref_out, ref_grads = _reference(inputs, g)
     out, grads = _run(agentattn.agent_attention, inputs, g, torch.float64, backend="cpp")
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-11)
-    for name, x, y in zip(GRAD_NAMES, grads, ref_grads):
+    for name, x, y in zip(GRAD_NAMES, grads, ref_grads, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()),
                                    msg=lambda m: f"d{name}: {m}")
 
@@ -267,7 +270,7 @@ def test_fp32_forward_paths_match_reference(case, threads, layout, monkeypatch, 
         got = torch.ops.agentattn.agent_attention_fwd(*x32, scale)
     finally:
         torch.set_num_threads(old)
-    for name, x, r in zip(("out", "agent_v", "lse_agent", "lse_query"), got, ref):
+    for name, x, r in zip(("out", "agent_v", "lse_agent", "lse_query"), got, ref, strict=True):
         assert x.dtype == torch.float32 and x.shape == r.shape, name
         err = (x.double() - r).abs().max().item() / r.abs().max().item()
         assert err <= 64 * EPS32, f"{name}: relative error {err:.3g} ({layout}, {threads} threads)"
@@ -314,7 +317,7 @@ def test_noncontiguous_inputs_and_grad(poisoned):
         out = agentattn.agent_attention(*args, backend="cpp")
         out.backward(g_row.to(dtype).expand(B, H, N, d))
         torch.testing.assert_close(out.double(), out_r.detach(), rtol=tol, atol=tol)
-        for name, x, y in zip(("qkv", "agents", "bias_agent", "bias_query"), leaves, leaves_r):
+        for name, x, y in zip(("qkv", "agents", "bias_agent", "bias_query"), leaves, leaves_r, strict=True):
             torch.testing.assert_close(x.grad.double(), y.grad, rtol=tol, atol=tol * y.grad.abs().max().item(),
                                        msg=lambda m: f"d{name}: {m}")
 
@@ -381,7 +384,7 @@ def test_broadcast_bias_gradients_are_reproducible_with_threads():
     finally:
         torch.set_num_threads(old)
     for r in runs[1:]:
-        for name, x0, x1 in zip(("out", "q", "k", "v", "agents", "bias_agent", "bias_query"), runs[0], r):
+        for name, x0, x1 in zip(("out", "q", "k", "v", "agents", "bias_agent", "bias_query"), runs[0], r, strict=True):
             assert torch.equal(x0, x1), f"{name} differs between identical calls"
 
 
@@ -423,7 +426,7 @@ def test_torch_compile_fullgraph(backend):
     out_c, grads_c = _run(fn, inputs, g, torch.float32)
     out_e, grads_e = _run(agentattn.agent_attention, inputs, g, torch.float32)
     torch.testing.assert_close(out_c, out_e)
-    for name, x, y in zip(GRAD_NAMES, grads_c, grads_e):
+    for name, x, y in zip(GRAD_NAMES, grads_c, grads_e, strict=True):
         torch.testing.assert_close(x, y, msg=lambda m: f"d{name}: {m}")
 
 
@@ -595,7 +598,7 @@ def test_hypothesis_shapes_fp64(B, H, N, n, d, k1, k2, scale, seed):
     out, grads = _run(agentattn.agent_attention, inputs, g, torch.float64, scale=scale, backend="cpp")
     _check_grad_shapes(grads, inputs)
     torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-10)
-    for name, x, y in zip(GRAD_NAMES, grads, ref_grads):
+    for name, x, y in zip(GRAD_NAMES, grads, ref_grads, strict=True):
         if y is not None:
             torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10 * (1 + y.abs().max().item()),
                                        msg=lambda m: f"d{name}: {m}")

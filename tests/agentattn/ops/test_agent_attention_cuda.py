@@ -70,7 +70,7 @@ def test_matches_fp64_reference(shape, dtype, backend):
     plain = _run(lambda *x: agent_attention_ref(*x, d ** -0.5), inputs, dtype, grad)
     got = _run(lambda *x: agentattn.agent_attention(*x, backend=backend), inputs, dtype, grad)
     names = ["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"]
-    for name, r, p, g in zip(names, ref, plain, got):
+    for name, r, p, g in zip(names, ref, plain, got, strict=True):
         if r is None:
             continue
         assert torch.isfinite(g).all(), name

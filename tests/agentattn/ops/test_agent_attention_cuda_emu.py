@@ -78,7 +78,7 @@ def test_emulated_cuda_kernels_match_reference(lib, case):
     assert lib.emu_forward(*common, _ptr(out), _ptr(va), _ptr(l1), _ptr(l2), splits) == 0
     assert splits[0] > 1 and splits[1] > 1 or sms == 1 or N <= 32  # the split-N path is exercised
     for name, x, y in zip(("out", "agent_v", "lse_agent", "lse_query"), (out, va, l1, l2),
-                          agent_attention_ref_stats(q, k, v, a, b1, b2, s)):
+                          agent_attention_ref_stats(q, k, v, a, b1, b2, s), strict=True):
         torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5, msg=name)
 
     xs = [None if t is None else t.clone().requires_grad_() for t in (q, k, v, a, b1, b2)]
@@ -97,6 +97,7 @@ def test_emulated_cuda_kernels_match_reference(lib, case):
     rc = lib.emu_backward(*common, _ptr(out), _ptr(va), _ptr(l1), _ptr(l2), _ptr(grad32), _ptr(dq), _ptr(dk),
                           _ptr(dv), _ptr(da), _ptr(db1), at1, _ptr(db2), at2)
     assert rc == 0
-    for name, x, y in zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), (dq, dk, dv, da, db1, db2), xs):
+    for name, x, y in zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), (dq, dk, dv, da, db1, db2), xs,
+                          strict=True):
         if y is not None:
             torch.testing.assert_close(x.double(), y.grad, rtol=1e-4, atol=2e-5, msg=f"d{name}")

@@ -54,7 +54,7 @@ def test_forward_stats_match_reference(case):
     f = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
     # poison: outputs are freshly allocated; a NaN anywhere means an unwritten or bad element
     got = tri.forward(f(q), f(k), f(v), f(a), f(b1), f(b2), s)
-    for name, x, y in zip(("out", "agent_v", "lse_agent", "lse_query"), got, ref):
+    for name, x, y in zip(("out", "agent_v", "lse_agent", "lse_query"), got, ref, strict=True):
         assert x.dtype == torch.float32, name
         assert torch.isfinite(x).all(), name
         torch.testing.assert_close(x.double().cpu(), y, rtol=2e-5, atol=2e-5, msg=name)
@@ -73,7 +73,7 @@ def test_gradients_match_reference(case):
     out_ref.backward(grad)
     out.backward(grad.float().to(DEVICE))
     torch.testing.assert_close(out.detach().double().cpu(), out_ref.detach(), rtol=2e-5, atol=2e-5)
-    for name, x, y in zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), got, ref):
+    for name, x, y in zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), got, ref, strict=True):
         if y is None:
             continue
         assert x.grad is not None and x.grad.shape == y.shape, name
@@ -130,6 +130,7 @@ def test_fp16_tensor_core_path_within_twice_plain_torch_error(monkeypatch):
     ref = run(agent_attention_ref, torch.float64, "cpu")
     plain = run(agent_attention_ref, torch.float16, "cpu")
     got = run(tri.agent_attention_triton, torch.float16, DEVICE)
-    for name, r, p, g in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), ref, plain, got):
+    names = ("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query")
+    for name, r, p, g in zip(names, ref, plain, got, strict=True):
         err, base = (g - r).abs().max().item(), (p - r).abs().max().item()
         assert err <= 2 * base + 1e-3 * r.abs().max().item(), f"{name}: {err:.3g} vs plain fp16 {base:.3g}"

@@ -63,7 +63,7 @@ def test_fused_matches_reference(shape, combo, flatten, dtype):
     cast = [None if t is None else t.to(dtype) for t in inputs]
     got = _run(lambda *a: flow_patch_embed(*a, backend="cpp"), cast, p, flatten, grad)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    for name, x, y in zip(("out", "dx", "dweight", "dbias", "dpos"), got, ref):
+    for name, x, y in zip(("out", "dx", "dweight", "dbias", "dpos"), got, ref, strict=True):
         if y is None:
             assert x is None, name
             continue
@@ -114,7 +114,7 @@ def test_thread_count_does_not_change_results(threads):
         many = _run(lambda *a: flow_patch_embed(*a, backend="cpp"), inputs, 2, False, grad)
     finally:
         torch.set_num_threads(old)
-    for x, y in zip(one, many):
+    for x, y in zip(one, many, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-13)
 
 
@@ -145,7 +145,7 @@ def test_torch_compile_fullgraph_forward_and_backward():
     grad = torch.randn(2, 16, 16)
     got = _run(lambda *a: fn(*a[:4]), (x, w, b, q), 7, True, grad)
     ref = _run(_ref, (x, w, b, q), 7, True, grad)
-    for name, g_, r in zip(("out", "dx", "dw", "db", "dpos"), got, ref):
+    for name, g_, r in zip(("out", "dx", "dw", "db", "dpos"), got, ref, strict=True):
         torch.testing.assert_close(g_, r, rtol=2e-5, atol=2e-5, msg=name)
 
 

@@ -124,6 +124,6 @@ def test_emulated_cuda_kernels_match_reference(lib, case, flatten):
                           _ptr(work), ctypes.byref(splits))
     assert rc == 0
     assert splits.value > 1 or sms == 1 or B * L <= 64  # the split-token dweight path is exercised
-    for name, got, t in zip(("x", "weight", "bias", "pos"), (dx, dw, db, dq), xs):
+    for name, got, t in zip(("x", "weight", "bias", "pos"), (dx, dw, db, dq), xs, strict=True):
         if t is not None:
             torch.testing.assert_close(got.double(), t.grad, rtol=1e-4, atol=2e-5, msg=f"d{name}")

@@ -57,7 +57,7 @@ def test_output_and_gradients_match_reference(case, flatten):
     out_ref.backward(grad)
     out.backward(grad.float().to(DEVICE))
     torch.testing.assert_close(out.detach().double().cpu(), out_ref.detach(), rtol=2e-5, atol=2e-5)
-    for name, x, y in zip(("x", "weight", "bias", "pos"), got, ref):
+    for name, x, y in zip(("x", "weight", "bias", "pos"), got, ref, strict=True):
         if y is None:
             continue
         assert x.grad is not None and x.grad.shape == y.shape, name
@@ -104,6 +104,6 @@ def test_fp16_tensor_core_path_within_twice_plain_torch_error(monkeypatch):
     ref = run(flow_patch_embed_ref, torch.float64, "cpu")
     plain = run(flow_patch_embed_ref, torch.float16, "cpu")
     got = run(lambda *a: tri.flow_patch_embed_triton(*a, False), torch.float16, DEVICE)
-    for name, r, p, g in zip(("out", "dx", "dweight", "dbias", "dpos"), ref, plain, got):
+    for name, r, p, g in zip(("out", "dx", "dweight", "dbias", "dpos"), ref, plain, got, strict=True):
         err, base = (g - r).abs().max().item(), (p - r).abs().max().item()
         assert err <= 2 * base + 1e-3 * r.abs().max().item(), f"{name}: {err:.3g} vs plain fp16 {base:.3g}"

@@ -57,8 +57,9 @@ def test_ddpm_trains_on_exactly_the_passed_arrays(monkeypatch, tmp_path):
     assert len(seen_x) == 30 * 8  # train_steps × batch_size rows went through the trainer
     assert not np.any(seen_x == SENTINEL), "a held-out value reached the DDPM"
     # every row iterated is a row of x_train (bit for bit, with its label), and all of x_train was used
-    train_rows = {r.tobytes(): int(lbl) for r, lbl in zip(x_train, y_train)}
-    assert all(r.tobytes() in train_rows and train_rows[r.tobytes()] == lbl for r, lbl in zip(seen_x, seen_y))
+    train_rows = {r.tobytes(): int(lbl) for r, lbl in zip(x_train, y_train, strict=True)}
+    assert all(r.tobytes() in train_rows and train_rows[r.tobytes()] == lbl
+               for r, lbl in zip(seen_x, seen_y, strict=True))
     assert {r.tobytes() for r in seen_x} == set(train_rows)
     # the standardisation was fitted on exactly the passed array
     assert len(fitted) == 1 and np.array_equal(fitted[0], x_train)
@@ -68,7 +69,8 @@ def test_ddpm_trains_on_exactly_the_passed_arrays(monkeypatch, tmp_path):
     np.testing.assert_allclose(ck["scaler_mean"], x_train.astype(np.float64).mean((0, 2, 3)))
     assert ck["rows_seen"] == 30 * 8
     # the class prior (mean image per class) is that of x_train's own classes, in standardised units
-    z = (x_train.astype(np.float64) - np.array(ck["scaler_mean"])[None, :, None, None]) / np.array(ck["scaler_std"])[None, :, None, None]
+    mean, std = np.array(ck["scaler_mean"])[None, :, None, None], np.array(ck["scaler_std"])[None, :, None, None]
+    z = (x_train.astype(np.float64) - mean) / std
     for c in range(3):
         np.testing.assert_allclose(ck["prior_mean"][c].numpy(), z[y_train == c].mean(0), rtol=1e-4, atol=1e-5)
     assert not np.any(x_gen == SENTINEL)

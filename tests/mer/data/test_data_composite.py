@@ -6,8 +6,8 @@ import warnings
 import pytest
 from data_fixtures import make_casme2, make_casme3, make_samm, make_smic
 
-from mer.data.sample_lists import LISTS_DIR
 from mer.data import DatasetError, DatasetWarning, casme3_part_a, megc2019_composite, read_sample_list, shipped_list
+from mer.data.sample_lists import LISTS_DIR
 
 
 @pytest.fixture

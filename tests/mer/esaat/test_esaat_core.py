@@ -6,9 +6,22 @@ import pytest
 import torch
 
 from agentattn import AgentAttention
-from mer.esaat import (ESAATConfig, FinetuneConfig, esaat_model, finetune, gaussian_entropy, greedy_select,
-                       layer_transfer_entropy, model_cost, prune, ranking_agreement, selection_agreement,
-                       set_entropy, skipped, transfer_entropy)
+from mer.esaat import (
+    ESAATConfig,
+    FinetuneConfig,
+    esaat_model,
+    finetune,
+    gaussian_entropy,
+    greedy_select,
+    layer_transfer_entropy,
+    model_cost,
+    prune,
+    ranking_agreement,
+    selection_agreement,
+    set_entropy,
+    skipped,
+    transfer_entropy,
+)
 from mer.models import SoftmaxAttention, create_model
 from mer.models.vit import vit_test
 

@@ -89,7 +89,7 @@ class ReleasedHTNet(nn.Module):
     def forward(self, img):
         x = rearrange(img, "b c (h p1) (w p2) -> b (p1 p2 c) h w", p1=self.p, p2=self.p)
         x = self.to_patch_embedding(x)
-        for level, (tr, agg) in zip(reversed(range(len(self.layers))), self.layers):
+        for level, (tr, agg) in zip(reversed(range(len(self.layers))), self.layers, strict=True):
             b = 2 ** level
             x = rearrange(x, "b c (b1 h) (b2 w) -> (b b1 b2) c h w", b1=b, b2=b)
             x = rearrange(tr(x), "(b b1 b2) c h w -> b c (b1 h) (b2 w)", b1=b, b2=b)

@@ -43,8 +43,9 @@ def test_mer_models_json_and_table(capsys):
 
 def test_flops_match_a_hand_count():
     """htnet_tiny at batch 1, counted by hand (2 FLOPs per multiply-add of every Linear/conv/matmul)."""
-    from mer.models.profile import count_flops
     import torch
+
+    from mer.models.profile import count_flops
     m = create_model("htnet_tiny")  # 16px, p2 -> 8x8 tokens, dim 16/32, heads 2/4, depth 1/1, mlp x2
     macs = 3 * 4 * 16 * 64                       # patch embedding: 64 tokens, 12 -> 16
     for C, N, blocks in ((16, 16, 4), (32, 16, 1)):
@@ -59,6 +60,7 @@ def test_flops_match_a_hand_count():
 def test_config_survives_a_json_round_trip():
     """The trainer saves model.cfg as JSON: rebuilding from it gives the same architecture and weights load."""
     import torch
+
     from mer.models import HTNet
     m = create_model("htnet_tiny_lape_agent", dropout=0.1)
     cfg = HTNetConfig(**json.loads(json.dumps(m.cfg.to_dict())))

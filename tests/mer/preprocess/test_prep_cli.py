@@ -1,10 +1,10 @@
 """`mer prepare` and `mer show-sample` end to end on a tiny CASME II tree (crops, no detection)."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import openpyxl
 import pytest
-import cv2
 from test_prep_flow import shifted_texture
 
 from mer.cli import main
