@@ -17,7 +17,7 @@ fi
 $PY -m ruff check .
 
 echo "== [2/4] main test suite"
-$PY -m pytest -q -m "not triton and not cuda" "$@"
+$PY -m pytest -q --durations=15 -m "not triton and not cuda" "$@"
 
 echo "== [3/4] Triton kernels under TRITON_INTERPRET=1"
 if $PY -c "import triton" >/dev/null 2>&1; then
