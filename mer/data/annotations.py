@@ -58,6 +58,7 @@ def read_rows(path: str | os.PathLike, *, max_header_row: int = 40) -> list[Row]
         raise DatasetError(f"cannot read annotation file {path}: {type(e).__name__}: {e}") from e
     values = raw.values.tolist()
     header_idx, mapping = None, {}
+    best = (0, None, {})  # (required columns found, row index, mapping): the likeliest header row
     for i, row in enumerate(values[:max_header_row]):
         names = [norm_header(v) for v in row]
         found = {}
@@ -68,6 +69,17 @@ def read_rows(path: str | os.PathLike, *, max_header_row: int = 40) -> list[Row]
         if all(c in found for c in REQUIRED):
             header_idx, mapping = i, found
             break
+        n_req = sum(c in found for c in REQUIRED)
+        if n_req > best[0]:
+            best = (n_req, i, found)
+    if header_idx is None and best[0] >= 3:  # a header row with some required column(s) missing
+        n_req, i, found = best
+        missing = [c for c in REQUIRED if c not in found]
+        cells = ", ".join(str(v) for v in values[i] if norm_header(v))
+        want = "; ".join(f"'{c}' (a header named {' or '.join(COLUMN_ALIASES[c])}, any case/spacing)"
+                         for c in missing)
+        raise DatasetError(f"{path}: the header row (row {i + 1}: {cells}) has no column for {want}. "
+                           "Add the column, or pass the dataset's original annotation file.")
     if header_idx is None:
         want = ", ".join(f"{c} ({'/'.join(COLUMN_ALIASES[c])})" for c in REQUIRED)
         raise DatasetError(

@@ -70,6 +70,8 @@ class Entry:
     source: str           # "file.xlsx row 12" or "folder"
     label: int | None = None  # when given (sample lists), overrides the emotion rule
     label_given: bool = False
+    errata: str = ""             # the correction applied from the errata table (mer.data.errata)
+    apex_estimated: bool = False  # the apex was set by a rule (errata), not read from the sheet
 
 
 def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry], Path | None],
@@ -112,7 +114,7 @@ def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry]
         if e.onset > e.offset:
             fail(f"onset {e.onset} is after offset {e.offset}", "onset-after-offset")
             continue
-        apex, est = e.apex, False
+        apex, est = e.apex, e.apex_estimated
         if apex is None:
             if missing_apex == "estimate":
                 apex, est = apex_rule(e.onset, e.offset), True
@@ -147,14 +149,14 @@ def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry]
             gappy.append(f"{e.subject}/{e.clip} [{ranges(missing)}]")
         if bad:
             continue
-        if est:
+        if est and not e.errata:  # errata have their own notice
             estimated.append(f"{e.subject}/{e.clip}")
         samples.append(Sample(
             dataset=dataset, subject=e.subject, clip=e.clip,
             frames=tuple(index[n] for n in want if n in index), onset=e.onset, apex=apex,
             offset=e.offset, aus=e.aus, emotion=e.emotion, label=label, apex_is_estimated=est,
             cropped=cropped, root=str(root), native_clip=e.native_clip,
-            missing_frames=tuple(n for n in missing)))
+            missing_frames=tuple(n for n in missing), errata=e.errata))
     if estimated and dataset != "smic":
         problems.note(f"{len(estimated)} sample(s) have no annotated apex; apex set to the middle frame "
                       f"(apex_is_estimated=True): {', '.join(estimated)}. Pass missing_apex='error' to "

@@ -164,9 +164,9 @@ def apex_face_28(path) -> np.ndarray:
     """(28, 28, 3) uint8 BGR: the apex face read with cv2.imread and resized with INTER_AREA (release)."""
     import cv2
 
-    img = cv2.imread(str(path))
-    if img is None:
-        raise OSError(f"cannot read apex face {path}")
+    from mer.data.images import read_image
+
+    img = read_image(path)  # = cv2.imread's array, for a complete file (else ImageError)
     return cv2.resize(img, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
 
 

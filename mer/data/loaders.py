@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from mer.data.errata import apply_errata
+from mer.data.errata import resolve as resolve_errata
 from mer.data.frames import build_samples
 from mer.data.layout import check_root
 from mer.data.problems import DatasetError, Problems, check_on_error
@@ -16,10 +18,11 @@ _MODULES = {"casme2": "mer.data.casme2", "samm": "mer.data.samm", "smic": "mer.d
 
 def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", smic_apex="middle",
           missing_apex="estimate", keep: dict[tuple[str, str], ListEntry] | None = None,
-          ) -> tuple[list[Sample], Problems]:
+          errata="shipped") -> tuple[list[Sample], Problems]:
     if name not in _MODULES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     check_on_error(on_error)
+    table = resolve_errata(errata)
     root = check_root(name, root)
     problems = Problems(name)
     mod = importlib.import_module(_MODULES[name])
@@ -38,6 +41,7 @@ def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", 
         entries = [e for e in entries if (e.subject, e.clip) in keep]
         for e in entries:
             e.label, e.label_given = keep[(e.subject, e.clip)].label, True
+    apply_errata(name, entries, table, problems)
     samples = build_samples(
         name, entries, found.clip_dir, cropped=found.cropped, root=root, problems=problems,
         missing_apex="estimate" if name == "smic" else missing_apex, apex_rule=found.apex_rule,
@@ -49,7 +53,7 @@ def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", 
 
 
 def load_dataset(name: str, root, *, annotation=None, frames: str = "auto", on_error: str = "raise",
-                 smic_apex="middle", missing_apex: str = "estimate") -> list[Sample]:
+                 smic_apex="middle", missing_apex: str = "estimate", errata="shipped") -> list[Sample]:
     """All annotated clips of one dataset, validated against the frames on disk.
 
     name: 'casme2' | 'samm' | 'smic' | 'casme3'. root: the folder holding the dataset as distributed
@@ -59,10 +63,12 @@ def load_dataset(name: str, root, *, annotation=None, frames: str = "auto", on_e
     them, the affected samples excluded and counted. smic_apex: 'middle' or a callable
     (onset, offset) -> frame for SMIC (no apex annotated). missing_apex: 'estimate' (middle frame,
     ``apex_is_estimated=True``, reported in a warning) or 'error' for rows with '/' or blank apex.
-    Samples outside the 3-class protocol ("others") are returned with ``label=None``.
+    Samples outside the 3-class protocol ("others") are returned with ``label=None``. errata: 'shipped'
+    (default: correct the known annotation errors of the public sheets, announced in a warning and
+    recorded in ``Sample.errata``; see mer.data.errata), 'none', or a path to a table of the same form.
     """
     samples, problems = _load(name, root, annotation=annotation, frames=frames, on_error=on_error,
-                              smic_apex=smic_apex, missing_apex=missing_apex)
+                              smic_apex=smic_apex, missing_apex=missing_apex, errata=errata)
     problems.finish(on_error, len(samples))
     return samples
 
@@ -74,12 +80,12 @@ def megc2019_composite(casme2=None, samm=None, smic=None, *, sample_list=None, o
     casme2, samm, smic: dataset roots. sample_list: None (the shipped 442-row list), or a path to a CSV
     of the same format (``dataset,subject,clip,label``; e.g. the synthetic generator's) or the 441-row
     headerless challenge file. Other keywords go to the loaders (annotation files are per dataset, so
-    pass ``casme2_annotation=...``/``samm_annotation=...``; frames, smic_apex, missing_apex).
+    pass ``casme2_annotation=...``/``samm_annotation=...``; frames, smic_apex, missing_apex, errata).
     Every list entry must be found: problems of all three datasets are reported together.
     Returned in list order.
     """
     check_on_error(on_error)
-    allowed = {"frames", "smic_apex", "missing_apex", "casme2_annotation", "samm_annotation"}
+    allowed = {"frames", "smic_apex", "missing_apex", "casme2_annotation", "samm_annotation", "errata"}
     unknown = sorted(set(kw) - allowed)
     if unknown:
         raise TypeError(f"megc2019_composite got unexpected keyword(s) {unknown}; allowed: {sorted(allowed)}")
@@ -100,7 +106,7 @@ def megc2019_composite(casme2=None, samm=None, smic=None, *, sample_list=None, o
     for d in roots:
         if not per[d]:
             continue
-        opts = {k: v for k, v in kw.items() if k in ("frames", "smic_apex", "missing_apex")}
+        opts = {k: v for k, v in kw.items() if k in ("frames", "smic_apex", "missing_apex", "errata")}
         opts["annotation"] = kw.get(f"{d}_annotation")
         samples, problems = _load(d, roots[d], keep=per[d], on_error=on_error, **opts)
         out[d] = {s.uid: s for s in samples}

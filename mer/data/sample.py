@@ -50,6 +50,8 @@ class Sample:
     root: the dataset root the sample was loaded from.
     native_clip: the clip's folder name on disk (``s1_ne_01``, ``a``).
     missing_frames: frame numbers in onset..offset absent on disk (tolerated for CAS(ME)^3 only).
+    errata: the correction applied to this sample's annotation from mer's errata table (e.g. "apex 1143
+        -> 1117 (sheet: apex after the offset (1134); ...)"), "" when none (see mer.data.errata).
     """
 
     dataset: str
@@ -67,6 +69,7 @@ class Sample:
     root: str = ""
     native_clip: str = ""
     missing_frames: tuple[int, ...] = ()
+    errata: str = ""
 
     @property
     def uid(self) -> str:

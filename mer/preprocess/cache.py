@@ -1,7 +1,9 @@
 """On-disk cache of prepared samples, keyed by the dataset, the sample and every PrepConfig field.
 
-Entries are ``<cache_dir>/<key[:2]>/<key>.npz`` holding ``face`` (3, S, S), ``regions`` (3, S, S) and
-``meta`` (JSON). Writes go to a temporary file in the same folder, are fsynced and then moved into place
+Entries are ``<cache_dir>/<key[:2]>/<key>.npz`` holding ``face`` (3, S, S), ``regions`` (3, S, S),
+``meta`` (JSON) and ``key``: the entry's own key, checked on every read, so that an entry copied or moved
+over another key's file is refused (with a one-line notice) and recomputed instead of serving another
+sample's data. Writes go to a temporary file in the same folder, are fsynced and then moved into place
 with ``os.replace`` (atomic), so an interrupted run leaves either the whole entry or none; a later run
 recomputes what is missing (temporary files of a writer killed outright are deleted after an hour by
 the next run). An unreadable entry (e.g. written by hand or truncated by a full disk) is
@@ -65,15 +67,25 @@ class Cache:
             with np.load(p, allow_pickle=False) as z:
                 face, regions = z["face"].astype(np.float32), z["regions"].astype(np.float32)
                 meta = json.loads(str(z["meta"]))
-            return face, regions, meta
+                own = str(z["key"]) if "key" in z.files else meta.get("cache_key")
         except Exception as e:  # corrupt entry: never serve it
             warnings.warn(f"cache entry {p} is unreadable ({type(e).__name__}: {e}); recomputing it",
                           RuntimeWarning, stacklevel=2)
-            try:
-                p.unlink()
-            except OSError:
-                pass
+            self._drop(p)
             return None
+        if own != key:
+            warnings.warn(f"cache entry {p} belongs to another key ({str(own)[:12]}..., copied or moved "
+                          f"here?); not used: recomputing {key[:12]}...", RuntimeWarning, stacklevel=2)
+            self._drop(p)
+            return None
+        return face, regions, meta
+
+    @staticmethod
+    def _drop(p: Path) -> None:
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
     def remove_stale_temp(self, max_age_s: float = 3600.0) -> int:
         """Delete temporary files left by a killed writer (older than ``max_age_s``); returns how many."""
@@ -98,7 +110,7 @@ class Cache:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, face=face.astype(np.float32), regions=regions.astype(np.float32),
-                         meta=np.array(json.dumps(meta, default=str)))
+                         meta=np.array(json.dumps(meta, default=str)), key=np.array(key))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, p)

@@ -21,11 +21,25 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mer.data.images import read_image as read_whole_image
 from mer.preprocess.cache import Cache, sample_key
 from mer.preprocess.config import PrepConfig
-from mer.preprocess.face import FaceNotFoundError, crop_resize, detect_face_how, expand_box, to_grey
+from mer.preprocess.face import (
+    FaceNotFoundError,
+    crop_resize,
+    detect_face_how,
+    expand_box,
+    to_grey,
+)
 from mer.preprocess.flow import compute_flow
-from mer.preprocess.regions import NOSE_ROOT, REGION_NAMES, region_points, resolve_source, tile_regions, window_boxes
+from mer.preprocess.regions import (
+    NOSE_ROOT,
+    REGION_NAMES,
+    region_points,
+    resolve_source,
+    tile_regions,
+    window_boxes,
+)
 from mer.preprocess.strain import optical_strain
 
 
@@ -38,10 +52,9 @@ class PrepError(RuntimeError):
 
 
 def read_image(path) -> np.ndarray:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise FileNotFoundError(f"cannot read image {path} (missing or not an image)")
-    return img
+    """(H, W, 3) uint8 BGR, decoded completely; a missing, empty, truncated or undecodable frame is an
+    ``ImageError`` naming the file (see :mod:`mer.data.images`)."""
+    return read_whole_image(path)
 
 
 def _max_diff_apex(sample, box, cfg: PrepConfig) -> int:

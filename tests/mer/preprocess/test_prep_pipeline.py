@@ -159,7 +159,7 @@ def test_failures_reported_together(tmp_path):
     with pytest.raises(PrepError) as ei:
         prepare(samples + [broken], FAST, tmp_path / "c", progress=False)
     msg = str(ei.value)
-    assert "2 of 4 sample(s)" in msg and "cannot read image" in msg and "no face found" in msg
+    assert "2 of 4 sample(s)" in msg and "file not found" in msg and "no face found" in msg
     with pytest.warns(RuntimeWarning, match="Excluded"):
         ps = prepare(samples + [broken], FAST, tmp_path / "c", progress=False, on_error="warn")
     assert [s.uid for s in ps.samples] == [samples[0].uid, samples[2].uid] and len(ps.failed) == 2
