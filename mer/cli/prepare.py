@@ -9,10 +9,14 @@ EXAMPLES = """examples:
   mer prepare --dataset composite --casme2 synth/casme2 --samm synth/samm --smic synth/smic \\
       --sample-list synth/megc2019_composite.csv --out cache/ --flow dis --size 28
   mer prepare --dataset casme3 --root /data/CASME3/part_A --out cache/ --on-error warn
+  mer prepare --dataset samm --root /data/SAMM --check        # decode every frame, list the bad ones
 
 The cache is keyed by the dataset, the sample and every preprocessing parameter: a rerun with the same
 options only reads it; a changed option recomputes; an interrupted run resumes where it stopped.
 The stacked arrays are also written to OUT/<name>.npz (face, regions, labels, uid, cfg, meta).
+--check reads every frame of every clip folder (not only onset and apex) completely and lists the bad
+ones (zero bytes, truncated, undecodable); exit status 1 when there are any. Errors are one line
+(`error: ...`, exit status 2) with what to do.
 """
 
 
@@ -23,7 +27,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "model inputs (u, v, strain of the whole face and of four facial regions) into a cache.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(p)
-    p.add_argument("--out", required=True, help="cache folder (created if needed)")
+    p.add_argument("--out", help="cache folder (created if needed); not needed with --check")
+    p.add_argument("--check", action="store_true",
+                   help="only check that every frame of the dataset reads completely (no preprocessing)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     add_prep_args(p)
     p.add_argument("--name", default=None, help="name of the stacked .npz in OUT (default: the dataset)")
@@ -48,6 +54,9 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="rows with '/' or blank apex: middle frame (flagged) or an error")
     p.add_argument("--all-labels", action="store_true",
                    help="single datasets: keep samples outside the 3-class protocol (label None)")
+    p.add_argument("--errata", default="shipped",
+                   help="known annotation errors of the public sheets: 'shipped' (correct them, announced "
+                   "and recorded per sample; default), 'none', or a table CSV (docs/data.md)")
 
 
 def add_prep_args(p: argparse.ArgumentParser) -> None:
@@ -87,7 +96,8 @@ def prep_config(args):
 def load_samples(args) -> list:
     from mer.data import casme3_part_a, load_dataset, megc2019_composite
 
-    common = dict(frames=args.frames, on_error=args.on_error, missing_apex=args.missing_apex)
+    common = {"frames": args.frames, "on_error": args.on_error, "missing_apex": args.missing_apex,
+              "errata": getattr(args, "errata", "shipped")}
     per_dataset = [f"--{d}" for d in ("casme2", "samm", "smic") if getattr(args, d)]
     if args.dataset == "composite":
         if args.root or args.annotation:
@@ -112,7 +122,60 @@ def load_samples(args) -> list:
     return samples
 
 
+class CliError(Exception):
+    """A user error of the command line: printed as one ``error:`` line, exit status 2."""
+
+
+def check_out_dir(path, what: str = "--out") -> None:
+    """Create ``path`` if needed and make sure files can be written in it (one-line CliError if not)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise CliError(f"{what} {p} is a file, not a folder; pass a folder (it is created if needed)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".mer-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CliError(f"cannot write to {what} {p} ({e.strerror or e}); choose a folder you can write to") from None
+
+
+def cli_message(e: BaseException) -> str:
+    """The message of a data/preprocessing error, with the API's option spellings turned into the CLI's."""
+    msg = str(e).strip()
+    for api, cli in (("on_error='warn'", "--on-error warn"), ("errata='none'", "--errata none"),
+                     ("missing_apex='estimate'", "--missing-apex estimate"),
+                     ("`root`/`annotation`", "--root/--annotation"),
+                     ("annotation=PATH (CLI: --annotation PATH)", "--annotation PATH"),
+                     ("PrepConfig(face='full') (CLI --face full; `mer predict`: --cropped)", "--face full")):
+        msg = msg.replace(api, cli)
+    return msg
+
+
 def run(args) -> int:
+    """`mer prepare`: every user error ends as ``error: <what and what to do>`` on stderr, exit status 2."""
+    import sys
+
+    from mer.data.problems import DatasetError
+    from mer.preprocess.pipeline import PrepError
+
+    try:
+        return _run(args)
+    except (CliError, DatasetError, PrepError) as e:
+        print(f"error: {cli_message(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. the disk filled up or a folder vanished while writing
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}; check the disk and the folder's permissions, then rerun "
+              "(finished samples are cached)", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     import time
     from collections import Counter
     from pathlib import Path
@@ -120,7 +183,15 @@ def run(args) -> int:
     from mer.preprocess import prepare
 
     plain_warnings()
-    cfg = prep_config(args)
+    if args.check:
+        return run_check(args)
+    if not args.out:
+        raise CliError("--out is required (the cache folder), unless you only --check the frames")
+    try:
+        cfg = prep_config(args)
+    except ValueError as e:  # invalid option values: PrepConfig names them
+        raise CliError(str(e)) from None
+    check_out_dir(args.out)
     samples = load_samples(args)
     print(f"{len(samples)} samples: " + ", ".join(f"{d} {n}" for d, n in Counter(s.dataset for s in samples).items()))
     t0 = time.perf_counter()
@@ -132,3 +203,16 @@ def run(args) -> int:
     print(f"prepared {len(ps)} samples in {dt:.1f} s ({len(ps.failed)} excluded); face {ps.face.shape}, "
           f"regions {ps.regions.shape}; wrote {out}")
     return 0
+
+
+def run_check(args) -> int:
+    """Decode every image file in every clip folder of the dataset; list the bad ones (exit 1 if any)."""
+    from mer.preprocess.check import check_frames
+
+    args.all_labels = True  # every annotated clip, not only the protocol's
+    samples = load_samples(args)
+    report = check_frames(samples, workers=max(1, args.workers), progress=not args.no_progress)
+    print(report.summary())
+    for path, why in report.bad:
+        print(f"  {path}: {why}")
+    return 1 if report.bad else 0

@@ -67,7 +67,7 @@ def read_image(path, flags: int | None = None) -> np.ndarray:
         raise ImageError(path, f"cannot be read ({e.strerror or e})") from None
     why = completeness_problem(data)
     if why:
-        raise ImageError(path, why + "; the file is damaged or was not fully written: restore it")
+        raise ImageError(path, why + " (damaged or not fully written): restore the file")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise ImageError(path, f"not a decodable image ({len(data)} bytes); restore the file")

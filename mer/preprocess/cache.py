@@ -22,6 +22,9 @@ import numpy as np
 
 from mer.preprocess.config import PIPELINE_VERSION
 
+#: the temporary file this process is writing (see remove_unfinished_write)
+WRITING: str | None = None
+
 
 def _stat(path: str) -> list:
     try:
@@ -106,7 +109,9 @@ class Cache:
     def save(self, key: str, face: np.ndarray, regions: np.ndarray, meta: dict) -> Path:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
+        global WRITING
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{key[:8]}.", suffix=".tmp")
+        WRITING = tmp
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, face=face.astype(np.float32), regions=regions.astype(np.float32),
@@ -120,4 +125,17 @@ class Cache:
             except OSError:
                 pass
             raise
+        finally:
+            WRITING = None
         return p
+
+
+def remove_unfinished_write() -> None:
+    """Delete the temporary file of a write in progress in this process (for a signal handler that ends
+    the process: no temporary file is left behind; the entry itself is never half-visible anyway)."""
+    tmp = WRITING
+    if tmp:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass

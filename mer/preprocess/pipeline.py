@@ -217,7 +217,37 @@ class PreparedSet:
 
 
 def _init_worker():
+    import signal
+
     cv2.setNumThreads(1)
+    # Ctrl-C reaches the whole process group: the parent alone handles it (and ends the workers), so a
+    # worker never turns it into a failed sample and goes on with the queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum, frame):  # a worker ended by _stop_pool: leave no temporary file, exit now
+    from mer.preprocess.cache import remove_unfinished_write
+
+    remove_unfinished_write()
+    os._exit(128 + signum)
+
+
+def _stop_pool(ex: ProcessPoolExecutor) -> None:
+    """End a process pool now: cancel the queue and terminate the workers (an entry being written is a
+    temporary file that is never moved into place; see Cache.save)."""
+    procs = list((getattr(ex, "_processes", None) or {}).values())  # shutdown() forgets them
+    ex.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM: a worker in Python code deletes its temporary file and exits
+    deadline = time.monotonic() + 0.3
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in procs:  # one inside a long OpenCV call runs Python handlers only after it: kill it
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
 
 
 def _work(sample, cfg: PrepConfig, region_source: str, cache_dir: str, key: str):
@@ -282,20 +312,26 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
                 for f in as_completed(futs):
                     _collect(f.result(), results, errors)
                     bar.update()
-            except BaseException:  # Ctrl-C or a dead worker: drop the queue, keep what is cached
-                ex.shutdown(wait=False, cancel_futures=True)
+            except BaseException:  # Ctrl-C or a dead worker: stop now, keep what is cached
+                _stop_pool(ex)
                 raise
             ex.shutdown(wait=True)
     finally:
         bar.close()
     failed = [(s, errors[k]) for s, k in zip(samples, keys, strict=True) if k in errors]
     if failed:
-        lines = "\n".join(f"  - {s.uid}: {why}" for s, why in failed)
-        msg = f"{len(failed)} of {len(samples)} sample(s) could not be prepared:\n{lines}"
+        if len(failed) == 1:  # one line
+            msg = f"sample {failed[0][0].uid} (1 of {len(samples)}) could not be prepared: {failed[0][1]}"
+            fix, done = (" The others are cached. Fix it, or pass on_error='warn' to exclude it (it is "
+                         "counted)."), " Excluded (on_error='warn')."
+        else:
+            lines = "\n".join(f"  - {s.uid}: {why}" for s, why in failed)
+            msg = f"{len(failed)} of {len(samples)} sample(s) could not be prepared:\n{lines}"
+            fix, done = ("\nThe others are cached. Fix these, or pass on_error='warn' to exclude them (they "
+                         "are counted)."), "\nExcluded (on_error='warn')."
         if on_error == "raise":
-            raise PrepError(msg + "\nThe others are cached. Fix these, or pass on_error='warn' to exclude "
-                            "them (they are counted).", failed)
-        warnings.warn(msg + "\nExcluded (on_error='warn').", RuntimeWarning, stacklevel=2)
+            raise PrepError(msg + fix, failed)
+        warnings.warn(msg + done, RuntimeWarning, stacklevel=2)
     ok = [(s, results[k]) for s, k in zip(samples, keys, strict=True) if k in results]
     S = cfg.size
     face = np.stack([r[0] for _, r in ok]) if ok else np.zeros((0, 3, S, S), np.float32)
