@@ -158,14 +158,21 @@ def cli_message(e: BaseException) -> str:
 
 def run(args) -> int:
     """`mer prepare`: every user error ends as ``error: <what and what to do>`` on stderr, exit status 2."""
+    return with_one_line_errors(_run, args)
+
+
+def with_one_line_errors(body, args) -> int:
+    """``body(args)``, with the data and preprocessing errors a user can cause printed as one
+    ``error: ...`` message (exit status 2) instead of a traceback."""
     import sys
 
     from mer.data.problems import DatasetError
+    from mer.preprocess.face import FaceNotFoundError
     from mer.preprocess.pipeline import PrepError
 
     try:
-        return _run(args)
-    except (CliError, DatasetError, PrepError) as e:
+        return body(args)
+    except (CliError, DatasetError, PrepError, FaceNotFoundError) as e:
         print(f"error: {cli_message(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. the disk filled up or a folder vanished while writing

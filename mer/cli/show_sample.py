@@ -42,6 +42,13 @@ def flow_to_hsv(flow, max_mag=None):
 
 
 def run(args) -> int:
+    """One sample's preprocessing drawn to a PNG; user errors are one ``error:`` line (exit status 2)."""
+    from mer.cli.prepare import with_one_line_errors
+
+    return with_one_line_errors(_run, args)
+
+
+def _run(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -64,7 +64,7 @@ def flow_file_name(sub: str, filename_o: str) -> str:
     return f"{sub}_{filename_o} .png"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly (np.array_equal)
 class HtnetRelease:
     """The 442 samples of the release, in the sheet's row order (all arrays read-only).
 

@@ -234,3 +234,12 @@ def test_ctrl_c_with_workers_stops_within_a_second(tmp_path):
     idx = [i for i, s in enumerate(samples) if s.uid in done]  # the entries written before Ctrl-C are right
     fresh = prepare([samples[i] for i in idx], cfg, tmp_path / "fresh", progress=False)
     np.testing.assert_array_equal(resumed.face[idx], fresh.face)
+
+
+def test_show_sample_errors_are_one_line(root, tmp_path, capsys):
+    cut_to_a_third(frame(root, 1, 2))
+    argv = ["show-sample", "--dataset", "casme2", "--root", str(root), "--index", "0", "--out",
+            str(tmp_path / "s.png"), "--flow", "dis", "--face-size", "56"]
+    assert main(argv) == 2
+    errors, _ = err_lines(capsys)
+    assert len(errors) == 1 and "reg_img2.jpg: truncated JPEG" in errors[0]
