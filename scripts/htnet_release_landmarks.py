@@ -28,13 +28,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mer.data.htnet_landmarks import (
+from mer.data.htnet_landmarks import (  # noqa: E402  (after the sys.path line above)
     apex_face_28,
     clip_landmarks,
     facenet_mtcnn,
     mtcnn_landmarks,
 )
-from mer.data.htnet_release import (
+from mer.data.htnet_release import (  # noqa: E402
     SHIPPED_LANDMARKS,
     load_htnet_release,
     read_shipped_landmarks,

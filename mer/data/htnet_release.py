@@ -173,13 +173,14 @@ def _read_sheet(path: Path) -> list[dict]:
     for i, r in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in r):
             continue
-        cells = dict(zip(header, (c.strip() for c in r)))
+        padded = [c.strip() for c in r] + [""] * (len(header) - len(r))  # a short row: blank cells
+        cells = dict(zip(header, padded, strict=False))  # (cells past the header are ignored)
         cells["_line"] = i
         out.append(cells)
     return out
 
 
-def _parse_folds(root: Path, by_name: dict[str, int], problems: _Problems) -> tuple[list[tuple[str, str, str, str]], str]:
+def _parse_folds(root: Path, problems: _Problems) -> tuple[list[tuple[str, str, str, str]], str]:
     """[(subject, label, flow file, where)] from loso_test_lists.txt or the u_test folders."""
     listed = _find(root, FOLDS_LIST, folder=False)
     entries = []
@@ -359,7 +360,7 @@ def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
                          "(negative/positive/surprise)")
     problems.raise_if_any("Point root at the unmodified release (check_counts=False accepts a subset).")
 
-    entries, fold_src = _parse_folds(root, by_name, problems)
+    entries, fold_src = _parse_folds(root, problems)
     folds = _check_folds(entries, by_name, subjects, labels, problems)
     problems.raise_if_any(f"Restore the fold list {fold_src} from the release, or point root at an "
                           "unmodified copy.")

@@ -48,7 +48,7 @@ def check_frames(samples, *, workers: int = 1, progress: bool = True) -> FrameRe
     bad = []
     ex = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        for path, why in tqdm(zip(frames, ex.map(check_image, frames)), total=len(frames), unit="frame",
+        for path, why in tqdm(zip(frames, ex.map(check_image, frames), strict=True), total=len(frames), unit="frame",
                               desc="check frames", disable=not progress):
             if why is not None:
                 bad.append((path, why))

@@ -391,3 +391,10 @@ def test_real_release_mtcnn_reproduces_the_shipped_landmarks():
     assert np.array_equal(fresh.landmarks, shipped.landmarks)
     assert np.array_equal(fresh.landmark_found, shipped.landmark_found)
     assert np.array_equal(fresh.tiles, shipped.tiles)
+
+
+def test_short_sheet_row_is_reported_not_a_crash(rel_root):
+    p = rel_root / "combined_3_class2_for_optical_flow.csv"
+    p.write_text(p.read_text() + "casme2,sub09\n")
+    with pytest.raises(HtnetReleaseError, match=r"line 9: label '' is not 0, 1 or 2"):
+        load(rel_root)

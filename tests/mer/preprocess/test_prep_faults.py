@@ -146,7 +146,8 @@ def test_cli_user_errors_are_one_line(root, tmp_path, capsys, monkeypatch):
     cases = [
         (base + ["--root", str(tmp_path / "nope"), "--out", out], "root .*nope is not a folder"),
         (base + ["--root", str(root), "--out", str(tmp_path / "afile")], "is a file, not a folder"),
-        (base + ["--root", str(root), "--out", str(tmp_path / "afile" / "sub")], "is a file, not a folder|cannot write"),
+        (base + ["--root", str(root), "--out", str(tmp_path / "afile" / "sub")],
+         "is a file, not a folder|cannot write"),
         (base + ["--root", str(root)], "--out is required"),
         (base + ["--root", str(root), "--out", out, "--size", "7"], "size must be an even number"),
         (base + ["--root", str(root), "--out", out, "--errata", str(tmp_path / "none.csv")],
