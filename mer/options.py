@@ -111,6 +111,7 @@ def add_options(parser, cls, *, skip=(), sections: dict | None = None) -> None:
         kw = {"dest": f.name, "help": m["help"]}
         if base is bool:
             kw.update(action=argparse.BooleanOptionalAction, default=d)
+            kw["help"] += f" (default: {'on' if d else 'off'})"
         elif base is dict:
             kw.update(action="append", type=_kv_list, default=[], metavar=m.get("metavar") or "KEY=VALUE")
         elif base is tuple:

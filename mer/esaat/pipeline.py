@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,14 @@ from mer.esaat.agreement import ranking_agreement, selection_agreement
 from mer.esaat.finetune import FinetuneConfig, finetune
 from mer.esaat.remove import convert_remaining, model_cost, remove_layers
 from mer.esaat.select import CRITERIA, greedy_select
-from mer.io import atomic_torch_save, atomic_write_json, atomic_write_text, prediction_rows, write_predictions
+from mer.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    prediction_rows,
+    write_predictions,
+)
+from mer.options import option
 from mer.train import TrainConfig, build_model, normalise, predict_proba
 
 FORMAT = "mer.esaat/1"
@@ -46,18 +53,22 @@ class ESAATConfig:
     """One ESAAT experiment. Exactly one of ``remove`` (k layers), ``budget`` (keep at most this fraction of
     the parameters) or ``flops_budget`` (of the FLOPs)."""
 
-    remove: int | None = None          # k: attention layers to remove
-    budget: float | None = None        # or: parameter fraction the pruned model may keep, in (0, 1]
-    flops_budget: float | None = None  # or: FLOP fraction the pruned model may keep, in (0, 1]
-    convert: bool = True               # convert the remaining softmax layers to agent attention
-    agent_num: int | None = None       # agents per converted layer (None: the model's configured agent_num)
-    skip_scale: float = 2.0            # removed block: x' = skip_scale·x (2: branch -> identity, 1: skipped)
-    criterion: str = "abs"             # greedy: smallest |T| ('abs') or smallest signed T ('signed')
-    calib_size: int = 256              # calibration samples (drawn from the fold's fit samples)
-    full_cov: bool = False             # entropy from the full covariance instead of Σ log std
-    seed: int = 0                      # calibration draw, new agent parameters, fine-tuning batch order
-    latency_batch: int = 32            # batch of the CPU latency measurement (reported per sample)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    remove: int | None = option(None, "remove K attention layers per fold", metavar="K", exclusive="what",
+                                required=True)
+    budget: float | None = option(None, "remove layers until the model keeps at most FRACTION of its parameters",
+                                  metavar="FRACTION", exclusive="what")
+    flops_budget: float | None = option(None, "remove layers until the model keeps at most FRACTION of its FLOPs",
+                                        metavar="FRACTION", exclusive="what")
+    convert: bool = option(True, "convert the remaining softmax layers to agent attention")
+    agent_num: int | None = option(None, "agents per converted layer (default: the model's configured agent_num)")
+    skip_scale: float = option(2.0, "a removed block computes skip_scale·x before its FFN: 2 = attention -> "
+                               "identity (the fade-out's end point), 1 = sub-layer skipped (needs --fade-epochs 0)")
+    criterion: str = option("abs", "greedy: smallest |T| (abs) or smallest signed T (signed)", choices=CRITERIA)
+    calib_size: int = option(256, "calibration samples per fold (drawn from its fit samples)", flag="--calib")
+    full_cov: bool = option(False, "entropy from the full covariance (½ log det) instead of Σ log std")
+    seed: int = option(0, "calibration draw, new agent parameters, fine-tuning batch order")
+    latency_batch: int = option(32, "batch of the CPU latency measurement (reported per sample)")
+    finetune: FinetuneConfig = option(FinetuneConfig, nested=True)
 
     def __post_init__(self):
         if isinstance(self.finetune, dict):

@@ -14,9 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.io import PredictionRow, atomic_write_json, atomic_write_text, read_predictions, write_predictions
+from mer.io import (
+    PredictionRow,
+    atomic_write_json,
+    atomic_write_text,
+    read_predictions,
+    write_predictions,
+)
 from mer.labels import LABEL_NAMES
-
 
 
 class IncompleteRun(RuntimeError):

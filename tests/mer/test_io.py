@@ -4,8 +4,14 @@ import json
 import numpy as np
 import pytest
 
-from mer.io import (PREDICTION_COLUMNS, atomic_write, atomic_write_json, prediction_rows, read_predictions,
-                    write_predictions)
+from mer.io import (
+    PREDICTION_COLUMNS,
+    atomic_write,
+    atomic_write_json,
+    prediction_rows,
+    read_predictions,
+    write_predictions,
+)
 from mer.labels import LABEL_NAMES
 
 

@@ -89,3 +89,20 @@ def test_train_config_is_its_command_line():
          "--flow", "dis"]))
     assert (cfg.select, cfg.model_kwargs, cfg.deterministic, cfg.cache_dir, cfg.prep.flow) == (
         "val", {"dropout": 0.1}, False, "c", "dis")
+
+
+def test_prune_and_augment_command_lines_are_their_configs():
+    from mer.augment import DDPMConfig
+    from mer.cli import build_parser
+    from mer.esaat import ESAATConfig, FinetuneConfig
+
+    p = build_parser()
+    args = p.parse_args(["prune", "--run", "r", "--remove", "2"])
+    assert options_from_args(ESAATConfig, args) == ESAATConfig(remove=2)
+    got = options_from_args(ESAATConfig, p.parse_args(["prune", "--run", "r", "--budget", "0.8", "--no-convert",
+                                                       "--epochs", "4", "--fade-epochs", "1", "--calib", "8"]))
+    assert got == ESAATConfig(budget=0.8, convert=False, calib_size=8, finetune=FinetuneConfig(epochs=4, fade_epochs=1))
+    with pytest.raises(SystemExit):  # exactly one of --remove / --budget / --flops-budget
+        p.parse_args(["prune", "--run", "r", "--remove", "1", "--budget", "0.5"])
+    args = p.parse_args(["augment", "--toy", "--out", "o", "--channel-mults", "1,2", "--ema-decay", "none"])
+    assert options_from_args(DDPMConfig, args) == DDPMConfig(channel_mults=(1, 2), ema_decay=None)
