@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from mer.io import atomic_write
 
 from .diffusion import GaussianDiffusion
 from .trainer import ArrayBatches, DDPMConfig, build_diffusion, class_prior, train_ddpm
@@ -129,22 +129,6 @@ def _ratio_tag(ratio: str | float) -> str:
     if isinstance(ratio, str) and ratio.strip().lower() == "balance":
         return "balance"
     return "r" + repr(float(ratio)).replace(".", "p")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _seeds(seed: int) -> tuple[int, int, int, int]:
@@ -276,15 +260,14 @@ def augment_fold(
     if ckpt is None:
         ckpt = _train(x, y, cfg, seed)
         if folder is not None:
-            _atomic_write(folder / "model.pt", lambda f: torch.save(ckpt, f))
+            atomic_write(folder / "model.pt", lambda f: torch.save(ckpt, f))
             classes, counts = np.unique(y, return_counts=True)
             meta = {"fold_key": fold_key, "key": key, "x_shape": list(x.shape),
-                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
-                    "seed": int(seed), "cfg": cfg.key_dict(),
-                    "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
-            _atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
+                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts)},
+                    "seed": int(seed), "cfg": cfg.key_dict(), "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
+            atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     x_gen, y_gen = generate(ckpt, targets, seed, cfg)
     if folder is not None:
-        _atomic_write(samples_path, lambda f: np.savez(f, x=x_gen, y=y_gen, generated=np.ones(len(y_gen), bool)))
+        atomic_write(samples_path, lambda f: np.savez(f, x=x_gen, y=y_gen, generated=np.ones(len(y_gen), bool)))
     return x_gen, y_gen.astype(y_dtype)

@@ -15,12 +15,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mer.options import option
+
 from .diffusion import GaussianDiffusion
 from .unet import UNet
 
 __all__ = ["DDPMConfig", "ArrayBatches", "TrainResult", "build_diffusion", "class_prior", "train_ddpm"]
 
 SAMPLERS = ("ddim", "ancestral")
+_G = "DDPM settings (mer.augment.DDPMConfig)"
 
 
 @dataclass(frozen=True)
@@ -28,32 +31,37 @@ class DDPMConfig:
     """Every setting of DDPM augmentation; hashed (except ``progress``) into the cache key."""
 
     # denoiser (mer.augment.unet.UNet)
-    base_channels: int = 16  # channels at full resolution
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # per level; 28 -> 14 -> 7
-    emb_dim: int = 64  # width of the time + class conditioning vector
-    dropout: float = 0.0
+    base_channels: int = option(16, "U-Net channels at full resolution", group=_G)
+    channel_mults: tuple[int, ...] = option((1, 2, 2), "U-Net channel multiplier per level (28 -> 14 -> 7)", group=_G)
+    emb_dim: int = option(64, "width of the time + class conditioning vector", group=_G)
+    dropout: float = option(0.0, "U-Net dropout", group=_G)
     # diffusion
-    timesteps: int = 1000  # T of the cosine schedule
-    gaussian_skip: bool = True  # ε̂ = ε_Gaussian(x_t, t, y) + U-Net(x_t, t, y) (see GaussianDiffusion)
-    class_prior: bool = True  # ε_Gaussian from per-class mean/variance images of the training data (else N(0, I))
+    timesteps: int = option(1000, "T of the cosine schedule", group=_G)
+    gaussian_skip: bool = option(True, "ε̂ = ε_Gaussian(x_t, t, y) + U-Net(x_t, t, y) (see GaussianDiffusion)",
+                                 group=_G)
+    class_prior: bool = option(True, "ε_Gaussian from per-class mean/variance images of the training data "
+                               "(else N(0, I))", group=_G)
     # training
-    train_steps: int = 300  # fixed budget of Adam steps (no early stopping, no validation data)
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    grad_clip: float | None = 1.0  # max gradient norm (None: off)
-    ema_decay: float | None = 0.995  # EMA of weights used for sampling (None: use raw weights)
-    p_uncond: float = 0.0  # label-drop probability for classifier-free guidance (0: off)
+    train_steps: int = option(300, "fixed budget of Adam steps (no early stopping, no validation data)", group=_G)
+    batch_size: int = option(32, "DDPM minibatch size", group=_G)
+    lr: float = option(2e-3, "DDPM Adam learning rate", group=_G)
+    weight_decay: float = option(0.0, "DDPM Adam weight decay", group=_G)
+    grad_clip: float | None = option(1.0, "max gradient norm (none: off)", group=_G)
+    ema_decay: float | None = option(0.995, "EMA of the weights used for sampling (none: the raw weights)", group=_G)
+    p_uncond: float = option(0.0, "label-drop probability for classifier-free guidance (0: off)", group=_G)
     # sampling
-    sampler: str = "ddim"  # "ddim" (deterministic, `sample_steps` steps) or "ancestral" (all T steps)
-    sample_steps: int = 15  # DDIM steps
-    eta: float = 0.0  # DDIM stochasticity (0: deterministic given the seed)
-    guidance: float = 1.0  # classifier-free guidance scale (1: plain conditional; != 1 needs p_uncond > 0)
-    clip_x0: bool = True  # clamp x̂₀ to the training data's per-channel range (in standardised units)
-    clip_margin: float = 0.1  # widen that range by this fraction of its width on each side
-    sample_batch: int = 256  # images denoised at once
+    sampler: str = option("ddim", "ddim (deterministic, --sample-steps steps) or ancestral (all T steps)",
+                          choices=SAMPLERS, group=_G)
+    sample_steps: int = option(15, "DDIM steps", group=_G)
+    eta: float = option(0.0, "DDIM stochasticity (0: deterministic given the seed)", group=_G)
+    guidance: float = option(1.0, "classifier-free guidance scale (1: plain conditional; != 1 needs p_uncond > 0)",
+                             group=_G)
+    clip_x0: bool = option(True, "clamp x̂₀ to the training data's per-channel range (in standardised units)",
+                           group=_G)
+    clip_margin: float = option(0.1, "widen that range by this fraction of its width on each side", group=_G)
+    sample_batch: int = option(256, "images denoised at once", group=_G)
     # display only
-    progress: bool = True  # tqdm bars (not part of the cache key)
+    progress: bool = True  # tqdm bars (not part of the cache key; `mer augment --no-progress`)
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:

@@ -21,7 +21,9 @@ channels u, v, strain side by side), config.json, timing.json.
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from_defaults = _defaults()
+    from mer.augment.trainer import DDPMConfig
+    from mer.options import add_options
+
     p = subparsers.add_parser(
         "augment",
         help="train a DDPM on flow images, generate class-balancing samples, report their quality",
@@ -47,41 +49,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--grid-per-class", type=int, default=4, help="samples per class and kind in grid.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    g = p.add_argument_group("DDPM settings (defaults from mer.augment.DDPMConfig)")
-    for name, val in from_defaults.items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(val, bool):
-            g.add_argument(flag, type=_bool, default=None, metavar="{true,false}", help=f"default: {val}")
-        elif isinstance(val, tuple):
-            g.add_argument(flag, type=lambda s: tuple(int(v) for v in s.split(",")), default=None,
-                           metavar="A,B,..", help=f"default: {','.join(map(str, val))}")
-        elif val is None or isinstance(val, float):
-            g.add_argument(flag, type=_float_or_none, default=None, help=f"default: {val}")
-        elif isinstance(val, int):
-            g.add_argument(flag, type=int, default=None, help=f"default: {val}")
-        else:
-            g.add_argument(flag, default=None, help=f"default: {val}")
+    add_options(p, DDPMConfig)  # every DDPMConfig field with its help and default
     return p
-
-
-def _defaults() -> dict:
-    from dataclasses import fields
-
-    from mer.augment.trainer import DDPMConfig
-
-    return {f.name: f.default for f in fields(DDPMConfig) if f.name != "progress"}
-
-
-def _bool(s: str) -> bool:
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
-
-
-def _float_or_none(s: str) -> float | None:
-    return None if s.lower() == "none" else float(s)
 
 
 def _load_npz(path: str):
@@ -108,12 +77,12 @@ def run(args) -> int:
 
     from mer.augment import DDPMConfig, augment_fold
     from mer.augment.quality import quality_report, report_markdown, save_grid
+    from mer.options import options_from_args
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {k: getattr(args, k) for k in _defaults() if getattr(args, k) is not None}
     try:
-        cfg = DDPMConfig(**{**_defaults(), **overrides, "progress": not args.no_progress})
+        cfg = options_from_args(DDPMConfig, args, progress=not args.no_progress)
     except ValueError as e:
         raise SystemExit(f"mer augment: {e}") from e
     try:

@@ -1,4 +1,7 @@
-"""``mer prune``: ESAAT on a trained run, fold by fold (the held-out subject never informs the selection)."""
+"""``mer prune``: ESAAT on a trained run, fold by fold (the held-out subject never informs the selection).
+
+The ESAAT and fine-tuning options are generated from :class:`mer.esaat.ESAATConfig` / ``FinetuneConfig``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +23,9 @@ OUT/transfer_entropy.png, OUT/summary.md, OUT/metrics.json and per-fold models (
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from mer.esaat import ESAATConfig
+    from mer.options import add_options
+
     p = subparsers.add_parser(
         "prune", help="ESAAT: remove low-transfer-entropy attention layers of a trained run, agent attention "
         "for the rest, fine-tune and evaluate per fold",
@@ -27,29 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "`mer train` run, conversion of the rest to agent attention, fine-tuning, and evaluation with the "
         "run's protocol.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="a finished `mer train` run directory")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--remove", type=int, metavar="K", help="remove K attention layers per fold")
-    what.add_argument("--budget", type=float, metavar="FRACTION",
-                      help="remove layers until the model keeps at most FRACTION of its parameters")
-    what.add_argument("--flops-budget", type=float, metavar="FRACTION",
-                      help="remove layers until the model keeps at most FRACTION of its FLOPs")
     p.add_argument("--out", help="output folder (default RUN/esaat/<k2|budget0.85|flops0.8>)")
-    p.add_argument("--no-convert", action="store_true", help="keep the remaining layers as they are "
-                   "(default: softmax -> agent attention)")
-    p.add_argument("--agent-num", type=int, help="agents per converted layer (default: the model's)")
-    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs (default 10; 0 = none)")
-    p.add_argument("--fade-epochs", type=int, default=3,
-                   help="epochs of the λ 1 -> 0 fade-out of removed layers (default 3; 0 = removed at once)")
-    p.add_argument("--lr", type=float, default=5e-4, help="fine-tuning Adam learning rate (default 5e-4)")
-    p.add_argument("--batch-size", type=int, default=64, help="fine-tuning batch size (default 64)")
-    p.add_argument("--calib", type=int, default=256, help="calibration samples per fold (default 256)")
-    p.add_argument("--skip-scale", type=float, default=2.0,
-                   help="removed block computes skip_scale·x before its FFN: 2 = attention -> identity (default, "
-                   "the fade-out's end point), 1 = sub-layer skipped (needs --fade-epochs 0)")
-    p.add_argument("--criterion", choices=("abs", "signed"), default="abs",
-                   help="greedy: smallest |T| (default) or smallest signed T")
-    p.add_argument("--full-cov", action="store_true", help="entropy from the full covariance (½ log det)")
-    p.add_argument("--seed", type=int, default=0, help="calibration draw, agent init, batch order (default 0)")
+    add_options(p, ESAATConfig)  # --remove/--budget/--flops-budget, --convert ... and the fine-tuning options
     p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -58,15 +43,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     import sys
 
-    from mer.esaat import ESAATConfig, FinetuneConfig, prune_run
+    from mer.esaat import ESAATConfig, prune_run
     from mer.esaat.pipeline import format_summary
+    from mer.options import options_from_args
 
     try:
-        cfg = ESAATConfig(remove=args.remove, budget=args.budget, flops_budget=args.flops_budget,
-                          convert=not args.no_convert, agent_num=args.agent_num, skip_scale=args.skip_scale,
-                          criterion=args.criterion, calib_size=args.calib, full_cov=args.full_cov, seed=args.seed,
-                          finetune=FinetuneConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                                                  fade_epochs=args.fade_epochs))
+        cfg = options_from_args(ESAATConfig, args)
         summary = prune_run(args.run, cfg, args.out, force=args.force, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
         print(f"mer prune: error: {e}", file=sys.stderr)

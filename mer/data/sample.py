@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DATASETS = ("casme2", "samm", "smic", "casme3")
+from mer.labels import LABEL_NAMES, NEGATIVE, POSITIVE, SURPRISE  # noqa: F401  (3-class labels, re-exported)
 
-#: 3-class protocol labels (MEGC2019 composite and the CAS(ME)^3 3-class protocol).
-NEGATIVE, POSITIVE, SURPRISE = 0, 1, 2
-LABEL_NAMES = ("negative", "positive", "surprise")
+DATASETS = ("casme2", "samm", "smic", "casme3")
 
 # Native emotion (lower-cased) -> 3-class label; emotions mapped to None are outside the protocol
 # ("others"). An emotion missing from its table is reported as a validation problem.

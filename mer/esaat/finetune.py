@@ -17,19 +17,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mer.esaat.remove import fade_lambda, remove_layers, set_fade
+from mer.options import option
+
+_G = "fine-tuning"
 
 
 @dataclass
 class FinetuneConfig:
     """Fine-tuning after removal/conversion (Adam, cross-entropy, on the fold's training samples only)."""
 
-    epochs: int = 10            # fine-tuning epochs (0: none; the pruned model is evaluated as it is)
-    lr: float = 5e-4            # Adam learning rate (half the training default of 1e-3)
-    batch_size: int = 64        # minibatch size
-    weight_decay: float = 0.0   # Adam L2 weight decay
-    fade_epochs: int = 3        # epochs of the λ 1 -> 0 fade-out of the removed layers (0: removed at once)
-    class_weights: str = "balanced"  # 'balanced' (n / (K·n_c) on the fine-tuning set) or 'none'
-    deterministic: bool = True  # torch.use_deterministic_algorithms(True) while fine-tuning
+    epochs: int = option(10, "fine-tuning epochs (0: none; the pruned model is evaluated as it is)", group=_G)
+    lr: float = option(5e-4, "fine-tuning Adam learning rate (half the training default of 1e-3)", group=_G)
+    batch_size: int = option(64, "fine-tuning minibatch size", group=_G)
+    weight_decay: float = option(0.0, "fine-tuning Adam L2 weight decay", group=_G)
+    fade_epochs: int = option(3, "epochs of the λ 1 -> 0 fade-out of the removed layers (0: removed at once)",
+                              group=_G)
+    class_weights: str = option("balanced", "cross-entropy weights: n / (K n_c) on the fine-tuning set (balanced) "
+                                "or none", choices=("balanced", "none"), group=_G)
+    deterministic: bool = option(True, "torch.use_deterministic_algorithms while fine-tuning", group=_G)
 
     def __post_init__(self):
         if self.epochs < 0 or self.fade_epochs < 0:

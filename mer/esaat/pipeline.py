@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,15 @@ from mer.esaat.agreement import ranking_agreement, selection_agreement
 from mer.esaat.finetune import FinetuneConfig, finetune
 from mer.esaat.remove import convert_remaining, model_cost, remove_layers
 from mer.esaat.select import CRITERIA, greedy_select
+from mer.io import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    prediction_rows,
+    write_predictions,
+)
+from mer.options import option
+from mer.train import TrainConfig, build_model, normalise, predict_proba
 
 FORMAT = "mer.esaat/1"
 
@@ -44,18 +53,22 @@ class ESAATConfig:
     """One ESAAT experiment. Exactly one of ``remove`` (k layers), ``budget`` (keep at most this fraction of
     the parameters) or ``flops_budget`` (of the FLOPs)."""
 
-    remove: int | None = None          # k: attention layers to remove
-    budget: float | None = None        # or: parameter fraction the pruned model may keep, in (0, 1]
-    flops_budget: float | None = None  # or: FLOP fraction the pruned model may keep, in (0, 1]
-    convert: bool = True               # convert the remaining softmax layers to agent attention
-    agent_num: int | None = None       # agents per converted layer (None: the model's configured agent_num)
-    skip_scale: float = 2.0            # removed block: x' = skip_scale·x (2: branch -> identity, 1: skipped)
-    criterion: str = "abs"             # greedy: smallest |T| ('abs') or smallest signed T ('signed')
-    calib_size: int = 256              # calibration samples (drawn from the fold's fit samples)
-    full_cov: bool = False             # entropy from the full covariance instead of Σ log std
-    seed: int = 0                      # calibration draw, new agent parameters, fine-tuning batch order
-    latency_batch: int = 32            # batch of the CPU latency measurement (reported per sample)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    remove: int | None = option(None, "remove K attention layers per fold", metavar="K", exclusive="what",
+                                required=True)
+    budget: float | None = option(None, "remove layers until the model keeps at most FRACTION of its parameters",
+                                  metavar="FRACTION", exclusive="what")
+    flops_budget: float | None = option(None, "remove layers until the model keeps at most FRACTION of its FLOPs",
+                                        metavar="FRACTION", exclusive="what")
+    convert: bool = option(True, "convert the remaining softmax layers to agent attention")
+    agent_num: int | None = option(None, "agents per converted layer (default: the model's configured agent_num)")
+    skip_scale: float = option(2.0, "a removed block computes skip_scale·x before its FFN: 2 = attention -> "
+                               "identity (the fade-out's end point), 1 = sub-layer skipped (needs --fade-epochs 0)")
+    criterion: str = option("abs", "greedy: smallest |T| (abs) or smallest signed T (signed)", choices=CRITERIA)
+    calib_size: int = option(256, "calibration samples per fold (drawn from its fit samples)", flag="--calib")
+    full_cov: bool = option(False, "entropy from the full covariance (½ log det) instead of Σ log std")
+    seed: int = option(0, "calibration draw, new agent parameters, fine-tuning batch order")
+    latency_batch: int = option(32, "batch of the CPU latency measurement (reported per sample)")
+    finetune: FinetuneConfig = option(FinetuneConfig, nested=True)
 
     def __post_init__(self):
         if isinstance(self.finetune, dict):
@@ -127,8 +140,6 @@ def esaat_model(model: nn.Module, x_fit: np.ndarray, y_fit: np.ndarray, cfg: ESA
 
 def load_pruned(path, map_location="cpu") -> nn.Module:
     """Rebuild a pruned fold model written by ``prune_run`` (``OUT/folds/<fold>/model.pt``)."""
-    from mer.train.models import build_model
-
     ck = torch.load(path, map_location=map_location, weights_only=True)
     if ck.get("esaat_format") != FORMAT:
         raise ValueError(f"{path} is not an ESAAT checkpoint (no esaat_format {FORMAT!r}); plain fold models "
@@ -144,8 +155,6 @@ def load_pruned(path, map_location="cpu") -> nn.Module:
 
 # --- a whole run ----------------------------------------------------------------------------------------
 def _read_run(run: Path):
-    from mer.train.config import TrainConfig
-
     if not (run / "config.json").exists() or not (run / "folds.json").exists():
         raise FileNotFoundError(f"{run} is not a `mer train` run directory (no config.json / folds.json)")
     tcfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
@@ -168,24 +177,9 @@ def _check_samples(run: Path, samples, y) -> None:
                            "prune with the data the run was trained on")
 
 
-def _write_predictions(path: Path, ids, test, y_test, prob) -> None:
-    from mer.train.loop import LABEL_NAMES
-    from mer.train.rundir import atomic_write_text
-
-    lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
-    for i, t, pr in zip(test, y_test, prob, strict=True):
-        ds, subj, clip = ids[i]
-        lines.append(f"{int(i)},{ds},{subj},{clip},{int(t)},{int(pr.argmax())}," + ",".join(f"{v:.6f}" for v in pr))
-    atomic_write_text(path, "\n".join(lines) + "\n")
-
-
 def prune_fold(run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray, y: np.ndarray, ids: list,
                progress: bool = False) -> dict:
     """ESAAT on fold ``fold`` (a folds.json entry) of ``run``; writes OUT/folds/<dir>/ and returns its record."""
-    from mer.train.loop import normalise, predict_proba
-    from mer.train.models import build_model
-    from mer.train.rundir import atomic_torch_save, atomic_write_json
-
     t0, c0 = time.perf_counter(), time.process_time()
     src = run / "folds" / fold["dir"]
     result = json.loads((src / "result.json").read_text())
@@ -211,7 +205,7 @@ def prune_fold(run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray
     prob = predict_proba(model, normalise(x[test], mean, std))
     d = out / "folds" / fold["dir"]
     d.mkdir(parents=True, exist_ok=True)
-    _write_predictions(d / "predictions.csv", ids, test, y[test], prob)
+    write_predictions(d / "predictions.csv", prediction_rows(test, [ids[i] for i in test], y[test], prob))
     atomic_write_json(d / "history.json", rec["history"])
     atomic_torch_save(d / "model.pt", {**{k: v for k, v in ck.items() if k != "state_dict"},
                                        "state_dict": model.state_dict(), "esaat_format": FORMAT,
@@ -225,7 +219,9 @@ def prune_fold(run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray
     atomic_write_json(d / "result.json", {
         "fold": fold["name"], "index": fold["index"], "dir": fold["dir"], "test_subjects": fold["test_subjects"],
         "n_fit": int(len(fit)), "n_test": int(len(test)), "epochs_run": len(rec["history"]),
-        "epoch_selected": len(rec["history"]), "selection": "esaat fine-tune, last epoch",
+        "epoch_selected": len(rec["history"]),
+        "selection": f"ESAAT fine-tune, last epoch, of the model chosen by: {result['selection']}",
+        "valid_estimate": result.get("valid_estimate", not result.get("oracle", False)),
         "seconds": round(secs, 2), "cpu_seconds": round(time.process_time() - c0, 2),
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in rec["history"]])), 3)
         if rec["history"] else 0.0, "threads": torch.get_num_threads(),
@@ -243,7 +239,6 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
 
     from mer.evaluation import write_report
     from mer.train.data import load_inputs
-    from mer.train.rundir import atomic_write_json, atomic_write_text
 
     run = Path(run)
     tcfg, folds = _read_run(run)

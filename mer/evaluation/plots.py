@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-LABEL_NAMES = ("negative", "positive", "surprise")
+from mer.labels import LABEL_NAMES
 
 
 def _plt():

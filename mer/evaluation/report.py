@@ -9,32 +9,26 @@ confusion.png and learning_curves.png. UF1/UAR are computed on the pooled predic
 """
 from __future__ import annotations
 
-import csv
 import json
-from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 
-from mer.train.config import TrainConfig
-from mer.train.rundir import atomic_write_json, atomic_write_text
-
-LABEL_NAMES = ("negative", "positive", "surprise")
-Row = namedtuple("Row", "index dataset subject clip label pred probs")
+from mer.io import (
+    PredictionRow,
+    atomic_write_json,
+    atomic_write_text,
+    read_predictions,
+    write_predictions,
+)
+from mer.labels import LABEL_NAMES
 
 
 class IncompleteRun(RuntimeError):
     """Some folds of the run have no predictions yet."""
 
 
-def read_fold_rows(path: Path) -> list[Row]:
-    with open(path, newline="") as f:
-        r = csv.DictReader(f)
-        return [Row(int(d["index"]), d["dataset"], d["subject"], d["clip"], int(d["label"]), int(d["pred"]),
-                    tuple(float(d[f"p_{n}"]) for n in LABEL_NAMES)) for d in r]
-
-
-def collect(root: Path, *, partial: bool = False) -> tuple[list[Row], list[dict], list[dict]]:
+def collect(root: Path, *, partial: bool = False) -> tuple[list[PredictionRow], list[dict], list[dict]]:
     """(rows sorted by sample index, fold results, folds.json entries); checks that every fold is finished
     and every held-out sample is predicted exactly once (nothing lost, nothing double-counted)."""
     root = Path(root)
@@ -46,7 +40,7 @@ def collect(root: Path, *, partial: bool = False) -> tuple[list[Row], list[dict]
             missing.append(f["name"])
             continue
         results.append(json.loads((d / "result.json").read_text()))
-        got = read_fold_rows(d / "predictions.csv")
+        got = read_predictions(d / "predictions.csv")
         if sorted(r.index for r in got) != sorted(f["test"]):
             raise RuntimeError(f"{d}/predictions.csv does not hold exactly the fold's test samples")
         rows += got
@@ -65,9 +59,18 @@ def collect(root: Path, *, partial: bool = False) -> tuple[list[Row], list[dict]
     return rows, results, folds
 
 
-def compute_metrics(rows: list[Row], results: list[dict], cfg: TrainConfig, n_folds: int,
+def selection_of(results: list[dict]) -> tuple[str, bool]:
+    """(selection label, valid estimate) of a run from its folds' result.json (every fold names how its
+    epoch was chosen; a run with any oracle-selected fold is not a valid estimate)."""
+    labels = list(dict.fromkeys(r["selection"] for r in results))
+    valid = all(r.get("valid_estimate", not r.get("oracle", False)) for r in results)
+    return " + ".join(labels), valid
+
+
+def compute_metrics(rows: list[PredictionRow], results: list[dict], config: dict, n_folds: int,
                     excluded: list | None = None) -> dict:
-    """The metrics.json dict; ``excluded``: samples the preparation could not use (uid, reason)."""
+    """The metrics.json dict. config: the run's config.json (a TrainConfig as a dict); ``excluded``: samples
+    the preparation could not use (uid, reason)."""
     from mer.metrics import breakdown, per_class
 
     yt = np.array([r.label for r in rows])
@@ -76,17 +79,18 @@ def compute_metrics(rows: list[Row], results: list[dict], cfg: TrainConfig, n_fo
     scores = breakdown(yt, yp, ds, labels=(0, 1, 2), overall="all")
     pc = per_class(yt, yp)
     secs = [r["seconds"] for r in results]
+    selection, valid = selection_of(results)
     return {
         "excluded": list(excluded or []),
-        "selection": cfg.selection_label,
-        "oracle": bool(cfg.reproduce_htnet_oracle),
-        "valid_estimate": not cfg.reproduce_htnet_oracle,
-        "protocol": cfg.protocol,
-        "model": cfg.model,
-        "input": cfg.input,
-        "flow": cfg.prep.flow,
-        "augment": cfg.augment,
-        "seed": cfg.seed,
+        "selection": selection,
+        "oracle": not valid,
+        "valid_estimate": valid,
+        "protocol": config["protocol"],
+        "model": config["model"],
+        "input": config["input"],
+        "flow": config["prep"]["flow"],
+        "augment": config["augment"],
+        "seed": config["seed"],
         "labels": list(LABEL_NAMES),
         "folds": n_folds,
         "folds_finished": len(results),
@@ -130,15 +134,12 @@ def write_report(root, *, partial: bool = False, print_table: bool = True, plots
     from mer.metrics import write_megc_log
 
     root = Path(root)
-    cfg = TrainConfig.from_dict(json.loads((root / "config.json").read_text()))
+    config = json.loads((root / "config.json").read_text())
     rows, results, folds = collect(root, partial=partial)
     ex_path = root / "excluded.json"
     excluded = json.loads(ex_path.read_text()) if ex_path.exists() else []
-    m = compute_metrics(rows, results, cfg, len(folds), excluded)
-    lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
-    lines += [f"{r.index},{r.dataset},{r.subject},{r.clip},{r.label},{r.pred}," + ",".join(f"{p:.6f}" for p in r.probs)
-              for r in rows]
-    atomic_write_text(root / "predictions.csv", "\n".join(lines) + "\n")
+    m = compute_metrics(rows, results, config, len(folds), excluded)
+    write_predictions(root / "predictions.csv", rows)
     # the MEGC log in fold order (one header per held-out subject)
     write_megc_log(root / "megc_log.txt", rows, [r.pred for r in rows], [r.label for r in rows])
     table = format_table(m)

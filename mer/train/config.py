@@ -9,18 +9,24 @@ Defaults are the ones measured on the 2-core development CPU (docs/training.md g
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
+from mer.options import check_choices, option
 from mer.preprocess.config import PrepConfig
 
 #: fields that do not change results (where and how fast it runs); ignored when comparing configs
 RUNTIME_FIELDS = ("out", "workers", "progress", "cache_dir", "prep_workers")
 
+DATASETS = ("casme2", "samm", "smic", "casme3")
 SELECTIONS = ("fixed", "val")
 INPUTS = ("face", "regions")
 AUGMENTS = ("none", "ddpm")
 NORMALISATIONS = ("channel", "none")
 CLASS_WEIGHTS = ("balanced", "none")
+
+
+_DATA, _PROTO, _OPT = "data (one source)", "protocol and inputs", "model and optimisation"
+_SEL, _AUG, _RUN = "model selection (never on held-out subjects)", "augmentation", "run"
 
 
 class ConfigMismatch(ValueError):
@@ -32,72 +38,77 @@ class TrainConfig:
     """A training + evaluation run (one model per fold, pooled UF1/UAR over all folds).
 
     Data: exactly one source, ``data`` (synthetic folder), the real composite roots, or ``dataset`` +
-    ``root``. Each field's comment gives its meaning and default; docs/training.md the measurements.
+    ``root``. Each field's option (help, choices, flag) is the `mer train` command line (mer.options);
+    docs/training.md gives the measurements.
     """
 
     # --- data ------------------------------------------------------------------------------------
-    data: str | None = None  # a `mer synth` output folder: DIR/{casme2,samm,smic} + DIR/megc2019_composite.csv
-    casme2: str | None = None  # real CASME II root (with --samm/--smic: the MEGC2019 composite)
-    samm: str | None = None  # real SAMM root
-    smic: str | None = None  # real SMIC-HS root
-    dataset: str | None = None  # a single dataset: casme2 | samm | smic | casme3 (with `root`)
-    root: str | None = None  # its root folder
-    sample_list: str | None = None  # composite/casme3 sample list CSV (None: synthetic list or shipped list)
-    frames: str = "auto"  # dataset crops when present ('auto'), or 'raw' / 'cropped'
-    on_prep_error: str = "raise"  # a sample that cannot be prepared (e.g. no face found): 'raise' (stop, list them
-    #                               all) or 'warn' (exclude it; listed in excluded.json, metrics.json, summary.md)
-    # --- protocol --------------------------------------------------------------------------------
-    protocol: str = "loso"  # 'loso' | 'kfold:K' (subject-grouped) | 'cross:train=casme2,samm;test=smic'
-    kfold_seed: int = 0  # subject assignment of kfold:K
-    # --- preprocessing (mer.preprocess.PrepConfig; keys the prep cache) --------------------------
-    prep: PrepConfig = field(default_factory=PrepConfig)  # TV-L1 flow, 28x28 maps, 128 px face
-    input: str = "regions"  # 'regions' (four facial windows tiled 2x2, as HTNet) or 'face' (whole face)
-    normalize: str = "channel"  # 'channel': (x - mean_c) / std_c with the fold's training statistics; 'none'
-    # --- model -----------------------------------------------------------------------------------
-    model: str = "htnet_small_lape_agent"  # mer.models.create_model name (`mer models` lists them)
-    model_kwargs: dict = field(default_factory=dict)  # overrides for create_model, e.g. {"dropout": 0.1}
-    # --- optimisation ----------------------------------------------------------------------------
-    epochs: int = 30  # fixed epoch budget (select='fixed') or the maximum (select='val')
-    batch_size: int = 64  # minibatch size (the composite's ~435 training samples: 7 steps per epoch)
-    lr: float = 1e-3  # Adam learning rate (the released HTNet's 5e-5 needs its 800 epochs)
-    weight_decay: float = 0.0  # Adam L2 weight decay
-    class_weights: str = "balanced"  # cross-entropy weights: 'balanced' (n / (K * n_c) on the fit set) or 'none'
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    data: str | None = option(None, "a `mer synth` output folder (casme2/, samm/, smic/, megc2019_composite.csv)",
+                              group=_DATA)
+    casme2: str | None = option(None, "real CASME II root; with --samm and --smic: the MEGC2019 composite", group=_DATA)
+    samm: str | None = option(None, "real SAMM root", group=_DATA)
+    smic: str | None = option(None, "real SMIC-HS root", group=_DATA)
+    dataset: str | None = option(None, "a single dataset (with --root)", choices=DATASETS, group=_DATA)
+    root: str | None = option(None, "root folder of --dataset", group=_DATA)
+    sample_list: str | None = option(None, "sample list CSV (composite: dataset,subject,clip,label; casme3); "
+                                     "default: the synthetic or the shipped list", group=_DATA)
+    frames: str = option("auto", "the dataset's face crops when present (auto), or raw / cropped frames",
+                         choices=("auto", "raw", "cropped"), group=_DATA)
+    on_prep_error: str = option("raise", "a sample that cannot be prepared (e.g. no face found): stop and list "
+                                "them all (raise), or exclude it, listed in excluded.json / metrics.json / "
+                                "summary.md (warn)", choices=("raise", "warn"), group=_DATA)
+    # --- protocol and inputs -----------------------------------------------------------------------
+    protocol: str = option("loso", "loso | kfold:K (subject-grouped) | cross:train=A,B;test=C", group=_PROTO)
+    kfold_seed: int = option(0, "subject assignment of kfold:K", group=_PROTO)
+    prep: PrepConfig = option(PrepConfig)  # preprocessing (keys the prep cache); options from `mer prepare`
+    input: str = option("regions", "the four facial-region windows tiled 2x2 (regions, as HTNet) or the whole "
+                        "face (face)", choices=INPUTS, group=_PROTO)
+    normalize: str = option("channel", "per-channel (x - mean_c) / std_c with the fold's training statistics "
+                            "(channel), or none", choices=NORMALISATIONS, group=_PROTO)
+    # --- model and optimisation ------------------------------------------------------------------
+    model: str = option("htnet_small_lape_agent", "mer.models name (`mer models`) or module:callable",
+                        group=_OPT)
+    model_kwargs: dict = option(dict, "create_model override, repeatable (VALUE parsed as JSON when possible)",
+                                flag="--model-arg", group=_OPT)
+    epochs: int = option(30, "epoch budget (select fixed) or the maximum (select val)", group=_OPT)
+    batch_size: int = option(64, "minibatch size (the composite's ~435 training samples: 7 steps per epoch)",
+                             group=_OPT)
+    lr: float = option(1e-3, "Adam learning rate (the released HTNet's 5e-5 needs its 800 epochs)", group=_OPT)
+    weight_decay: float = option(0.0, "Adam L2 weight decay", group=_OPT)
+    class_weights: str = option("balanced", "cross-entropy class weights: n / (K n_c) on the fit set (balanced) "
+                                "or none", choices=CLASS_WEIGHTS, group=_OPT)
+    label_smoothing: float = option(0.0, "cross-entropy label smoothing", group=_OPT)
     # --- model selection (never on the held-out subjects) ----------------------------------------
-    select: str = "fixed"  # 'fixed': the last epoch; 'val': best epoch on a validation split of training subjects
-    val_fraction: float = 0.15  # share of the training *subjects* held out for select='val'
-    patience: int = 10  # select='val': stop after this many epochs without a better validation UF1
-    # HTNet's released test-set epoch selection (labelled ORACLE; not a valid estimate)
-    reproduce_htnet_oracle: bool = False
+    select: str = option("fixed", "fixed: the last epoch of the budget; val: the best epoch on a validation "
+                         "split of the training subjects (early stopping)", choices=SELECTIONS, group=_SEL)
+    val_fraction: float = option(0.15, "share of the training *subjects* held out for select val", group=_SEL)
+    patience: int = option(10, "select val: stop after this many epochs without a better validation UF1",
+                           group=_SEL)
+    reproduce_htnet_oracle: bool = option(False, "the released HTNet's evaluation: best epoch on the held-out "
+                                          "subject. Labelled ORACLE everywhere; not a valid estimate", group=_SEL)
     # --- augmentation ----------------------------------------------------------------------------
-    augment: str = "none"  # 'none' | 'ddpm' (mer.augment, trained per fold on its training subjects only)
-    augment_ratio: str = "balance"  # 'balance' (top classes up to the largest) or a multiple of the fit set, e.g. '1.0'
-    ddpm: dict = field(default_factory=dict)  # overrides of mer.augment.DDPMConfig (e.g. {"train_steps": 200})
+    augment: str = option("none", "DDPM augmentation (mer.augment), trained per fold on its training subjects "
+                          "only", choices=AUGMENTS, group=_AUG)
+    augment_ratio: str = option("balance", "'balance' (top classes up to the largest) or a multiple of the fit "
+                                "set, e.g. 1.0", group=_AUG)
+    ddpm: dict = option(dict, "mer.augment.DDPMConfig override, repeatable (e.g. train_steps=200)",
+                        flag="--ddpm-arg", group=_AUG)
     # --- reproducibility -------------------------------------------------------------------------
-    seed: int = 0  # seeds each fold's init (seed + fold index), data order, validation split, augmentation
-    deterministic: bool = True  # torch.use_deterministic_algorithms(True) during training
-    checkpoint_every: int = 1  # epochs between resumable checkpoints (folds/<fold>/last.pt)
+    seed: int = option(0, "seeds each fold's init (seed * 1000 + fold), data order, validation split, "
+                       "augmentation", group=_RUN)
+    deterministic: bool = option(True, "torch.use_deterministic_algorithms during training", group=_RUN)
+    checkpoint_every: int = option(1, "epochs between resumable checkpoints (folds/<fold>/last.pt)", group=_RUN)
     # --- runtime (not part of the experiment) ----------------------------------------------------
-    out: str = "runs/train"  # run directory
-    workers: int = 1  # folds run in parallel worker processes (each torch.set_num_threads(cores // workers))
-    prep_workers: int = 0  # processes for preprocessing (0: same as workers)
-    cache_dir: str = "~/.cache/mer/prepared"  # preprocessing cache (keyed by every PrepConfig parameter)
-    progress: bool = True  # tqdm bars
+    out: str = option("runs/train", "run directory", required=True, group=_RUN)
+    workers: int = option(1, "folds in parallel worker processes (each torch.set_num_threads(cores // workers))",
+                          group=_RUN)
+    prep_workers: int = option(0, "preprocessing processes (0: same as --workers)", group=_RUN)
+    cache_dir: str = option("~/.cache/mer/prepared", "preprocessing cache (keyed by every preprocessing "
+                            "parameter)", flag="--cache", group=_RUN)
+    progress: bool = option(True, "progress bars", group=_RUN)
 
     def __post_init__(self):
-        errs = []
-        if self.input not in INPUTS:
-            errs.append(f"input must be one of {INPUTS}, got {self.input!r}")
-        if self.normalize not in NORMALISATIONS:
-            errs.append(f"normalize must be one of {NORMALISATIONS}, got {self.normalize!r}")
-        if self.select not in SELECTIONS:
-            errs.append(f"select must be one of {SELECTIONS}, got {self.select!r}")
-        if self.augment not in AUGMENTS:
-            errs.append(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
-        if self.on_prep_error not in ("raise", "warn"):
-            errs.append(f"on_prep_error must be 'raise' or 'warn', got {self.on_prep_error!r}")
-        if self.class_weights not in CLASS_WEIGHTS:
-            errs.append(f"class_weights must be one of {CLASS_WEIGHTS}, got {self.class_weights!r}")
+        errs = check_choices(self)
         if self.epochs < 1 or self.batch_size < 1:
             errs.append(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not self.lr > 0:
@@ -116,8 +127,6 @@ class TrainConfig:
                     raise ValueError
             except ValueError:
                 errs.append(f"augment_ratio must be 'balance' or a number >= 0, got {self.augment_ratio!r}")
-        if self.dataset is not None and self.dataset not in ("casme2", "samm", "smic", "casme3"):
-            errs.append(f"dataset must be casme2, samm, smic or casme3, got {self.dataset!r}")
         sources = [self.data is not None, any(x is not None for x in (self.casme2, self.samm, self.smic)),
                    self.dataset is not None]
         if sum(sources) > 1:
@@ -143,6 +152,11 @@ class TrainConfig:
         if self.select == "val":
             return f"early stopping on {self.val_fraction:.0%} of training subjects (patience {self.patience})"
         return f"fixed budget ({self.epochs} epochs, last epoch)"
+
+    @property
+    def valid_estimate(self) -> bool:
+        """False when the held-out subjects chose the epoch (the oracle reproduction)."""
+        return not self.reproduce_htnet_oracle
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -1,10 +1,14 @@
-"""Training and evaluating one fold: normalise with the fold's training statistics, train a fresh model,
-select the epoch (fixed / validation / labelled oracle), predict the held-out subjects.
+"""One fold: prepare its arrays -> train_epochs -> select the epoch and predict -> write its files.
 
-Every access to the sample arrays goes through :class:`IndexLog`, which records which sample indices were
-used for what ('fit', 'norm', 'val', 'augment', 'select', 'predict'). ``result.json`` stores that record,
-so tests (and users) can check that no held-out sample reached training, normalisation, validation,
-augmentation or model selection. Only the HTNet oracle reproduction puts test indices under 'select'.
+    result = train_fold(task)                                   # what the runner calls per fold
+    data = prepare_fold(task)                                   # normalised fit/val/test arrays
+    state = train_epochs(model, opt, data, cfg, order_key=(seed, fold), on_epoch_end=callback)
+
+Every access to the sample arrays goes through :class:`~mer.train.inputs.IndexLog`, which records which
+sample indices were used for what ('fit', 'norm', 'val', 'augment', 'select', 'predict'). ``result.json``
+stores that record, so tests (and users) can check that no held-out sample reached training,
+normalisation, validation, augmentation or model selection. Only the HTNet oracle reproduction puts test
+indices under 'select'.
 
 Resuming: ``last.pt`` (model, optimiser, torch RNG, history, best state) is written every
 ``checkpoint_every`` epochs; a rerun continues from it. The minibatch order of epoch e is drawn from
@@ -14,8 +18,8 @@ uninterrupted one and ends with the same weights.
 from __future__ import annotations
 
 import copy
-import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,19 +27,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mer.io import atomic_torch_save, atomic_write_json, prediction_rows, write_predictions
+from mer.labels import LABEL_NAMES
 from mer.train.config import TrainConfig
 from mer.train.folds import validation_split
-from mer.train.models import NUM_CLASSES, build_model
-from mer.train.rundir import atomic_torch_save, atomic_write_json, atomic_write_text
+from mer.train.inputs import IndexLog, channel_stats, class_weight_vector, normalise, predict_proba, scores
+from mer.train.models import build_model
 
-LABEL_NAMES = ("negative", "positive", "surprise")
 CHECKPOINT_FORMAT = "mer.train/1"
-#: testing hook: "FOLD:EPOCH" raises InjectedInterrupt right after that epoch of that fold (index) is done
-INTERRUPT_ENV = "MER_TRAIN_INTERRUPT_AT"
-
-
-class InjectedInterrupt(RuntimeError):
-    """Raised by the MER_TRAIN_INTERRUPT_AT testing hook (simulates a killed run)."""
 
 
 @dataclass
@@ -55,213 +54,238 @@ class FoldTask:
     subjects: list
     ids: list
 
+    @property
+    def seed(self) -> int:
+        """The fold's torch seed (model initialisation, dropout): cfg.seed * 1000 + index."""
+        return self.cfg.seed * 1000 + self.index
+
 
 @dataclass
-class IndexLog:
-    """Which sample indices were read, by purpose."""
+class FoldArrays:
+    """A fold's arrays, normalised with the statistics of its fit samples. x_*: (n, 3, S, S) float32,
+    y_*: (n,) int64; fit/val/test: indices into the run's samples; x_val/x_sel are None when unused."""
 
-    used: dict = field(default_factory=dict)
-
-    def take(self, purpose: str, arr: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx, dtype=np.int64)
-        self.used.setdefault(purpose, set()).update(int(i) for i in idx)
-        return arr[idx]
-
-    def as_dict(self) -> dict:
-        return {k: sorted(v) for k, v in sorted(self.used.items())}
-
-
-def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) of x (N, C, H, W) in float64; a constant channel gets std 1."""
-    x64 = x.astype(np.float64)
-    mean, std = x64.mean(axis=(0, 2, 3)), x64.std(axis=(0, 2, 3))
-    return mean, np.where(std > 1e-12, std, 1.0)
-
-
-def normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return ((x - mean[None, :, None, None]) / std[None, :, None, None]).astype(np.float32)
+    fit: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    x_fit: np.ndarray
+    y_fit: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    x_sel: np.ndarray | None  # the held-out subjects, labelled: only for the oracle reproduction
+    y_sel: np.ndarray | None
+    x_test: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    n_real: int
+    n_generated: int
+    log: IndexLog
 
 
-def class_weight_vector(y: np.ndarray, mode: str) -> torch.Tensor | None:
-    if mode == "none":
-        return None
-    counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (NUM_CLASSES * np.maximum(counts, 1)), 1.0)
-    return torch.tensor(w, dtype=torch.float32)
+@dataclass
+class TrainState:
+    """Where training stands: epochs done, per-epoch records, the best epoch so far (selection by
+    validation or oracle: {"epoch", "score", "state_dict"}), and whether early stopping ended it."""
+
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best: dict | None = None
+    stopped: bool = False
 
 
-@torch.no_grad()
-def predict_proba(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    """(N, 3) softmax probabilities of normalised inputs x (N, 3, S, S)."""
-    model.eval()
-    out = [F.softmax(model(torch.from_numpy(x[i:i + batch])), dim=1) for i in range(0, len(x), batch)]
-    return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
-
-
-def _scores(y: np.ndarray, prob: np.ndarray) -> dict:
-    from mer.metrics import uf1_uar
-
-    pred = prob.argmax(1)
-    uf1, uar = uf1_uar(y, pred)
-    loss = float(-np.log(np.clip(prob[np.arange(len(y)), y], 1e-12, None)).mean())
-    return {"loss": loss, "acc": float((pred == y).mean()), "uf1": uf1, "uar": uar}
-
-
-def _maybe_interrupt(fold: int, epoch: int) -> None:
-    spec = os.environ.get(INTERRUPT_ENV)
-    if spec and spec == f"{fold}:{epoch}":
-        raise InjectedInterrupt(f"{INTERRUPT_ENV}={spec}: interrupting fold {fold} after epoch {epoch}")
-
-
-def _ddpm_samples(cfg: TrainConfig, x_fit: np.ndarray, y_fit: np.ndarray, task: FoldTask, seed: int):
-    from mer.augment import DDPMConfig, augment_fold
-
-    dcfg = DDPMConfig(**{"progress": False, **cfg.ddpm})
-    ratio = cfg.augment_ratio if cfg.augment_ratio == "balance" else float(cfg.augment_ratio)
-    cache = Path(cfg.cache_dir).expanduser().parent / "ddpm"
-    return augment_fold(x_fit, y_fit, cfg=dcfg, cache_dir=cache, fold_key=task.dirname, seed=seed, ratio=ratio)
-
-
-def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0) -> dict:
-    """Train, select and predict one fold; writes the fold's files and returns its result dict."""
-    from tqdm.auto import tqdm
-
-    cfg, t0, c0 = task.cfg, time.perf_counter(), time.process_time()
-    fdir = Path(task.fold_dir)
-    fdir.mkdir(parents=True, exist_ok=True)
-    log = IndexLog()
-    seed = cfg.seed * 1000 + task.index
-    train = np.asarray(task.train, np.int64)
-    test = np.asarray(task.test, np.int64)
+def prepare_fold(task: FoldTask) -> FoldArrays:
+    """Split the training subjects (validation), normalise with the fit samples' statistics, add DDPM samples."""
+    cfg, log = task.cfg, IndexLog()
+    train, test = np.asarray(task.train, np.int64), np.asarray(task.test, np.int64)
     if cfg.select == "val":
-        fit, val = validation_split(train, task.subjects, cfg.val_fraction, seed)
+        fit, val = validation_split(train, task.subjects, cfg.val_fraction, task.seed)
     else:
         fit, val = train, np.zeros(0, np.int64)
-    # normalisation statistics: the fit subset of the training subjects only
-    if cfg.normalize == "channel":
+    if cfg.normalize == "channel":  # statistics of the fit subset of the training subjects only
         mean, std = channel_stats(log.take("norm", task.x, fit))
     else:
         mean, std = np.zeros(task.x.shape[1]), np.ones(task.x.shape[1])
     x_fit = normalise(log.take("fit", task.x, fit), mean, std)
     y_fit = log.take("fit", task.y, fit)
     n_real = len(y_fit)
-    n_gen = 0
     if cfg.augment == "ddpm":
         log.take("augment", task.y, fit)  # the DDPM sees exactly the fit arrays
-        x_gen, y_gen = _ddpm_samples(cfg, x_fit, y_fit, task, seed)
-        n_gen = len(y_gen)
+        x_gen, y_gen = _ddpm_samples(cfg, x_fit, y_fit, task)
         x_fit = np.concatenate([x_fit, x_gen.astype(np.float32)])
         y_fit = np.concatenate([y_fit, y_gen.astype(np.int64)])
-    x_val = normalise(log.take("val", task.x, val), mean, std) if len(val) else None
-    y_val = log.take("val", task.y, val) if len(val) else None
-    if cfg.reproduce_htnet_oracle:  # the released HTNet's selection: on the held-out subject (labelled)
-        x_sel = normalise(log.take("select", task.x, test), mean, std)
-        y_sel = log.take("select", task.y, test)
+    has_val, oracle = len(val) > 0, cfg.reproduce_htnet_oracle
+    return FoldArrays(
+        fit=fit, val=val, test=test, x_fit=x_fit, y_fit=y_fit,
+        x_val=normalise(log.take("val", task.x, val), mean, std) if has_val else None,
+        y_val=log.take("val", task.y, val) if has_val else None,
+        x_sel=normalise(log.take("select", task.x, test), mean, std) if oracle else None,
+        y_sel=log.take("select", task.y, test) if oracle else None,
+        x_test=normalise(log.take("predict", task.x, test), mean, std),
+        mean=mean, std=std, n_real=n_real, n_generated=len(y_fit) - n_real, log=log)
 
-    prev_det = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(cfg.deterministic)
+
+def _ddpm_samples(cfg: TrainConfig, x_fit: np.ndarray, y_fit: np.ndarray, task: FoldTask):
+    from mer.augment import DDPMConfig, augment_fold
+
+    dcfg = DDPMConfig(**{"progress": False, **cfg.ddpm})
+    ratio = cfg.augment_ratio if cfg.augment_ratio == "balance" else float(cfg.augment_ratio)
+    cache = Path(cfg.cache_dir).expanduser().parent / "ddpm"
+    return augment_fold(x_fit, y_fit, cfg=dcfg, cache_dir=cache, fold_key=task.dirname, seed=task.seed, ratio=ratio)
+
+
+def train_epochs(model, opt, data: FoldArrays, cfg: TrainConfig, *, order_key: tuple, state: TrainState | None = None,
+                 on_epoch_end=None, bar=None) -> TrainState:
+    """Train from ``state`` (default: epoch 0) up to cfg.epochs, or until early stopping (select='val').
+
+    Epoch e's minibatch order is ``default_rng([*order_key, e])``. Each epoch appends a record (train
+    loss/accuracy, validation or oracle scores, seconds) to state.history and keeps the best epoch's weights
+    in state.best; then ``on_epoch_end(state)`` is called (checkpointing, progress, interrupting tests).
+    """
+    state = state or TrainState()
+    xt, yt = torch.from_numpy(data.x_fit), torch.from_numpy(data.y_fit)
+    n, bs = len(yt), cfg.batch_size
+    weight = class_weight_vector(data.y_fit, cfg.class_weights)
+    while state.epoch < cfg.epochs and not state.stopped:
+        te = time.perf_counter()
+        model.train()
+        order = torch.from_numpy(np.random.default_rng([*order_key, state.epoch]).permutation(n))
+        tot_loss, correct = 0.0, 0
+        for s in range(0, n, bs):
+            b = order[s:s + bs]
+            logits = model(xt[b])
+            loss = F.cross_entropy(logits, yt[b], weight=weight, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.item() * len(b)
+            correct += int((logits.argmax(1) == yt[b]).sum())
+        state.epoch += 1
+        rec = {"epoch": state.epoch, "train_loss": tot_loss / n, "train_acc": correct / n}
+        score = None
+        if data.x_val is not None:
+            v = scores(data.y_val, predict_proba(model, data.x_val))
+            rec.update({f"val_{k}": x for k, x in v.items()})
+            score = (v["uf1"], -v["loss"])
+        if data.x_sel is not None:
+            o = scores(data.y_sel, predict_proba(model, data.x_sel))
+            rec.update({f"oracle_test_{k}": x for k, x in o.items()})
+            score = (o["acc"],)
+        rec["seconds"] = round(time.perf_counter() - te, 3)
+        state.history.append(rec)
+        if score is not None and (state.best is None or score > tuple(state.best["score"])):
+            state.best = {"epoch": state.epoch, "score": list(score), "state_dict": copy.deepcopy(model.state_dict())}
+        if cfg.select == "val" and state.epoch - state.best["epoch"] >= cfg.patience:
+            state.stopped = True
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['train_loss']:.3f}",
+                            **({"val_uf1": f"{rec['val_uf1']:.3f}"} if "val_uf1" in rec else {}))
+            bar.update()
+        if on_epoch_end is not None:
+            on_epoch_end(state)
+    return state
+
+
+@contextmanager
+def deterministic(on: bool):
+    """torch.use_deterministic_algorithms(on) inside the block, the previous setting after it."""
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on)
     try:
-        torch.manual_seed(seed)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev)
+
+
+def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0, on_epoch_end=None) -> dict:
+    """Train, select and predict one fold; writes the fold's files and returns its result dict.
+
+    on_epoch_end(task, state): called after every epoch (after its checkpoint), e.g. to stop a test run.
+    """
+    from tqdm.auto import tqdm
+
+    cfg, t0, c0 = task.cfg, time.perf_counter(), time.process_time()
+    fdir = Path(task.fold_dir)
+    fdir.mkdir(parents=True, exist_ok=True)
+    last = fdir / "last.pt"
+    data = prepare_fold(task)
+    with deterministic(cfg.deterministic):
+        torch.manual_seed(task.seed)
         model = build_model(cfg.model, cfg.model_kwargs, image_size=task.x.shape[-1])
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        weight = class_weight_vector(y_fit, cfg.class_weights)
-        history: list[dict] = []
-        best: dict | None = None  # {"epoch", "score", "state_dict"}
-        start = 0
-        last = fdir / "last.pt"
-        if last.exists():
-            ck = torch.load(last, map_location="cpu", weights_only=True)
-            model.load_state_dict(ck["state_dict"])
-            opt.load_state_dict(ck["optimizer"])
-            torch.set_rng_state(ck["rng"])
-            history, best, start = ck["history"], ck["best"], int(ck["epoch"])
-        xt, yt = torch.from_numpy(x_fit), torch.from_numpy(y_fit)
-        n = len(yt)
-        steps = (n + cfg.batch_size - 1) // cfg.batch_size
-        bar = tqdm(total=cfg.epochs, initial=start, desc=f"fold {task.index} {task.name}", unit="epoch",
-                   leave=False, position=position, disable=not progress)
-        stopped = cfg.select == "val" and best is not None and len(history) - best["epoch"] >= cfg.patience
-        epoch = start
-        while epoch < cfg.epochs and not stopped:
-            te = time.perf_counter()
-            model.train()
-            order = torch.from_numpy(np.random.default_rng([cfg.seed, task.index, epoch]).permutation(n))
-            tot_loss, correct = 0.0, 0
-            for s in range(steps):
-                b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-                logits = model(xt[b])
-                loss = F.cross_entropy(logits, yt[b], weight=weight, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                tot_loss += loss.item() * len(b)
-                correct += int((logits.argmax(1) == yt[b]).sum())
-            epoch += 1
-            rec = {"epoch": epoch, "train_loss": tot_loss / n, "train_acc": correct / n}
-            score = None
-            if x_val is not None:
-                v = _scores(y_val, predict_proba(model, x_val))
-                rec.update({f"val_{k}": val_ for k, val_ in v.items()})
-                score = (v["uf1"], -v["loss"])
-            if cfg.reproduce_htnet_oracle:
-                o = _scores(y_sel, predict_proba(model, x_sel))
-                rec.update({f"oracle_test_{k}": val_ for k, val_ in o.items()})
-                score = (o["acc"],)
-            rec["seconds"] = round(time.perf_counter() - te, 3)
-            history.append(rec)
-            if score is not None and (best is None or tuple(score) > tuple(best["score"])):
-                best = {"epoch": epoch, "score": list(score), "state_dict": copy.deepcopy(model.state_dict())}
-            if cfg.select == "val" and epoch - best["epoch"] >= cfg.patience:
-                stopped = True
-            if epoch % cfg.checkpoint_every == 0 or stopped or epoch == cfg.epochs:
-                atomic_torch_save(last, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                                         "rng": torch.get_rng_state(), "history": history, "best": best,
-                                         "epoch": epoch})
-            bar.set_postfix(loss=f"{rec['train_loss']:.3f}", **({"val_uf1": f"{rec['val_uf1']:.3f}"}
-                                                                if "val_uf1" in rec else {}))
-            bar.update()
-            _maybe_interrupt(task.index, epoch)
-        bar.close()
-        if best is not None:  # select='val' or the oracle: the chosen epoch's weights
-            model.load_state_dict(best["state_dict"])
-            chosen = int(best["epoch"])
-        else:
-            chosen = len(history)
-        prob = predict_proba(model, normalise(log.take("predict", task.x, test), mean, std))
-    finally:
-        torch.use_deterministic_algorithms(prev_det)
-    pred = prob.argmax(1)
-    y_test = task.y[test]
-    _write_predictions(fdir / "predictions.csv", task, test, y_test, pred, prob)
-    atomic_write_json(fdir / "history.json", history)
-    atomic_torch_save(fdir / "model.pt", {
-        "format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "config": cfg.to_dict(),
-        "model": cfg.model, "model_kwargs": dict(cfg.model_kwargs), "image_size": int(task.x.shape[-1]),
-        "input": cfg.input, "prep": cfg.prep.to_dict(), "norm_mean": [float(v) for v in mean],
-        "norm_std": [float(v) for v in std], "labels": list(LABEL_NAMES), "fold": task.name,
-        "fold_index": task.index, "epoch": chosen, "selection": cfg.selection_label})
-    result = {
-        "fold": task.name, "index": task.index, "dir": task.dirname,
-        "test_subjects": sorted({"/".join(task.subjects[i]) for i in test}),
-        "n_fit": n_real, "n_generated": n_gen, "n_val": int(len(val)), "n_test": int(len(test)),
-        "epochs_run": len(history), "epoch_selected": chosen, "selection": cfg.selection_label,
-        "oracle": bool(cfg.reproduce_htnet_oracle), "seconds": round(time.perf_counter() - t0, 2),
-        "cpu_seconds": round(time.process_time() - c0, 2),  # this process's CPU time (all its threads)
-        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
-        "threads": torch.get_num_threads(),
-        "test_acc": float((pred == y_test).mean()) if len(test) else None,
-        "indices_used": log.as_dict(),
-        "split": {"train": train.tolist(), "fit": fit.tolist(), "val": val.tolist(), "test": test.tolist()},
-    }
-    atomic_write_json(fdir / "result.json", result)
-    if last.exists():
-        last.unlink()
+        state = load_resume_point(last, model, opt)
+
+        def epoch_end(st: TrainState) -> None:
+            if st.epoch % cfg.checkpoint_every == 0 or st.stopped or st.epoch == cfg.epochs:
+                save_resume_point(last, model, opt, st)
+            if on_epoch_end is not None:
+                on_epoch_end(task, st)
+
+        with tqdm(total=cfg.epochs, initial=state.epoch, desc=f"fold {task.index} {task.name}", unit="epoch",
+                  leave=False, position=position, disable=not progress) as bar:
+            state = train_epochs(model, opt, data, cfg, order_key=(cfg.seed, task.index), state=state,
+                                 on_epoch_end=epoch_end, bar=bar)
+        chosen = select_epoch(model, state)
+        prob = predict_proba(model, data.x_test)
+    result = write_fold(task, data, model, state, chosen, prob, seconds=time.perf_counter() - t0,
+                        cpu_seconds=time.process_time() - c0)
+    last.unlink(missing_ok=True)
     return result
 
 
-def _write_predictions(path: Path, task: FoldTask, test, y_test, pred, prob) -> None:
-    lines = ["index,dataset,subject,clip,label,pred," + ",".join(f"p_{n}" for n in LABEL_NAMES)]
-    for i, t, p, pr in zip(test, y_test, pred, prob, strict=True):
-        ds, subj, clip = task.ids[i]
-        lines.append(f"{int(i)},{ds},{subj},{clip},{int(t)},{int(p)}," + ",".join(f"{v:.6f}" for v in pr))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+def select_epoch(model, state: TrainState) -> int:
+    """Load the selected epoch's weights into ``model`` (the best one when validation or the oracle chose
+    it, else the last) and return its number."""
+    if state.best is None:
+        return state.epoch
+    model.load_state_dict(state.best["state_dict"])
+    return int(state.best["epoch"])
+
+
+def load_resume_point(path: Path, model, opt) -> TrainState:
+    """Restore model, optimiser and torch RNG from ``last.pt`` if it exists; the state to continue from."""
+    if not path.exists():
+        return TrainState()
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["state_dict"])
+    opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["rng"])
+    return TrainState(epoch=int(ck["epoch"]), history=ck["history"], best=ck["best"], stopped=ck.get("stopped", False))
+
+
+def save_resume_point(path: Path, model, opt, state: TrainState) -> None:
+    atomic_torch_save(path, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                             "rng": torch.get_rng_state(), "history": state.history, "best": state.best,
+                             "epoch": state.epoch, "stopped": state.stopped})
+
+
+def write_fold(task: FoldTask, data: FoldArrays, model, state: TrainState, chosen: int, prob: np.ndarray, *,
+               seconds: float, cpu_seconds: float) -> dict:
+    """Write predictions.csv, history.json, model.pt and (last: the fold is finished) result.json."""
+    cfg, fdir, test = task.cfg, Path(task.fold_dir), data.test
+    y_test = task.y[test]
+    pred = prob.argmax(1)
+    write_predictions(fdir / "predictions.csv", prediction_rows(test, [task.ids[i] for i in test], y_test, prob))
+    atomic_write_json(fdir / "history.json", state.history)
+    atomic_torch_save(fdir / "model.pt", {
+        "format": CHECKPOINT_FORMAT, "state_dict": model.state_dict(), "config": cfg.to_dict(),
+        "model": cfg.model, "model_kwargs": dict(cfg.model_kwargs), "image_size": int(task.x.shape[-1]),
+        "input": cfg.input, "prep": cfg.prep.to_dict(), "norm_mean": [float(v) for v in data.mean],
+        "norm_std": [float(v) for v in data.std], "labels": list(LABEL_NAMES), "fold": task.name,
+        "fold_index": task.index, "epoch": chosen, "selection": cfg.selection_label})
+    history = state.history
+    result = {
+        "fold": task.name, "index": task.index, "dir": task.dirname,
+        "test_subjects": sorted({"/".join(task.subjects[i]) for i in test}),
+        "n_fit": data.n_real, "n_generated": data.n_generated, "n_val": int(len(data.val)), "n_test": int(len(test)),
+        "epochs_run": len(history), "epoch_selected": chosen, "selection": cfg.selection_label,
+        "valid_estimate": cfg.valid_estimate, "oracle": not cfg.valid_estimate,
+        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),  # this process's CPU time (all threads)
+        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
+        "threads": torch.get_num_threads(),
+        "test_acc": float((pred == y_test).mean()) if len(test) else None,
+        "indices_used": data.log.as_dict(),
+        "split": {"train": np.asarray(task.train).tolist(), "fit": data.fit.tolist(), "val": data.val.tolist(),
+                  "test": test.tolist()},
+    }
+    atomic_write_json(fdir / "result.json", result)
+    return result

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mer.train.loop import CHECKPOINT_FORMAT, LABEL_NAMES, normalise, predict_proba
+from mer.labels import LABEL_NAMES
+from mer.train.inputs import normalise, predict_proba
+from mer.train.loop import CHECKPOINT_FORMAT
 from mer.train.models import build_model
 
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")

@@ -1,4 +1,4 @@
-"""The run directory: layout, atomic writes, config check, finished-fold bookkeeping.
+"""The run directory: layout, config check, finished-fold bookkeeping.
 
     RUNDIR/
       config.json            the resolved TrainConfig (written first; a rerun must match it)
@@ -15,59 +15,12 @@
 """
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from mer.io import atomic_write_text
 from mer.train.config import ConfigMismatch, TrainConfig
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, rename (never a torn file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def atomic_torch_save(path: Path, obj) -> None:
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 class RunDir:

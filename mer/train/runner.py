@@ -16,11 +16,12 @@ import os
 import time
 from pathlib import Path
 
+from mer.io import atomic_write_text
 from mer.train import distributed as dist
 from mer.train.config import ConfigMismatch, TrainConfig
 from mer.train.folds import build_folds, fold_dirname, shard
 from mer.train.loop import FoldTask, train_fold
-from mer.train.rundir import RunDir, atomic_write_text
+from mer.train.rundir import RunDir
 
 # set by the worker initialiser: the arrays every fold of the run shares (sent once per worker process)
 _SHARED: dict = {}
@@ -54,8 +55,8 @@ def _task(cfg: TrainConfig, index: int, fold, rd: RunDir, shared: dict) -> FoldT
                     subjects=shared["subjects"], ids=shared["ids"])
 
 
-def _worker_run(cfg: TrainConfig, index: int, fold, root: str) -> dict:
-    return train_fold(_task(cfg, index, fold, RunDir(root), _SHARED), progress=False)
+def _worker_run(cfg: TrainConfig, index: int, fold, root: str, on_epoch_end) -> dict:
+    return train_fold(_task(cfg, index, fold, RunDir(root), _SHARED), progress=False, on_epoch_end=on_epoch_end)
 
 
 def _collective(ctx, fn, *, main_only: bool = False):
@@ -104,11 +105,12 @@ def _folds_json(folds) -> str:
                        for i, f in enumerate(folds)]) + "\n"
 
 
-def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) -> dict | None:
+def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on_epoch_end=None) -> dict | None:
     """Run (or resume) ``cfg``; returns the merged metrics on rank 0 (None on other ranks).
 
     on_fold_done(result) is called in this process after each fold that runs here (serial mode and the
-    results coming back from worker processes).
+    results coming back from worker processes). on_epoch_end(task, state) is called after every epoch of
+    every fold, in the process that trains it (with workers > 1 it must be picklable).
     """
     from tqdm.auto import tqdm
 
@@ -151,7 +153,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
             where = f"rank {ctx.rank}/{ctx.world}: " if ctx.active else ""
             print(f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "
                   f"of {len(mine)} already finished; prepared in {t_prep:.1f} s")
-        _collective(ctx, lambda: _run_folds(cfg, folds, todo, len(mine), rd, shared, ctx, on_fold_done, tqdm))
+        _collective(ctx, lambda: _run_folds(cfg, folds, todo, len(mine), rd, shared, ctx, on_fold_done, on_epoch_end,
+                                                tqdm))
         if ctx.is_main:
             from mer.evaluation.report import write_report
 
@@ -162,7 +165,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None) ->
         dist.teardown(ctx)
 
 
-def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, tqdm) -> None:
+def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch_end, tqdm) -> None:
     bar = tqdm(total=n_mine, initial=n_mine - len(todo), desc="folds" + (f" (rank {ctx.rank})" if ctx.active else ""),
                unit="fold", disable=not cfg.progress, position=0)
 
@@ -181,7 +184,8 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, tqdm) ->
 
                 torch.set_num_threads(_threads_for(1))
             for i in todo:
-                done(train_fold(_task(cfg, i, folds[i], rd, shared), progress=cfg.progress, position=1))
+                done(train_fold(_task(cfg, i, folds[i], rd, shared), progress=cfg.progress, position=1,
+                                on_epoch_end=on_epoch_end))
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -189,7 +193,7 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, tqdm) ->
             ex = ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(_threads_for(cfg.workers), shared))
             try:
-                futs = {ex.submit(_worker_run, cfg, i, folds[i], str(rd.root)): i for i in todo}
+                futs = {ex.submit(_worker_run, cfg, i, folds[i], str(rd.root), on_epoch_end): i for i in todo}
                 errors = []
                 for f in as_completed(futs):
                     try:

@@ -1,28 +1,14 @@
 """End to end through the command line: mer synth --preset tiny -> mer train (a *_tiny model, 2 epochs)
 -> mer evaluate -> mer predict (a synthetic clip; an image without a face)."""
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-STANDIN_DIR = Path(__file__).parents[1] / "train"  # tests/mer/train/train_standin.py
-
-
-def tiny_model() -> str:
-    """htnet_tiny when the model family is importable, else the training tests' stand-in."""
-    try:
-        from mer.models import list_models
-
-        if "htnet_tiny" in list_models():
-            return "htnet_tiny"
-    except Exception:  # mer.models not landed / broken: the stand-in keeps this about the CLI
-        pass
-    return "train_standin:tiny"
+TINY_MODEL = "htnet_tiny"  # a registered mer.models variant that trains in seconds
 
 
 def mer(args, env, timeout=180):
@@ -34,8 +20,6 @@ def mer(args, env, timeout=180):
 def mer_inproc(args, capsys):
     from mer.cli import main
 
-    if str(STANDIN_DIR) not in sys.path:
-        sys.path.insert(0, str(STANDIN_DIR))
     rc = main(args)
     out = capsys.readouterr()
     return rc, out.out, out.err
@@ -46,19 +30,12 @@ def tiny_run(tmp_path_factory):
     """(synthetic data dir, run dir): the CLI pipeline run once for this module."""
     import os
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(STANDIN_DIR), *sys.path]))
-    env.pop("MER_TRAIN_INTERRUPT_AT", None)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     tmp = tmp_path_factory.mktemp("cli")
     data, run = tmp / "synth", tmp / "run"
-    if importlib.util.find_spec("mer.cli.synth") is not None:
-        rc, out, err = mer(["synth", "--out", str(data), "--preset", "tiny", "--seed", "0"], env)
-        assert rc == 0, err[-2000:]
-    else:  # `mer synth` not landed yet: the generator's API writes the same thing
-        from mer.synth.config import SynthConfig
-        from mer.synth.generate import generate
-
-        generate(SynthConfig(preset="tiny", seed=0), data, progress=False)
-    rc, out, err = mer(["train", "--data", str(data), "--protocol", "loso", "--model", tiny_model(),
+    rc, out, err = mer(["synth", "--out", str(data), "--preset", "tiny", "--seed", "0"], env)
+    assert rc == 0, err[-2000:]
+    rc, out, err = mer(["train", "--data", str(data), "--protocol", "loso", "--model", TINY_MODEL,
                         "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--flow", "farneback", "--size", "16",
                         "--cache", str(tmp / "cache"), "--out", str(run)], env)
     assert rc == 0, out[-2000:] + err[-3000:]
@@ -106,7 +83,7 @@ def test_evaluate_recomputes_the_same_metrics(tiny_run, capsys):
 @pytest.mark.slow
 def test_a_changed_config_is_refused(tiny_run, capsys):
     data, run = tiny_run
-    rc, out, err = mer_inproc(["train", "--data", str(data), "--model", tiny_model(), "--epochs", "3",
+    rc, out, err = mer_inproc(["train", "--data", str(data), "--model", TINY_MODEL, "--epochs", "3",
                                "--batch-size", "8", "--lr", "3e-3", "--flow", "farneback", "--size", "16",
                                "--out", str(run), "--no-progress"], capsys)
     assert rc == 2 and "different config" in err and "epochs: 2 -> 3" in err and "--force" in err

@@ -33,7 +33,7 @@ def tiny_run(tmp_path_factory):
 def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     from mer.cli import main
     from mer.esaat import load_pruned
-    from mer.train.loop import normalise, predict_proba
+    from mer.train import normalise, predict_proba
 
     out = tmp_path / "k1"
     args = ["prune", "--run", str(tiny_run), "--remove", "1", "--epochs", "2", "--fade-epochs", "1", "--calib", "8",

@@ -1,27 +1,14 @@
 """Fixtures of the training tests: a tiny synthetic composite (generated once per session), a shared
-preprocessing cache, the tiny model to train and a helper that builds small TrainConfigs."""
+preprocessing cache and a helper that builds small TrainConfigs of the tiny registered model."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
 SIZE = 16  # map side of the tiny runs (htnet_tiny's image size)
-
-
-def tiny_model() -> str:
-    """htnet_tiny when the model family is importable, else the in-test stand-in."""
-    try:
-        from mer.models import list_models
-
-        if "htnet_tiny" in list_models():
-            return "htnet_tiny"
-    except Exception:  # mer.models not landed / broken: the stand-in keeps these tests about training
-        pass
-    return "train_standin:tiny"
+TINY_MODEL = "htnet_tiny"  # a registered mer.models variant that trains in seconds
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +34,7 @@ def make_cfg(synth_tiny, prep_cache, tmp_path):
     from mer.train import TrainConfig
 
     def make(**kw):
-        base = dict(data=str(synth_tiny), protocol="loso", model=tiny_model(), epochs=2, batch_size=8, lr=3e-3,
+        base = dict(data=str(synth_tiny), protocol="loso", model=TINY_MODEL, epochs=2, batch_size=8, lr=3e-3,
                     prep=PrepConfig(flow="farneback", size=SIZE), out=str(tmp_path / "run"),
                     cache_dir=str(prep_cache), progress=False)
         base.update(kw)
@@ -58,12 +45,8 @@ def make_cfg(synth_tiny, prep_cache, tmp_path):
 
 @pytest.fixture
 def subprocess_env() -> dict:
-    """Environment for `mer` subprocesses: one thread, this folder importable (the stand-in model)."""
-    env = dict(os.environ)
-    env["OMP_NUM_THREADS"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
-    env.pop("MER_TRAIN_INTERRUPT_AT", None)
-    return env
+    """Environment for `mer` subprocesses: one thread."""
+    return dict(os.environ, OMP_NUM_THREADS="1")
 
 
 @pytest.fixture

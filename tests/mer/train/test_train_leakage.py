@@ -70,7 +70,7 @@ def test_oracle_reproduction_is_visible_in_the_index_log_and_labelled(make_cfg):
 
 
 def test_normalisation_statistics_come_from_the_fit_indices():
-    from mer.train.loop import IndexLog, channel_stats
+    from mer.train.inputs import IndexLog, channel_stats
 
     x = np.random.default_rng(0).normal(size=(10, 3, 4, 4)).astype(np.float32)
     x[7:] += 100.0  # the "test" rows would shift the statistics visibly

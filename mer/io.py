@@ -1,0 +1,111 @@
+"""Files that are either complete or absent (atomic writes), and the per-sample predictions CSV.
+
+    atomic_write_json(path, obj)           # temp file next to path, fsync, rename: never a torn file
+    atomic_write(path, lambda f: np.savez(f, x=x))
+    write_predictions(path, index, ids, labels, probs)
+    rows = read_predictions(path)          # [PredictionRow(index, dataset, subject, clip, label, pred, probs)]
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+from mer.labels import LABEL_NAMES
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync, then rename it onto ``path``.
+    On any error the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, obj) -> None:
+    """JSON with indent 2; numpy scalars and arrays are written as numbers and lists."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_torch_save(path, obj) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# --- predictions.csv -------------------------------------------------------------------------------------
+PREDICTION_COLUMNS = ("index", "dataset", "subject", "clip", "label", "pred", *(f"p_{n}" for n in LABEL_NAMES))
+
+
+class PredictionRow(NamedTuple):
+    """One held-out sample: its index in the run's samples.csv, ids, true label, predicted label, and the
+    class probabilities (ordered as LABEL_NAMES)."""
+
+    index: int
+    dataset: str
+    subject: str
+    clip: str
+    label: int
+    pred: int
+    probs: tuple
+
+
+def prediction_rows(index, ids, labels, probs) -> list[PredictionRow]:
+    """Rows from parallel sequences: index (N,), ids [(dataset, subject, clip)] * N, labels (N,), probs (N, K);
+    pred = argmax of probs."""
+    rows = []
+    for i, (ds, subj, clip), t, p in zip(index, ids, labels, probs):
+        p = tuple(float(v) for v in p)
+        rows.append(PredictionRow(int(i), ds, subj, clip, int(t), max(range(len(p)), key=p.__getitem__), p))
+    return rows
+
+
+def write_predictions(path, rows: list[PredictionRow]) -> None:
+    """predictions.csv: PREDICTION_COLUMNS, one row per sample, probabilities to 6 decimals."""
+    lines = [",".join(PREDICTION_COLUMNS)]
+    for r in rows:
+        lines.append(f"{r.index},{r.dataset},{r.subject},{r.clip},{r.label},{r.pred},"
+                     + ",".join(f"{v:.6f}" for v in r.probs))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def read_predictions(path) -> list[PredictionRow]:
+    with open(path, newline="") as f:
+        return [PredictionRow(int(d["index"]), d["dataset"], d["subject"], d["clip"], int(d["label"]), int(d["pred"]),
+                              tuple(float(d[f"p_{n}"]) for n in LABEL_NAMES)) for d in csv.DictReader(f)]
