@@ -90,7 +90,7 @@ def prediction_rows(index, ids, labels, probs) -> list[PredictionRow]:
     """Rows from parallel sequences: index (N,), ids [(dataset, subject, clip)] * N, labels (N,), probs (N, K);
     pred = argmax of probs."""
     rows = []
-    for i, (ds, subj, clip), t, p in zip(index, ids, labels, probs):
+    for i, (ds, subj, clip), t, p in zip(index, ids, labels, probs, strict=True):
         p = tuple(float(v) for v in p)
         rows.append(PredictionRow(int(i), ds, subj, clip, int(t), max(range(len(p)), key=p.__getitem__), p))
     return rows

@@ -263,8 +263,9 @@ def augment_fold(
             atomic_write(folder / "model.pt", lambda f: torch.save(ckpt, f))
             classes, counts = np.unique(y, return_counts=True)
             meta = {"fold_key": fold_key, "key": key, "x_shape": list(x.shape),
-                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts)},
-                    "seed": int(seed), "cfg": cfg.key_dict(), "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
+                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
+                    "seed": int(seed), "cfg": cfg.key_dict(),
+                    "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
             atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     x_gen, y_gen = generate(ckpt, targets, seed, cfg)
