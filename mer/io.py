@@ -17,13 +17,18 @@ from typing import NamedTuple
 
 from mer.labels import LABEL_NAMES
 
+#: the temporary file of the atomic write in progress in this process (None when none is)
+_WRITING: str | None = None
+
 
 def atomic_write(path, write) -> None:
     """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync, then rename it onto ``path``.
     On any error the temporary file is removed and ``path`` is left as it was."""
+    global _WRITING
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _WRITING = tmp
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -34,6 +39,19 @@ def atomic_write(path, write) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    finally:
+        _WRITING = None
+
+
+def remove_unfinished_write() -> None:
+    """Delete the temporary file of an atomic write in progress in this process. For a signal handler that
+    ends the process: no temporary file is left behind (the target itself is never half-written anyway)."""
+    tmp = _WRITING
+    if tmp:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -14,16 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from mer.io import atomic_write, remove_unfinished_write  # noqa: F401  (re-exported for the workers)
 from mer.preprocess.config import PIPELINE_VERSION
-
-#: the temporary file this process is writing (see remove_unfinished_write)
-WRITING: str | None = None
 
 
 def _stat(path: str) -> list:
@@ -107,35 +104,10 @@ class Cache:
         return n
 
     def save(self, key: str, face: np.ndarray, regions: np.ndarray, meta: dict) -> Path:
+        """Write the entry atomically (complete or absent); it carries its own key, checked on load."""
         p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        global WRITING
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{key[:8]}.", suffix=".tmp")
-        WRITING = tmp
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, face=face.astype(np.float32), regions=regions.astype(np.float32),
-                         meta=np.array(json.dumps(meta, default=str)), key=np.array(key))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        finally:
-            WRITING = None
+        atomic_write(p, lambda f: np.savez(f, face=face.astype(np.float32), regions=regions.astype(np.float32),
+                                           meta=np.array(json.dumps(meta, default=str)), key=np.array(key)))
         return p
 
 
-def remove_unfinished_write() -> None:
-    """Delete the temporary file of a write in progress in this process (for a signal handler that ends
-    the process: no temporary file is left behind; the entry itself is never half-visible anyway)."""
-    tmp = WRITING
-    if tmp:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass

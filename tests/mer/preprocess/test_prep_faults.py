@@ -97,21 +97,22 @@ def test_entry_copied_over_another_key_is_refused(root, tmp_path):
 
 def test_interrupted_pool_leaves_no_partial_entry(root, tmp_path):
     """A worker terminated while writing: only whole entries (each with its own key), no temp files."""
+    import mer.io as io_mod
     import mer.preprocess.cache as cache_mod
 
     samples = samples_of(root)
     c = cache_mod.Cache(tmp_path / "c")
     face = np.zeros((3, 14, 14), np.float32)
-    # what a terminated writer leaves: remove_unfinished_write deletes the temp file being written
-    cache_mod.WRITING = None
     c.save("ab" * 32, face, face, {})
+    assert io_mod._WRITING is None  # a finished write leaves nothing registered
+    # what a terminated writer leaves: remove_unfinished_write deletes the temp file being written
     import tempfile
 
     fd, tmp = tempfile.mkstemp(dir=c.root / "ab", prefix=".abababab.", suffix=".tmp")
     os.close(fd)
-    cache_mod.WRITING = tmp
+    io_mod._WRITING = tmp
     cache_mod.remove_unfinished_write()
-    cache_mod.WRITING = None
+    io_mod._WRITING = None
     assert not os.path.exists(tmp) and c.load("ab" * 32) is not None
     assert prepare(samples, FAST, tmp_path / "c", progress=False).face.shape == (4, 3, 14, 14)
 
