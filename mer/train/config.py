@@ -54,9 +54,10 @@ class TrainConfig:
                                      "default: the synthetic or the shipped list", group=_DATA)
     frames: str = option("auto", "the dataset's face crops when present (auto), or raw / cropped frames",
                          choices=("auto", "raw", "cropped"), group=_DATA)
-    on_prep_error: str = option("raise", "a sample that cannot be prepared (e.g. no face found): stop and list "
-                                "them all (raise), or exclude it, listed in excluded.json / metrics.json / "
-                                "summary.md (warn)", choices=("raise", "warn"), group=_DATA)
+    on_prep_error: str = option("raise", "a sample that cannot be used (a frame missing, truncated or corrupt, "
+                                "no face found, ...): stop and list them all (raise), or exclude it, listed in "
+                                "excluded.json / metrics.json / summary.md (warn)", choices=("raise", "warn"),
+                                flag="--on-error", group=_DATA)
     # --- protocol and inputs -----------------------------------------------------------------------
     protocol: str = option("loso", "loso | kfold:K (subject-grouped) | cross:train=A,B;test=C", group=_PROTO)
     kfold_seed: int = option(0, "subject assignment of kfold:K", group=_PROTO)
