@@ -8,9 +8,10 @@ A fold is finished when ``result.json`` exists (written last). Its outputs can s
 fold again (the others are kept) and ``mer evaluate`` stops with the fold and the fix named, instead of a
 traceback or, worse, pooled metrics over a wrong set of predictions. Checked per fold: result.json and
 history.json parse; model.pt is a complete torch archive (its zip directory reads; the weights themselves
-are not loaded); predictions.csv has the header, whole lines (it ends with a newline), one row per test
-sample of the fold (none missing, none twice, none foreign), finite probabilities in [0, 1] summing to 1,
-the prediction their argmax, and each sample's label as in samples.csv.
+are not loaded; `mer train` only, `mer evaluate` does not read it); predictions.csv has the header, whole
+lines (it ends with a newline), one row per test sample of the fold (none missing, none twice, none
+foreign), finite probabilities in [0, 1] summing to 1, the prediction their argmax, and each sample's
+label as in samples.csv.
 """
 from __future__ import annotations
 
@@ -94,8 +95,9 @@ def run_labels(root) -> dict | None:
         return None
 
 
-def fold_problem(fold_dir, test, labels: dict | None = None) -> str | None:
-    """What is wrong with a finished fold's outputs (None: all there and whole). Not for unfinished folds."""
+def fold_problem(fold_dir, test, labels: dict | None = None, *, model: bool = True) -> str | None:
+    """What is wrong with a finished fold's outputs (None: all there and whole). Not for unfinished folds.
+    ``model=False``: model.pt is not looked at (`mer evaluate` does not read it)."""
     d = Path(fold_dir)
     for name in ("result.json", "history.json"):
         try:
@@ -104,15 +106,16 @@ def fold_problem(fold_dir, test, labels: dict | None = None) -> str | None:
             return f"{d / name} is missing"
         except (OSError, ValueError) as e:
             return f"{d / name} is damaged ({type(e).__name__}: {e})"
-    model = d / "model.pt"
-    if not model.is_file():
-        return f"{model} is missing"
-    try:
-        with zipfile.ZipFile(model) as z:
-            if not z.namelist():
-                raise zipfile.BadZipFile("no entries")
-    except (zipfile.BadZipFile, OSError) as e:
-        return f"{model} is truncated or damaged ({e})"
+    ck = d / "model.pt"
+    if model and not ck.is_file():
+        return f"{ck} is missing"
+    if model:
+        try:
+            with zipfile.ZipFile(ck) as z:
+                if not z.namelist():
+                    raise zipfile.BadZipFile("no entries")
+        except (zipfile.BadZipFile, OSError) as e:
+            return f"{ck} is truncated or damaged ({e})"
     try:
         read_fold_predictions(d / "predictions.csv", test, labels)
     except FoldOutputError as e:

@@ -49,7 +49,7 @@ def collect(root: Path, *, partial: bool = False) -> tuple[list[PredictionRow], 
         if not (d / "result.json").exists():
             missing.append(f["name"])
             continue
-        problem = fold_problem(d, f["test"], labels)
+        problem = fold_problem(d, f["test"], labels, model=False)  # (mer train also checks model.pt)
         if problem is not None:
             damaged.append((f["name"], problem))
             continue

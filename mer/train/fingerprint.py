@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.io import atomic_write_json
 from mer.train.config import ConfigMismatch
 
 FORMAT = "mer.train.inputs/1"
@@ -76,6 +75,15 @@ def fingerprint(samples, x: np.ndarray, y: np.ndarray) -> dict:
     return {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "samples": [{"uid": s.uid, "label": int(t), "input": input_hash(xi), "files": _files(s)}
                         for s, xi, t in zip(samples, x, y, strict=True)]}
+
+
+def write_record(path, record: dict) -> None:
+    """inputs.json: the header, then one sample per line (readable, and diffable with the eye)."""
+    from mer.io import atomic_write_text
+
+    head = {k: v for k, v in record.items() if k != "samples"}
+    lines = [json.dumps(r, separators=(",", ":")) for r in record["samples"]]
+    atomic_write_text(path, json.dumps(head)[:-1] + ', "samples": [\n' + ",\n".join(lines) + "\n]}\n")
 
 
 def _when(ns) -> str:
@@ -160,9 +168,9 @@ def check_inputs(root, samples, x: np.ndarray, y: np.ndarray, *, notify=None) ->
         if trained:
             note(f"{root}: this run has {len(trained)} trained fold(s) but no record of their inputs (made before "
                  f"mer recorded them): they cannot be checked against the current inputs; recording these now")
-            atomic_write_json(path, new)
+            write_record(path, new)
             return "unchecked"
-        atomic_write_json(path, new)
+        write_record(path, new)
         return "recorded"
     try:
         old = json.loads(path.read_text())
@@ -173,14 +181,14 @@ def check_inputs(root, samples, x: np.ndarray, y: np.ndarray, *, notify=None) ->
             raise InputsChanged(f"{path} is unreadable ({e}), so the inputs of this run's {len(trained)} trained "
                                 "fold(s) cannot be checked; rerun with --force to train every fold on the "
                                 "current inputs") from None
-        atomic_write_json(path, new)
+        write_record(path, new)
         return "recorded"
     changed, removed, added, files_only = compare(old, new)
     if not (changed or removed or added):
         if files_only:
             note(f"{root}: the frames of {len(files_only)} sample(s) have new sizes or dates but give the same "
                  f"prepared inputs ({_brief(files_only, 3)}): resuming")
-            atomic_write_json(path, new)
+            write_record(path, new)
             return "files-touched"
         return "same"
     if not trained:
@@ -188,7 +196,7 @@ def check_inputs(root, samples, x: np.ndarray, y: np.ndarray, *, notify=None) ->
              "starting with the current inputs")
         for name in ("samples.csv", "folds.json", "excluded.json"):  # they describe no trained fold
             (root / name).unlink(missing_ok=True)
-        atomic_write_json(path, new)
+        write_record(path, new)
         return "recorded"
     what = []
     if changed:

@@ -43,8 +43,11 @@ CHECKPOINT_KEYS = ("state_dict", "model", "model_kwargs", "image_size", "input",
 
 
 def _first_line(e: BaseException) -> str:
+    """'Type: the first sentence of the message' (torch's load errors run to several lines of advice)."""
     lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    text = lines[0] if lines else ""
+    text = text.split(". ")[0][:160]
+    return f"{type(e).__name__}: {text}".rstrip(": ")
 
 
 def weights_mismatch(model: torch.nn.Module, state: dict) -> str | None:

@@ -27,6 +27,17 @@ class RecoveryWarning(UserWarning):
     """Something of a run was damaged and is being redone (the message says what and how)."""
 
 
+def show_warnings_plainly() -> None:
+    """Warnings as ``warning: <message>`` lines on stderr (what the `mer` commands print), e.g. in fold
+    worker processes, whose warnings would otherwise carry a file name and a source line."""
+    import sys
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
 def _run_root(path: Path) -> Path | None:
     """RUNDIR of RUNDIR/folds/<fold>/<file> (None for a path elsewhere)."""
     path = Path(path)
@@ -44,8 +55,11 @@ def notify(message: str, path=None, root=None) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
+    """'Type: the first sentence of the message' (torch's load errors run to several lines of advice)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text.split(". ")[0][:160]
+    return f"{type(e).__name__}: {text}".rstrip(": ")
 
 
 def save_checkpoint(path, payload: dict) -> None:

@@ -23,7 +23,7 @@ from mer.train.fingerprint import check_inputs
 from mer.train.folds import build_folds, fold_dirname, shard
 from mer.train.lock import take_lock
 from mer.train.loop import FoldTask, train_fold
-from mer.train.recovery import fold_finished
+from mer.train.recovery import fold_finished, show_warnings_plainly
 from mer.train.rundir import RunDir
 
 # set by the worker initialiser: the arrays every fold of the run shares (sent once per worker process)
@@ -47,6 +47,7 @@ def _init_worker(threads: int, shared: dict) -> None:
 
     # Ctrl-C is the main process's business: it terminates the workers (their folds resume from last.pt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    show_warnings_plainly()  # e.g. a damaged checkpoint, named in one `warning:` line as in the main process
     torch.set_num_threads(threads)
     _SHARED.update(shared)
 
