@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_options(p, TrainConfig, sections=sections)
     add_prep_args(sections["protocol and inputs"])  # --size --flow --face-size --face ... (PrepConfig)
     sections["data (one source)"].add_argument("--on-prep-error", dest="on_prep_error", choices=("raise", "warn"),
-                                               help=argparse.SUPPRESS)  # the flag's former name
+                                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # former name
     sections["run"].add_argument("--force", action="store_true",
                                  help="delete what the run directory holds and start afresh (a run of another "
                                  "config, or one whose inputs changed since its folds were trained)")
@@ -120,7 +120,9 @@ def run(args) -> int:
         run_training(cfg, force=args.force)
     except (CliError, ConfigMismatch, DataSourceError, DatasetError, PrepError, ModelError, FoldFailure, RunLocked,
             IncompleteRun) as e:
-        return fail(cli_message(e))
+        # the loaders' advice in `mer train`'s terms (it has no --annotation option)
+        return fail(cli_message(e).replace("point --root/--annotation at the right place",
+                                           "point --data (or --casme2/--samm/--smic, --root) at the right place"))
     except OSError as e:  # a full disk, a folder removed or made read-only while the run writes
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return fail(f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun the same "

@@ -58,4 +58,5 @@ def test_train_names_a_listed_clip_missing_on_disk(synth, tmp_path, capsys):
     assert rc == 2 and len(errors) == 1
     assert "1 problem(s) in 1 sample(s)" in errors[0] and "not-in-data" in errors[0]
     assert "s02_ne_01" in err and "--on-error warn" in err
+    assert "point --data (or --casme2/--samm/--smic, --root) at the right place" in err and "--annotation" not in err
     assert not (tmp_path / "run" / "folds").exists()
