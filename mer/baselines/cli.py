@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "other protocols are deterministic); default 0")
     ap.add_argument("--C", type=float, default=1.0, help="inverse L2 strength of the logistic regression (1.0)")
     ap.add_argument("--class-weight", default="none", choices=("none", "balanced"))
+    ap.add_argument("--landmarks", default="shipped", choices=("shipped", "mtcnn", "fallback"),
+                    help="--htnet-release: landmarks that place the tiles (mer.data.load_htnet_release; shipped)")
     ap.add_argument("--flow", default="tvl1", help="--synth: optical flow method of the preparation (tvl1)")
     ap.add_argument("--cache", default="~/.cache/mer/prepared", help="--synth: preprocessing cache folder")
     ap.add_argument("--workers", type=int, default=1, help="--synth: preprocessing processes")
@@ -140,7 +142,7 @@ def main(argv=None) -> int:
             raise ValueError("--protocol and --seeds must name at least one value")
         cfg = LinearConfig(C=args.C, class_weight=args.class_weight)
         if args.htnet_release is not None:
-            fs = release_features(args.htnet_release, inputs)
+            fs = release_features(args.htnet_release, inputs, landmarks=args.landmarks)
         else:
             if not (args.synth / "megc2019_composite.csv").is_file():
                 raise ValueError(f"--synth {args.synth}: not a `mer synth` output (no megc2019_composite.csv); "
@@ -164,7 +166,7 @@ def main(argv=None) -> int:
             results.append({"input": inp, **r})
     report = {"what": "linear floor (mer.baselines.linear)", "command": "python -m mer.baselines.linear "
               + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-              "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "git_commit": git_commit(), "machine": machine(), "source": fs.source, "n": int(len(fs.y)),
               "subjects": len(set(zip(fs.datasets, fs.subjects, strict=True))), "config": results[0]["config"],
               "seconds": round(time.perf_counter() - t0, 1), "results": results}

@@ -13,15 +13,12 @@ input, ``mer.data.load_htnet_release(...).tiles``; synthetic: ``PreparedSet.regi
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 INPUTS = ("flow", "tiles")
-RELEASE_SHEET = "combined_3_class2_for_optical_flow.csv"
-RELEASE_FLOW_DIR = "STSNet_whole_norm_u_v_os"
 #: the release's PNG channels as cv2.imread returns them (BGR of an (u, v, strain) RGB image)
 RELEASE_CHANNELS = ("strain", "v", "u")
 
@@ -44,61 +41,23 @@ def to_uvs(img_hwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., ::-1].transpose(0, 3, 1, 2))
 
 
-def _read_release(root: Path) -> dict:
-    """The release's sheet and flow PNGs, read directly (a stand-in until mer.data.load_htnet_release lands)."""
-    import cv2
+def release_features(root, inputs=("flow",), *, landmarks: str = "shipped") -> FeatureSet:
+    """The real composite from the public HTNet release at ``root`` (442 samples, 68 subjects), read and
+    validated by :func:`mer.data.load_htnet_release` (``landmarks`` places the tiles: 'shipped',
+    'mtcnn' or 'fallback')."""
+    from mer.data import load_htnet_release
 
-    sheet = root / RELEASE_SHEET
-    if not sheet.is_file():
-        raise FileNotFoundError(f"--htnet-release {root}: no {RELEASE_SHEET}; point it at a clone of the public "
-                                "HTNet repository's datasets (the folder holding STSNet_whole_norm_u_v_os/)")
-    with open(sheet, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    need = {"dataset", "sub", "filename_o", "label"}
-    if not rows or not need <= set(rows[0]):
-        raise ValueError(f"{sheet}: expected the columns {sorted(need)}")
-    names = [f"{r['sub']}_{r['filename_o']} .png" for r in rows]
-    flows, problems = [], []
-    for name in names:
-        img = cv2.imread(str(root / RELEASE_FLOW_DIR / name), cv2.IMREAD_COLOR)
-        if img is None or img.shape != (28, 28, 3):
-            problems.append(f"{name}: {'missing/unreadable' if img is None else f'shape {img.shape}'}")
-        flows.append(img)
-    if problems:
-        raise ValueError(f"{len(problems)} flow images of {root / RELEASE_FLOW_DIR} are not usable: "
-                         + "; ".join(problems[:5]))
-    return {"names": np.array(names), "datasets": np.array([r["dataset"] for r in rows]),
-            "subjects": np.array([r["sub"] for r in rows]), "labels": np.array([int(r["label"]) for r in rows]),
-            "flow": np.stack(flows)}
-
-
-def release_features(root, inputs=("flow",)) -> FeatureSet:
-    """The real composite from the public HTNet release at ``root`` (442 samples, 68 subjects)."""
-    root = Path(root).expanduser()
     inputs = list(inputs)
     bad = [i for i in inputs if i not in INPUTS]
     if bad:
         raise ValueError(f"inputs must be among {INPUTS}, got {bad}")
-    try:
-        from mer.data import load_htnet_release
-    except ImportError:
-        load_htnet_release = None
-    if load_htnet_release is not None:
-        rel = load_htnet_release(root)
-        d = {"names": np.asarray(rel.names), "datasets": np.asarray(rel.datasets),
-             "subjects": np.asarray(rel.subjects), "labels": np.asarray(rel.labels), "flow": rel.flow,
-             "tiles": rel.tiles}
-        reader = "mer.data.load_htnet_release"
-    else:
-        if "tiles" in inputs:
-            raise RuntimeError("--input tiles needs mer.data.load_htnet_release (the release's landmark-placed "
-                               "tiles, issue 16), which this version of mer does not have; use --input flow")
-        d = _read_release(root)
-        reader = "mer.baselines.sources._read_release"
-    x = {i: to_uvs(d[i]) for i in inputs}
-    return FeatureSet(x, d["labels"].astype(np.int64), d["datasets"].astype(str), d["subjects"].astype(str),
-                      d["names"].astype(str), {"kind": "htnet-release", "root": str(root), "reader": reader,
-                                               "channels": "u, v, strain (release PNGs, 0..255 per image)"})
+    rel = load_htnet_release(root, landmarks=landmarks)
+    x = {i: to_uvs(rel.flow if i == "flow" else rel.tiles) for i in inputs}
+    return FeatureSet(x, np.asarray(rel.labels, np.int64), np.asarray(rel.datasets, str),
+                      np.asarray(rel.subjects, str), np.asarray(rel.names, str),
+                      {"kind": "htnet-release", "root": str(rel.root), "reader": "mer.data.load_htnet_release",
+                       "landmarks": rel.landmark_mode, "landmark_found": int(rel.landmark_found.sum()),
+                       "channels": "u, v, strain (release PNGs, 0..255 per image)"})
 
 
 def minmax_per_image(x: np.ndarray) -> np.ndarray:

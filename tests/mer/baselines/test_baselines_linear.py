@@ -166,7 +166,7 @@ def test_cli_writes_json_markdown_predictions(tmp_path, monkeypatch, capsys):
     x, y, ds, ss = make_problem()
     fs = sources.FeatureSet({"flow": x.astype(np.float32)}, y, ds, ss, np.array([f"c{i}" for i in range(len(y))]),
                             {"kind": "htnet-release", "root": "fixture", "reader": "test", "channels": "u, v, strain"})
-    monkeypatch.setattr(sources, "release_features", lambda root, inputs: fs)
+    monkeypatch.setattr(sources, "release_features", lambda root, inputs, **kw: fs)
     out = tmp_path / "floor"
     rc = cli.main(["--htnet-release", "fixture", "--protocol", "loso,kfold:3", "--seeds", "0,1", "--out", str(out),
                    "--no-progress"])
