@@ -13,6 +13,8 @@ get the same per-image min-max first. Per image and channel (values v, median m,
     peak_z  = max |v - m| / s          how far the strongest motion stands out of the background
     active  = share of pixels with |v - m| > 40   area that moves clearly
     spread  = standard deviation of v
+    affine_r2 = share of the map's variance that a plane a + b x + c y explains (global motion: head
+              drift/rotation/zoom; min-max is affine per channel, so this is scale-free)
 
 Over samples (each pixel standardised over all samples): F = per-pixel one-way ANOVA F of the 3 classes
 (mean over pixels), class_eta2 / subject_eta2 = share of the pixel variance explained by the class / by the
@@ -36,14 +38,27 @@ DATASETS = ("casme2", "samm", "smic")
 ACTIVE = 40.0
 
 
+def affine_r2(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, C): R^2 of the least-squares plane a + b*col + c*row fitted to each map."""
+    n, c, h, w = x.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    A = np.stack([np.ones(h * w), cols.ravel(), rows.ravel()], 1)
+    Y = np.asarray(x, np.float64).reshape(n * c, h * w).T  # (HW, N*C)
+    coef, *_ = np.linalg.lstsq(A, Y, rcond=None)
+    res = ((Y - A @ coef) ** 2).sum(0)
+    tot = ((Y - Y.mean(0)) ** 2).sum(0)
+    return np.where(tot > 0, 1 - res / np.where(tot > 0, tot, 1), 0.0).reshape(n, c)
+
+
 def image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
-    """(N, 3, S, S) maps on the 0..255 per-image scale -> {'level', 'peak_z', 'active', 'spread'}: (N, 3) each."""
+    """(N, 3, S, S) maps on the 0..255 per-image scale -> {'level', 'peak_z', 'active', 'spread',
+    'affine_r2'}: (N, 3) each."""
     f = np.asarray(x, np.float64).reshape(len(x), x.shape[1], -1)
     med = np.median(f, axis=2, keepdims=True)
     dev = np.abs(f - med)
     sigma = 1.4826 * np.median(dev, axis=2) + 1e-6
     return {"level": med[..., 0], "peak_z": dev.max(axis=2) / sigma, "active": (dev > ACTIVE).mean(axis=2),
-            "spread": f.std(axis=2)}
+            "spread": f.std(axis=2), "affine_r2": affine_r2(x)}
 
 
 def separability(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,6 +97,7 @@ def describe(x_minmax, y, datasets, subjects, x_raw=None) -> dict:
     datasets = np.asarray(datasets)
     groups = np.array([f"{d}/{s}" for d, s in zip(datasets, subjects, strict=True)])
     st = image_stats(x_minmax)
+    medians = ("peak_z", "affine_r2")  # skewed: the median image
     per = {}
     for d in DATASETS:
         for k, cname in enumerate(CLASSES):
@@ -90,7 +106,7 @@ def describe(x_minmax, y, datasets, subjects, x_raw=None) -> dict:
                 continue
             row = {"n": int(m.sum())}
             for name, v in st.items():
-                agg = np.median if name == "peak_z" else np.mean
+                agg = np.median if name in medians else np.mean
                 row[name] = {c: round(float(agg(v[m, i])), 3) for i, c in enumerate(CHANNELS)}
             if x_raw is not None:
                 r = np.asarray(x_raw, np.float64)[m]
@@ -99,7 +115,7 @@ def describe(x_minmax, y, datasets, subjects, x_raw=None) -> dict:
                                       for i, c in enumerate(CHANNELS)}
             per[f"{d}/{cname}"] = row
     sep = separability(x_minmax, y, groups)
-    overall = {name: {c: round(float(np.median(v[:, i]) if name == "peak_z" else v[:, i].mean()), 3)
+    overall = {name: {c: round(float(np.median(v[:, i]) if name in medians else v[:, i].mean()), 3)
                       for i, c in enumerate(CHANNELS)} for name, v in st.items()}
     for name, v in sep.items():
         overall[name] = {c: round(float(v[i].mean()), 4) for i, c in enumerate(CHANNELS)}
@@ -144,7 +160,7 @@ def plot(sources: dict, path: Path) -> None:
     fig.suptitle("class-mean flow maps (per-image 0..255, centred on each image's median; shared colour scale "
                  "per channel) and per-pixel class F", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=72)
     plt.close(fig)
 
 
@@ -160,7 +176,7 @@ def markdown(report: dict) -> str:
              "Whole-face 28x28 flow images, per-image min-max 0..255 (the release's normalisation, applied to the "
              "synthetic maps). Definitions: `python -m mer.synth.calibrate --help` / the module docstring.", "",
              f"- command: `{report['command']}`", ""]
-    keys = ["level", "peak_z", "active", "spread", "F", "class_eta2", "subject_eta2"]
+    keys = ["level", "peak_z", "active", "affine_r2", "F", "class_eta2", "subject_eta2"]
     lines += ["| source | n | " + " | ".join(f"{k} (u / v / strain)" for k in keys) + " |",
               "|---|---|" + "---|" * len(keys)]
     for name, s in report["sources"].items():
@@ -170,7 +186,9 @@ def markdown(report: dict) -> str:
     for name, s in report["sources"].items():
         lines += ["", f"## {name}: per dataset and class", ""]
         per = s["per_dataset_class"]
-        cols = ["level", "peak_z", "active"] + (["raw_mean_abs"] if "raw_mean_abs" in next(iter(per.values())) else [])
+        cols = ["level", "peak_z", "active", "affine_r2"]
+        if "raw_mean_abs" in next(iter(per.values())):
+            cols.append("raw_mean_abs")
         lines += ["| dataset/class | n | " + " | ".join(f"{k} (u / v / strain)" for k in cols) + " |",
                   "|---|---|" + "---|" * len(cols)]
         for group, row in per.items():
