@@ -21,6 +21,10 @@ def test_image_stats_tell_a_clean_spot_from_noise():
     np.testing.assert_allclose(a["active"], 9 / 784)
     assert (b["active"] > 0.2).all()
     np.testing.assert_allclose(a["level"], 128.0, atol=1.0)
+    rows, cols = np.mgrid[0:28, 0:28]
+    plane = np.broadcast_to(3.0 * cols - 2.0 * rows + 7.0, (1, 3, 28, 28))  # pure global motion
+    np.testing.assert_allclose(image_stats(plane)["affine_r2"], 1.0)
+    assert (a["affine_r2"] < 0.05).all() and (b["affine_r2"] < 0.05).all()
 
 
 def test_separability_finds_class_and_subject_pixels():
@@ -84,3 +88,16 @@ def test_synth_source_and_floor_end_to_end(tiny, tmp_path):
     assert rep["source"]["kind"] == "synth" and rep["source"]["prep"]["flow"] == "dis"
     assert [(r["input"], r["protocol"], r["runs"][0]["n_folds"]) for r in rep["results"]] == [
         ("flow", "loso", 6), ("flow", "holdout-dataset", 3), ("tiles", "loso", 6), ("tiles", "holdout-dataset", 3)]
+
+
+def test_default_difficulty_is_the_calibrated_level():
+    import argparse
+
+    from mer.cli import synth as synth_cli
+    from mer.synth.config import DEFAULT_DIFFICULTY, DIFFICULTY_NAMES, SynthConfig
+
+    assert DEFAULT_DIFFICULTY == "calibrated" and SynthConfig().level.d == DIFFICULTY_NAMES["calibrated"]
+    assert DIFFICULTY_NAMES["easy"] < DIFFICULTY_NAMES["calibrated"] < DIFFICULTY_NAMES["hard"]
+    sub = argparse.ArgumentParser().add_subparsers()
+    args = synth_cli.add_parser(sub).parse_args(["--out", "x"])
+    assert args.difficulty == DEFAULT_DIFFICULTY  # `mer synth` without --difficulty = the library default
