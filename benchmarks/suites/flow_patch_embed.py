@@ -15,7 +15,7 @@ Implementations, all in the same process run on the same tensors (never zeros):
 
 Passes: ``fwd`` under ``torch.no_grad()`` (inference) and ``fwd_bwd`` = forward + gradients of weight,
 bias and pos (x is the input image: no gradient, as in a first layer). Shapes: HTNet as released (B=64,
-C=3, 28x28, p=7, D=256: HTNET.md), 56x56 with p=4 (D=256), the mer working variant (28x28, p=2, D=32)
+C=3, 28x28, p=7, D=256), 56x56 with p=4 (D=256), the mer working variant (28x28, p=2, D=32)
 and a ViT-Ti patch embedding (224x224, p=16, D=192). The implementations are timed round-robin (one
 call of each in turn) so that load from other processes hits all of them alike; per row the median,
 the 10th/90th percentiles and the minimum wall time in ms, and on CPU the same for the process CPU time
