@@ -204,8 +204,12 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     for shape in dict.fromkeys(r["shape"] for r in t):
         for pss in dict.fromkeys(r["pass_"] for r in t if r["shape"] == shape):
             sel = {r["impl"]: r for r in t if r["shape"] == shape and r["pass_"] == pss}
-            cell = lambda k: (f"{sel[k]['median_ms']:.3f} [{sel[k]['p10_ms']:.3f}, {sel[k]['p90_ms']:.3f}]"  # noqa: E731
-                              if k in sel else "-")
+
+            def cell(k, sel=sel):
+                if k not in sel:
+                    return "-"
+                return f"{sel[k]['median_ms']:.3f} [{sel[k]['p10_ms']:.3f}, {sel[k]['p90_ms']:.3f}]"
+
             f = sel.get("fused", {})
             ratio = f"{f['ratio_vs_best']:.2f}x (vs {f['best_baseline']})" if "ratio_vs_best" in f else "-"
             gf = f"{f['gflops']:.1f}" if f else "-"
