@@ -1,4 +1,4 @@
-"""Fault injection in training, evaluation and prediction (issue 19), on `mer synth --preset tiny` with
+"""Fault injection in training, evaluation and prediction, on `mer synth --preset tiny` with
 htnet_tiny, subject-grouped 2-fold, 3 epochs. Each fault must end in a one-line message naming the
 problem, a known exit status, nothing lost (finished folds kept) and no wrong number: wherever the run
 goes on, its predictions equal those of an undisturbed run to the last printed digit.
@@ -388,7 +388,7 @@ def test_predict_faults_are_one_line(synth_tiny, reference, tmp_path, capsys):
     assert rc == 0 and json.loads(out)["models"] == 1
 
 
-# --------------------------------------------------------- rows handled before, end to end (issue 19)
+# --------------------------------------------------------------------- rows handled before, end to end
 
 def test_damaged_cache_entries_do_not_change_the_result(synth_tiny, tmp_path, capsys, reference):
     # A fresh cache holding exactly this run's entries: the session-wide prep_cache also holds other tests'
