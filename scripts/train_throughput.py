@@ -59,7 +59,10 @@ def measure(release: str, model: str, epochs: int, threads: int, fold_batch: int
                           y=inputs.y, subjects=subjects, ids=ids)
                  for i in range(first_fold, first_fold + max(1, fold_batch))]
         t0, c0 = time.perf_counter(), time.process_time()
-        results = train_folds_batched(tasks, progress=False) if fold_batch > 1 else [train_fold(tasks[0], progress=False)]
+        if fold_batch > 1:
+            results = train_folds_batched(tasks, progress=False)
+        else:
+            results = [train_fold(tasks[0], progress=False)]
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         hist = [json.loads((Path(t.fold_dir) / "history.json").read_text()) for t in tasks]
     per_epoch = statistics.median(h["seconds"] for hs in hist for h in hs[1:])

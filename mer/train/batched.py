@@ -210,7 +210,7 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
                 break
             te = time.perf_counter()
             orders = [torch.from_numpy(epoch_order(d.y_fit, cfg, (cfg.seed, t.index), s.epoch)).to(dev) if a
-                      else None for d, t, s, a in zip(datas, tasks, states, on)]
+                      else None for d, t, s, a in zip(datas, tasks, states, on, strict=True)]
             n_steps = max(math.ceil(len(ys[f]) / bs) for f in range(n_f) if on[f])
             tot_loss, correct = torch.zeros(n_f, device=dev), torch.zeros(n_f, device=dev)
             base.train()
@@ -233,7 +233,7 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
                     sel_prob = F.softmax(run(params, buffers, sel_x), dim=-1).cpu().numpy()
             seconds = (time.perf_counter() - te) / sum(on)
             tot_loss, correct = tot_loss.cpu().tolist(), correct.cpu().tolist()
-            for f, (t, d, st) in enumerate(zip(tasks, datas, states)):
+            for f, (t, d, st) in enumerate(zip(tasks, datas, states, strict=True)):
                 if not on[f]:
                     continue
                 st.epoch += 1
@@ -257,7 +257,7 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
             bar.update(sum(on))
         bar.close()
         results, wall, cpu = [], time.perf_counter() - t0, time.process_time() - c0
-        for f, (t, d, st) in enumerate(zip(tasks, datas, states)):
+        for f, (t, d, st) in enumerate(zip(tasks, datas, states, strict=True)):
             _unstack(params, f, models[f])
             models[f].to(dev)
             prob_last = predict_proba(models[f], d.x_test) if cfg.selection == "oracle-release" else None

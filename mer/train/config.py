@@ -187,7 +187,7 @@ class TrainConfig:
 
     # -------------------------------------------------------------------------------------------
     @classmethod
-    def from_preset(cls, preset: str = "none", **overrides) -> "TrainConfig":
+    def from_preset(cls, preset: str = "none", **overrides) -> TrainConfig:
         """The config of ``preset`` (PRESETS) with ``overrides`` applied on top; records the preset's name."""
         if preset not in PRESETS:
             raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")

@@ -137,7 +137,8 @@ def _labelled(name: str, samples: list) -> list:
 
 
 def _read_release(root: str):
-    from mer.train._release_standin import load_htnet_release
+    """mer.data.load_htnet_release with its defaults (the shipped landmarks, the composite's counts checked)."""
+    from mer.data import load_htnet_release
 
     return load_htnet_release(root)
 
@@ -150,7 +151,8 @@ def load_release(cfg: TrainConfig) -> RunInputs:
     rel = _read_release(release_root(cfg))
     images = rel.tiles if cfg.input == "regions" else rel.flow
     x = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2))
-    samples = [SampleId(str(d), str(s), str(c)) for d, s, c in zip(rel.datasets, rel.subjects, rel.clips)]
+    samples = [SampleId(str(d), str(s), str(c))
+               for d, s, c in zip(rel.datasets, rel.subjects, rel.clips, strict=True)]
     everything = np.arange(len(samples))
     folds = []
     for subject, test in rel.folds.items():

@@ -46,7 +46,8 @@ def test_oracle_is_labelled():
     oracle = TrainConfig(selection="oracle-release")
     assert oracle.selection_label == "oracle (test-fold selection, not a valid estimate)"
     assert not oracle.valid_estimate and TrainConfig().valid_estimate
-    assert "oracle" not in TrainConfig().selection_label and "oracle" not in TrainConfig(selection="val").selection_label
+    assert "oracle" not in TrainConfig().selection_label
+    assert "oracle" not in TrainConfig(selection="val").selection_label
 
 
 def test_presets_are_overridden_by_given_options():
