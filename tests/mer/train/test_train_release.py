@@ -94,6 +94,12 @@ def test_loso_and_holdout_dataset_runs(release_dir, tmp_path, subset_loader, one
     assert [f["name"] for f in folds] == ["samm+smic->casme2", "casme2+smic->samm", "casme2+samm->smic"]
     assert h["n"] == 18 and set(h["scores"]) == {"all", "casme2", "samm", "smic"}
 
+    from mer.esaat import ESAATConfig, FinetuneConfig, prune_run  # ESAAT works on a release run too
+
+    summary = prune_run(tmp_path / "loso", ESAATConfig(remove=1, calib_size=8, finetune=FinetuneConfig(
+        epochs=1, fade_epochs=0, batch_size=8)), progress=False)
+    assert summary["folds"] == 6 and all(len(f["removed"]) == 1 for f in summary["per_fold"])
+
     from mer.train.predict import PredictError, load_checkpoint, predict_pair
 
     model = load_checkpoint(next((tmp_path / "loso" / "folds").glob("*/model.pt")))
@@ -111,3 +117,27 @@ def test_the_real_release():
     folds = build_folds(inputs.samples, "loso", loso_folds=inputs.loso_folds)  # checked against our LOSO
     assert len(folds) == 68
     assert len(build_folds(inputs.samples, "holdout-dataset")) == 3
+
+
+@pytest.mark.slow
+def test_the_gpu_script_at_a_tiny_size_on_the_cpu(release_dir, tmp_path, subset_loader, one_thread, capsys):
+    """scripts/gpu_release_loso.py's exact `mer train` command, with a tiny model, 2 epochs, on the CPU."""
+    import importlib.util
+
+    path = Path(__file__).parents[3] / "scripts" / "gpu_release_loso.py"
+    spec = importlib.util.spec_from_file_location("gpu_release_loso", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "gpu"
+    rc = script.main(["--release", str(release_dir), "--out", str(out), "--device", "cpu", "--model", "htnet_tiny",
+                      "--model-arg", "image_size=28", "--epochs", "2", "--fold-batch", "3",
+                      "--matmul-precision", "highest"])
+    assert rc == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["preset"], cfg["selection"], cfg["lr"], cfg["batch_size"], cfg["shuffle"], cfg["normalize"]) == (
+        "release", "oracle-release", 5e-5, 256, False, "none")
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n"] == 18 and m["oracle"] and m["last_epoch"]["valid_estimate"]
+    assert not list(out.glob("folds/*/model.pt")) and not list(out.glob("folds/*/last.pt"))
+    assert {json.loads(p.read_text())["fold_batch"] for p in out.glob("folds/*/result.json")} == {3}
+    assert json.loads((out / "gpu_run.json").read_text())["rc"] == 0
