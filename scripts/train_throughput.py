@@ -26,13 +26,15 @@ from pathlib import Path
 
 
 def _cpu_name() -> str:
+    """'AMD EPYC (family 25 model 17)': the model name and, as VMs often hide the name, family and model."""
+    info = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    return f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
 
 
 def measure(release: str, model: str, epochs: int, threads: int, fold_batch: int, first_fold: int, batch: int,
