@@ -27,22 +27,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    """`mer evaluate`: a missing, unfinished or damaged run is one ``mer evaluate: error: ...`` line (exit 2)."""
     import json
     import sys
     from pathlib import Path
 
+    from mer.cli.prepare import plain_warnings
     from mer.evaluation import IncompleteRun, write_report
 
+    def fail(msg: str) -> int:
+        print(f"mer evaluate: error: {msg}", file=sys.stderr)
+        return 2
+
+    plain_warnings()
     root = Path(args.run)
     if not (root / "config.json").exists() or not (root / "folds.json").exists():
-        print(f"mer evaluate: error: {root} is not a `mer train` run directory (no config.json / folds.json)",
-              file=sys.stderr)
-        return 2
+        return fail(f"{root} is not a `mer train` run directory (no config.json / folds.json)")
+    for name in ("config.json", "folds.json"):
+        try:
+            json.loads((root / name).read_text())
+        except (OSError, ValueError) as e:
+            return fail(f"{root / name} is damaged ({type(e).__name__}: {e}); rerun `mer train` with the same "
+                        "options and --out to rewrite it (finished folds are kept)")
     try:
         m = write_report(root, partial=args.partial, print_table=not args.json, plots=not args.no_plots)
-    except IncompleteRun as e:
-        print(f"mer evaluate: error: {e}", file=sys.stderr)
-        return 2
+    except IncompleteRun as e:  # also DamagedFold: a finished fold's outputs are missing or damaged
+        return fail(str(e))
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return fail(f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun")
     if args.json:
         print(json.dumps(m, indent=2))
     return 0

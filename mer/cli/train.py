@@ -53,8 +53,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sections: dict = {}
     add_options(p, TrainConfig, sections=sections)
     add_prep_args(sections["protocol and inputs"])  # --size --flow --face-size --face ... (PrepConfig)
+    sections["data (one source)"].add_argument("--on-prep-error", dest="on_prep_error", choices=("raise", "warn"),
+                                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # former name
     sections["run"].add_argument("--force", action="store_true",
-                                 help="replace a run directory holding another config")
+                                 help="delete what the run directory holds and start afresh (a run of another "
+                                 "config, or one whose inputs changed since its folds were trained)")
     return p
 
 
@@ -67,23 +70,68 @@ def config_from_args(args):
     return TrainConfig.from_preset(**given_options(TrainConfig, args), prep=prep_config(args))
 
 
+def check_writable(path, what: str) -> None:
+    """CliError (one line) unless files can be written in folder ``path``, or it can be created. Nothing is
+    created here: a probe file is written in ``path`` or, when it does not exist yet, in the nearest folder
+    above it that does."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from mer.cli.prepare import CliError
+
+    p = Path(path).expanduser().absolute()
+    probe_in = p
+    while not probe_in.exists():
+        probe_in = probe_in.parent
+    if not probe_in.is_dir():
+        where = "is a file" if probe_in == p else f"cannot be created: {probe_in} is a file"
+        raise CliError(f"{what} {p} {where}; pass a folder (it is created if needed)")
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_in, prefix=".mer-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = e.strerror or str(e)
+        what_failed = (f"cannot write to {what} {p} ({why})" if probe_in == p else
+                       f"cannot create {what} {p}: {probe_in} is not writable ({why})")
+        raise CliError(f"{what_failed}; choose a folder you can write to") from None
+
+
 def run(args) -> int:
+    """`mer train`: every error a user can cause ends as one ``mer train: error: <what, what to do>`` message
+    (exit status 2), never a traceback; notices and warnings are ``notice:``/``warning:`` lines."""
     import sys
 
+    from mer.cli.prepare import CliError, cli_message, plain_warnings
     from mer.data import DatasetError
+    from mer.evaluation import IncompleteRun
     from mer.preprocess import PrepError
     from mer.train import ConfigMismatch, FoldFailure, run_training
     from mer.train.data import DataSourceError
+    from mer.train.lock import RunLocked
     from mer.train.models import ModelError
 
+    def fail(msg: str) -> int:
+        print(f"mer train: error: {msg}", file=sys.stderr)
+        return 2
+
+    plain_warnings()
     try:
         cfg = config_from_args(args)
     except ValueError as e:
-        print(f"mer train: error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     try:
+        check_writable(cfg.out, "--out")
+        check_writable(cfg.cache_dir, "--cache")
         run_training(cfg, force=args.force)
-    except (ConfigMismatch, DataSourceError, DatasetError, PrepError, ModelError, FoldFailure) as e:
-        print(f"mer train: error: {e}", file=sys.stderr)
-        return 2
+    except (CliError, ConfigMismatch, DataSourceError, DatasetError, PrepError, ModelError, FoldFailure, RunLocked,
+            IncompleteRun) as e:
+        # the loaders' advice in `mer train`'s terms (it has no --annotation option)
+        return fail(cli_message(e).replace("point --root/--annotation at the right place",
+                                           "point --data (or --casme2/--samm/--smic, --root) at the right place"))
+    except OSError as e:  # a full disk, a folder removed or made read-only while the run writes
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        return fail(f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun the same "
+                    "command (finished folds are kept, the interrupted one resumes from its checkpoint)")
     return 0

@@ -60,7 +60,10 @@ def plot_learning_curves(root, m: dict, path) -> Path:
     root = Path(root)
     hists = []
     for h in sorted((root / "folds").glob("*/history.json")):
-        hists.append(json.loads(h.read_text()))
+        try:
+            hists.append(json.loads(h.read_text()))
+        except ValueError:  # a damaged fold's (mer.evaluation.integrity names it); not plotted
+            continue
     keys = [("train_loss", "train loss"), ("train_acc", "train accuracy")]
     if any("val_uf1" in r for h in hists for r in h):
         keys += [("val_loss", "validation loss"), ("val_uf1", "validation UF1")]

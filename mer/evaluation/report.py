@@ -18,7 +18,6 @@ from mer.io import (
     PredictionRow,
     atomic_write_json,
     atomic_write_text,
-    read_predictions,
     write_predictions,
 )
 from mer.labels import LABEL_NAMES
@@ -28,22 +27,43 @@ class IncompleteRun(RuntimeError):
     """Some folds of the run have no predictions yet."""
 
 
+class DamagedFold(IncompleteRun):
+    """A finished fold's output files are missing or damaged (the message names them and the fix)."""
+
+
 def collect(root: Path, *, partial: bool = False) -> tuple[list[PredictionRow], list[dict], list[dict]]:
-    """(rows sorted by sample index, fold results, folds.json entries); checks that every fold is finished
-    and every held-out sample is predicted exactly once (nothing lost, nothing double-counted)."""
+    """(rows sorted by sample index, fold results, folds.json entries); checks that every fold is finished,
+    its outputs are whole (mer.evaluation.integrity) and every held-out sample is predicted exactly once
+    (nothing lost, nothing double-counted). A damaged finished fold raises DamagedFold (with ``partial``:
+    it is left out like an unfinished one, with a warning)."""
+    import warnings
+
+    from mer.evaluation.integrity import fold_problem, read_fold_predictions, run_labels
+
     root = Path(root)
     folds = json.loads((root / "folds.json").read_text())
-    rows, results, missing = [], [], []
+    labels = run_labels(root)
+    rows, results, missing, damaged = [], [], [], []
     for f in folds:
         d = root / "folds" / f["dir"]
         if not (d / "result.json").exists():
             missing.append(f["name"])
             continue
+        problem = fold_problem(d, f["test"], labels, model=False)  # (mer train also checks model.pt)
+        if problem is not None:
+            damaged.append((f["name"], problem))
+            continue
         results.append(json.loads((d / "result.json").read_text()))
-        got = read_predictions(d / "predictions.csv")
-        if sorted(r.index for r in got) != sorted(f["test"]):
-            raise RuntimeError(f"{d}/predictions.csv does not hold exactly the fold's test samples")
-        rows += got
+        rows += read_fold_predictions(d / "predictions.csv", f["test"], labels)
+    if damaged:
+        lines = [f"fold {name}: {why}" for name, why in damaged]
+        msg = (f"{len(damaged)} finished fold(s) have damaged outputs: " + "; ".join(lines[:5])
+               + (f"; ... ({len(lines)} in all)" if len(lines) > 5 else "")
+               + ". Rerun `mer train` with the same options: it trains these folds again and keeps the others")
+        if not partial:
+            raise DamagedFold(msg)
+        warnings.warn(msg + " (left out of this --partial score)", RuntimeWarning, stacklevel=2)
+        missing += [name for name, _ in damaged]
     if missing and not partial:
         raise IncompleteRun(f"{len(missing)} of {len(folds)} folds are not finished ({', '.join(missing[:8])}"
                             f"{' ...' if len(missing) > 8 else ''}); rerun `mer train` with the same options to "
@@ -140,12 +160,14 @@ def format_table(m: dict, markdown: bool = True) -> str:
 def last_epoch_scores(root: Path, folds: list[dict], config: dict) -> dict | None:
     """An oracle run's folds also save the last epoch's test predictions (predictions_last_epoch.csv): the
     same training scored with a fixed budget. Pooled like the main scores; None when any fold lacks them."""
+    from mer.evaluation.integrity import read_fold_predictions
     from mer.metrics import breakdown
 
     paths = [root / "folds" / f["dir"] / "predictions_last_epoch.csv" for f in folds]
     if not paths or not all(p.exists() for p in paths):
         return None
-    rows = sorted((r for p in paths for r in read_predictions(p)), key=lambda r: r.index)
+    rows = sorted((r for p, f in zip(paths, folds, strict=True) for r in read_fold_predictions(p, f["test"])),
+                  key=lambda r: r.index)
     yt, yp = np.array([r.label for r in rows]), np.array([r.pred for r in rows])
     return {"selection": f"fixed budget ({config['epochs']} epochs, last epoch)", "valid_estimate": True,
             "n": len(rows), "scores": breakdown(yt, yp, np.array([r.dataset for r in rows]), labels=(0, 1, 2),

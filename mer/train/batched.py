@@ -45,6 +45,7 @@ from mer.train.loop import (
     write_fold,
 )
 from mer.train.models import build_model
+from mer.train.recovery import discard_checkpoints
 
 Tensor = torch.Tensor
 
@@ -161,13 +162,15 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
     n_f, dev = len(tasks), torch.device(cfg.device)
     datas = [prepare_fold(t) for t in tasks]
     with numerics(cfg):
-        models, states, adam_states = [], [], []
+        models, states, adam_states, rng = [], [], [], None
         for t in tasks:  # each fold's own initialisation and resume point, exactly as train_fold
             Path(t.fold_dir).mkdir(parents=True, exist_ok=True)
             torch.manual_seed(t.seed)
             m = build_model(cfg.model, cfg.model_kwargs, image_size=t.x.shape[-1])
             o = torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             states.append(load_resume_point(Path(t.fold_dir) / "last.pt", m, o))
+            if states[-1].epoch > 0 and rng is None:  # the checkpoint's RNG: the dropout stream goes on from it
+                rng = torch.get_rng_state()
             adam_states.append([o.state[p] for p in m.parameters()] if o.state else [])
             models.append(m)
         names = [n for n, _ in models[0].named_parameters()]
@@ -183,10 +186,8 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
             if st.best is not None and best is not None:
                 for k in names:
                     best[k][f].copy_(st.best["state_dict"][k])
-        resumed = [s.epoch > 0 for s in states]
-        if any(resumed):  # the dropout stream continues from a checkpoint
-            torch.set_rng_state(torch.load(Path(tasks[resumed.index(True)].fold_dir) / "last.pt",
-                                           weights_only=True)["rng"])
+        if rng is not None:
+            torch.set_rng_state(rng)
         else:
             torch.manual_seed(tasks[0].seed)
 
@@ -268,7 +269,7 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
             models[f].cpu()
             results.append(write_fold(t, d, models[f], st, chosen, prob, seconds=wall / n_f, cpu_seconds=cpu / n_f,
                                       prob_last=prob_last))
-            (Path(t.fold_dir) / "last.pt").unlink(missing_ok=True)
+            discard_checkpoints(Path(t.fold_dir) / "last.pt")  # last.pt and last.prev.pt
     return results
 
 

@@ -72,9 +72,10 @@ class TrainConfig:
                                      "default: the synthetic or the shipped list", group=_DATA)
     frames: str = option("auto", "the dataset's face crops when present (auto), or raw / cropped frames",
                          choices=("auto", "raw", "cropped"), group=_DATA)
-    on_prep_error: str = option("raise", "a sample that cannot be prepared (e.g. no face found): stop and list "
-                                "them all (raise), or exclude it, listed in excluded.json / metrics.json / "
-                                "summary.md (warn)", choices=("raise", "warn"), group=_DATA)
+    on_prep_error: str = option("raise", "a sample that cannot be used (a frame missing, truncated or corrupt, "
+                                "no face found, ...): stop and list them all (raise), or exclude it, listed in "
+                                "excluded.json / metrics.json / summary.md (warn)", choices=("raise", "warn"),
+                                flag="--on-error", group=_DATA)
     # --- protocol and inputs -----------------------------------------------------------------------
     protocol: str = option("loso", "loso | kfold:K (subject-grouped) | cross:train=A,B;test=C | holdout-dataset "
                            "(train on all other databases, test on each one in turn: MEGC2018 style)", group=_PROTO)

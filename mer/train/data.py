@@ -103,29 +103,57 @@ def check_source(cfg: TrainConfig) -> None:
         raise DataSourceError(f"not found: {', '.join(missing)}")
 
 
-def load_samples(cfg: TrainConfig) -> list:
-    """The labelled samples of the run (3-class protocol), in a deterministic order."""
-    from mer.data import casme3_part_a, load_dataset, megc2019_composite
+def load_samples(cfg: TrainConfig, excluded: list | None = None) -> list:
+    """The labelled samples of the run (3-class protocol), in a deterministic order.
+
+    A dataset problem (a frame missing on disk, an apex outside the clip, ...) raises one DatasetError
+    listing them all; with cfg.on_prep_error='warn' (`mer train --on-error warn`) those samples are
+    excluded with a warning and appended to ``excluded`` as (where, reason) pairs.
+    """
+    from mer.data import DatasetError
 
     check_source(cfg)
+    if cfg.on_prep_error != "warn":
+        return _load_samples(cfg, "raise")
+    try:
+        with warnings.catch_warnings(record=True) as notes:  # shown once, below or by the second load
+            warnings.simplefilter("always")
+            samples = _load_samples(cfg, "raise")
+        for w in notes:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return samples
+    except DatasetError as e:
+        if not e.problems:  # not about samples (e.g. no root for a dataset): excluding cannot help
+            raise
+        reasons: dict = {}
+        for prob in e.problems:
+            reasons.setdefault(prob.where, []).append(f"{prob.kind}: {prob.what}")
+        if excluded is not None:
+            excluded += [(where, "; ".join(why)) for where, why in reasons.items()]
+    return _load_samples(cfg, "warn")
+
+
+def _load_samples(cfg: TrainConfig, on_error: str) -> list:
+    from mer.data import casme3_part_a, load_dataset, megc2019_composite
+
     if cfg.data is not None:
         d = Path(cfg.data)
         lst = Path(cfg.sample_list) if cfg.sample_list else d / "megc2019_composite.csv"
         return megc2019_composite(casme2=d / "casme2", samm=d / "samm", smic=d / "smic", sample_list=lst,
-                                  frames=cfg.frames)
+                                  frames=cfg.frames, on_error=on_error)
     roots = {k: getattr(cfg, k) for k in ("casme2", "samm", "smic") if getattr(cfg, k) is not None}
     if len(roots) == 3:
-        return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames)
+        return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames, on_error=on_error)
     if roots:
         if cfg.sample_list:
-            return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames)
+            return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames, on_error=on_error)
         out = []
         for name, root in roots.items():
-            out += _labelled(name, load_dataset(name, root, frames=cfg.frames))
+            out += _labelled(name, load_dataset(name, root, frames=cfg.frames, on_error=on_error))
         return out
     if cfg.dataset == "casme3":
-        return casme3_part_a(cfg.root, sample_list=cfg.sample_list, frames=cfg.frames)
-    return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, frames=cfg.frames))
+        return casme3_part_a(cfg.root, sample_list=cfg.sample_list, frames=cfg.frames, on_error=on_error)
+    return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, frames=cfg.frames, on_error=on_error))
 
 
 def _labelled(name: str, samples: list) -> list:
@@ -134,6 +162,14 @@ def _labelled(name: str, samples: list) -> list:
         warnings.warn(f"{name}: {len(samples) - len(keep)} of {len(samples)} samples are outside the 3-class "
                       "protocol (e.g. 'others') and are not used", stacklevel=3)
     return keep
+
+
+class _Excluded(str):
+    """A sample the loader excluded, known by where its problem is (e.g. 'casme2 sub01/EP02_01f (sheet row 3)')."""
+
+    @property
+    def uid(self) -> str:
+        return str(self)
 
 
 def _read_release(root: str):
@@ -169,10 +205,13 @@ def load_inputs(cfg: TrainConfig, *, workers: int = 1, progress: bool = True) ->
 
     if release_root(cfg) is not None:
         return _checked(load_release(cfg))
-    samples = load_samples(cfg)
+    load_excluded: list = []
+    samples = load_samples(cfg, load_excluded)
     if not samples:
         raise DataSourceError("the data source holds no labelled samples")
     ps = prepare(samples, cfg.prep, cfg.cache_dir, workers=workers, progress=progress, on_error=cfg.on_prep_error)
+    # samples the loader excluded (--on-error warn) are listed with those the preparation could not use
+    ps.failed[:0] = [(_Excluded(where), why) for where, why in load_excluded]
     x = ps.face if cfg.input == "face" else ps.regions
     return _checked(RunInputs(ps.samples, np.ascontiguousarray(x, np.float32), ps.labels.astype(np.int64),
                               list(ps.failed)))

@@ -33,6 +33,7 @@ from mer.train.config import TrainConfig
 from mer.train.folds import validation_split
 from mer.train.inputs import IndexLog, channel_stats, class_weight_vector, normalise, predict_proba, scores
 from mer.train.models import build_model
+from mer.train.recovery import discard_checkpoints, resume, save_checkpoint
 
 CHECKPOINT_FORMAT = "mer.train/1"
 
@@ -279,7 +280,7 @@ def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0, on_e
         prob = predict_proba(model, data.x_test)
     result = write_fold(task, data, model, state, chosen, prob, seconds=time.perf_counter() - t0,
                         cpu_seconds=time.process_time() - c0, prob_last=prob_last)
-    last.unlink(missing_ok=True)
+    discard_checkpoints(last)  # last.pt and last.prev.pt
     return result
 
 
@@ -293,20 +294,24 @@ def select_epoch(model, state: TrainState) -> int:
 
 
 def load_resume_point(path: Path, model, opt) -> TrainState:
-    """Restore model, optimiser and torch RNG from ``last.pt`` if it exists; the state to continue from."""
-    if not path.exists():
-        return TrainState()
-    ck = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    model.load_state_dict(ck["state_dict"])
-    opt.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["rng"].cpu())
-    return TrainState(epoch=int(ck["epoch"]), history=ck["history"], best=ck["best"], stopped=ck.get("stopped", False))
+    """Restore model, optimiser and torch RNG from ``last.pt`` if it exists; the state to continue from.
+    A damaged ``last.pt`` falls back to ``last.prev.pt``, else to a fresh start, with a warning naming
+    the file (mer.train.recovery)."""
+    def apply(ck) -> TrainState:
+        model.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        return TrainState(epoch=int(ck["epoch"]), history=ck["history"], best=ck["best"],
+                          stopped=ck.get("stopped", False))
+
+    return resume(path, apply, model, opt) or TrainState()
 
 
 def save_resume_point(path: Path, model, opt, state: TrainState) -> None:
-    atomic_torch_save(path, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                             "rng": torch.get_rng_state(), "history": state.history, "best": state.best,
-                             "epoch": state.epoch, "stopped": state.stopped})
+    """Write ``last.pt`` atomically; the previous one is kept as ``last.prev.pt`` (mer.train.recovery)."""
+    save_checkpoint(path, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                           "rng": torch.get_rng_state(), "history": state.history, "best": state.best,
+                           "epoch": state.epoch, "stopped": state.stopped})
 
 
 def save_model(path: Path, task: FoldTask, data: FoldArrays, model, chosen: int) -> None:

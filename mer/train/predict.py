@@ -38,15 +38,52 @@ def checkpoint_paths(path) -> list[Path]:
     return found
 
 
+#: what model.pt must hold besides its weights (mer.train.loop.write_fold writes them all)
+CHECKPOINT_KEYS = ("state_dict", "model", "model_kwargs", "image_size", "input", "prep", "norm_mean", "norm_std")
+
+
+def _first_line(e: BaseException) -> str:
+    """'Type: the first sentence of the message' (torch's load errors run to several lines of advice)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text.split(". ")[0][:160]
+    return f"{type(e).__name__}: {text}".rstrip(": ")
+
+
+def weights_mismatch(model: torch.nn.Module, state: dict) -> str | None:
+    """Why ``state`` (a state_dict) does not fit ``model``: missing / unexpected names, other shapes (None: fits)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
+        if items:
+            parts.append(f"{len(items)} {what} (e.g. {items[0]})")
+    return ", ".join(parts) or None
+
+
 def load_checkpoint(path) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, checkpoint dict without the weights). Loaded with weights_only=True."""
+    """(model in eval mode, checkpoint dict without the weights). Loaded with weights_only=True; a file
+    that does not load, is not a `mer train` model.pt, or holds weights that do not fit the model it names
+    raises PredictError (one line)."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise PredictError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - truncated, damaged, or not a weights-only torch file
+        raise PredictError(f"cannot load checkpoint {path} ({_first_line(e)}): the file is damaged, truncated or "
+                           "not a torch checkpoint; use a fold's model.pt of a finished `mer train` run") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise PredictError(f"{path} is not a `mer train` checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ck]
+    if missing or not isinstance(ck["state_dict"], dict):
+        raise PredictError(f"{path} is a `mer train` checkpoint without {', '.join(missing) or 'its weights'}: "
+                           "damaged or edited; use the run's own model.pt")
     model = build_model(ck["model"], dict(ck["model_kwargs"]), image_size=int(ck["image_size"]), check=False)
+    why = weights_mismatch(model, ck["state_dict"])
+    if why:
+        raise PredictError(f"{path} holds weights that do not fit its model {ck['model']!r}: {why} tensors. Foreign "
+                           "or edited weights; use the model.pt that `mer train` wrote with them")
     model.load_state_dict(ck["state_dict"])
     model.eval()
     meta = {k: v for k, v in ck.items() if k != "state_dict"}
@@ -100,14 +137,23 @@ def predict_pair(models: list, onset, apex, *, cropped: bool = False) -> dict:
         if str(meta.get("config", {}).get("data") or "").startswith("htnet-release:"):
             raise PredictError(f"{meta['path']} was trained on the HTNet release's precomputed flow images; their "
                                "preprocessing (the release's flow and landmarks) is not reproduced from frames here")
-    for p in (onset, apex):
+    shapes = {}
+    for what, p in (("onset", onset), ("apex", apex)):
         if isinstance(p, (str, Path)):
-            import cv2
+            from mer.data.images import ImageError, read_image
 
             if not Path(p).is_file():
                 raise PredictError(f"image {p} does not exist")
-            if cv2.imread(str(p)) is None:
-                raise PredictError(f"cannot read image {p}: not an image OpenCV can decode")
+            try:  # the whole file, or an error: a truncated JPEG is not used with grey rows
+                shapes[what] = read_image(p).shape[:2]
+            except ImageError as e:
+                raise PredictError(f"cannot read image {p}: {e.reason}") from None
+        else:
+            shapes[what] = np.asarray(p).shape[:2]
+    if shapes["onset"] != shapes["apex"]:
+        (h0, w0), (h1, w1) = shapes["onset"], shapes["apex"]
+        raise PredictError(f"the onset image {onset} is {w0}x{h0} pixels but the apex image {apex} is {w1}x{h1}: "
+                           "give two frames of the same clip (same size)")
     probs, cache = [], {}
     for model, meta in models:
         cfg = PrepConfig(**meta["prep"])

@@ -19,8 +19,11 @@ from pathlib import Path
 from mer.io import atomic_write_text
 from mer.train import distributed as dist
 from mer.train.config import ConfigMismatch, TrainConfig
+from mer.train.fingerprint import check_inputs
 from mer.train.folds import build_folds, fold_dirname, shard
+from mer.train.lock import take_lock
 from mer.train.loop import FoldTask, train_fold
+from mer.train.recovery import fold_finished, show_warnings_plainly
 from mer.train.rundir import RunDir
 
 # set by the worker initialiser: the arrays every fold of the run shares (sent once per worker process)
@@ -44,6 +47,7 @@ def _init_worker(threads: int, shared: dict) -> None:
 
     # Ctrl-C is the main process's business: it terminates the workers (their folds resume from last.pt)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    show_warnings_plainly()  # e.g. a damaged checkpoint, named in one `warning:` line as in the main process
     torch.set_num_threads(threads)
     _SHARED.update(shared)
 
@@ -130,13 +134,16 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
 
     cfg = resolve_paths(cfg)
     ctx = dist.setup()
+    lock = None
     try:
         rd = RunDir(cfg.out)
         t0 = time.perf_counter()
 
         def start():  # cheap checks first: nothing is written for a missing folder or an unknown model
+            nonlocal lock
             check_source(cfg)
             build_model(cfg.model, cfg.model_kwargs, image_size=input_size(cfg))
+            lock = take_lock(rd.root)  # one `mer train` per run directory (rank 0 holds it for all ranks)
             return rd.init(cfg, force=force)
 
         state = _collective(ctx, start, main_only=True)
@@ -151,7 +158,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
         excluded = [{"uid": smp.uid, "reason": why} for smp, why in loaded.excluded]
         t_prep = time.perf_counter() - t0
         folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed, loso_folds=loaded.loso_folds)
-        _collective(ctx, lambda: (_write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
+        _collective(ctx, lambda: (check_inputs(rd.root, samples, x, y),  # refuses folds trained on other inputs
+                                  _write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
                                   _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds"),
                                   _write_or_check(rd.root / "excluded.json", json.dumps(excluded, indent=1) + "\n",
                                                   "excluded samples")),
@@ -159,7 +167,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
         shared = {"x": x, "y": y, "subjects": [(s.dataset, s.subject) for s in samples],
                   "ids": [(s.dataset, s.subject, s.clip) for s in samples]}
         mine = shard(len(folds), ctx.rank, ctx.world)
-        todo = [i for i in mine if not rd.is_done(fold_dirname(i, folds[i]))]
+        labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again
+        todo = [i for i in mine if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels)]
         if cfg.progress:
             where = f"rank {ctx.rank}/{ctx.world}: " if ctx.active else ""
             print(f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "
@@ -173,6 +182,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
             return metrics
         return None
     finally:
+        if lock is not None:
+            lock.release()
         dist.teardown(ctx)
 
 

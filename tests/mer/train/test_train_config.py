@@ -97,9 +97,11 @@ def test_rundir_refuses_another_config(tmp_path):
     cfg = TrainConfig(data="x", out=str(tmp_path / "run"))
     assert rd.init(cfg) == "new"
     assert rd.init(cfg.replace(workers=2)) == "resume"
-    with pytest.raises(ConfigMismatch, match="epochs: 30 -> 5"):
+    assert rd.init(cfg.replace(epochs=4)) == "new"  # nothing trained yet: the new config is taken
+    (rd.root / "folds" / "000-x").mkdir(parents=True)
+    (rd.root / "folds" / "000-x" / "last.pt").write_bytes(b"")  # a fold trained under epochs=4
+    with pytest.raises(ConfigMismatch, match="epochs: 4 -> 5"):
         rd.init(cfg.replace(epochs=5))
-    (rd.root / "folds").mkdir()
     assert rd.init(cfg.replace(epochs=5), force=True) == "forced"
     assert not (rd.root / "folds").exists()
     assert rd.read_config().epochs == 5
