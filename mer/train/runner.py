@@ -168,7 +168,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
                   "ids": [(s.dataset, s.subject, s.clip) for s in samples]}
         mine = shard(len(folds), ctx.rank, ctx.world)
         labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again
-        todo = [i for i in mine if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels)]
+        todo = [i for i in mine if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels,
+                                                     model=cfg.save_models)]
         if cfg.progress:
             where = f"rank {ctx.rank}/{ctx.world}: " if ctx.active else ""
             print(f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "

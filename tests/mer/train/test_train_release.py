@@ -141,3 +141,9 @@ def test_the_gpu_script_at_a_tiny_size_on_the_cpu(release_dir, tmp_path, subset_
     assert not list(out.glob("folds/*/model.pt")) and not list(out.glob("folds/*/last.pt"))
     assert {json.loads(p.read_text())["fold_batch"] for p in out.glob("folds/*/result.json")} == {3}
     assert json.loads((out / "gpu_run.json").read_text())["rc"] == 0
+    # rerun: the finished folds (without model.pt) are kept, not trained again
+    before = {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")}
+    assert script.main(["--release", str(release_dir), "--out", str(out), "--device", "cpu", "--model", "htnet_tiny",
+                        "--model-arg", "image_size=28", "--epochs", "2", "--fold-batch", "3",
+                        "--matmul-precision", "highest"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")} == before
