@@ -127,9 +127,11 @@ def run(args) -> int:
         run_training(cfg, force=args.force)
     except (CliError, ConfigMismatch, DataSourceError, DatasetError, PrepError, ModelError, FoldFailure, RunLocked,
             IncompleteRun) as e:
-        # the loaders' advice in `mer train`'s terms (it has no --annotation option)
-        return fail(cli_message(e).replace("point --root/--annotation at the right place",
-                                           "point --data (or --casme2/--samm/--smic, --root) at the right place"))
+        msg = cli_message(e)
+        if cfg.dataset is None:  # the loaders' advice in `mer train`'s terms (--annotation: --dataset only)
+            msg = msg.replace("point --root/--annotation at the right place",
+                              "point --data (or --casme2/--samm/--smic, --root) at the right place")
+        return fail(msg)
     except OSError as e:  # a full disk, a folder removed or made read-only while the run writes
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return fail(f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun the same "

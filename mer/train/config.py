@@ -76,6 +76,14 @@ class TrainConfig:
                                 "no face found, ...): stop and list them all (raise), or exclude it, listed in "
                                 "excluded.json / metrics.json / summary.md (warn)", choices=("raise", "warn"),
                                 flag="--on-error", group=_DATA)
+    missing_apex: str = option("estimate", "annotation rows with '/' or a blank apex: the middle frame, flagged "
+                               "apex_is_estimated and named in a warning (estimate), or a dataset error (error); "
+                               "not for htnet-release", choices=("estimate", "error"), group=_DATA)
+    errata: str = option("shipped", "known annotation errors of the public coding sheets: correct them, announced "
+                         "and recorded per sample (shipped), leave them (none), or a table CSV of the same form "
+                         "(docs/data.md); not for htnet-release", group=_DATA)
+    annotation: str | None = option(None, "the annotation file of --dataset (default: found in --root by its "
+                                    "usual name)", group=_DATA)
     # --- protocol and inputs -----------------------------------------------------------------------
     protocol: str = option("loso", "loso | kfold:K (subject-grouped) | cross:train=A,B;test=C | holdout-dataset "
                            "(train on all other databases, test on each one in turn: MEGC2018 style)", group=_PROTO)
@@ -177,6 +185,14 @@ class TrainConfig:
                         "or --dataset NAME --root ROOT")
         if self.dataset is not None and self.root is None:
             errs.append(f"--dataset {self.dataset} needs --root")
+        if self.annotation is not None and self.dataset is None:
+            errs.append("--annotation is for a single dataset (--dataset NAME --root ROOT); the composite's "
+                        "datasets use the annotation files found in their roots")
+        if self.data is not None and self.data.startswith("htnet-release:") and (
+                self.missing_apex != "estimate" or self.errata != "shipped"):
+            errs.append("--missing-apex and --errata apply to datasets read from their coding sheets, not to "
+                        "htnet-release (its sample sheet has an apex for every sample); leave them at their "
+                        "defaults")
         from mer.train.folds import parse_protocol
 
         try:

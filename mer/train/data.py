@@ -64,11 +64,13 @@ def input_size(cfg: TrainConfig) -> int:
 def resolve_paths(cfg: TrainConfig) -> TrainConfig:
     """The config with every data path made absolute (so a saved config and `mer predict` find them)."""
     kw = {}
-    for name in ("data", "casme2", "samm", "smic", "root", "sample_list"):
+    for name in ("data", "casme2", "samm", "smic", "root", "sample_list", "annotation"):
         v = getattr(cfg, name)
         if v is not None:
             prefix = RELEASE_PREFIX if name == "data" and v.startswith(RELEASE_PREFIX) else ""
             kw[name] = prefix + str(Path(v[len(prefix):]).expanduser().resolve())
+    if cfg.errata not in ("shipped", "none"):  # a table of the user's
+        kw["errata"] = str(Path(cfg.errata).expanduser().resolve())
     kw["out"] = str(Path(cfg.out).expanduser().resolve())
     return cfg.replace(**kw)
 
@@ -136,24 +138,24 @@ def load_samples(cfg: TrainConfig, excluded: list | None = None) -> list:
 def _load_samples(cfg: TrainConfig, on_error: str) -> list:
     from mer.data import casme3_part_a, load_dataset, megc2019_composite
 
+    kw = dict(frames=cfg.frames, on_error=on_error, missing_apex=cfg.missing_apex, errata=cfg.errata)
     if cfg.data is not None:
         d = Path(cfg.data)
         lst = Path(cfg.sample_list) if cfg.sample_list else d / "megc2019_composite.csv"
-        return megc2019_composite(casme2=d / "casme2", samm=d / "samm", smic=d / "smic", sample_list=lst,
-                                  frames=cfg.frames, on_error=on_error)
+        return megc2019_composite(casme2=d / "casme2", samm=d / "samm", smic=d / "smic", sample_list=lst, **kw)
     roots = {k: getattr(cfg, k) for k in ("casme2", "samm", "smic") if getattr(cfg, k) is not None}
     if len(roots) == 3:
-        return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames, on_error=on_error)
+        return megc2019_composite(**roots, sample_list=cfg.sample_list, **kw)
     if roots:
         if cfg.sample_list:
-            return megc2019_composite(**roots, sample_list=cfg.sample_list, frames=cfg.frames, on_error=on_error)
+            return megc2019_composite(**roots, sample_list=cfg.sample_list, **kw)
         out = []
         for name, root in roots.items():
-            out += _labelled(name, load_dataset(name, root, frames=cfg.frames, on_error=on_error))
+            out += _labelled(name, load_dataset(name, root, **kw))
         return out
     if cfg.dataset == "casme3":
-        return casme3_part_a(cfg.root, sample_list=cfg.sample_list, frames=cfg.frames, on_error=on_error)
-    return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, frames=cfg.frames, on_error=on_error))
+        return casme3_part_a(cfg.root, sample_list=cfg.sample_list, annotation=cfg.annotation, **kw)
+    return _labelled(cfg.dataset, load_dataset(cfg.dataset, cfg.root, annotation=cfg.annotation, **kw))
 
 
 def _labelled(name: str, samples: list) -> list:
