@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The training ablation (issue 8) and the augmentation comparison (issue 10) on the synthetic composite.
+"""The training ablation and the augmentation comparison on the synthetic composite (docs/training.md).
 
 Runs ``mer train`` once per (configuration, seed) into OUT/<config>-s<seed> (a finished run is reused, an
 interrupted one resumes: rerun the same command), then writes OUT/ablation.json and OUT/ablation.md with

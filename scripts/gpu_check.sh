@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one command a GPU session runs for the agent-attention GPU kernels (issue 3):
+# The one command a GPU session runs for the agent-attention GPU kernels (docs/gpu_kernels.md):
 #   1. build agentattn._C with the CUDA kernels (in place, for this GPU's arch)
 #   2. the GPU test suite: CUDA and Triton backends vs the fp64 reference, opcheck, torch.compile;
 #      the Triton tests of the CPU suite, compiled for the GPU this time

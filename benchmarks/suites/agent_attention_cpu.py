@@ -1,4 +1,4 @@
-"""CPU benchmark of the fused C++ agent-attention kernel against the PyTorch compositions (issue 2).
+"""CPU benchmark of the fused C++ agent-attention kernel against the PyTorch compositions.
 
 Suite plugin: ``NAME`` and ``run(cfg) -> list[dict]`` (one row per shape x implementation x pass, plus the
 correctness and matmul-rate rows). Also runnable on its own::
@@ -276,7 +276,8 @@ def run(cfg=None) -> list[dict]:
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
-    """Issue 2's targets on the fused rows (ratios of medians from the same interleaved run)."""
+    """The kernel's performance targets (``spec`` below) on the fused rows (ratios of medians from the same
+    interleaved run)."""
     def find(shape, pss, impl="fused"):
         return next((r for r in rows if r["shape"] == shape and r["pass_"] == pss and r["impl"] == impl
                      and "ms" in r), None)
@@ -355,7 +356,7 @@ def to_markdown(rows: list[dict], targets: list[dict] | None = None, meta: dict 
     lines += [f"| {r['shape']} | {r['max_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
               for r in rows if r["pass_"] == "check"]
     if targets is not None:  # standalone; benchmarks/run.py shows them through summary_markdown
-        lines += ["", "## Targets (issue 2)", "",
+        lines += ["", "## Targets", "",
                   "bmm4, stream: the forward's four products through torch.bmm and its compulsory bytes, measured in "
                   "the same run (module docstring).", ""]
         lines += _targets_markdown(targets)

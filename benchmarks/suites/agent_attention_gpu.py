@@ -6,7 +6,7 @@ pass). Also runnable on its own (what ``scripts/gpu_check.sh`` does)::
     python benchmarks/suites/agent_attention_gpu.py --out benchmarks/results/h100-2026-11-24-agent_attention_gpu
     python benchmarks/suites/agent_attention_gpu.py --quick
 
-Shapes (issue 3): DeiT-T-like (B=128, H=3, N=196, n=49, d=64), Swin-T stage-1-like (B=128, H=3, N=3136,
+Shapes: DeiT-T-like (B=128, H=3, N=196, n=49, d=64), Swin-T stage-1-like (B=128, H=3, N=3136,
 n=9 and 49, d=32), long (B=8, H=8, N=16384, n=64, d=64); fp16 and bf16; biases (1, H, n, N) and
 (1, H, N, n) (shared over the batch, learnable). Implementations in the same process run:
 
@@ -239,7 +239,7 @@ def to_markdown(rows: list[dict], targets: list[dict], device: str) -> str:
         cells = [r.get(k, "") for k in ("shape", "dtype", "impl", "pass_", "ms", "gb_s", "pct_peak_bw", "tflops",
                                         "peak_mem_mb", "speedup_vs_eager", "speedup_vs_flash")]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
-    lines += ["", "## Targets (issue 3)", "", "| impl | dtype | target | value | met |", "|---|---|---|---|---|"]
+    lines += ["", "## Targets", "", "| impl | dtype | target | value | met |", "|---|---|---|---|---|"]
     lines += [f"| {t['impl']} | {t['dtype']} | {t['target']} | {t['value']} | {'yes' if t['ok'] else 'NO'} |"
               for t in targets]
     return "\n".join(lines) + "\n"

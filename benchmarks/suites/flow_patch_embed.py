@@ -15,7 +15,7 @@ Implementations, all in the same process run on the same tensors (never zeros):
 
 Passes: ``fwd`` under ``torch.no_grad()`` (inference) and ``fwd_bwd`` = forward + gradients of weight,
 bias and pos (x is the input image: no gradient, as in a first layer). Shapes: HTNet as released (B=64,
-C=3, 28x28, p=7, D=256: HTNET.md), 56x56 with p=4 (D=256), the mer working variant (28x28, p=2, D=32)
+C=3, 28x28, p=7, D=256), 56x56 with p=4 (D=256), the mer working variant (28x28, p=2, D=32)
 and a ViT-Ti patch embedding (224x224, p=16, D=192). The implementations are timed round-robin (one
 call of each in turn) so that load from other processes hits all of them alike; per row the median,
 the 10th/90th percentiles and the minimum wall time in ms, and on CPU the same for the process CPU time
@@ -204,8 +204,12 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     for shape in dict.fromkeys(r["shape"] for r in t):
         for pss in dict.fromkeys(r["pass_"] for r in t if r["shape"] == shape):
             sel = {r["impl"]: r for r in t if r["shape"] == shape and r["pass_"] == pss}
-            cell = lambda k: (f"{sel[k]['median_ms']:.3f} [{sel[k]['p10_ms']:.3f}, {sel[k]['p90_ms']:.3f}]"  # noqa: E731
-                              if k in sel else "-")
+
+            def cell(k, sel=sel):
+                if k not in sel:
+                    return "-"
+                return f"{sel[k]['median_ms']:.3f} [{sel[k]['p10_ms']:.3f}, {sel[k]['p90_ms']:.3f}]"
+
             f = sel.get("fused", {})
             ratio = f"{f['ratio_vs_best']:.2f}x (vs {f['best_baseline']})" if "ratio_vs_best" in f else "-"
             gf = f"{f['gflops']:.1f}" if f else "-"

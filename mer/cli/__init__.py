@@ -5,13 +5,14 @@ Each command lives in its own module ``mer/cli/<command>.py`` exposing
     def add_parser(subparsers) -> argparse.ArgumentParser   # registers the command, its --help and examples
     def run(args) -> int                                      # does the work; imports heavy modules lazily
 
-A command whose module does not exist (yet) is simply not offered.
+A command whose module fails to import stays listed, marked unavailable with the error, and running it
+prints that error and exits 1 (the other commands keep working).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
-import importlib.util
 import sys
 
 # command name -> module; order is the order of `mer --help`
@@ -36,13 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for modname in COMMANDS.values():
-        if importlib.util.find_spec(modname) is None:
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(modname)
+        except Exception as e:  # shown in --help and when the command is run; the other commands still work
+            error = f"cannot load {modname}: {type(e).__name__}: {e}"
+            # no option prefix: whatever follows the command is taken as is, and the error is printed
+            p = sub.add_parser(name, help=f"UNAVAILABLE ({error})", add_help=False, prefix_chars="\0")
+            p.add_argument("rest", nargs="*")
+            p.set_defaults(_run=functools.partial(_unavailable, name, error))
             continue
-        mod = importlib.import_module(modname)
         p = mod.add_parser(sub)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _unavailable(name: str, error: str, args) -> int:
+    print(f"mer {name}: error: {error}", file=sys.stderr)
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

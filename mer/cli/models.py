@@ -97,8 +97,11 @@ def run(args) -> int:
                      f"{r[f'train_step_ms_b{args.batch}']:.1f}"]
         table.append(line)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *table, strict=True)]
-    fmt = lambda cells: "  ".join(str(c).ljust(w) if i in (0, 4, 5) else str(c).rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
+    def fmt(cells):
+        return "  ".join(str(c).ljust(w) if i in (0, 4, 5) else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True))).rstrip()
+
     m = machine()
     print(f"# {m['cpu']}, torch {m['torch']}, {m['threads']} thread(s); FLOPs/MACs per image (forward); "
           f"latency: {args.stat} of {args.reps} runs, ms")

@@ -6,7 +6,7 @@ import os
 
 EXAMPLES = """\
 examples:
-  mer synth --out data/synth                                # composite, medium difficulty, seed 0
+  mer synth --out data/synth                                # composite, calibrated difficulty (0.4), seed 0
   mer synth --out /tmp/tiny --preset tiny                   # a few clips in seconds (tests)
   mer synth --out data/hard --difficulty hard --seed 1 --workers 2
   mer synth --out data/synth --difficulty 0.35 --contact-sheet sheet.png
@@ -31,9 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="composite", choices=("composite", "tiny"),
                    help="composite: the full MEGC2019 structure (~21k frames, ~650 MB); tiny: 6 subjects, "
                    "20 short clips (default: composite)")
-    p.add_argument("--difficulty", default="medium",
-                   help="easy | medium | hard, or a number in [0, 1] (easy=0.2, medium=0.5, hard=0.8); "
-                   "sets expression amplitude, nuisances and class overlap (default: medium)")
+    p.add_argument("--difficulty", default="calibrated",  # = mer.synth.config.DEFAULT_DIFFICULTY (tested)
+                   help="easy | calibrated | medium | hard, or a number in [0, 1] (easy=0.2, calibrated=0.4, "
+                   "medium=0.5, hard=0.8); sets expression amplitude, nuisances and class overlap (default: "
+                   "calibrated: the linear floor matches the real composite's, docs/synth.md)")
     p.add_argument("--seed", type=int, default=0, help="root random seed (default: 0)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
                    help="worker processes for rendering; the output does not depend on it (default: 2)")

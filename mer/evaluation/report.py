@@ -5,7 +5,7 @@
 
 Writes RUNDIR/predictions.csv (all folds, one row per sample), metrics.json, megc_log.txt, summary.md,
 confusion.png and learning_curves.png. UF1/UAR are computed on the pooled predictions of all folds
-(overall and on each dataset's share), never averaged over folds (MER_DATA.md).
+(overall and on each dataset's share), never averaged over folds (the MEGC2019 protocol; ``mer/metrics.py``).
 """
 from __future__ import annotations
 

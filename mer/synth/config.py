@@ -4,12 +4,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 PRESETS = ("composite", "tiny")
-DIFFICULTY_NAMES = {"easy": 0.2, "medium": 0.5, "hard": 0.8}
-DEFAULT_DIFFICULTY = "medium"
+DIFFICULTY_NAMES = {"easy": 0.2, "calibrated": 0.4, "medium": 0.5, "hard": 0.8}
+#: the default: 'calibrated' (0.4) is the level at which the linear floor (mer.baselines.linear, LOSO, flow
+#: image) on the synthetic composite matches its value on the real composite (issue 16; docs/synth.md)
+DEFAULT_DIFFICULTY = "calibrated"
 
 
 def parse_difficulty(value: str | float) -> float:
-    """'easy' | 'medium' | 'hard' | a float in [0, 1] -> the float."""
+    """'easy' | 'calibrated' | 'medium' | 'hard' | a float in [0, 1] -> the float."""
     if isinstance(value, str):
         v = value.strip().lower()
         if v in DIFFICULTY_NAMES:
@@ -21,7 +23,7 @@ def parse_difficulty(value: str | float) -> float:
                              f"got {value!r}") from None
     d = float(value)
     if not 0.0 <= d <= 1.0:
-        raise ValueError(f"difficulty must be in [0, 1] (easy=0.2, medium=0.5, hard=0.8), got {d}")
+        raise ValueError(f"difficulty must be in [0, 1] (easy=0.2, calibrated=0.4, medium=0.5, hard=0.8), got {d}")
     return d
 
 
@@ -103,7 +105,7 @@ class SynthConfig:
 
     preset: 'composite' (the MEGC2019 composite's structure: 24+28+16 subjects, 442 protocol clips
         plus "others") or 'tiny' (2 subjects per dataset, a few short clips, for tests).
-    difficulty: a name ('easy', 'medium', 'hard') or a float in [0, 1].
+    difficulty: a name ('easy', 'calibrated' = the default, 'medium', 'hard') or a float in [0, 1].
     seed: the root seed; same config -> same bytes.
     frame_size: (width, height) of the raw frames.
     smic_color: write SMIC-like BMPs in colour (24 bit, 3x the disk) instead of 8-bit greyscale.

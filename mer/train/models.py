@@ -29,11 +29,8 @@ def build_model(name: str, kwargs: dict, *, image_size: int, check: bool = True)
             raise ModelError(f"model {name!r}: cannot import {attr} from {mod} ({e})") from None
         model = factory(**kwargs)
     else:
-        try:
-            from mer.models import create_model, list_models
-        except ImportError as e:  # the model family is a separate part of the package
-            raise ModelError(f"model {name!r}: mer.models is not available ({e}); pass a "
-                             "'module:callable' model instead") from None
+        from mer.models import create_model, list_models
+
         names = list(list_models())
         if name not in names:
             raise ModelError(f"unknown model {name!r}; registered: {', '.join(names)} (see `mer models`)")

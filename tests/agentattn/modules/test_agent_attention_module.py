@@ -1,5 +1,5 @@
 """``agentattn.AgentAttention`` against the reference Agent-DeiT / Agent-PVT modules (LeapLabTHU/Agent-Attention,
-written out below from the spec): parameter contract, strict state_dict loading with equal outputs and
+written out below after the original code): parameter contract, strict state_dict loading with equal outputs and
 gradients, the PVT converter, hw override with bias interpolation, rectangular grids, fused/unfused parity
 on the same instance (argument, attribute, AGENTATTN_FUSED), state_dict round trip, errors.
 
@@ -24,7 +24,7 @@ FUSED_OP = "agentattn.agent_attention_fwd"
 
 # ---------------------------------------------------------------------------- the reference modules
 class RefAgentDeiTAttention(nn.Module):
-    """Agent-DeiT's AgentAttention (agent_deit.py) as the spec describes it: a class token then a square
+    """Agent-DeiT's AgentAttention (agent_deit.py) as the original writes it: a class token then a square
     window x window grid; per-batch ``.repeat`` of the biases as in the original. The only generalisation
     (for the rectangular test): ``window`` may be (h, w) and ``pool`` an (ah, aw) agent grid."""
 

@@ -67,7 +67,46 @@ def test_unet_shapes(size):
     x = torch.randn(2, 3, size, size)
     out = net(x, torch.tensor([0, 999]), torch.tensor([0, 3]))  # 3 = null class
     assert out.shape == x.shape
-    assert torch.all(out == 0), "output conv is zero-initialised"
+    assert torch.all(out == 0), "output conv is zero-initialised (ε̂ = 0 at the start)"
+    # ... on top of a live body: its features give the zero conv a gradient, so training can start
+    # (a body that outputs a constant would leave it at exactly 0: GroupNorm -> 0, SiLU(0) = 0)
+    out.sum().backward()
+    assert net.out.weight.grad.abs().sum() > 0
+
+
+def test_unet_body_layout_conditioning_and_gradients():
+    """The module docstring's layout (base 16, mults (1, 2, 2)): channels, and each level's skip into its up
+    block. Once the output conv is non-zero, the output depends on each sample's x, t and y (null class
+    included) and on nothing else in the batch, and every parameter gets a gradient (no dead block)."""
+    net = UNet(num_classes=2, base=16, mults=(1, 2, 2), emb_dim=16)
+    io = lambda blocks: [(b.conv1.in_channels, b.conv1.out_channels) for b in blocks]  # noqa: E731
+    assert io(net.down_blocks) == [(16, 16), (16, 32), (32, 32)]
+    assert io([net.mid]) == [(32, 32)]
+    assert io(net.up_blocks) == [(64, 32), (64, 32), (48, 16)]  # each concatenates its level's skip
+    torch.manual_seed(0)
+    nn.init.normal_(net.out.weight, std=0.1)
+    x = torch.randn(1, 3, 28, 28).repeat(4, 1, 1, 1).requires_grad_()  # one image, four conditionings
+    t, y = torch.tensor([10, 10, 10, 500]), torch.tensor([0, 0, 1, 0])
+    seen = {}
+    for name, blocks in (("down", net.down_blocks), ("up", net.up_blocks)):
+        for i, b in enumerate(blocks):
+            b.register_forward_hook(lambda m, args, o, key=(name, i): seen.__setitem__(key, (args[0], o)))
+    out = net(x, t, y)
+    for i in range(3):  # the up block of each level gets that level's down-block output as its skip, verbatim
+        (_, skip), (up_in, _) = seen["down", i], seen["up", 2 - i]
+        assert torch.equal(up_in[:, -skip.shape[1]:], skip), f"level {i}: skip not concatenated"
+    null = net(x[:1], t[:1], torch.tensor([2]))  # 2 = null class
+    for a, b, what in [(out[0], out[1], None), (out[0], out[2], "class"), (out[0], out[3], "timestep"),
+                       (out[0], null[0], "null class")]:
+        if what is None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # same (x, t, y): same output
+        else:
+            assert (a - b).abs().max() > 1e-3, f"the output does not depend on the {what}"
+    grad_x, = torch.autograd.grad(out[0].sum(), x, retain_graph=True)
+    assert grad_x[0].abs().sum() > 0 and torch.all(grad_x[1:] == 0), "samples must not mix (GroupNorm, not BatchNorm)"
+    out.square().sum().backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not dead, f"parameters without a gradient: {dead}"
 
 
 def test_unet_odd_size_and_bad_input():

@@ -1,5 +1,5 @@
-"""Issue 19's data rows through `mer train` (the `data` helper's tests cover them in the loaders and in
-`mer prepare`): a coding sheet without a required column, and a sample list naming a clip that is not
+"""Faulty data rows through `mer train` (tests/mer/data and tests/mer/preprocess cover them in the loaders
+and in `mer prepare`): a coding sheet without a required column, and a sample list naming a clip that is not
 on disk. Each is one `mer train: error:` line (exit 2) that names the problem, and nothing is written.
 No training runs here: both stop while the data loads."""
 from __future__ import annotations

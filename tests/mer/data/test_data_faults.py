@@ -1,4 +1,4 @@
-"""Faults in the data layer (issue 19): annotation errata applied openly, missing annotation columns
+"""Faults in the data layer: annotation errata applied openly, missing annotation columns
 named, and the errata table itself checked. Each: a one-line message naming the problem, nothing dropped
 silently, no wrong number."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The converter against an independent, compact re-statement of the released HTNet forward (written here
-from the spec in docs HTNET.md / the release's Model.py structure, sharing no code with mer.models)."""
+from the release's Model.py structure (docs/models.md), sharing no code with mer.models)."""
 import pytest
 import torch
 import torch.nn as nn

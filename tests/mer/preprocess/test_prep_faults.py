@@ -1,4 +1,4 @@
-"""Fault injection in preprocessing and `mer prepare` (issue 19): damaged frames, a cache entry copied over
+"""Fault injection in preprocessing and `mer prepare`: damaged frames, a cache entry copied over
 another key, `--check`, user errors, Ctrl-C with workers. Each case: a one-line message naming the
 problem, the exit status, nothing lost, no wrong number."""
 from __future__ import annotations

@@ -168,8 +168,11 @@ def test_failures_reported_together(tmp_path):
 def test_apex_rules(tmp_path):
     s = make_samples(tmp_path / "data", n=1)[0]
     est = Sample(**{**s.__dict__, "apex": 11, "apex_is_estimated": True})
-    meta = lambda rule: prepare([est], PrepConfig(**{**FAST.to_dict(), "smic_apex": rule}), tmp_path / "c",  # noqa: E731
-                                progress=False).meta[0]["apex"]
+
+    def meta(rule):
+        return prepare([est], PrepConfig(**{**FAST.to_dict(), "smic_apex": rule}), tmp_path / "c",
+                       progress=False).meta[0]["apex"]
+
     assert meta("sample") == 11 and meta("middle") == 11 and meta("max_diff") == 12
 
 

@@ -1,34 +1,17 @@
 """The package's default face detector finds the synthetic faces in raw frames (>= 95% of clips)."""
 from __future__ import annotations
 
-import importlib.util
-
+import cv2
 import numpy as np
 
+from mer.preprocess.face import detect_face_how
 from mer.synth.config import SynthConfig
 from mer.synth.plan import make_plan
 from mer.synth.render import ClipRenderer, portrait_for
 from mer.synth.writers import encode_frame
 
 
-def _detector():
-    if importlib.util.find_spec("mer.preprocess.face") is not None:
-        from mer.preprocess.face import detect_face
-        return detect_face
-    import cv2  # the same cascade directly
-
-    casc = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-
-    def detect_face(img):
-        f = casc.detectMultiScale(cv2.equalizeHist(img), 1.1, 5, minSize=(56, 56))
-        return tuple(f[0]) if len(f) else None
-    return detect_face
-
-
 def test_detection_rate_on_onset_frames():
-    import cv2
-
-    detect = _detector()
     cfg = SynthConfig(difficulty="hard")  # the strongest nuisances
     plans = make_plan(cfg)
     by_subject = {}
@@ -39,7 +22,7 @@ def test_detection_rate_on_onset_frames():
         img = ClipRenderer(p, portrait_for(p, cfg.frame_size), color=p.dataset == "casme2").frame(0)
         data = encode_frame(p, img, cfg.level.jpeg_quality)
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-        box = detect(decoded)
+        box, _ = detect_face_how(decoded)  # what `mer prepare` runs on every onset frame
         total += 1
         if box is not None:
             x, y, w, h = box

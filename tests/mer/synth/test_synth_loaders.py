@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import warnings
 
 import pytest
 
-# skip only while the data package is absent (it is written in parallel); once present this must run
-if importlib.util.find_spec("mer.data") is None or importlib.util.find_spec("mer.data.loaders") is None:
-    pytest.skip("mer.data (the loaders) is not in the tree yet", allow_module_level=True)
+from mer.data import load_dataset, megc2019_composite
 
 
 def _load(fn, *a, **kw):
@@ -22,8 +19,6 @@ def _load(fn, *a, **kw):
 
 @pytest.mark.parametrize("ds,n,others", [("casme2", 7, 1), ("samm", 7, 1), ("smic", 6, 0)])
 def test_each_dataset_loads_without_problems(tiny, ds, n, others):
-    from mer.data import load_dataset
-
     out, _, _ = tiny
     samples, notes = _load(load_dataset, ds, out / ds)  # on_error='raise': any problem would raise
     assert len(samples) == n
@@ -37,8 +32,6 @@ def test_each_dataset_loads_without_problems(tiny, ds, n, others):
 
 
 def test_composite_with_generated_list(tiny):
-    from mer.data import megc2019_composite
-
     out, _, _ = tiny
     samples, notes = _load(megc2019_composite, casme2=out / "casme2", samm=out / "samm", smic=out / "smic",
                            sample_list=out / "megc2019_composite.csv")

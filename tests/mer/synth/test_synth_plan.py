@@ -79,7 +79,7 @@ def test_difficulty_knob():
             parse_difficulty(bad)
     easy, hard = Difficulty.from_level(0.2), Difficulty.from_level(0.8)
     assert easy.amplitude_px > hard.amplitude_px
-    assert 0.5 <= hard.amplitude_px and easy.amplitude_px <= 3.0  # the spec's 0.5-3 px range
+    assert 0.5 <= hard.amplitude_px and easy.amplitude_px <= 3.0  # 0.5-3 px (docs/synth.md)
     for f in ("drift_px", "rotation_deg", "noise_sigma", "blink_prob", "distractor_prob", "mismatch"):
         assert getattr(easy, f) < getattr(hard, f), f
     with pytest.raises(ValueError, match="preset"):

@@ -1,4 +1,4 @@
-"""Fault injection in training, evaluation and prediction (issue 19), on `mer synth --preset tiny` with
+"""Fault injection in training, evaluation and prediction, on `mer synth --preset tiny` with
 htnet_tiny, subject-grouped 2-fold, 3 epochs. Each fault must end in a one-line message naming the
 problem, a known exit status, nothing lost (finished folds kept) and no wrong number: wherever the run
 goes on, its predictions equal those of an undisturbed run to the last printed digit.
@@ -27,7 +27,7 @@ import cv2
 import pytest
 
 from mer.cli import main
-from mer.preprocess import PrepConfig
+from mer.preprocess import PrepConfig, prepare
 from mer.train import TrainConfig, run_training
 from mer.train.data import load_samples
 from mer.train.fingerprint import InputsChanged
@@ -388,10 +388,14 @@ def test_predict_faults_are_one_line(synth_tiny, reference, tmp_path, capsys):
     assert rc == 0 and json.loads(out)["models"] == 1
 
 
-# --------------------------------------------------------- rows handled before, end to end (issue 19)
+# --------------------------------------------------------------------- rows handled before, end to end
 
-def test_damaged_cache_entries_do_not_change_the_result(synth_tiny, prep_cache, tmp_path, capsys, reference):
-    cache = Path(shutil.copytree(prep_cache, tmp_path / "cache"))
+def test_damaged_cache_entries_do_not_change_the_result(synth_tiny, tmp_path, capsys, reference):
+    # A fresh cache holding exactly this run's entries: the session-wide prep_cache also holds other tests'
+    # entries, which this run never reads (damaging one of those proves nothing and fails the test).
+    cache = tmp_path / "cache"
+    cfg = make(synth_tiny, cache, tmp_path / "unused")
+    prepare(load_samples(cfg), cfg.prep, cache_dir=cache, progress=False)
     entries = sorted(cache.glob("*/*.npz"))
     assert len(entries) >= 3
     cut_to_a_third(entries[0])  # a truncated entry
