@@ -18,6 +18,13 @@ Equivalence: without dropout the result equals one fold at a time up to float ro
 matrix products sum in another order; tests/mer/train/test_train_batched.py). Dropout masks are drawn
 for all folds at once (``randomness='different'``), so with dropout > 0 the draws differ from the
 one-at-a-time path (same distribution).
+
+Resuming: each fold restores its ``last.pt`` through ``load_resume_point`` (mer.train.recovery: a damaged
+file falls back to ``last.prev.pt``, else to a fresh start, named in a warning), and the shared dropout
+stream goes on from the first resumed fold's checkpoint RNG; a finished fold's ``last.pt`` and
+``last.prev.pt`` are removed. A killed run that reruns therefore ends with the undisturbed run's
+predictions, exactly; after a fall-back that leaves one fold an epoch behind the others, up to float
+rounding without dropout (and with other dropout draws with it).
 """
 from __future__ import annotations
 
