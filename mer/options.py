@@ -8,6 +8,7 @@
 
     add_options(parser, MyConfig)              # --epochs N, --mode {fixed,val}, --extra-arg KEY=VALUE ...
     cfg = options_from_args(MyConfig, args)    # the dataclass, from the parsed arguments
+    given = given_options(MyConfig, args)      # only the options on the command line (e.g. over a preset)
     check_choices(cfg)                         # in __post_init__: every choices= field holds an allowed value
 
 The field's type gives the option's type: bool -> ``--x/--no-x``; ``int``/``float``/``str`` (or ``X | None``)
@@ -108,26 +109,26 @@ def add_options(parser, cls, *, skip=(), sections: dict | None = None) -> None:
             where = exclusive[key]
         base, optional = _base_type(tp)
         d = _default(f)
-        kw = {"dest": f.name, "help": m["help"]}
+        # absent unless given (given_options tells them apart); the help states the dataclass default
+        kw = {"dest": f.name, "help": m["help"], "default": argparse.SUPPRESS}
         if base is bool:
-            kw.update(action=argparse.BooleanOptionalAction, default=d)
+            kw.update(action=argparse.BooleanOptionalAction)
             kw["help"] += f" (default: {'on' if d else 'off'})"
         elif base is dict:
-            kw.update(action="append", type=_kv_list, default=[], metavar=m.get("metavar") or "KEY=VALUE")
+            kw.update(action="append", type=_kv_list, metavar=m.get("metavar") or "KEY=VALUE")
         elif base is tuple:
-            kw.update(type=_int_tuple, default=d, metavar=m.get("metavar") or "A,B,..")
+            kw.update(type=_int_tuple, metavar=m.get("metavar") or "A,B,..")
             kw["help"] += f" (default: {','.join(map(str, d))})"
         else:
-            kw.update(type=_none_or(base) if optional and base is not str else base, default=d)
+            kw.update(type=_none_or(base) if optional and base is not str else base)
             if m.get("choices"):
                 kw["choices"] = m["choices"]
             if m.get("metavar") or base in (int, float):
                 kw["metavar"] = m.get("metavar") or ("N" if base is int else "X")
             if d is not None and not m.get("required"):
-                kw["help"] += " (default: %(default)s)"
+                kw["help"] += f" (default: {d})"
         if m.get("required") and not m.get("exclusive"):
             kw["required"] = True
-            kw.pop("default", None)
         where.add_argument(flag_of(f), **kw)
 
 
@@ -147,23 +148,22 @@ def parse_kv(items: list[str], what: str) -> dict:
     return out
 
 
-def options_from_args(cls, args: argparse.Namespace, **overrides):
-    """``cls`` built from the parsed options (fields without one keep their default, or ``overrides``)."""
+def given_options(cls, args: argparse.Namespace) -> dict:
+    """{field: value} of the options of ``cls`` given on the command line (KEY=VALUE lists as dicts; a
+    nested config as its class, built from its given options)."""
     kw = {}
     for f, tp in cli_fields(cls):
-        if f.name in overrides:
-            continue
         if f.metadata.get("nested"):
-            kw[f.name] = options_from_args(tp, args)
-            continue
-        if not hasattr(args, f.name):
-            continue
-        v = getattr(args, f.name)
-        if _base_type(tp)[0] is dict:
-            v = parse_kv(v or [], flag_of(f))
-        kw[f.name] = v
-    kw.update(overrides)
-    return cls(**kw)
+            kw[f.name] = tp(**given_options(tp, args))
+        elif hasattr(args, f.name):
+            v = getattr(args, f.name)
+            kw[f.name] = parse_kv(v, flag_of(f)) if _base_type(tp)[0] is dict else v
+    return kw
+
+
+def options_from_args(cls, args: argparse.Namespace, **overrides):
+    """``cls`` built from the given options, the dataclass defaults for the others, ``overrides`` on top."""
+    return cls(**{**given_options(cls, args), **overrides})
 
 
 def check_choices(obj) -> list[str]:

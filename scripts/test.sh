@@ -11,6 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONHASHSEED=0 MPLBACKEND=Agg
+# the tests on the real HTNet release copy (tests/mer/*/test_*release*.py) run when MER_HTNET_RELEASE points at
+# it; CI keeps it beside the repository, in ../shared/data/htnet_release (the data is never committed)
+if [[ -z "${MER_HTNET_RELEASE:-}" && -d ../shared/data/htnet_release ]]; then
+    MER_HTNET_RELEASE=$(cd ../shared/data/htnet_release && pwd)
+    export MER_HTNET_RELEASE
+fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
@@ -36,6 +42,11 @@ summary+=("lint: ruff check clean")
 echo "== [2/4] main test suite"
 $PY -m pytest -q --durations=15 -m "not triton and not cuda" "$@" | tee "$logs/main"
 summary+=("main suite: $(pytest_result "$logs/main")")
+if [[ -n "${MER_HTNET_RELEASE:-}" ]]; then
+    summary+=("  real HTNet release tests: on ($MER_HTNET_RELEASE)")
+else
+    summary+=("  real HTNet release tests: skipped (MER_HTNET_RELEASE unset, no ../shared/data/htnet_release)")
+fi
 
 echo "== [3/4] Triton kernels under TRITON_INTERPRET=1"
 if ! err=$($PY -c "import triton" 2>&1); then

@@ -67,8 +67,8 @@ def run(args) -> int:
     except FaceNotFoundError as e:
         return fail(f"{e}")
     pred = max(probs, key=probs.get)
-    if models[0][1].get("config", {}).get("reproduce_htnet_oracle"):
-        print("warning: this model comes from an ORACLE run (epoch chosen on held-out subjects)", file=sys.stderr)
+    if not all(m.get("valid_estimate", True) for _, m in models):
+        print("warning: this model comes from an oracle run (epoch chosen on the held-out subjects)", file=sys.stderr)
     if args.json:
         print(json.dumps({"onset": str(onset), "apex": str(apex), "models": len(models), "probabilities": probs,
                           "prediction": pred}, indent=2))

@@ -75,12 +75,13 @@ def add_prep_args(p: argparse.ArgumentParser) -> None:
 
 
 def plain_warnings() -> None:
-    """Show warnings as ``warning: <message>`` lines on stderr (no source line) for command-line use."""
+    """Show warnings as ``warning: <message>`` lines on stderr (no source line) for command-line use, with
+    the API's option spellings turned into the CLI's (cli_message)."""
     import sys
     import warnings
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=file or sys.stderr)
+        print(f"warning: {cli_message(message)}", file=file or sys.stderr)
 
     warnings.showwarning = show
 
@@ -149,6 +150,7 @@ def cli_message(e: BaseException) -> str:
     msg = str(e).strip()
     for api, cli in (("on_error='warn'", "--on-error warn"), ("errata='none'", "--errata none"),
                      ("missing_apex='estimate'", "--missing-apex estimate"),
+                     ("missing_apex='error'", "--missing-apex error"),
                      ("`root`/`annotation`", "--root/--annotation"),
                      ("annotation=PATH (CLI: --annotation PATH)", "--annotation PATH"),
                      ("PrepConfig(face='full') (CLI --face full; `mer predict`: --cropped)", "--face full")):

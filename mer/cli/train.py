@@ -16,13 +16,20 @@ EXAMPLES = """examples:
   mer train --casme2 /data/CASME2 --samm /data/SAMM --smic /data/SMIC --out runs/megc
   mer train --data synth --protocol "cross:train=casme2,samm;test=smic" --out runs/cross
   mer train --dataset casme3 --root /data/CASME3/part_A --protocol kfold:10 --out runs/casme3
+  # the public HTNet release's composite (a clone of wangzhifengharrison/HTNet): its tiles, its 68 LOSO folds
+  mer train --data htnet-release:/data/HTNet --model htnet_small_lape --workers 2 --out runs/real
+  mer train --data htnet-release:/data/HTNet --input face --normalize none --out runs/real_flow_raw
+  mer train --data htnet-release:/data/HTNet --protocol holdout-dataset --out runs/real_holdout
   # early stopping on 15% of the training subjects; DDPM augmentation per fold
-  mer train --data synth --select val --epochs 80 --patience 10 --out runs/val
+  mer train --data synth --selection val --epochs 80 --patience 10 --out runs/val
   mer train --data synth --augment ddpm --augment-ratio balance --out runs/ddpm
   # across processes or machines (folds sharded over ranks, one merged run directory)
   torchrun --nproc_per_node=2 -m mer train --data synth --out runs/dist
-  # the released HTNet's test-set epoch selection, labelled ORACLE everywhere (not a valid estimate)
-  mer train --data synth --model htnet_original --reproduce-htnet-oracle --out runs/oracle
+  # several folds per step (stacked parameters, one vmapped forward/backward), 2 processes
+  mer train --data synth --fold-batch 17 --workers 2 --out runs/batched
+  # the release's settings; with its test-fold epoch selection, labelled "oracle ... not a valid estimate"
+  mer train --data htnet-release:/data/HTNet --preset release --out runs/release_fixed
+  mer train --data htnet-release:/data/HTNet --preset release --selection oracle-release --out runs/release_oracle
 
 Interrupt and rerun the same command: finished folds are kept and the interrupted fold resumes from its
 last epoch checkpoint. A different config into an existing run directory is an error (or --force).
@@ -57,10 +64,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def config_from_args(args):
     """The TrainConfig of parsed `mer train` arguments (ValueError on an invalid combination)."""
     from mer.cli.prepare import prep_config
-    from mer.options import options_from_args
+    from mer.options import given_options
     from mer.train.config import TrainConfig
 
-    return options_from_args(TrainConfig, args, prep=prep_config(args))
+    return TrainConfig.from_preset(**given_options(TrainConfig, args), prep=prep_config(args))
 
 
 def check_writable(path, what: str) -> None:
@@ -120,9 +127,11 @@ def run(args) -> int:
         run_training(cfg, force=args.force)
     except (CliError, ConfigMismatch, DataSourceError, DatasetError, PrepError, ModelError, FoldFailure, RunLocked,
             IncompleteRun) as e:
-        # the loaders' advice in `mer train`'s terms (it has no --annotation option)
-        return fail(cli_message(e).replace("point --root/--annotation at the right place",
-                                           "point --data (or --casme2/--samm/--smic, --root) at the right place"))
+        msg = cli_message(e)
+        if cfg.dataset is None:  # the loaders' advice in `mer train`'s terms (--annotation: --dataset only)
+            msg = msg.replace("point --root/--annotation at the right place",
+                              "point --data (or --casme2/--samm/--smic, --root) at the right place")
+        return fail(msg)
     except OSError as e:  # a full disk, a folder removed or made read-only while the run writes
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         return fail(f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun the same "

@@ -101,12 +101,21 @@ def calibration_indices(fit: np.ndarray, size: int, seed: int, fold_index: int) 
     return np.sort(np.random.default_rng([seed, fold_index, 7]).choice(fit, size, replace=False))
 
 
+LATENCY_THREADS = 1  # the latency is measured on one thread, whatever the run uses, so runs compare
+
+
 def per_sample_latency_ms(model: nn.Module, example: torch.Tensor, batch: int) -> float:
-    """CPU inference time per sample (ms): the minimum over 5 timed forwards of a batch of ``batch``."""
+    """CPU inference time per sample (ms) on LATENCY_THREADS thread(s): the minimum over 5 timed forwards
+    of a batch of ``batch``."""
     from mer.models.profile import latency_ms
 
     x = example[:1].expand(batch, *example.shape[1:]).contiguous()
-    return latency_ms(model, x, reps=5, stat="min") / batch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(LATENCY_THREADS)
+    try:
+        return latency_ms(model, x, reps=5, stat="min") / batch
+    finally:
+        torch.set_num_threads(threads)
 
 
 def esaat_model(model: nn.Module, x_fit: np.ndarray, y_fit: np.ndarray, cfg: ESAATConfig, *, fold_index: int = 0,
@@ -254,7 +263,8 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
         if (run / name).exists():
             shutil.copyfile(run / name, out / name)
     atomic_write_json(out / "esaat_config.json", {"format": FORMAT, "run": str(run.resolve()), **cfg.to_dict()})
-    samples, x, y, _ = load_inputs(tcfg, workers=1, progress=progress)
+    inputs = load_inputs(tcfg, workers=1, progress=progress)
+    samples, x, y = inputs.samples, inputs.x, inputs.y
     _check_samples(run, samples, y)
     ids = [(s.dataset, s.subject, s.clip) for s in samples]
     recs = []
@@ -269,8 +279,12 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
     def mean(key, part):
         return float(np.mean([r[part][key] for r in recs]))
 
+    from mer.models.profile import machine
+
     summary = {
         "format": FORMAT, "run": str(run.resolve()), "config": cfg.to_dict(), "model": tcfg.model,
+        "latency": {"what": "CPU inference ms per sample, min of 5 forwards of a batch, mean over folds",
+                    "batch": cfg.latency_batch, "threads": LATENCY_THREADS, "machine": machine()},
         "protocol": tcfg.protocol, "folds": len(recs),
         "before": {"params": mean("params", "before"), "flops": mean("flops", "before"),
                    "latency_ms_per_sample": mean("latency_ms_per_sample", "before"),
@@ -302,7 +316,8 @@ def format_summary(s: dict) -> str:
     lines = [f"**ESAAT {s['config'].get('remove')!s} removed / budget {s['config'].get('budget')} / flops budget "
              f"{s['config'].get('flops_budget')} on {s['model']} ({s['protocol']}, {s['folds']} folds; means over "
              "folds)**", "",
-             "| | params | MFLOPs | CPU ms/sample | UF1 | UAR |", "|---|---:|---:|---:|---:|---:|"]
+             f"| | params | MFLOPs | CPU ms/sample ({LATENCY_THREADS} thread) | UF1 | UAR |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, r in (("before", b), ("after", a)):
         uf1 = f"{r['uf1']:.4f}" if "uf1" in r else "-"
         uar = f"{r['uar']:.4f}" if "uar" in r else "-"

@@ -1,6 +1,6 @@
 """Plots of a run: confusion matrices (pooled, per dataset) and learning curves (mean over folds).
 
-Titles carry the run's selection mode, so an ORACLE (HTNet reproduction) figure is never mistaken for a
+Titles carry the run's selection mode, so an oracle (test-fold selection) figure is never mistaken for a
 valid estimate.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _plt():
 
 
 def _short_selection(m: dict) -> str:
-    return "ORACLE selection (not a valid estimate)" if m["oracle"] else m["selection"]
+    return m["selection"]
 
 
 def plot_confusions(m: dict, path) -> Path:
@@ -68,7 +68,7 @@ def plot_learning_curves(root, m: dict, path) -> Path:
     if any("val_uf1" in r for h in hists for r in h):
         keys += [("val_loss", "validation loss"), ("val_uf1", "validation UF1")]
     if any("oracle_test_acc" in r for h in hists for r in h):
-        keys += [("oracle_test_acc", "ORACLE held-out accuracy")]
+        keys += [("oracle_test_acc", "oracle: held-out accuracy")]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.8 * len(keys), 3.4), squeeze=False)
     for ax, (k, label) in zip(axes[0], keys, strict=True):
         n = max((len(h) for h in hists), default=0)

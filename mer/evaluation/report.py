@@ -108,7 +108,8 @@ def compute_metrics(rows: list[PredictionRow], results: list[dict], config: dict
         "protocol": config["protocol"],
         "model": config["model"],
         "input": config["input"],
-        "flow": config["prep"]["flow"],
+        "flow": ("htnet-release (precomputed)" if str(config.get("data") or "").startswith("htnet-release:")
+                 else config["prep"]["flow"]),
         "augment": config["augment"],
         "seed": config["seed"],
         "labels": list(LABEL_NAMES),
@@ -144,9 +145,33 @@ def format_table(m: dict, markdown: bool = True) -> str:
                      + "; ".join(f"{e['uid']} ({e['reason'].split(':')[0]})" for e in m["excluded"]))
     if m["oracle"]:
         lines.append("")
-        lines.append("ORACLE: the epoch was chosen on the held-out subjects (HTNet's released evaluation); "
+        lines.append("oracle: the epoch was chosen on the held-out subjects (the released HTNet's evaluation); "
                      "these numbers are NOT a valid estimate of generalisation.")
+    if m.get("last_epoch"):
+        last = m["last_epoch"]
+        lines += ["", f"The same training, selection: {last['selection']}", "", "| set | n | UF1 | UAR |",
+                  "|---|---:|---:|---:|"]
+        for name, s in last["scores"].items():
+            label = "composite (all)" if name == "all" else name
+            lines.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
     return "\n".join(lines)
+
+
+def last_epoch_scores(root: Path, folds: list[dict], config: dict) -> dict | None:
+    """An oracle run's folds also save the last epoch's test predictions (predictions_last_epoch.csv): the
+    same training scored with a fixed budget. Pooled like the main scores; None when any fold lacks them."""
+    from mer.evaluation.integrity import read_fold_predictions
+    from mer.metrics import breakdown
+
+    paths = [root / "folds" / f["dir"] / "predictions_last_epoch.csv" for f in folds]
+    if not paths or not all(p.exists() for p in paths):
+        return None
+    rows = sorted((r for p, f in zip(paths, folds, strict=True) for r in read_fold_predictions(p, f["test"])),
+                  key=lambda r: r.index)
+    yt, yp = np.array([r.label for r in rows]), np.array([r.pred for r in rows])
+    return {"selection": f"fixed budget ({config['epochs']} epochs, last epoch)", "valid_estimate": True,
+            "n": len(rows), "scores": breakdown(yt, yp, np.array([r.dataset for r in rows]), labels=(0, 1, 2),
+                                                overall="all")}
 
 
 def write_report(root, *, partial: bool = False, print_table: bool = True, plots: bool = True) -> dict:
@@ -159,6 +184,9 @@ def write_report(root, *, partial: bool = False, print_table: bool = True, plots
     ex_path = root / "excluded.json"
     excluded = json.loads(ex_path.read_text()) if ex_path.exists() else []
     m = compute_metrics(rows, results, config, len(folds), excluded)
+    last = last_epoch_scores(root, folds, config) if len(results) == len(folds) else None
+    if last is not None:
+        m["last_epoch"] = last
     write_predictions(root / "predictions.csv", rows)
     # the MEGC log in fold order (one header per held-out subject)
     write_megc_log(root / "megc_log.txt", rows, [r.pred for r in rows], [r.label for r in rows])

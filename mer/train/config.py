@@ -14,11 +14,27 @@ from dataclasses import asdict, dataclass, fields, replace
 from mer.options import check_choices, option
 from mer.preprocess.config import PrepConfig
 
-#: fields that do not change results (where and how fast it runs); ignored when comparing configs
-RUNTIME_FIELDS = ("out", "workers", "progress", "cache_dir", "prep_workers")
+#: fields that do not change results (where and how fast it runs, the preset's name: its values are in the
+#: other fields); ignored when comparing configs
+RUNTIME_FIELDS = ("out", "workers", "progress", "cache_dir", "prep_workers", "preset", "device", "save_models")
 
+#: renamed fields: old name -> new name (old run directories still load)
+LEGACY_FIELDS = {"select": "selection"}
 DATASETS = ("casme2", "samm", "smic", "casme3")
-SELECTIONS = ("fixed", "val")
+SELECTIONS = ("fixed", "val", "oracle-release")
+ORACLE_LABEL = "oracle (test-fold selection, not a valid estimate)"
+#: named starting points (`--preset`); the options given on the command line override them
+PRESETS = {
+    "none": {},
+    # the public HTNet code (main_HTNet.py): its model, optimiser, batch, budget, loss, batch order, inputs
+    "release": dict(model="htnet_original", lr=5e-5, batch_size=256, epochs=800, weight_decay=0.0,
+                    class_weights="none", label_smoothing=0.0, shuffle=False, normalize="none", input="regions"),
+    # the paper's text (Zhang et al. 2025): the release's training + LAPE + per-fold DDPM (cosine schedule,
+    # ancestral sampling); ESAAT is the next step, `mer prune --criterion signed` on the trained run
+    "paper": dict(model="htnet_original", model_kwargs={"pos": ("lape+block_scalar", "block_scalar", "block_scalar")},
+                  lr=5e-5, batch_size=256, epochs=800, weight_decay=0.0, class_weights="none", label_smoothing=0.0,
+                  shuffle=False, normalize="none", input="regions", augment="ddpm", ddpm={"sampler": "ancestral"}),
+}
 INPUTS = ("face", "regions")
 AUGMENTS = ("none", "ddpm")
 NORMALISATIONS = ("channel", "none")
@@ -43,7 +59,9 @@ class TrainConfig:
     """
 
     # --- data ------------------------------------------------------------------------------------
-    data: str | None = option(None, "a `mer synth` output folder (casme2/, samm/, smic/, megc2019_composite.csv)",
+    data: str | None = option(None, "a `mer synth` output folder (casme2/, samm/, smic/, megc2019_composite.csv), "
+                              "or htnet-release:PATH, the MEGC2019 composite as the public HTNet release ships it "
+                              "(its 442 flow images, tiles and 68 LOSO folds; mer.data.load_htnet_release)",
                               group=_DATA)
     casme2: str | None = option(None, "real CASME II root; with --samm and --smic: the MEGC2019 composite", group=_DATA)
     samm: str | None = option(None, "real SAMM root", group=_DATA)
@@ -58,20 +76,32 @@ class TrainConfig:
                                 "no face found, ...): stop and list them all (raise), or exclude it, listed in "
                                 "excluded.json / metrics.json / summary.md (warn)", choices=("raise", "warn"),
                                 flag="--on-error", group=_DATA)
+    missing_apex: str = option("estimate", "annotation rows with '/' or a blank apex: the middle frame, flagged "
+                               "apex_is_estimated and named in a warning (estimate), or a dataset error (error); "
+                               "not for htnet-release", choices=("estimate", "error"), group=_DATA)
+    errata: str = option("shipped", "known annotation errors of the public coding sheets: correct them, announced "
+                         "and recorded per sample (shipped), leave them (none), or a table CSV of the same form "
+                         "(docs/data.md); not for htnet-release", group=_DATA)
+    annotation: str | None = option(None, "the annotation file of --dataset (default: found in --root by its "
+                                    "usual name)", group=_DATA)
     # --- protocol and inputs -----------------------------------------------------------------------
-    protocol: str = option("loso", "loso | kfold:K (subject-grouped) | cross:train=A,B;test=C", group=_PROTO)
+    protocol: str = option("loso", "loso | kfold:K (subject-grouped) | cross:train=A,B;test=C | holdout-dataset "
+                           "(train on all other databases, test on each one in turn: MEGC2018 style)", group=_PROTO)
     kfold_seed: int = option(0, "subject assignment of kfold:K", group=_PROTO)
     prep: PrepConfig = option(PrepConfig)  # preprocessing (keys the prep cache); options from `mer prepare`
-    input: str = option("regions", "the four facial-region windows tiled 2x2 (regions, as HTNet) or the whole "
-                        "face (face)", choices=INPUTS, group=_PROTO)
+    input: str = option("regions", "the four facial-region windows tiled 2x2 (regions, as HTNet; htnet-release: "
+                        "the release's tiles) or the whole face (face; htnet-release: the whole 28x28 flow image)",
+                        choices=INPUTS, group=_PROTO)
     normalize: str = option("channel", "per-channel (x - mean_c) / std_c with the fold's training statistics "
-                            "(channel), or none", choices=NORMALISATIONS, group=_PROTO)
+                            "(channel), or none (htnet-release: the raw 0-255 values the release feeds its model)",
+                            choices=NORMALISATIONS, group=_PROTO)
     # --- model and optimisation ------------------------------------------------------------------
     model: str = option("htnet_small_lape_agent", "mer.models name (`mer models`) or module:callable",
                         group=_OPT)
     model_kwargs: dict = option(dict, "create_model override, repeatable (VALUE parsed as JSON when possible)",
                                 flag="--model-arg", group=_OPT)
-    epochs: int = option(30, "epoch budget (select fixed) or the maximum (select val)", group=_OPT)
+    epochs: int = option(30, "epoch budget (selection fixed, oracle-release) or the maximum (selection val)",
+                         group=_OPT)
     batch_size: int = option(64, "minibatch size (the composite's ~435 training samples: 7 steps per epoch)",
                              group=_OPT)
     lr: float = option(1e-3, "Adam learning rate (the released HTNet's 5e-5 needs its 800 epochs)", group=_OPT)
@@ -79,14 +109,21 @@ class TrainConfig:
     class_weights: str = option("balanced", "cross-entropy class weights: n / (K n_c) on the fit set (balanced) "
                                 "or none", choices=CLASS_WEIGHTS, group=_OPT)
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", group=_OPT)
+    shuffle: bool = option(True, "a fresh random minibatch order every epoch; --no-shuffle: the fit samples in label "
+                           "order, the same every epoch (the release reads u_train/<label>/ in a DataLoader without "
+                           "shuffling)", group=_OPT)
+    fold_batch: int = option(1, "folds trained together in one step (their parameters stacked, torch.func.vmap; "
+                             "mer.train.batched): the same arithmetic as one fold at a time, faster for small "
+                             "models and on GPUs", group=_OPT)
     # --- model selection (never on the held-out subjects) ----------------------------------------
-    select: str = option("fixed", "fixed: the last epoch of the budget; val: the best epoch on a validation "
-                         "split of the training subjects (early stopping)", choices=SELECTIONS, group=_SEL)
-    val_fraction: float = option(0.15, "share of the training *subjects* held out for select val", group=_SEL)
-    patience: int = option(10, "select val: stop after this many epochs without a better validation UF1",
+    selection: str = option("fixed", "fixed: the last epoch of the budget; val: the best epoch on a validation "
+                            "split of the training subjects (early stopping); oracle-release: the released HTNet's "
+                            "evaluation, the epoch with the best accuracy on the held-out subject (the latest on "
+                            "ties), labelled 'oracle (test-fold selection, not a valid estimate)' everywhere",
+                            choices=SELECTIONS, group=_SEL)
+    val_fraction: float = option(0.15, "share of the training *subjects* held out for selection val", group=_SEL)
+    patience: int = option(10, "selection val: stop after this many epochs without a better validation UF1",
                            group=_SEL)
-    reproduce_htnet_oracle: bool = option(False, "the released HTNet's evaluation: best epoch on the held-out "
-                                          "subject. Labelled ORACLE everywhere; not a valid estimate", group=_SEL)
     # --- augmentation ----------------------------------------------------------------------------
     augment: str = option("none", "DDPM augmentation (mer.augment), trained per fold on its training subjects "
                           "only", choices=AUGMENTS, group=_AUG)
@@ -95,12 +132,25 @@ class TrainConfig:
     ddpm: dict = option(dict, "mer.augment.DDPMConfig override, repeatable (e.g. train_steps=200)",
                         flag="--ddpm-arg", group=_AUG)
     # --- reproducibility -------------------------------------------------------------------------
+    preset: str = option("none", "start from a named set of settings, then apply the options given: release (the "
+                         "public HTNet code: htnet_original, Adam lr 5e-5, batch 256, 800 epochs, plain "
+                         "cross-entropy, no shuffling, raw inputs), paper (its text: + LAPE, DDPM augmentation; "
+                         "then `mer prune --criterion signed` for ESAAT); none: the CPU-sized defaults",
+                         choices=tuple(PRESETS), group=_RUN)
     seed: int = option(0, "seeds each fold's init (seed * 1000 + fold), data order, validation split, "
                        "augmentation", group=_RUN)
     deterministic: bool = option(True, "torch.use_deterministic_algorithms during training", group=_RUN)
-    checkpoint_every: int = option(1, "epochs between resumable checkpoints (folds/<fold>/last.pt)", group=_RUN)
+    matmul_precision: str = option("highest", "torch.set_float32_matmul_precision during training: highest (plain "
+                                   "fp32), high (CUDA may use TF32: ~8x the fp32 matrix throughput of an H100)",
+                                   choices=("highest", "high", "medium"), group=_RUN)
+    checkpoint_every: int = option(1, "epochs between resumable checkpoints (folds/<fold>/last.pt); 0: none (an "
+                                   "interrupted fold starts again)", group=_RUN)
+    save_models: bool = option(True, "write each fold's model.pt (needed by mer predict / mer prune); off for big "
+                               "models: the release's htnet_original is 560 MB per fold", group=_RUN)
     # --- runtime (not part of the experiment) ----------------------------------------------------
     out: str = option("runs/train", "run directory", required=True, group=_RUN)
+    device: str = option("cpu", "where to train: cpu, cuda or cuda:N (the model, its optimiser and each batch)",
+                         group=_RUN)
     workers: int = option(1, "folds in parallel worker processes (each torch.set_num_threads(cores // workers))",
                           group=_RUN)
     prep_workers: int = option(0, "preprocessing processes (0: same as --workers)", group=_RUN)
@@ -116,12 +166,12 @@ class TrainConfig:
             errs.append(f"lr must be > 0, got {self.lr}")
         if not 0 < self.val_fraction < 1:
             errs.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.patience < 1 or self.checkpoint_every < 1:
-            errs.append("patience and checkpoint_every must be >= 1")
+        if self.patience < 1 or self.checkpoint_every < 0:
+            errs.append("patience must be >= 1 and checkpoint_every >= 0")
         if self.workers < 1:
             errs.append(f"workers must be >= 1, got {self.workers}")
-        if self.reproduce_htnet_oracle and self.select != "fixed":
-            errs.append("reproduce_htnet_oracle replaces model selection: use it with select='fixed'")
+        if self.fold_batch < 1:
+            errs.append(f"fold_batch must be >= 1, got {self.fold_batch}")
         if self.augment_ratio != "balance":
             try:
                 if float(self.augment_ratio) < 0:
@@ -135,6 +185,14 @@ class TrainConfig:
                         "or --dataset NAME --root ROOT")
         if self.dataset is not None and self.root is None:
             errs.append(f"--dataset {self.dataset} needs --root")
+        if self.annotation is not None and self.dataset is None:
+            errs.append("--annotation is for a single dataset (--dataset NAME --root ROOT); the composite's "
+                        "datasets use the annotation files found in their roots")
+        if self.data is not None and self.data.startswith("htnet-release:") and (
+                self.missing_apex != "estimate" or self.errata != "shipped"):
+            errs.append("--missing-apex and --errata apply to datasets read from their coding sheets, not to "
+                        "htnet-release (its sample sheet has an apex for every sample); leave them at their "
+                        "defaults")
         from mer.train.folds import parse_protocol
 
         try:
@@ -145,19 +203,27 @@ class TrainConfig:
             raise ValueError("invalid TrainConfig: " + "; ".join(errs))
 
     # -------------------------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, preset: str = "none", **overrides) -> TrainConfig:
+        """The config of ``preset`` (PRESETS) with ``overrides`` applied on top; records the preset's name."""
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {preset!r}")
+        return cls(**{**PRESETS[preset], **overrides, "preset": preset})
+
     @property
     def selection_label(self) -> str:
         """How the evaluated epoch was chosen, as written in metrics, tables and plot titles."""
-        if self.reproduce_htnet_oracle:
-            return "ORACLE (HTNet reproduction: best epoch on the held-out subject; not a valid estimate)"
-        if self.select == "val":
-            return f"early stopping on {self.val_fraction:.0%} of training subjects (patience {self.patience})"
+        if self.selection == "oracle-release":
+            return ORACLE_LABEL
+        if self.selection == "val":
+            return (f"validation: best epoch on {self.val_fraction:.0%} of the training subjects "
+                    f"(early stopping, patience {self.patience})")
         return f"fixed budget ({self.epochs} epochs, last epoch)"
 
     @property
     def valid_estimate(self) -> bool:
-        """False when the held-out subjects chose the epoch (the oracle reproduction)."""
-        return not self.reproduce_htnet_oracle
+        """False when the held-out subjects chose the epoch (selection oracle-release)."""
+        return self.selection != "oracle-release"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -173,11 +239,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
+        names = {f.name for f in fields(cls)} | set(LEGACY_FIELDS) | {"reproduce_htnet_oracle"}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}")
         d = dict(d)
+        for old, new in LEGACY_FIELDS.items():  # config.json of runs written before the rename
+            if old in d and new not in d:
+                d[new] = d.pop(old)
+        if d.pop("reproduce_htnet_oracle", False):
+            d["selection"] = "oracle-release"
         if isinstance(d.get("prep"), dict):
             d["prep"] = PrepConfig(**d["prep"])
         return cls(**d)

@@ -15,7 +15,7 @@ from mer.protocols import Fold
 
 @dataclass(frozen=True)
 class Protocol:
-    """kind: 'loso' | 'kfold' | 'cross'; k for kfold; train/test dataset names for cross."""
+    """kind: 'loso' | 'kfold' | 'cross' | 'holdout'; k for kfold; train/test dataset names for cross."""
 
     kind: str
     k: int = 0
@@ -24,10 +24,13 @@ class Protocol:
 
 
 def parse_protocol(text: str) -> Protocol:
-    """'loso' | 'kfold:K' | 'cross:train=casme2,samm;test=smic' -> Protocol (ValueError with the syntax)."""
+    """'loso' | 'kfold:K' | 'cross:train=casme2,samm;test=smic' | 'holdout-dataset' -> Protocol (ValueError
+    with the syntax)."""
     t = text.strip().lower()
     if t == "loso":
         return Protocol("loso")
+    if t == "holdout-dataset":
+        return Protocol("holdout")
     m = re.fullmatch(r"kfold:(\d+)", t)
     if m:
         k = int(m.group(1))
@@ -37,18 +40,38 @@ def parse_protocol(text: str) -> Protocol:
     m = re.fullmatch(r"cross:train=([a-z0-9,]+);test=([a-z0-9,]+)", t)
     if m:
         return Protocol("cross", train=tuple(m.group(1).split(",")), test=tuple(m.group(2).split(",")))
-    raise ValueError(f"protocol must be 'loso', 'kfold:K' or 'cross:train=A,B;test=C', got {text!r}")
+    raise ValueError(f"protocol must be 'loso', 'kfold:K', 'cross:train=A,B;test=C' or 'holdout-dataset', got {text!r}")
 
 
-def build_folds(samples, protocol: str, *, kfold_seed: int = 0) -> list[Fold]:
-    """The folds of ``protocol`` over ``samples`` (indices into the list)."""
-    from mer.protocols import cross_dataset, loso, subject_kfold
+def build_folds(samples, protocol: str, *, kfold_seed: int = 0, loso_folds: list[Fold] | None = None) -> list[Fold]:
+    """The folds of ``protocol`` over ``samples`` (indices into the list). ``loso_folds``: the data source's
+    own leave-one-subject-out folds (the HTNet release's), used for 'loso' after checking that they are
+    exactly one fold per subject.
+
+    'holdout-dataset' (MEGC2018's holdout-database evaluation): one fold per database, trained on all the
+    others (two of the composite's three) and tested on it; the pooled predictions cover every sample once.
+    """
+    from mer.protocols import check_folds, cross_dataset, leave_one_dataset_out, loso, subject_kfold
 
     p = parse_protocol(protocol)
     if p.kind == "loso":
-        return loso(samples)
+        if loso_folds is None:
+            return loso(samples)
+        check_folds(loso_folds, samples)
+
+        def split(folds):
+            return {f.test_subjects: (sorted(f.test.tolist()), sorted(f.train.tolist())) for f in folds}
+
+        if len(loso_folds) != len(split(loso_folds)) or split(loso_folds) != split(loso(samples)):
+            raise ValueError("the data source's LOSO folds are not exactly one fold per subject, trained on "
+                             "every other subject")
+        return list(loso_folds)
     if p.kind == "kfold":
         return subject_kfold(samples, p.k, seed=kfold_seed)
+    if p.kind == "holdout":
+        if len({s.dataset for s in samples}) < 2:
+            raise ValueError("protocol holdout-dataset needs samples of at least 2 datasets")
+        return leave_one_dataset_out(samples)
     return cross_dataset(samples, p.train, p.test)
 
 
@@ -69,7 +92,7 @@ def validation_split(train_idx: np.ndarray, subjects: list[tuple[str, str]], fra
     train_idx = np.asarray(train_idx)
     subs = list(dict.fromkeys(subjects[i] for i in train_idx))
     if len(subs) < 2:
-        raise ValueError(f"select='val' needs at least 2 training subjects, the fold has {len(subs)}")
+        raise ValueError(f"selection='val' needs at least 2 training subjects, the fold has {len(subs)}")
     n_val = min(len(subs) - 1, max(1, int(round(fraction * len(subs)))))
     rng = np.random.default_rng(seed)
     val_subs = {subs[i] for i in rng.permutation(len(subs))[:n_val]}

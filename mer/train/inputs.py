@@ -55,7 +55,8 @@ def class_weight_vector(y: np.ndarray, mode: str) -> torch.Tensor | None:
 def predict_proba(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, NUM_CLASSES) softmax probabilities of normalised inputs x (N, 3, S, S); the model is put in eval mode."""
     model.eval()
-    out = [F.softmax(model(torch.from_numpy(x[i:i + batch])), dim=1) for i in range(0, len(x), batch)]
+    device = next(model.parameters()).device
+    out = [F.softmax(model(torch.from_numpy(x[i:i + batch]).to(device)), dim=1).cpu() for i in range(0, len(x), batch)]
     return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 

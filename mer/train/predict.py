@@ -133,6 +133,10 @@ def predict_pair(models: list, onset, apex, *, cropped: bool = False) -> dict:
     """
     from mer.preprocess import PrepConfig, prepare_pair
 
+    for _, meta in models:
+        if str(meta.get("config", {}).get("data") or "").startswith("htnet-release:"):
+            raise PredictError(f"{meta['path']} was trained on the HTNet release's precomputed flow images; their "
+                               "preprocessing (the release's flow and landmarks) is not reproduced from frames here")
     shapes = {}
     for what, p in (("onset", onset), ("apex", apex)):
         if isinstance(p, (str, Path)):

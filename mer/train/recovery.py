@@ -122,16 +122,17 @@ def resume(path, apply, model, opt):
     return None
 
 
-def fold_finished(root, dirname: str, test, labels: dict | None = None) -> bool:
+def fold_finished(root, dirname: str, test, labels: dict | None = None, *, model: bool = True) -> bool:
     """Whether fold ``dirname`` of run ``root`` is finished with whole outputs. A finished fold whose
     outputs are damaged (mer.evaluation.integrity) is reported and marked unfinished (its result.json is
-    renamed result.json.damaged), so that the run trains it again; the other folds are kept."""
+    renamed result.json.damaged), so that the run trains it again; the other folds are kept.
+    ``model=False``: the run writes no model.pt (``--no-save-models``), so none is required."""
     from mer.evaluation.integrity import fold_problem
 
     d = Path(root) / "folds" / dirname
     if not (d / "result.json").exists():
         return False
-    problem = fold_problem(d, test, labels)
+    problem = fold_problem(d, test, labels, model=model)
     if problem is None:
         return True
     os.replace(d / "result.json", d / "result.json.damaged")

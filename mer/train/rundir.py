@@ -10,6 +10,7 @@
         model.pt             the evaluated model: state_dict + config (torch.load(..., weights_only=True))
         history.json         per-epoch train loss/accuracy (+ validation or oracle scores)
         predictions.csv      dataset, subject, clip, label, pred, p0, p1, p2 of the held-out samples
+        predictions_last_epoch.csv   selection oracle-release only: the same at the last epoch
         result.json          written last: the fold is finished (indices used, epoch selected, timings)
       predictions.csv, metrics.json, megc_log.txt, summary.md, confusion_*.png, learning_curves.png
       inputs.json            a fingerprint of every sample's input (mer.train.fingerprint): resume checks it

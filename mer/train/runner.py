@@ -59,8 +59,19 @@ def _task(cfg: TrainConfig, index: int, fold, rd: RunDir, shared: dict) -> FoldT
                     subjects=shared["subjects"], ids=shared["ids"])
 
 
-def _worker_run(cfg: TrainConfig, index: int, fold, root: str, on_epoch_end) -> dict:
-    return train_fold(_task(cfg, index, fold, RunDir(root), _SHARED), progress=False, on_epoch_end=on_epoch_end)
+def _train_unit(cfg: TrainConfig, unit: list[tuple[int, object]], rd: RunDir, shared: dict, *, progress: bool,
+                on_epoch_end) -> list[dict]:
+    """Train one unit of work: a fold alone (fold_batch 1), or up to fold_batch folds together."""
+    tasks = [_task(cfg, i, fold, rd, shared) for i, fold in unit]
+    if cfg.fold_batch > 1:
+        from mer.train.batched import train_folds_batched
+
+        return train_folds_batched(tasks, progress=progress, position=1, on_epoch_end=on_epoch_end)
+    return [train_fold(tasks[0], progress=progress, position=1, on_epoch_end=on_epoch_end)]
+
+
+def _worker_run(cfg: TrainConfig, unit: list, root: str, on_epoch_end) -> list[dict]:
+    return _train_unit(cfg, unit, RunDir(root), _SHARED, progress=False, on_epoch_end=on_epoch_end)
 
 
 def _collective(ctx, fn, *, main_only: bool = False):
@@ -118,7 +129,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
     """
     from tqdm.auto import tqdm
 
-    from mer.train.data import check_source, load_inputs, resolve_paths
+    from mer.train.data import check_source, input_size, load_inputs, resolve_paths
     from mer.train.models import build_model
 
     cfg = resolve_paths(cfg)
@@ -131,7 +142,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
         def start():  # cheap checks first: nothing is written for a missing folder or an unknown model
             nonlocal lock
             check_source(cfg)
-            build_model(cfg.model, cfg.model_kwargs, image_size=cfg.prep.size)
+            build_model(cfg.model, cfg.model_kwargs, image_size=input_size(cfg))
             lock = take_lock(rd.root)  # one `mer train` per run directory (rank 0 holds it for all ranks)
             return rd.init(cfg, force=force)
 
@@ -143,10 +154,10 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
                              main_only=True)
         if not ctx.is_main:  # every entry is cached now: a fast read
             loaded = load_inputs(cfg, workers=1, progress=False)
-        samples, x, y, ps = loaded
-        excluded = [{"uid": smp.uid, "reason": why} for smp, why in ps.failed]
+        samples, x, y = loaded.samples, loaded.x, loaded.y
+        excluded = [{"uid": smp.uid, "reason": why} for smp, why in loaded.excluded]
         t_prep = time.perf_counter() - t0
-        folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed)
+        folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed, loso_folds=loaded.loso_folds)
         _collective(ctx, lambda: (check_inputs(rd.root, samples, x, y),  # refuses folds trained on other inputs
                                   _write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
                                   _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds"),
@@ -157,7 +168,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
                   "ids": [(s.dataset, s.subject, s.clip) for s in samples]}
         mine = shard(len(folds), ctx.rank, ctx.world)
         labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again
-        todo = [i for i in mine if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels)]
+        todo = [i for i in mine if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels,
+                                                     model=cfg.save_models)]
         if cfg.progress:
             where = f"rank {ctx.rank}/{ctx.world}: " if ctx.active else ""
             print(f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "
@@ -188,29 +200,32 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch
         if on_fold_done is not None:
             on_fold_done(res)
 
+    units = [[(i, folds[i]) for i in todo[k:k + cfg.fold_batch]] for k in range(0, len(todo), cfg.fold_batch)]
     try:
-        if cfg.workers <= 1 or len(todo) <= 1:
+        if cfg.workers <= 1 or len(units) <= 1:
             if ctx.active:
                 import torch
 
                 torch.set_num_threads(_threads_for(1))
-            for i in todo:
-                done(train_fold(_task(cfg, i, folds[i], rd, shared), progress=cfg.progress, position=1,
-                                on_epoch_end=on_epoch_end))
+            for unit in units:
+                for res in _train_unit(cfg, unit, rd, shared, progress=cfg.progress, on_epoch_end=on_epoch_end):
+                    done(res)
         else:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            ex = ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=mp.get_context("spawn"),
+            ex = ProcessPoolExecutor(max_workers=min(cfg.workers, len(units)), mp_context=mp.get_context("spawn"),
                                      initializer=_init_worker, initargs=(_threads_for(cfg.workers), shared))
             try:
-                futs = {ex.submit(_worker_run, cfg, i, folds[i], str(rd.root), on_epoch_end): i for i in todo}
+                futs = {ex.submit(_worker_run, cfg, unit, str(rd.root), on_epoch_end): unit for unit in units}
                 errors = []
                 for f in as_completed(futs):
                     try:
-                        done(f.result())
+                        for res in f.result():
+                            done(res)
                     except Exception as e:  # noqa: BLE001 - collected, the other folds go on
-                        errors.append(f"fold {futs[f]} ({folds[futs[f]].name}): {type(e).__name__}: {e}")
+                        names = ", ".join(f"{i} ({fold.name})" for i, fold in futs[f])
+                        errors.append(f"fold {names}: {type(e).__name__}: {e}")
                 if errors:
                     raise FoldFailure(f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
                                       "\n  " + "\n  ".join(errors))

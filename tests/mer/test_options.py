@@ -84,10 +84,12 @@ def test_train_config_is_its_command_line():
     assert config_from_args(args) == TrainConfig(out="runs/x")
     with_option = {f.name for f in fields(TrainConfig) if f.metadata.get("help")}
     assert with_option == {f.name for f in fields(TrainConfig)} - {"prep"}
+    cfg = config_from_args(build_parser().parse_args(["train", "--out", "o", "--preset", "release", "--epochs", "3"]))
+    assert cfg == TrainConfig.from_preset("release", epochs=3, out="o")
     cfg = config_from_args(build_parser().parse_args(
-        ["train", "--out", "o", "--select", "val", "--model-arg", "dropout=0.1", "--no-deterministic", "--cache", "c",
-         "--flow", "dis"]))
-    assert (cfg.select, cfg.model_kwargs, cfg.deterministic, cfg.cache_dir, cfg.prep.flow) == (
+        ["train", "--out", "o", "--selection", "val", "--model-arg", "dropout=0.1", "--no-deterministic", "--cache",
+         "c", "--flow", "dis"]))
+    assert (cfg.selection, cfg.model_kwargs, cfg.deterministic, cfg.cache_dir, cfg.prep.flow) == (
         "val", {"dropout": 0.1}, False, "c", "dis")
 
 

@@ -60,3 +60,33 @@ def test_train_names_a_listed_clip_missing_on_disk(synth, tmp_path, capsys):
     assert "s02_ne_01" in err and "--on-error warn" in err
     assert "point --data (or --casme2/--samm/--smic, --root) at the right place" in err and "--annotation" not in err
     assert not (tmp_path / "run" / "folds").exists()
+
+
+def test_train_missing_apex_and_errata_options(synth, tmp_path, capsys):
+    """The tiny composite has two rows without an apex: by default a warning that names the CLI option
+    (not the API's missing_apex='error'); --missing-apex error refuses them with one error naming them;
+    --annotation and --errata mistakes are one-line errors too. Nothing trains here."""
+    import warnings
+
+    from mer.cli.prepare import plain_warnings
+    from mer.train import TrainConfig
+    from mer.train.data import load_samples
+
+    saved = warnings.showwarning
+    try:
+        plain_warnings()  # what `mer train` shows the loaders' warnings with
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")  # shown although another test already triggered it
+            assert len(load_samples(TrainConfig(data=str(synth), out=str(tmp_path / "x")))) == 18
+    finally:
+        warnings.showwarning = saved
+    err = capsys.readouterr().err
+    assert "sub01/EP03_02. Pass --missing-apex error to refuse them instead." in err and "missing_apex=" not in err
+    rc, errors, err = train(synth, tmp_path, capsys, "--missing-apex", "error")
+    assert rc == 2 and len(errors) == 1 and "(missing-apex: 2)" in errors[0]
+    assert "sub01/EP03_02" in err and "--missing-apex estimate" in err
+    assert not (tmp_path / "run" / "folds").exists()
+    rc, errors, _ = train(synth, tmp_path, capsys, "--annotation", str(tmp_path / "sheet.xlsx"))
+    assert rc == 2 and "--annotation is for a single dataset" in errors[0]
+    rc, errors, err = train(synth, tmp_path, capsys, "--errata", str(tmp_path / "no_table.csv"))
+    assert rc == 2 and len(errors) == 1 and "no_table.csv" in errors[0] and "--errata none" in errors[0]

@@ -62,7 +62,7 @@ def test_train_writes_the_run_directory(tiny_run):
     ck = torch.load(folds[0] / "model.pt", weights_only=True)
     assert ck["config"]["epochs"] == 2 and ck["input"] == "regions" and len(ck["norm_mean"]) == 3
     cfg = json.loads((run / "config.json").read_text())
-    assert cfg["prep"]["flow"] == "farneback" and cfg["select"] == "fixed"
+    assert cfg["prep"]["flow"] == "farneback" and cfg["selection"] == "fixed"
 
 
 @pytest.mark.slow

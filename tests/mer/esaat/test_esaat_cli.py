@@ -52,6 +52,9 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     assert all(len(f["removed"]) == 1 and len(f["layer_te"]) == 4 for f in s["per_fold"])
     assert s["after"]["flops"] < s["before"]["flops"]
     assert -1.0 <= s["ranking_agreement"]["spearman_mean"] <= 1.0
+    # the latency the summary table reports is saved, with how it was measured
+    assert s["latency"]["threads"] == 1 and s["latency"]["batch"] == 32 and s["latency"]["machine"]["cpu"]
+    assert f"{s['after']['latency_ms_per_sample']:.3f}" in (out / "summary.md").read_text()
     folds = json.loads((tiny_run / "folds.json").read_text())
     with open(tiny_run / "samples.csv", newline="") as f:
         subj = {int(r["index"]): f"{r['dataset']}/{r['subject']}" for r in csv.DictReader(f)}
@@ -70,8 +73,7 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     from mer.train.config import TrainConfig
     from mer.train.data import load_inputs
 
-    _, x, _, _ = load_inputs(TrainConfig.from_dict(json.loads((tiny_run / "config.json").read_text())),
-                             progress=False)
+    x = load_inputs(TrainConfig.from_dict(json.loads((tiny_run / "config.json").read_text())), progress=False).x
     prob = predict_proba(model, normalise(x[fold["test"]], np.asarray(ck["norm_mean"]), np.asarray(ck["norm_std"])))
     with open(out / "folds" / fold["dir"] / "predictions.csv", newline="") as f:
         saved = np.array([[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")]

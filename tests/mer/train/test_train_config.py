@@ -19,14 +19,15 @@ def test_round_trip_and_runtime_fields_ignored():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(select="best"), "select must be"),
+    (dict(selection="best"), "selection must be"),
+    (dict(preset="fast"), "preset must be"),
+    (dict(fold_batch=0), "fold_batch"),
     (dict(input="eyes"), "input must be"),
     (dict(protocol="loo"), "protocol must be"),
     (dict(protocol="kfold:1"), "K >= 2"),
     (dict(data="a", casme2="b"), "one data source"),
     (dict(dataset="casme3"), "needs --root"),
     (dict(augment_ratio="lots"), "augment_ratio"),
-    (dict(reproduce_htnet_oracle=True, select="val"), "reproduce_htnet_oracle"),
 ])
 def test_invalid_configs_say_what_is_wrong(kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -36,13 +37,41 @@ def test_invalid_configs_say_what_is_wrong(kw, msg):
 def test_protocols():
     assert parse_protocol("loso").kind == "loso"
     assert parse_protocol("kfold:5").k == 5
+    assert parse_protocol("holdout-dataset").kind == "holdout"
     p = parse_protocol("cross:train=casme2,samm;test=smic")
     assert (p.train, p.test) == (("casme2", "samm"), ("smic",))
 
 
 def test_oracle_is_labelled():
-    assert TrainConfig(reproduce_htnet_oracle=True).selection_label.startswith("ORACLE")
-    assert "ORACLE" not in TrainConfig().selection_label
+    oracle = TrainConfig(selection="oracle-release")
+    assert oracle.selection_label == "oracle (test-fold selection, not a valid estimate)"
+    assert not oracle.valid_estimate and TrainConfig().valid_estimate
+    assert "oracle" not in TrainConfig().selection_label
+    assert "oracle" not in TrainConfig(selection="val").selection_label
+
+
+def test_presets_are_overridden_by_given_options():
+    rel = TrainConfig.from_preset("release")
+    assert (rel.model, rel.lr, rel.batch_size, rel.epochs, rel.class_weights, rel.shuffle, rel.normalize) == (
+        "htnet_original", 5e-5, 256, 800, "none", False, "none")
+    assert rel.preset == "release" and rel.selection == "fixed"
+    mine = TrainConfig.from_preset("release", epochs=5, selection="oracle-release")
+    assert (mine.epochs, mine.lr, mine.selection) == (5, 5e-5, "oracle-release")
+    paper = TrainConfig.from_preset("paper")
+    assert paper.augment == "ddpm" and "lape" in paper.model_kwargs["pos"][0]
+    assert TrainConfig.from_preset() == TrainConfig()
+    assert rel.diff(TrainConfig.from_preset("none", **{k: getattr(rel, k) for k in
+                                                         ("model", "lr", "batch_size", "epochs", "class_weights",
+                                                          "shuffle", "normalize")})) == []  # the name is provenance
+
+
+def test_old_run_configs_still_load():
+    old = TrainConfig(data="x").to_dict()
+    old.pop("selection")
+    old.update(select="fixed", reproduce_htnet_oracle=True)
+    assert TrainConfig.from_dict(old).selection == "oracle-release"
+    old.update(select="val", reproduce_htnet_oracle=False)
+    assert TrainConfig.from_dict(old).selection == "val"
 
 
 def test_validation_split_uses_training_subjects_only():
