@@ -110,6 +110,9 @@ def run_one(a, name: str, seed: int) -> dict:
     metrics = out / "metrics.json"
     m = json.loads(metrics.read_text()) if metrics.exists() else None
     if m is None or m["folds_finished"] != m["folds"]:
+        if a.only_finished:
+            print(f"[ablation] {name} seed {seed}: not finished in {out}; left out (--only-finished)", flush=True)
+            return None
         print(f"[ablation] {name} seed {seed}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.time()
         subprocess.run(cmd, check=True)
@@ -145,7 +148,7 @@ def summarise(rows: list[dict], prof: dict, a) -> str:
     lr = "" if a.lr is None else f", lr {a.lr:g}"
     oracle = any(r["oracle"] for r in rows)
     lines = [f"{data}, {a.input} input, protocol {a.protocol}, {a.epochs} epochs{lr}; UF1/UAR pooled over the "
-             f"out-of-fold predictions at the last epoch (honest), mean ± sample std over seeds {a.seeds}; "
+             f"out-of-fold predictions at the last epoch (honest), mean ± sample std over the seeds listed; "
              f"train time = mean CPU seconds per fold (one thread per fold worker)."]
     if oracle:
         lines.append("Oracle columns: the same runs scored at the epoch with the best test-fold accuracy (the "
@@ -167,8 +170,8 @@ def summarise(rows: list[dict], prof: dict, a) -> str:
         if oracle:
             os_ = [r["oracle"] for r in rs if r["oracle"]]
             cells += [_ms([o["uf1"] for o in os_]), _ms([o["uar"] for o in os_])] if len(os_) == len(rs) else ["", ""]
-        cells += [f"{p['params']:,}", f"{p['mflops']:.1f}",
-                  f"{statistics.mean(r['fold_cpu_seconds_mean'] for r in rs):.0f}", str(len(rs))]
+        cpu = statistics.mean(r["fold_cpu_seconds_mean"] for r in rs)
+        cells += [f"{p['params']:,}", f"{p['mflops']:.1f}", f"{cpu:.0f}", ",".join(str(r["seed"]) for r in rs)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -189,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="mer train --lr (default: mer train's)")
     ap.add_argument("--selection", choices=("fixed", "oracle-release"), default="fixed",
                     help="oracle-release: also the oracle columns (the honest ones stay the last epoch's)")
+    ap.add_argument("--only-finished", action="store_true",
+                    help="tabulate the finished runs only (train nothing; a seed column says which went in)")
     ap.add_argument("--train-arg", action="append", default=[], metavar="ARG",
                     help="one more `mer train` argument, repeatable (e.g. --train-arg=--batch-size=32)")
     a = ap.parse_args(argv)
@@ -208,8 +213,12 @@ def main(argv=None) -> int:
     rows = []
     for seed in a.seeds:  # seed-major: a partial ablation still covers every configuration
         for name in a.configs:
-            rows.append(run_one(a, name, seed))
-    prof = {name: profile(CONFIGS[name][0], CONFIGS[name][1], a.size) for name in a.configs}
+            row = run_one(a, name, seed)
+            if row is not None:
+                rows.append(row)
+    if not rows:
+        raise SystemExit(f"error: no finished run in {a.out} for {a.configs} x seeds {a.seeds}")
+    prof = {name: profile(CONFIGS[name][0], CONFIGS[name][1], a.size) for name in {r["config"] for r in rows}}
     table = summarise(rows, prof, a)
     (Path(a.out) / "ablation.json").write_text(json.dumps(
         {"args": {k: v for k, v in vars(a).items()}, "rows": rows, "profile": prof}, indent=1))

@@ -50,7 +50,7 @@ def test_honest_columns_are_the_last_epoch_and_oracle_ones_the_test_selection(ab
     assert row[2:4] == ["0.620 ± 0.028", "0.610 ± 0.028"]  # honest UF1 / UAR: mean ± sample std
     assert row[4:7] == ["0.620 ± 0.028", "0.630 ± 0.028", "0.640 ± 0.028"]  # CASME II, SAMM, SMIC-HS UF1
     assert row[7:9] == ["0.820 ± 0.028", "0.810 ± 0.028"]  # oracle
-    assert row[-2:] == ["40", "2 |"]  # mean CPU s per fold over the seeds, seed count
+    assert row[-2:] == ["40", "0,1 |"]  # mean CPU s per fold over the seeds, the seeds
     assert "NOT a valid estimate" in table
     rows = json.loads((tmp_path / "out" / "ablation.json").read_text())["rows"]
     assert [r["uf1"] for r in rows] == [0.60, 0.64] and [r["oracle"]["uf1"] for r in rows] == [0.80, 0.84]
@@ -64,3 +64,19 @@ def test_a_reused_run_with_other_settings_is_refused(ablation, tmp_path):
         ablation.main(["--data", f"htnet-release:{release}", "--out", str(tmp_path / "out"), "--configs", "lape",
                        "--seeds", "0", "--protocol", "loso", "--epochs", "35", "--lr", "3e-4", "--input", "face",
                        "--selection", "oracle-release"])
+
+
+def test_only_finished_tabulates_what_is_there_and_trains_nothing(ablation, tmp_path):
+    release = tmp_path / "release"
+    release.mkdir()
+    fake_run(tmp_path / "out" / "lape-s2", release, 2, 0.6, 0.8)
+    args = ["--data", f"htnet-release:{release}", "--out", str(tmp_path / "out"), "--configs", "htnet,lape",
+            "--seeds", "0,1,2", "--protocol", "loso", "--epochs", "35", "--lr", "3e-4", "--input", "face",
+            "--selection", "oracle-release", "--only-finished"]
+    ablation.main(args)
+    table = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| lape |" in table and "| htnet |" not in table
+    assert not (tmp_path / "out" / "htnet-s0").exists()
+    (tmp_path / "out" / "lape-s2" / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="no finished run"):
+        ablation.main(args)
