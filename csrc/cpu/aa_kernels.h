@@ -42,7 +42,7 @@ struct Plan {
   Path path = Path::kTiles;
   Layout layout = Layout::kAgentMajor;
   int lanes = 4;          // vector lanes of the ISA's kernels
-  int64_t np = 0;         // n rounded up to the lanes (token-major score columns, statistics)
+  int64_t np = 0;         // n rounded up to min(8, lanes) (token-major score columns, statistics)
   int64_t kc = 0;         // stage-1 keys per task (all M unless there are few slices)
   int64_t nkc = 1;        // key chunks per slice; > 1: partial (m, l, acc) merged by the driver
   int64_t row_task = 0;   // stage-2 queries per task in the chunked mode

@@ -10,7 +10,8 @@
 //   stage 2: S2 = s Q A^T + B2 (N x n) -> softmax over n -> P2;  O = P2 V_A (N x d)
 // Every product runs in unpacked register-tile micro-kernels (gemm_bcast / gemm_wide) on the tensors as
 // they lie in memory. Two forward layouts (the plan picks one):
-//   token-major: agents in the vector lanes, padded to np = W ceil(n / W); stage 1 in key tiles
+//   token-major: agents in the vector lanes, padded to np = 8 ceil(n / 8) (at 16 lanes the last vector of a
+//     row may hold 8: masked loads and stores); stage 1 in key tiles
 //     ST = K_tile (sA)^T (C x np) with an online softmax down the columns, stage 2 in query tiles
 //     S2 = Q_tile (sA)^T (R x np) with the softmax along the rows; only (sA)^T packed; the stage-1 bias
 //     transposed once per call (fwd_bias_copy);
@@ -232,6 +233,19 @@ inline void scale_agents(const float* Ap, int64_t n, int64_t d, float s, float* 
 // ========================================================================================== row passes
 using Vf = S::V;
 
+// Vector v of a row whose last vector holds fewer than W floats (part, lanes mk): masked there.
+template <class T>
+AGENTATTN_INLINE typename T::V load_part(const float* p, bool part, typename T::Mask mk) {
+  return part ? T::load_first(p, mk) : T::load(p);
+}
+template <class T>
+AGENTATTN_INLINE void store_part(float* p, typename T::V x, bool part, typename T::Mask mk) {
+  if (part)
+    T::store_first(p, mk, x);
+  else
+    T::store(p, x);
+}
+
 inline void scale_row(float* y, int64_t len, float a) {
   const Vf av = S::set1(a);
   int64_t i = 0;
@@ -337,10 +351,10 @@ inline void finish_rows(const float* m, float* l, int64_t R, float* lse) {
 }
 
 // ============================================================================== token-major forward
-// Stage-1 tile pass over C rows x NV vectors of ST (row stride ld; the bias, same layout, may be null):
-// adds the bias in place, takes the column max, mnew = max(m, column max), then ST = exp(ST - mnew) and
-// the column sums tsum. Row by row so that ST and the bias stream through memory; pf prefetches the next
-// tile's K and V rows.
+// Stage-1 tile pass over C rows x NV vectors of ST (row stride ld, the last vector `last` <= W columns wide;
+// the bias, same layout, may be null): adds the bias in place, takes the column max, mnew = max(m, column
+// max), then ST = exp(ST - mnew) and the column sums tsum (m, mnew, tsum: NV full vectors). Row by row so
+// that ST and the bias stream through memory; pf prefetches the next tile's K and V rows.
 struct Prefetch {
   const float *a = nullptr, *b = nullptr;
   int64_t len = 0, rows = 0;  // rows of len floats at a and at b
@@ -353,9 +367,11 @@ struct Prefetch {
 
 template <class T, int NV>
 inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, const float* m, float* mnew,
-                         float* tsum, const Prefetch& pf) {
+                         float* tsum, const Prefetch& pf, int64_t last) {
   using V = typename T::V;
   constexpr int w = T::W;
+  const bool part = last < w;
+  const auto mk = T::first(last);
   V mx[NV], sm[NV];
 #pragma GCC unroll 8
   for (int v = 0; v < NV; ++v) mx[v] = T::set1(neg_inf<float>());
@@ -364,10 +380,11 @@ inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, co
     pf.row(i);
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      V x = T::load(p + w * v);
+      const bool pv = v == NV - 1 && part;
+      V x = load_part<T>(p + w * v, pv, mk);
       if (bias) {
-        x = T::add(x, T::load(bias + i * ld + w * v));
-        T::store(p + w * v, x);
+        x = T::add(x, load_part<T>(bias + i * ld + w * v, pv, mk));
+        store_part<T>(p + w * v, x, pv, mk);
       }
       mx[v] = T::max(mx[v], x);
     }
@@ -382,8 +399,9 @@ inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, co
     float* p = ST + i * ld;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      const V e = T::exp(T::sub(T::load(p + w * v), mx[v]));
-      T::store(p + w * v, e);
+      const bool pv = v == NV - 1 && part;
+      const V e = T::exp(T::sub(load_part<T>(p + w * v, pv, mk), mx[v]));
+      store_part<T>(p + w * v, e, pv, mk);
       sm[v] = T::add(sm[v], e);
     }
   }
@@ -391,28 +409,38 @@ inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, co
   for (int v = 0; v < NV; ++v) T::store(tsum + w * v, sm[v]);
 }
 
-// columns [j0, j0 + width) of the tile, width a multiple of W, up to 8 W
+// columns [j0, j0 + width) of the tile, width a multiple of 8, up to 8 W
 inline void softmax_cols_block(int64_t width, float* ST, int64_t C, int64_t ld, const float* bias, const float* m,
                                float* mnew, float* tsum, const Prefetch& pf) {
-  switch (width / W) {
-    case 1: return softmax_cols<S, 1>(ST, C, ld, bias, m, mnew, tsum, pf);
-    case 2: return softmax_cols<S, 2>(ST, C, ld, bias, m, mnew, tsum, pf);
-    case 3: return softmax_cols<S, 3>(ST, C, ld, bias, m, mnew, tsum, pf);
-    case 4: return softmax_cols<S, 4>(ST, C, ld, bias, m, mnew, tsum, pf);
-    case 5: return softmax_cols<S, 5>(ST, C, ld, bias, m, mnew, tsum, pf);
-    case 6: return softmax_cols<S, 6>(ST, C, ld, bias, m, mnew, tsum, pf);
-    case 7: return softmax_cols<S, 7>(ST, C, ld, bias, m, mnew, tsum, pf);
-    default: return softmax_cols<S, 8>(ST, C, ld, bias, m, mnew, tsum, pf);
+  const int64_t nv = (width + W - 1) / W, last = width - (nv - 1) * W;
+  switch (nv) {
+    case 1: return softmax_cols<S, 1>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    case 2: return softmax_cols<S, 2>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    case 3: return softmax_cols<S, 3>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    case 4: return softmax_cols<S, 4>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    case 5: return softmax_cols<S, 5>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    case 6: return softmax_cols<S, 6>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    case 7: return softmax_cols<S, 7>(ST, C, ld, bias, m, mnew, tsum, pf, last);
+    default: return softmax_cols<S, 8>(ST, C, ld, bias, m, mnew, tsum, pf, last);
   }
 }
+
+// The token-major statistics in the stats scratch (each buffer a whole number of vectors past its end).
+struct TmStats {
+  float *mnew, *tsum, *mrow, *srow, *m, *l;
+  static int64_t size(int64_t np) { return 4 * (np + W) + 2 * (kRowTile + W); }
+  TmStats(float* p, int64_t np)
+      : mnew(p), tsum(mnew + np + W), mrow(tsum + np + W), srow(mrow + kRowTile + W), m(srow + kRowTile + W),
+        l(m + np + W) {}
+};
 
 // Stage 1 over keys [k0, k1) of one slice, token-major: m, l (np each) and acc (n x d), unnormalised.
 inline void stage1_tm(const FwdParams& P, const float* AT, const float* Kp, const float* Vp, const float* B1Tp,
                       int64_t k0, int64_t k1, float* m, float* l, float* acc, const Scratch& ws) {
   const int64_t n = P.n, np = P.plan.np, d = P.d;
   float* ST = ws.s1;
-  float* mnew = ws.stats;
-  float* tsum = mnew + np;
+  const TmStats st(ws.stats, np);
+  float *mnew = st.mnew, *tsum = st.tsum;
   for (int64_t j = 0; j < np; ++j) m[j] = neg_inf<float>(), l[j] = 0.0f;
   std::fill(acc, acc + n * d, 0.0f);
   for (int64_t c0 = k0; c0 < k1; c0 += kKeyTile) {
@@ -435,15 +463,18 @@ inline void stage1_tm(const FwdParams& P, const float* AT, const float* Kp, cons
   }
 }
 
-// Stage-2 softmax along the rows of S (R x NV vectors, row stride ld; n valid columns, tmask the last
-// vector's valid lanes): adds the bias rows (stride n), keeps the row in registers between max and exp,
-// writes the unnormalised exp (0 in the padding lanes), the row max and the row sum; prefetches the next
-// tile's Q rows.
+// Stage-2 softmax along the rows of S (R x NV vectors, row stride ld = np, the last vector np - (NV - 1) W
+// wide; n valid columns, tmask the last vector's valid lanes): adds the bias rows (stride n), keeps the row
+// in registers between max and exp, writes the unnormalised exp (0 in the padding lanes), the row max and
+// the row sum; prefetches the next tile's Q rows.
 template <int NV>
 inline void softmax_rows(float* Sc, int64_t R, int64_t ld, const float* b, int64_t n, float* mrow, float* srow,
                          const float* qnext, int64_t Rn, int64_t d) {
   const Vf ninf = S::set1(neg_inf<float>());
   const auto tmask = S::first(n - (NV - 1) * W);
+  const int64_t last = ld - (NV - 1) * W;
+  const bool part = last < W;
+  const auto mk = S::first(last);
   for (int64_t i = 0; i < R; ++i) {
     if (i < Rn) prefetch(qnext + i * d, d);
     float* row = Sc + i * ld;
@@ -452,7 +483,7 @@ inline void softmax_rows(float* Sc, int64_t R, int64_t ld, const float* b, int64
     Vf mx = ninf;
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) {
-      x[v] = S::load(row + W * v);
+      x[v] = load_part<S>(row + W * v, v == NV - 1 && part, mk);
       if (v < NV - 1) {
         if (brow) x[v] = S::add(x[v], S::load(brow + W * v));
       } else {
@@ -468,7 +499,7 @@ inline void softmax_rows(float* Sc, int64_t R, int64_t ld, const float* b, int64
     for (int v = 0; v < NV; ++v) {
       Vf e = S::exp(S::sub(x[v], msv));
       if (v == NV - 1) e = S::select(tmask, e, S::zero());
-      S::store(row + W * v, e);
+      store_part<S>(row + W * v, e, v == NV - 1 && part, mk);
       sum = S::add(sum, e);
     }
     mrow[i] = ms;
@@ -481,29 +512,32 @@ inline void softmax_rows_long(float* Sc, int64_t R, int64_t ld, const float* b, 
                               float* srow, const float* qnext, int64_t Rn, int64_t d) {
   const Vf ninf = S::set1(neg_inf<float>());
   const auto tmask = S::first(n - (nv - 1) * W);
+  const int64_t last = ld - (nv - 1) * W;
+  const bool part = last < W;
+  const auto mk = S::first(last);
   for (int64_t i = 0; i < R; ++i) {
     if (i < Rn) prefetch(qnext + i * d, d);
     float* row = Sc + i * ld;
     const float* brow = b ? b + i * n : nullptr;
     Vf mx = ninf;
     for (int64_t v = 0; v < nv; ++v) {
-      Vf x = S::load(row + W * v);
+      Vf x = load_part<S>(row + W * v, v == nv - 1 && part, mk);
       if (v < nv - 1) {
         if (brow) x = S::add(x, S::load(brow + W * v));
       } else {
         if (brow) x = S::add(x, S::load_first(brow + W * v, tmask));
         x = S::select(tmask, x, ninf);
       }
-      S::store(row + W * v, x);
+      store_part<S>(row + W * v, x, v == nv - 1 && part, mk);
       mx = S::max(mx, x);
     }
     const float ms = S::hmax(mx);
     const Vf msv = S::set1(ms);
     Vf sum = S::zero();
     for (int64_t v = 0; v < nv; ++v) {
-      Vf e = S::exp(S::sub(S::load(row + W * v), msv));
+      Vf e = S::exp(S::sub(load_part<S>(row + W * v, v == nv - 1 && part, mk), msv));
       if (v == nv - 1) e = S::select(tmask, e, S::zero());
-      S::store(row + W * v, e);
+      store_part<S>(row + W * v, e, v == nv - 1 && part, mk);
       sum = S::add(sum, e);
     }
     mrow[i] = ms;
@@ -514,10 +548,10 @@ inline void softmax_rows_long(float* Sc, int64_t R, int64_t ld, const float* b, 
 // Stage 2 over queries [r0, r1) of one slice, token-major: O rows and lse2.
 inline void stage2_tm(const FwdParams& P, const float* AT, const float* Qp, const float* VAp, const float* B2p,
                       int64_t r0, int64_t r1, float* Op, float* L2p, const Scratch& ws) {
-  const int64_t n = P.n, np = P.plan.np, d = P.d, nv = np / W;
+  const int64_t n = P.n, np = P.plan.np, d = P.d, nv = (np + W - 1) / W;
   float* Sc = ws.s2;
-  float* mrow = ws.stats + 2 * np;
-  float* srow = mrow + kRowTile + W;
+  const TmStats st(ws.stats, np);
+  float *mrow = st.mrow, *srow = st.srow;
   const int omode = out_mode(Op, d);
   for (int64_t i0 = r0; i0 < r1; i0 += kRowTile) {
     const int64_t R = std::min(kRowTile, r1 - i0);
@@ -655,7 +689,7 @@ ScratchSizes fwd_scratch(const FwdParams& P) {
     s.s1 = kKeyTile * np;
     s.s2 = kRowTile * np;
     s.agents = d * np;
-    s.stats = 4 * np + 2 * (kRowTile + W);  // mnew, tsum, mrow, srow (+ m, l of an unchunked slice)
+    s.stats = TmStats::size(np);
   } else {
     s.s1 = n * kKeyTile;
     s.s2 = n * kRowTile;
@@ -666,24 +700,24 @@ ScratchSizes fwd_scratch(const FwdParams& P) {
   return s;
 }
 
-// The rearranged bias of the layout, 64 tokens per task: token-major b1 (n x M) -> (M x np), padding
-// zero; agent-major b2 (N x n) -> (n x N).
-void fwd_bias_copy(const FwdParams& P, int64_t t) {
-  const int64_t n = P.n, np = P.plan.np;
-  const int64_t sl = t / P.copy_chunks, i0 = (t % P.copy_chunks) * 64;
-  if (P.plan.layout == Layout::kTokenMajor) {
-    const int64_t M = P.M, i1 = std::min(M, i0 + 64);
-    const float* src = P.b1.p + sl * n * M;
-    float* dst = P.copy_dst + sl * M * np;
+// One task of the rearranged bias copy of a layout, 64 tokens of one bias slice: token-major b1 (n x M)
+// -> (M x np), padding zero; agent-major b2 (N x n) -> (n x N). Shared by forward and backward.
+void copy_bias_task(Layout layout, const BiasRef& b1, const BiasRef& b2, int64_t n, int64_t np, int64_t N, int64_t M,
+                    int64_t chunks, float* copy_dst, int64_t t) {
+  const int64_t sl = t / chunks, i0 = (t % chunks) * 64;
+  if (layout == Layout::kTokenMajor) {
+    const int64_t i1 = std::min(M, i0 + 64);
+    const float* src = b1.p + sl * n * M;
+    float* dst = copy_dst + sl * M * np;
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = i0; i < i1; ++i) dst[i * np + j] = src[j * M + i];
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = n; j < np; ++j) dst[i * np + j] = 0.0f;
     return;
   }
-  const int64_t N = P.N, i1 = std::min(N, i0 + 64);
-  const float* s = P.b2.p + sl * N * n;
-  float* o = P.copy_dst + sl * N * n;
+  const int64_t i1 = std::min(N, i0 + 64);
+  const float* s = b2.p + sl * N * n;
+  float* o = copy_dst + sl * N * n;
   int64_t i = i0;
   if constexpr (kHave256) {
     for (; i + 8 <= i1; i += 8) {  // 8 x 8 blocks, then the agents left over
@@ -697,6 +731,10 @@ void fwd_bias_copy(const FwdParams& P, int64_t t) {
     for (int64_t r = i; r < i1; ++r) o[j * N + r] = s[r * n + j];
 }
 
+void fwd_bias_copy(const FwdParams& P, int64_t t) {
+  copy_bias_task(P.plan.layout, P.b1, P.b2, P.n, P.plan.np, P.N, P.M, P.copy_chunks, P.copy_dst, t);
+}
+
 // Normalise one slice's stage-1 result: lse1 = m + log l, V_A = acc / l.
 inline void finish_stage1(const float* m, const float* l, int64_t n, int64_t d, float* acc, float* L1p) {
   for (int64_t j = 0; j < n; ++j) L1p[j] = finish_row(m[j], l[j], acc + j * d, d);
@@ -708,11 +746,11 @@ void fwd_group(const FwdParams& P, int64_t t, const Scratch& ws) {
     const int64_t bh = t, b = bh / H, h = bh % H;
     float* AT = ws.agents;
     pack_agents(P.a + bh * n * d, n, d, np, P.scale, AT);
-    float* m = ws.stats + 2 * np + 2 * (kRowTile + W);
+    const TmStats st(ws.stats, np);
     float* acc = P.agent_v + bh * n * d;
     const float* B1Tp = P.bias_copy.slice(b, h);
-    stage1_tm(P, AT, P.k + bh * M * d, P.v + bh * M * d, B1Tp, 0, M, m, m + np, acc, ws);
-    finish_stage1(m, m + np, n, d, acc, P.lse1 + bh * n);
+    stage1_tm(P, AT, P.k + bh * M * d, P.v + bh * M * d, B1Tp, 0, M, st.m, st.l, acc, ws);
+    finish_stage1(st.m, st.l, n, d, acc, P.lse1 + bh * n);
     stage2_tm(P, AT, P.q + bh * N * d, acc, P.b2.slice(b, h), 0, N, P.out + bh * N * d, P.lse2 + bh * N, ws);
     return;
   }
@@ -764,22 +802,23 @@ void fwd_stage2_rows(const FwdParams& P, int64_t t, const Scratch& ws) {
 ScratchSizes bwd_scratch(const BwdParams& P) {
   const int64_t n = P.n, np = P.plan.np, d = P.d, tile = std::max(kRowTile, kKeyTile);
   ScratchSizes s;
+  if (P.plan.layout == Layout::kAgentMajor) {
+    s.s1 = n * tile;
+    s.s2 = n * tile;
+    s.packed = 2 * d * tile;
+    s.agents = 3 * n * d;
+    s.stats = (tile + W) + (n + W);
+    return s;
+  }
   s.s1 = tile * np;
   s.s2 = tile * np;
   s.agents = 3 * d * np + 3 * n * d;
-  s.stats = 2 * np;
+  s.stats = 2 * (np + W);
   return s;
 }
 
 void bwd_bias_copy(const BwdParams& P, int64_t t) {
-  const int64_t n = P.n, np = P.plan.np, M = P.M;
-  const int64_t sl = t / P.copy_chunks, i0 = (t % P.copy_chunks) * 64, i1 = std::min(M, i0 + 64);
-  const float* src = P.b1.p + sl * n * M;
-  float* dst = P.copy_dst + sl * M * np;
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t i = i0; i < i1; ++i) dst[i * np + j] = src[j * M + i];
-  for (int64_t i = i0; i < i1; ++i)
-    for (int64_t j = n; j < np; ++j) dst[i * np + j] = 0.0f;
+  copy_bias_task(P.plan.layout, P.b1, P.b2, P.n, P.plan.np, P.N, P.M, P.copy_chunks, P.copy_dst, t);
 }
 
 inline float dot(const float* x, const float* y, int64_t len) {
@@ -788,8 +827,11 @@ inline float dot(const float* x, const float* y, int64_t len) {
   return acc;
 }
 
+void bwd_slice_am(const BwdParams& P, int64_t bh, float* G1p, float* G2Tp, const Scratch& ws);
+
 void bwd_slice(const BwdParams& P, int64_t bh, float* G1p, float* G2p, const Scratch& ws) {
-  const int64_t H = P.H, N = P.N, M = P.M, n = P.n, d = P.d, np = P.plan.np, nv = np / W;
+  if (P.plan.layout == Layout::kAgentMajor) return bwd_slice_am(P, bh, G1p, G2p, ws);
+  const int64_t H = P.H, N = P.N, M = P.M, n = P.n, d = P.d, np = P.plan.np, nv = (np + W - 1) / W;
   const float scale = P.scale;
   const int64_t b = bh / H, h = bh % H;
   const float *Qp = P.q + bh * N * d, *Kp = P.k + bh * M * d, *Vp = P.v + bh * M * d, *Ap = P.a + bh * n * d;
@@ -800,13 +842,16 @@ void bwd_slice(const BwdParams& P, int64_t bh, float* G1p, float* G2p, const Scr
   float* dP = ws.s2;
   float *AT = ws.agents, *VAT = AT + d * np, *dVAT = VAT + d * np, *As = dVAT + d * np, *dva = As + n * d,
         *dacc = dva + n * d;
-  float *L1p = ws.stats, *D1 = L1p + np;
+  float *L1p = ws.stats, *D1 = L1p + np + W;
   pack_agents(Ap, n, d, np, scale, AT);
   pack_agents(VAp, n, d, np, 1.0f, VAT);
   for (int64_t x = 0; x < n * d; ++x) As[x] = scale * Ap[x];
   std::fill(dva, dva + n * d, 0.0f);
   std::fill(dacc, dacc + n * d, 0.0f);
   const auto tmask = S::first(n - (nv - 1) * W);
+  const int64_t last = np - (nv - 1) * W;  // the last vector of an S / dP row (8 at 16 lanes when np % 16 == 8)
+  const bool part = last < W;
+  const auto mk = S::first(last);
 
   // ---- stage 2
   const float* B2p = P.b2.slice(b, h);
@@ -828,16 +873,16 @@ void bwd_slice(const BwdParams& P, int64_t bh, float* G1p, float* G2p, const Scr
       const float* brow = B2p ? B2p + r * n : nullptr;
       float* grow = G2p ? G2p + r * n : nullptr;
       for (int64_t v = 0; v < nv; ++v) {
-        const bool last = v == nv - 1;
-        Vf x = S::load(srow + W * v);
-        if (brow) x = S::add(x, last ? S::load_first(brow + W * v, tmask) : S::load(brow + W * v));
+        const bool lastv = v == nv - 1, pv = lastv && part;
+        Vf x = load_part<S>(srow + W * v, pv, mk);
+        if (brow) x = S::add(x, lastv ? S::load_first(brow + W * v, tmask) : S::load(brow + W * v));
         Vf p = S::exp(S::sub(x, lse));
-        if (last) p = S::select(tmask, p, S::zero());
-        const Vf ds = S::mul(p, S::sub(S::load(drow + W * v), di));
-        S::store(srow + W * v, p);
-        S::store(drow + W * v, ds);
+        if (lastv) p = S::select(tmask, p, S::zero());
+        const Vf ds = S::mul(p, S::sub(load_part<S>(drow + W * v, pv, mk), di));
+        store_part<S>(srow + W * v, p, pv, mk);
+        store_part<S>(drow + W * v, ds, pv, mk);
         if (grow) {
-          if (last)
+          if (lastv)
             S::store_first(grow + W * v, tmask, S::add(S::load_first(grow + W * v, tmask), ds));
           else
             S::store(grow + W * v, S::add(S::load(grow + W * v), ds));
@@ -850,7 +895,7 @@ void bwd_slice(const BwdParams& P, int64_t bh, float* G1p, float* G2p, const Scr
   }
 
   // ---- stage 1
-  for (int64_t j = 0; j < np; ++j) {
+  for (int64_t j = 0; j < np + W; ++j) {
     L1p[j] = j < n ? L1[j] : 1e30f;  // padding lanes: probability 0 (clamped)
     D1[j] = j < n ? dot(dva + j * d, VAp + j * d, d) : 0.0f;
   }
@@ -866,18 +911,106 @@ void bwd_slice(const BwdParams& P, int64_t bh, float* G1p, float* G2p, const Scr
       const float* brow = B1Tp ? B1Tp + (c0 + i) * np : nullptr;
       float* grow = G1p ? G1p + (c0 + i) * np : nullptr;
       for (int64_t j0 = 0; j0 < np; j0 += W) {
-        Vf x = S::load(srow + j0);
-        if (brow) x = S::add(x, S::load(brow + j0));
+        const bool pv = j0 + W > np;
+        Vf x = load_part<S>(srow + j0, pv, mk);
+        if (brow) x = S::add(x, load_part<S>(brow + j0, pv, mk));
         const Vf p = S::exp(S::sub(x, S::load(L1p + j0)));
-        const Vf ds = S::mul(p, S::sub(S::load(drow + j0), S::load(D1 + j0)));
-        S::store(srow + j0, p);
-        S::store(drow + j0, ds);
-        if (grow) S::store(grow + j0, S::add(S::load(grow + j0), ds));
+        const Vf ds = S::mul(p, S::sub(load_part<S>(drow + j0, pv, mk), S::load(D1 + j0)));
+        store_part<S>(srow + j0, p, pv, mk);
+        store_part<S>(drow + j0, ds, pv, mk);
+        if (grow) store_part<S>(grow + j0, S::add(load_part<S>(grow + j0, pv, mk), ds), pv, mk);
       }
     }
     gemm_bcast(C, d, n, Sc, np, 1, dva, d, dVp + c0 * d, d, kStore, nullptr);
     gemm_bcast(C, d, n, dP, np, 1, As, d, dKp + c0 * d, d, kStore, nullptr);
     gemm_bcast(n, d, C, dP, 1, np, Kp + c0 * d, d, dacc, d, kAccumulate, nullptr);
+  }
+  for (int64_t x = 0; x < n * d; ++x) dAp[x] = scale * dacc[x];
+}
+
+// One (batch, head), agent-major tiles (tokens in the lanes, no padding of n; each token tile packed
+// transposed). Stage 2 per query tile: ST = sA Q^T, dPT = V_A dO^T (n x R), P and dS down the columns
+// (W queries per vector op); dQ = dS^T (sA), dA' += dS Q, dV_A += P dO. Stage 1 per key tile:
+// S = sA K^T, dP = dV_A V^T (n x C), P and dS along the rows; dV = P^T dV_A, dK = dS^T (sA), dA' += dS K.
+// G1p: the stage-1 bias gradient target as the bias (n x M); G2Tp: the stage-2 one transposed (n x N).
+void bwd_slice_am(const BwdParams& P, int64_t bh, float* G1p, float* G2Tp, const Scratch& ws) {
+  const int64_t H = P.H, N = P.N, M = P.M, n = P.n, d = P.d;
+  const float scale = P.scale;
+  const int64_t b = bh / H, h = bh % H;
+  const float *Qp = P.q + bh * N * d, *Kp = P.k + bh * M * d, *Vp = P.v + bh * M * d, *Ap = P.a + bh * n * d;
+  const float *dOp = P.dout + bh * N * d, *Op = P.out + bh * N * d, *VAp = P.agent_v + bh * n * d;
+  const float *L1 = P.lse1 + bh * n, *L2 = P.lse2 + bh * N;
+  float *dQp = P.dq + bh * N * d, *dKp = P.dk + bh * M * d, *dVp = P.dv + bh * M * d, *dAp = P.da + bh * n * d;
+  float *Sc = ws.s1, *dP = ws.s2, *XT = ws.packed, *YT = ws.packed + d * std::max(kRowTile, kKeyTile);
+  float *As = ws.agents, *dva = As + n * d, *dacc = dva + n * d;
+  float *Di = ws.stats, *D1 = Di + kRowTile + W;
+  scale_agents(Ap, n, d, scale, As);
+  std::fill(dva, dva + n * d, 0.0f);
+  std::fill(dacc, dacc + n * d, 0.0f);
+
+  // ---- stage 2
+  const float* B2Tp = P.bias_copy.slice(b, h);
+  for (int64_t i0 = 0; i0 < N; i0 += kRowTile) {
+    const int64_t R = std::min(kRowTile, N - i0), Rp = pad_to(R, W);
+    pack_transposed(Qp + i0 * d, R, d, XT, Rp);
+    pack_transposed(dOp + i0 * d, R, d, YT, Rp);
+    gemm_wide(n, Rp, d, As, d, 1, XT, Rp, Sc, Rp, kStore, nullptr);
+    gemm_wide(n, Rp, d, VAp, d, 1, YT, Rp, dP, Rp, kStore, nullptr);
+    for (int64_t i = 0; i < Rp; ++i) Di[i] = i < R ? dot(dOp + (i0 + i) * d, Op + (i0 + i) * d, d) : 0.0f;
+    for (int64_t i = 0; i < R; i += W) {  // W queries at a time down the n rows (tokens past R masked)
+      const bool pv = i + W > R;
+      const auto mk = S::first(R - i);
+      const Vf lse = load_part<S>(L2 + i0 + i, pv, mk), di = S::load(Di + i);
+      for (int64_t j = 0; j < n; ++j) {
+        float *srow = Sc + j * Rp + i, *drow = dP + j * Rp + i;
+        Vf x = S::load(srow);
+        if (B2Tp) x = S::add(x, load_part<S>(B2Tp + j * N + i0 + i, pv, mk));
+        Vf p = S::exp(S::sub(x, lse));
+        if (pv) p = S::select(mk, p, S::zero());
+        const Vf ds = S::mul(p, S::sub(S::load(drow), di));
+        S::store(srow, p);
+        S::store(drow, ds);
+        if (G2Tp) {
+          float* g = G2Tp + j * N + i0 + i;
+          store_part<S>(g, S::add(load_part<S>(g, pv, mk), ds), pv, mk);
+        }
+      }
+    }
+    gemm_bcast(R, d, n, dP, 1, Rp, As, d, dQp + i0 * d, d, kStore, nullptr);
+    gemm_wide(n, d, R, dP, Rp, 1, Qp + i0 * d, d, dacc, d, kAccumulate, nullptr);
+    gemm_wide(n, d, R, Sc, Rp, 1, dOp + i0 * d, d, dva, d, kAccumulate, nullptr);
+  }
+
+  // ---- stage 1
+  for (int64_t j = 0; j < n; ++j) D1[j] = dot(dva + j * d, VAp + j * d, d);
+  const float* B1p = P.b1.slice(b, h);
+  for (int64_t c0 = 0; c0 < M; c0 += kKeyTile) {
+    const int64_t C = std::min(kKeyTile, M - c0), Cp = pad_to(C, W);
+    pack_transposed(Kp + c0 * d, C, d, XT, Cp);
+    pack_transposed(Vp + c0 * d, C, d, YT, Cp);
+    gemm_wide(n, Cp, d, As, d, 1, XT, Cp, Sc, Cp, kStore, nullptr);
+    gemm_wide(n, Cp, d, dva, d, 1, YT, Cp, dP, Cp, kStore, nullptr);
+    for (int64_t j = 0; j < n; ++j) {
+      float *srow = Sc + j * Cp, *drow = dP + j * Cp;
+      const float* brow = B1p ? B1p + j * M + c0 : nullptr;
+      float* grow = G1p ? G1p + j * M + c0 : nullptr;
+      const Vf lse = S::set1(L1[j]), dj = S::set1(D1[j]);
+      for (int64_t i = 0; i < C; i += W) {
+        const bool pv = i + W > C;
+        const auto mk = S::first(C - i);
+        Vf x = S::load(srow + i);
+        if (brow) x = S::add(x, load_part<S>(brow + i, pv, mk));
+        Vf p = S::exp(S::sub(x, lse));
+        if (pv) p = S::select(mk, p, S::zero());
+        const Vf ds = S::mul(p, S::sub(S::load(drow + i), dj));
+        S::store(srow + i, p);
+        S::store(drow + i, ds);
+        if (grow) store_part<S>(grow + i, S::add(load_part<S>(grow + i, pv, mk), ds), pv, mk);
+      }
+    }
+    gemm_bcast(C, d, n, Sc, 1, Cp, dva, d, dVp + c0 * d, d, kStore, nullptr);
+    gemm_bcast(C, d, n, dP, 1, Cp, As, d, dKp + c0 * d, d, kStore, nullptr);
+    gemm_wide(n, d, C, dP, Cp, 1, Kp + c0 * d, d, dacc, d, kAccumulate, nullptr);
   }
   for (int64_t x = 0; x < n * d; ++x) dAp[x] = scale * dacc[x];
 }

@@ -104,15 +104,22 @@ Isa parse_isa(const std::string& s, const char* what) {
 }
 
 // Switches, read once from the environment at first use; tests and benchmarks change them through the
-// _cpu_set_options op. layout: -1 by n, else a Layout; blas: force the BLAS-tile path for float32.
+// _cpu_set_options op. layout, bwd_layout: -1 by n, else a Layout; blas: force the BLAS-tile path for
+// float32.
+int parse_layout(const char* name) {
+  const char* l = std::getenv(name);
+  const int v = !l ? -1 : std::strcmp(l, "token") == 0 ? 0 : std::strcmp(l, "agent") == 0 ? 1 : -2;
+  TORCH_CHECK(v != -2, name, " must be token or agent, got '", l, "'");
+  return v;
+}
+
 struct Options {
-  std::atomic<int> isa, layout, blas;
+  std::atomic<int> isa, layout, bwd_layout, blas;
   Options() {
     const char* e = std::getenv("AGENTATTN_CPU_ISA");
     isa = static_cast<int>(parse_isa(e ? e : "", "AGENTATTN_CPU_ISA"));
-    const char* l = std::getenv("AGENTATTN_CPU_FWD_LAYOUT");
-    layout = !l ? -1 : std::strcmp(l, "token") == 0 ? 0 : std::strcmp(l, "agent") == 0 ? 1 : -2;
-    TORCH_CHECK(layout != -2, "AGENTATTN_CPU_FWD_LAYOUT must be token or agent, got '", l, "'");
+    layout = parse_layout("AGENTATTN_CPU_FWD_LAYOUT");
+    bwd_layout = parse_layout("AGENTATTN_CPU_BWD_LAYOUT");
     const char* b = std::getenv("AGENTATTN_CPU_BLAS_PATH");
     blas = b != nullptr && std::strcmp(b, "0") != 0 && b[0] != '\0';
   }
@@ -239,7 +246,9 @@ Plan base_plan(bool fp32, int64_t B, int64_t H, int64_t M, int64_t N, int64_t n,
   p.path = tiles_path(fp32, d) ? Path::kTiles : Path::kBlas;
   p.isa = static_cast<Isa>(options().isa.load());
   p.lanes = p.path == Path::kTiles ? kernels_for(p.isa).lanes : 1;
-  p.np = pad_to(n, p.lanes);
+  // token-major columns: whole vectors of up to 8 lanes (at 16 lanes the last one of a row may hold 8;
+  // the kernels rely on every vector but the last lying within n)
+  p.np = p.path == Path::kTiles ? pad_to(n, std::min(8, p.lanes)) : n;
   p.kc = stage1_chunk(B * H, M, p.threads);
   p.nkc = (M + p.kc - 1) / p.kc;
   p.row_task = kRowTask;
@@ -250,9 +259,18 @@ Plan base_plan(bool fp32, int64_t B, int64_t H, int64_t M, int64_t N, int64_t n,
 Plan forward_plan(bool fp32, int64_t B, int64_t H, int64_t M, int64_t N, int64_t n, int64_t d, bool shared_biases) {
   Plan p = base_plan(fp32, B, H, M, N, n, d);
   const int forced = options().layout.load();
-  p.layout = forced >= 0 ? static_cast<Layout>(forced) : n % p.lanes == 0 ? Layout::kTokenMajor : Layout::kAgentMajor;
+  p.layout = forced >= 0 ? static_cast<Layout>(forced) : n % 8 == 0 ? Layout::kTokenMajor : Layout::kAgentMajor;
   if (p.path == Path::kTiles && p.layout == Layout::kAgentMajor && p.nkc == 1 && shared_biases)
     p.group = batch_group(B, H, p.threads);
+  return p;
+}
+
+// The backward runs one (batch, head) per task, token-major unless AGENTATTN_CPU_BWD_LAYOUT /
+// _cpu_set_options ask for agent-major.
+Plan backward_plan(bool fp32, int64_t B, int64_t H, int64_t M, int64_t N, int64_t n, int64_t d) {
+  Plan p = base_plan(fp32, B, H, M, N, n, d);
+  const int forced = options().bwd_layout.load();
+  p.layout = forced >= 0 ? static_cast<Layout>(forced) : Layout::kTokenMajor;
   return p;
 }
 
@@ -374,14 +392,18 @@ void backward_tiles(const Plan& plan, const at::Tensor& dout, const at::Tensor& 
   P.dq = dq.data_ptr<float>(), P.dk = dk.data_ptr<float>(), P.dv = dv.data_ptr<float>(), P.da = da.data_ptr<float>();
   P.plan = plan;
   P.plan.scratch = K.bwd_scratch(P);
-  if (b1) {
-    P.bias_copy = bias_ref(b1);
-    P.bias_copy.per_slice = P.M * plan.np;
-    P.copy_dst = call_buffer(1, static_cast<size_t>(P.bias_copy.Bb * P.bias_copy.Hb * P.bias_copy.per_slice));
+  // the bias the layout reads rearranged: token-major b1 -> (M x np), agent-major b2 -> (n x N)
+  const bool token = plan.layout == Layout::kTokenMajor;
+  const at::Tensor* copied = token ? b1 : b2;
+  if (copied) {
+    const int64_t tokens = token ? P.M : P.N, per_slice = tokens * (token ? plan.np : P.n);
+    P.bias_copy = bias_ref(copied);
+    P.bias_copy.per_slice = per_slice;
+    P.copy_dst = call_buffer(1, static_cast<size_t>(P.bias_copy.Bb * P.bias_copy.Hb * per_slice));
     P.bias_copy.p = P.copy_dst;
-    P.copy_chunks = (P.M + 63) / 64;
+    P.copy_chunks = (tokens + 63) / 64;
   }
-  const int64_t ncopy = b1 ? P.bias_copy.Bb * P.bias_copy.Hb * P.copy_chunks : 0;
+  const int64_t ncopy = copied ? P.bias_copy.Bb * P.bias_copy.Hb * P.copy_chunks : 0;
   parallel_two_phase(
       ncopy, [&](int64_t t) { K.bwd_bias_copy(P, t); }, P.B * P.H,
       [&](int64_t bh, int thread) {
@@ -645,20 +667,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     if (b2) db2 = at::zeros_like(*b2);
     return {dq, dk, dv, da, db1, db2};
   }
-  const Plan plan = base_plan(q.scalar_type() == at::kFloat, B, H, M, N, n, d);
+  const Plan plan = backward_plan(q.scalar_type() == at::kFloat, B, H, M, N, n, d);
   const at::Tensor oc = out.contiguous(), vac = agent_v.contiguous(), l1c = lse_agent.contiguous(),
                    l2c = lse_query.contiguous();
   if (plan.path == Path::kTiles) {
-    // stage-1 gradient transposed and padded (M x np), stage-2 as the bias (N x n)
+    // token-major: stage-1 gradient transposed and padded (M x np), stage-2 as the bias (N x n);
+    // agent-major: stage-1 as the bias (n x M), stage-2 transposed (n x N)
+    const bool token = plan.layout == Layout::kTokenMajor;
     BiasGrad<float> g1, g2;
-    g1.init(b1, B, H, true, plan.np);
-    g2.init(b2, B, H, false);
+    g1.init(b1, B, H, token, token ? plan.np : 0);
+    g2.init(b2, B, H, !token);
     backward_tiles(plan, dout, q, k, v, agents, b1, b2, oc, vac, l1c, l2c, static_cast<float>(scale), dq, dk, dv, da,
                    g1, g2);
     g1.finish();
     g2.finish();
-    if (b1) db1 = g1.grad.narrow(3, 0, n).transpose(2, 3).contiguous();
-    if (b2) db2 = g2.grad;
+    if (b1) db1 = token ? g1.grad.narrow(3, 0, n).transpose(2, 3).contiguous() : g1.grad;
+    if (b2) db2 = token ? g2.grad : g2.grad.transpose(2, 3).contiguous();
     return {dq, dk, dv, da, db1, db2};
   }
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "agent_attention_bwd_cpu", [&] {
@@ -693,18 +717,22 @@ std::vector<std::string> cpu_isas(bool usable_only) {
 std::vector<std::string> cpu_set_options(const std::string& isa, const std::string& layout, const std::string& blas) {
   Options& o = options();
   if (!isa.empty()) o.isa = static_cast<int>(parse_isa(isa, "isa"));
-  if (!layout.empty()) {
-    TORCH_CHECK(layout == "auto" || layout == "token" || layout == "agent",
-                "layout must be token, agent or auto, got '", layout, "'");
-    o.layout = layout == "auto" ? -1 : layout == "token" ? 0 : 1;
+  if (!layout.empty()) {  // "fwd" or "fwd,bwd"
+    const size_t comma = layout.find(',');
+    const std::string f = layout.substr(0, comma), b = comma == std::string::npos ? f : layout.substr(comma + 1);
+    for (const std::string& x : {f, b})
+      TORCH_CHECK(x == "auto" || x == "token" || x == "agent", "layout must be token, agent or auto (or two of them, ",
+                  "forward,backward), got '", layout, "'");
+    o.layout = f == "auto" ? -1 : f == "token" ? 0 : 1;
+    o.bwd_layout = b == "auto" ? -1 : b == "token" ? 0 : 1;
   }
   if (!blas.empty()) {
     TORCH_CHECK(blas == "0" || blas == "1" || blas == "auto", "blas_path must be 0, 1 or auto, got '", blas, "'");
     o.blas = blas == "1";
   }
-  const int l = o.layout.load();
+  auto name = [](int l) { return l < 0 ? "auto" : l == 0 ? "token" : "agent"; };
   return {std::string("isa=") + isa_name(static_cast<Isa>(o.isa.load())),
-          std::string("layout=") + (l < 0 ? "auto" : l == 0 ? "token" : "agent"),
+          std::string("layout=") + name(o.layout.load()) + "," + name(o.bwd_layout.load()),
           std::string("blas_path=") + (o.blas.load() ? "1" : "0")};
 }
 

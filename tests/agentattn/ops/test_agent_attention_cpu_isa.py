@@ -3,7 +3,7 @@
 The float32 tile kernels are compiled once per ISA level (generic: 4 lanes, no intrinsics; avx2: 8 lanes;
 avx512: 16 lanes) and chosen at run time from the CPU's features, or by ``AGENTATTN_CPU_ISA`` (read once
 per process) / ``torch.ops.agentattn._cpu_set_options`` (tests and benchmarks). Every path this CPU
-supports runs here on the same cases: output and all six gradients, both forward layouts, 1 and 3
+supports runs here on the same cases: output and all six gradients, both layouts (forward and backward), 1 and 3
 threads, against the fp64 reference, with an error bound tied to the plain fp32 composition's own error
 (``fp32_bound``). A path the CPU cannot run is compiled but not run: its tests are SKIPPED with a reason
 that names the ISA and the CPU (``pytest -rs`` lists them), never passed silently.
@@ -24,7 +24,7 @@ import torch
 import agentattn
 from agentattn import _ext
 from agentattn.ops.agent_attention.naive import agent_attention_ref
-from test_agent_attention_cpu import fp32_bound
+from test_agent_attention_cpu import fp32_bound, poisoned  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(not _ext.has_ext(), reason=f"agentattn._C not loaded ({_ext._load_error})")
 
@@ -132,7 +132,7 @@ def _references(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_isa_path_matches_fp64_reference(case, isa, layout, threads):
+def test_isa_path_matches_fp64_reference(case, isa, layout, threads, poisoned):
     assert torch.ops.agentattn.cpu_isa() == isa
     xs, go = _inputs(case, seed=5)
     ref, plain = _references(case)
