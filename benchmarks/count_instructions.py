@@ -32,7 +32,8 @@ LINE = re.compile(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)")
 
 
 def _child(a) -> None:
-    sys.path.insert(0, str(REPO))
+    if not os.environ.get("PYTHONPATH"):  # else the agentattn on PYTHONPATH (e.g. a saved build) is counted
+        sys.path.insert(0, str(REPO))
     import torch
 
     import agentattn

@@ -39,7 +39,7 @@ constexpr int64_t kKeyTile = 128;  // stage-1 keys per tile (a multiple of every
 constexpr int64_t kRowTile = 96;   // stage-2 queries per tile
 #if defined(__AVX2__) && defined(__FMA__)
 constexpr bool kHave256 = true;  // 8 x 8 transposes in 256-bit registers
-inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+AGENTATTN_INLINE void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
   Simd256::transpose8x8(src, lds, dst, ldd);
 }
 #else

@@ -146,17 +146,17 @@ const Kernels& kernels_for(Isa isa) {
 // reproducible from run to run at a fixed thread count, as PyTorch's own CPU reductions are.
 template <typename F>
 void parallel_tasks(int64_t ntasks, const F& f, bool ordered = false) {
-  const int64_t nt = std::min<int64_t>(at::get_num_threads(), ntasks);
+  const int nt = static_cast<int>(std::min<int64_t>(at::get_num_threads(), ntasks));
   if (nt <= 1 || omp_in_parallel()) {
     for (int64_t t = 0; t < ntasks; ++t) f(t, 0);
     return;
   }
   if (ordered) {
-#pragma omp parallel for schedule(static, 1) num_threads(static_cast<int>(nt))
+#pragma omp parallel for schedule(static, 1) num_threads(nt)
     for (int64_t t = 0; t < ntasks; ++t) f(t, omp_get_thread_num());
     return;
   }
-#pragma omp parallel for schedule(dynamic, 1) num_threads(static_cast<int>(nt))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < ntasks; ++t) f(t, omp_get_thread_num());
 }
 
@@ -165,13 +165,13 @@ void parallel_tasks(int64_t ntasks, const F& f, bool ordered = false) {
 // `ordered` as in parallel_tasks.
 template <typename F1, typename F2>
 void parallel_two_phase(int64_t npre, const F1& pre, int64_t nmain, const F2& main, bool ordered = false) {
-  const int64_t nt = std::min<int64_t>(at::get_num_threads(), std::max(npre, nmain));
+  const int nt = static_cast<int>(std::min<int64_t>(at::get_num_threads(), std::max(npre, nmain)));
   if (nt <= 1 || omp_in_parallel()) {
     for (int64_t t = 0; t < npre; ++t) pre(t);
     for (int64_t t = 0; t < nmain; ++t) main(t, 0);
     return;
   }
-#pragma omp parallel num_threads(static_cast<int>(nt))
+#pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < npre; ++t) pre(t);

@@ -198,7 +198,8 @@ def test_agent_attention_cpu_mer_shape_against_softmax_and_isa_meta():
     for pss in ("fwd", "fwd_bwd"):
         got = {r["impl"]: r for r in rows if r["pass_"] == pss and "ms" in r}
         assert {"fused", "eager", "sdpa2", "softmax", "mm"} <= set(got), pss
-        assert got["fused"]["speedup_vs_softmax"] == pytest.approx(got["softmax"]["ms"] / got["fused"]["ms"], rel=0.02)
+        # ms are rounded to 3 decimals: a tiny shape's 0.02 ms carries a 2.5 % rounding error
+        assert got["fused"]["speedup_vs_softmax"] == pytest.approx(got["softmax"]["ms"] / got["fused"]["ms"], rel=0.1)
         assert got["softmax"]["flops"] == 4 * 4 * 2 * 49 * 49 * 16 * (3 if pss == "fwd_bwd" else 1)
     t = {x["target"]: x for x in cpu.check_targets(rows)}
     assert t["forward C (mer) at least as fast as softmax SDPA"]["value"] is not None
