@@ -44,9 +44,13 @@ TORCH_LIBRARY(agentattn, m) {
       "Tensor? bias_agent, Tensor? bias_query, Tensor out, Tensor agent_v, Tensor lse_agent, "
       "Tensor lse_query, float scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Flow-patch embedding: out = W·patch(x) + bias + pos, (B, D, H/p, W/p) or (B, N, D) when flatten.
-  m.def("flow_patch_embed_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool flatten) -> Tensor");
+  m.def(
+      "flow_patch_embed_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool flatten) -> "
+      "Tensor");
   // Its backward: (dx, dweight, dbias, dpos); a gradient not asked for (need_* false, or bias/pos None) is empty.
-  m.def("flow_patch_embed_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool flatten, bool need_dx, bool need_dweight) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "flow_patch_embed_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool "
+      "flatten, bool need_dx, bool need_dweight) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   // The CPU kernels' instruction set: the one in use (AGENTATTN_CPU_ISA, read once, else the best the CPU
   // supports), and those compiled into this build (usable_only: and supported by this CPU), best first.

@@ -10,7 +10,7 @@
 namespace agentattn::cpu {
 
 enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-enum class Path : int { kTiles = 0, kBlas = 1 };            // SIMD register tiles / BLAS tiles (fp64, d % 8)
+enum class Path : int { kTiles = 0, kBlas = 1 };               // SIMD register tiles / BLAS tiles (fp64, d % 8)
 enum class Layout : int { kTokenMajor = 0, kAgentMajor = 1 };  // forward score layout (kernel header)
 
 // A bias (Bb, Hb, rows, cols), Bb in {1, B}, Hb in {1, H}, contiguous (or a rearranged copy of one with
@@ -41,15 +41,15 @@ struct Plan {
   Isa isa = Isa::kGeneric;
   Path path = Path::kTiles;
   Layout layout = Layout::kAgentMajor;
-  int lanes = 4;          // vector lanes of the ISA's kernels
-  int64_t np = 0;         // n rounded up to min(8, lanes) (token-major score columns, statistics)
-  int64_t kc = 0;         // stage-1 keys per task (all M unless there are few slices)
-  int64_t nkc = 1;        // key chunks per slice; > 1: partial (m, l, acc) merged by the driver
-  int64_t row_task = 0;   // stage-2 queries per task in the chunked mode
-  int64_t nrc = 1;        // stage-2 tasks per slice in the chunked mode
-  int64_t group = 1;      // batches per task (agent-major, biases shared over the batch)
+  int lanes = 4;         // vector lanes of the ISA's kernels
+  int64_t np = 0;        // n rounded up to min(8, lanes) (token-major score columns, statistics)
+  int64_t kc = 0;        // stage-1 keys per task (all M unless there are few slices)
+  int64_t nkc = 1;       // key chunks per slice; > 1: partial (m, l, acc) merged by the driver
+  int64_t row_task = 0;  // stage-2 queries per task in the chunked mode
+  int64_t nrc = 1;       // stage-2 tasks per slice in the chunked mode
+  int64_t group = 1;     // batches per task (agent-major, biases shared over the batch)
   int64_t threads = 1;
-  ScratchSizes scratch;   // per thread
+  ScratchSizes scratch;  // per thread
 };
 
 // One forward call. N queries, M keys and values (equal today; kept apart for cross-attention).
@@ -57,7 +57,7 @@ struct FwdParams {
   int64_t B = 0, H = 0, N = 0, M = 0, n = 0, d = 0;
   float scale = 1.0f;
   const float *q = nullptr, *k = nullptr, *v = nullptr, *a = nullptr;  // (B,H,N,d) (B,H,M,d) x2 (B,H,n,d)
-  BiasRef b1, b2;  // bias_agent (.., n, M), bias_query (.., N, n)
+  BiasRef b1, b2;                                                      // bias_agent (.., n, M), bias_query (.., N, n)
   float *out = nullptr, *agent_v = nullptr, *lse1 = nullptr, *lse2 = nullptr;
   // the rearranged bias copy (token-major: b1 as (.., M, np); agent-major: b2 as (.., n, N)), filled by
   // fwd_bias_copy tasks before the main tasks

@@ -160,15 +160,15 @@ inline void row_tiles(int64_t M, int64_t K, const float* a, int64_t sam, int64_t
   int64_t m0 = 0;
   for (; m0 + MR <= M; m0 += MR)
     tile<T, MR, NV>(K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, mode, rs ? rs + m0 : nullptr);
-  tail_tile<T, MR - 1, NV>(M - m0, K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, mode,
-                           rs ? rs + m0 : nullptr);
+  tail_tile<T, MR - 1, NV>(M - m0, K, a + m0 * sam, sam, sak, B, ldb, C + m0 * ldc, ldc, mode, rs ? rs + m0 : nullptr);
 }
 
 // The columns [x0, NC) left after the wide blocks: 2W-column blocks of kBcastMR rows, a W-column block, and
 // (W = 16) an 8-column piece in 256-bit vectors.
 inline void narrow_columns(int64_t x0, int64_t M, int64_t NC, int64_t K, const float* a, int64_t sam, int64_t sak,
                            const float* B, int64_t ldb, float* C, int64_t ldc, int mode, const float* rs) {
-  for (; x0 + 2 * W <= NC; x0 += 2 * W) row_tiles<S, kBcastMR, 2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, mode, rs);
+  for (; x0 + 2 * W <= NC; x0 += 2 * W)
+    row_tiles<S, kBcastMR, 2>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, mode, rs);
   if (x0 + W <= NC) {
     row_tiles<S, kBcastMR, 1>(M, K, a, sam, sak, B + x0, ldb, C + x0, ldc, mode, rs);
     x0 += W;
@@ -309,8 +309,7 @@ inline float exp_sub_sum(float* x, int64_t len, float m) {
 // Softmax down the columns of ST (n x R, row stride ld >= pad_to(R, W), the padding columns finite), in
 // place, unnormalised: ST[j, i] = exp(ST[j, i] + bT[j, i] - m[i]), m[i] = max_j (ST + bT)[j, i],
 // l[i] = sum_j ST[j, i]. bT (n x R, row stride ldb) may be null; m and l hold pad_to(R, W) values.
-inline void col_softmax(float* ST, int64_t n, int64_t R, int64_t ld, const float* bT, int64_t ldb, float* m,
-                        float* l) {
+inline void col_softmax(float* ST, int64_t n, int64_t R, int64_t ld, const float* bT, int64_t ldb, float* m, float* l) {
   for (int64_t i = 0; i < R; i += W) {
     const auto mk = S::first(R - i);  // bias columns past R are not there to read
     Vf mv = S::set1(neg_inf<float>());
@@ -366,8 +365,8 @@ struct Prefetch {
 };
 
 template <class T, int NV>
-inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, const float* m, float* mnew,
-                         float* tsum, const Prefetch& pf, int64_t last) {
+inline void softmax_cols(float* ST, int64_t C, int64_t ld, const float* bias, const float* m, float* mnew, float* tsum,
+                         const Prefetch& pf, int64_t last) {
   using V = typename T::V;
   constexpr int w = T::W;
   const bool part = last < w;
@@ -430,7 +429,11 @@ struct TmStats {
   float *mnew, *tsum, *mrow, *srow, *m, *l;
   static int64_t size(int64_t np) { return 4 * (np + W) + 2 * (kRowTile + W); }
   TmStats(float* p, int64_t np)
-      : mnew(p), tsum(mnew + np + W), mrow(tsum + np + W), srow(mrow + kRowTile + W), m(srow + kRowTile + W),
+      : mnew(p),
+        tsum(mnew + np + W),
+        mrow(tsum + np + W),
+        srow(mrow + kRowTile + W),
+        m(srow + kRowTile + W),
         l(m + np + W) {}
 };
 
@@ -771,8 +774,8 @@ void fwd_stage1_chunk(const FwdParams& P, int64_t t, const Scratch& ws) {
   if (P.plan.layout == Layout::kTokenMajor) {
     float* AT = ws.agents;
     pack_agents(P.a + bh * n * d, n, d, np, P.scale, AT);
-    stage1_tm(P, AT, P.k + bh * M * d, P.v + bh * M * d, P.bias_copy.slice(bh / H, bh % H), k0, k1, part,
-              part + np, part + 2 * np, ws);
+    stage1_tm(P, AT, P.k + bh * M * d, P.v + bh * M * d, P.bias_copy.slice(bh / H, bh % H), k0, k1, part, part + np,
+              part + 2 * np, ws);
     return;
   }
   AmGroup grp = am_group(P, bh / H, bh % H, 1, part, ws);
@@ -786,8 +789,8 @@ void fwd_stage2_rows(const FwdParams& P, int64_t t, const Scratch& ws) {
   if (P.plan.layout == Layout::kTokenMajor) {
     float* AT = ws.agents;
     pack_agents(P.a + bh * n * d, n, d, np, P.scale, AT);
-    stage2_tm(P, AT, P.q + bh * N * d, P.agent_v + bh * n * d, P.b2.slice(bh / H, bh % H), r0, r1,
-              P.out + bh * N * d, P.lse2 + bh * N, ws);
+    stage2_tm(P, AT, P.q + bh * N * d, P.agent_v + bh * n * d, P.b2.slice(bh / H, bh % H), r0, r1, P.out + bh * N * d,
+              P.lse2 + bh * N, ws);
     return;
   }
   const AmGroup grp = am_group(P, bh / H, bh % H, 1, ws.stats, ws);
@@ -1015,8 +1018,8 @@ void bwd_slice_am(const BwdParams& P, int64_t bh, float* G1p, float* G2Tp, const
   for (int64_t x = 0; x < n * d; ++x) dAp[x] = scale * dacc[x];
 }
 
-const Kernels kTable = {kIsa,           static_cast<int>(W), fwd_scratch,     bwd_scratch, fwd_bias_copy,
-                        fwd_group,      fwd_stage1_chunk,    fwd_stage2_rows, bwd_bias_copy, bwd_slice};
+const Kernels kTable = {kIsa,      static_cast<int>(W), fwd_scratch,     bwd_scratch,   fwd_bias_copy,
+                        fwd_group, fwd_stage1_chunk,    fwd_stage2_rows, bwd_bias_copy, bwd_slice};
 
 }  // namespace
 }  // namespace AGENTATTN_ISA_NS

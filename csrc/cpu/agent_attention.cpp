@@ -73,10 +73,8 @@ bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    default:
-      return true;
+    case Isa::kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    default: return true;
   }
 #else
   return isa == Isa::kGeneric;
@@ -200,8 +198,8 @@ inline int64_t round64(int64_t floats) { return (floats + 15) / 16 * 16; }
 
 // The named buffers of s, carved from this thread's buffer.
 Scratch thread_scratch(const ScratchSizes& s) {
-  const int64_t o1 = round64(s.s1), o2 = o1 + round64(s.s2), o3 = o2 + round64(s.packed),
-                o4 = o3 + round64(s.agents), total = o4 + round64(s.stats);
+  const int64_t o1 = round64(s.s1), o2 = o1 + round64(s.s2), o3 = o2 + round64(s.packed), o4 = o3 + round64(s.agents),
+                total = o4 + round64(s.stats);
   float* base = thread_buffer<float>(static_cast<size_t>(total));
   return Scratch{base, base + o1, base + o2, base + o3, base + o4};
 }
@@ -290,9 +288,9 @@ BiasRef bias_ref(const at::Tensor* t) {
 }
 
 // ================================================================================ float32 tile path
-void forward_tiles(const Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                   const at::Tensor& a, const at::Tensor* b1, const at::Tensor* b2, float scale, at::Tensor& out,
-                   at::Tensor& agent_v, at::Tensor& lse1, at::Tensor& lse2) {
+void forward_tiles(const Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                   const at::Tensor* b1, const at::Tensor* b2, float scale, at::Tensor& out, at::Tensor& agent_v,
+                   at::Tensor& lse1, at::Tensor& lse2) {
   const Kernels& K = kernels_for(plan.isa);
   FwdParams P;
   P.B = q.size(0), P.H = q.size(1), P.N = q.size(2), P.M = k.size(2), P.n = a.size(2), P.d = q.size(3);
@@ -462,9 +460,9 @@ void stage2_rows(const T* Qp, const T* Ap, const T* VAp, const T* B2Tp, int64_t 
 }
 
 template <typename T>
-void forward_blas(const Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                  const at::Tensor& a, const at::Tensor* b1, const at::Tensor* b2, T scale, at::Tensor& out,
-                  at::Tensor& agent_v, at::Tensor& lse1, at::Tensor& lse2) {
+void forward_blas(const Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                  const at::Tensor* b1, const at::Tensor* b2, T scale, at::Tensor& out, at::Tensor& agent_v,
+                  at::Tensor& lse1, at::Tensor& lse2) {
   const int64_t H = q.size(1), N = q.size(2), M = k.size(2), n = a.size(2), d = q.size(3), BH = q.size(0) * H;
   const T *Q = q.data_ptr<T>(), *K = k.data_ptr<T>(), *V = v.data_ptr<T>(), *A = a.data_ptr<T>();
   const T* B1 = b1 ? b1->data_ptr<T>() : nullptr;
@@ -490,8 +488,8 @@ void forward_blas(const Plan& plan, const at::Tensor& q, const at::Tensor& k, co
       for (int64_t j = 0; j < n; ++j) L1[bh * n + j] = finish_row(m[j], l[j], acc + j * d, d);
     } else {
       T* p = parts.data() + t * part_sz;
-      stage1_partial(A + bh * n * d, K + bh * M * d, V + bh * M * d, B1p, M, n, d, scale, k0, k1, p, p + n,
-                     p + 2 * n, S);
+      stage1_partial(A + bh * n * d, K + bh * M * d, V + bh * M * d, B1p, M, n, d, scale, k0, k1, p, p + n, p + 2 * n,
+                     S);
     }
   });
   if (nkc > 1) {
@@ -521,13 +519,12 @@ void forward_blas(const Plan& plan, const at::Tensor& q, const at::Tensor& k, co
 template <typename T>
 void backward_blas(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                    const at::Tensor& a, const at::Tensor* b1, const at::Tensor* b2, const at::Tensor& out,
-                   const at::Tensor& agent_v, const at::Tensor& lse1, const at::Tensor& lse2, T scale,
-                   at::Tensor& dq, at::Tensor& dk, at::Tensor& dv, at::Tensor& da, BiasGrad<T>& g1,
-                   BiasGrad<T>& g2) {
+                   const at::Tensor& agent_v, const at::Tensor& lse1, const at::Tensor& lse2, T scale, at::Tensor& dq,
+                   at::Tensor& dk, at::Tensor& dv, at::Tensor& da, BiasGrad<T>& g1, BiasGrad<T>& g2) {
   const int64_t H = q.size(1), N = q.size(2), M = k.size(2), n = a.size(2), d = q.size(3), BH = q.size(0) * H;
   const T *dO = dout.data_ptr<T>(), *Q = q.data_ptr<T>(), *K = k.data_ptr<T>(), *V = v.data_ptr<T>(),
-          *A = a.data_ptr<T>(), *O = out.data_ptr<T>(), *VA = agent_v.data_ptr<T>(),
-          *L1 = lse1.data_ptr<T>(), *L2 = lse2.data_ptr<T>();
+          *A = a.data_ptr<T>(), *O = out.data_ptr<T>(), *VA = agent_v.data_ptr<T>(), *L1 = lse1.data_ptr<T>(),
+          *L2 = lse2.data_ptr<T>();
   const T* B1 = b1 ? b1->data_ptr<T>() : nullptr;
   at::Tensor b2t;
   if (b2) b2t = b2->transpose(2, 3).contiguous();
@@ -535,52 +532,55 @@ void backward_blas(const at::Tensor& dout, const at::Tensor& q, const at::Tensor
   T *dQ = dq.data_ptr<T>(), *dK = dk.data_ptr<T>(), *dV = dv.data_ptr<T>(), *dA = da.data_ptr<T>();
   const int64_t tile = std::max(kRows, kKeys);
 
-  parallel_tasks(BH, [&](int64_t bh, int thread) {
-    const int64_t b = bh / H, h = bh % H;
-    const T *Qp = Q + bh * N * d, *Kp = K + bh * M * d, *Vp = V + bh * M * d, *Ap = A + bh * n * d;
-    const T *dOp = dO + bh * N * d, *Op = O + bh * N * d, *VAp = VA + bh * n * d;
-    T *dQp = dQ + bh * N * d, *dKp = dK + bh * M * d, *dVp = dV + bh * M * d, *dAp = dA + bh * n * d;
-    // named per-thread buffers: probabilities P, their gradient dP, dV_A, the row dot products
-    T* P = thread_buffer<T>(static_cast<size_t>(2 * n * tile + n * d + std::max(kRows, n)));
-    T *dP = P + n * tile, *dva = dP + n * tile, *rowdot = dva + n * d;
-    std::fill(dva, dva + n * d, T(0));
-    std::fill(dAp, dAp + n * d, T(0));
-    // ---- stage 2 backward, transposed tiles PT = P2^T (n x R)
-    const T* B2Tp = B2T ? B2T + bias_offset(b2t, b, h) : nullptr;
-    T* G2Tp = g2.target(b, h, thread);
-    for (int64_t i0 = 0; i0 < N; i0 += kRows) {
-      const int64_t R = std::min(kRows, N - i0);
-      blas::gemm_rm<T>(false, true, n, R, d, scale, Ap, d, Qp + i0 * d, d, T(0), P, R);
-      vec::col_probs(P, n, R, R, B2Tp ? B2Tp + i0 : nullptr, N, L2 + bh * N + i0);
-      // dP2^T = V_A dO^T ; Di = rowsum(dO * O) ; dV_A += P2^T dO
-      blas::gemm_rm<T>(false, true, n, R, d, T(1), VAp, d, dOp + i0 * d, d, T(0), dP, R);
-      for (int64_t i = 0; i < R; ++i) rowdot[i] = vec::dot(dOp + (i0 + i) * d, Op + (i0 + i) * d, d);
-      blas::gemm_rm<T>(false, false, n, d, R, T(1), P, R, dOp + i0 * d, d, T(1), dva, d);
-      // dS2^T = P2^T * (dP2^T - Di) (+ into the bias gradient)
-      vec::col_dsoftmax(dP, P, n, R, R, rowdot, G2Tp ? G2Tp + i0 : nullptr, N);
-      // dQ = s dS2 A ; dA += s dS2^T Q
-      blas::gemm_rm<T>(true, false, R, d, n, scale, dP, R, Ap, d, T(0), dQp + i0 * d, d);
-      blas::gemm_rm<T>(false, false, n, d, R, scale, dP, R, Qp + i0 * d, d, T(1), dAp, d);
-    }
-    // ---- stage 1 backward over key tiles, upstream gradient dV_A
-    for (int64_t j = 0; j < n; ++j) rowdot[j] = vec::dot(dva + j * d, VAp + j * d, d);
-    const T* B1p = B1 ? B1 + bias_offset(*b1, b, h) : nullptr;
-    T* G1p = g1.target(b, h, thread);
-    for (int64_t c0 = 0; c0 < M; c0 += kKeys) {
-      const int64_t C = std::min(kKeys, M - c0);
-      blas::gemm_rm<T>(false, true, n, C, d, scale, Ap, d, Kp + c0 * d, d, T(0), P, C);
-      for (int64_t j = 0; j < n; ++j)
-        vec::exp_bias_sub(P + j * C, B1p ? B1p + j * M + c0 : nullptr, C, L1[bh * n + j]);
-      // dV = P1^T dV_A ; dP1 = dV_A V^T
-      blas::gemm_rm<T>(true, false, C, d, n, T(1), P, C, dva, d, T(0), dVp + c0 * d, d);
-      blas::gemm_rm<T>(false, true, n, C, d, T(1), dva, d, Vp + c0 * d, d, T(0), dP, C);
-      for (int64_t j = 0; j < n; ++j)
-        vec::dsoftmax_row(dP + j * C, P + j * C, C, rowdot[j], G1p ? G1p + j * M + c0 : nullptr);
-      // dA += s dS1 K ; dK = s dS1^T A
-      blas::gemm_rm<T>(false, false, n, d, C, scale, dP, C, Kp + c0 * d, d, T(1), dAp, d);
-      blas::gemm_rm<T>(true, false, C, d, n, scale, dP, C, Ap, d, T(0), dKp + c0 * d, d);
-    }
-  }, g1.broadcast || g2.broadcast);  // ordered: reproducible broadcast bias-gradient sums
+  parallel_tasks(
+      BH,
+      [&](int64_t bh, int thread) {
+        const int64_t b = bh / H, h = bh % H;
+        const T *Qp = Q + bh * N * d, *Kp = K + bh * M * d, *Vp = V + bh * M * d, *Ap = A + bh * n * d;
+        const T *dOp = dO + bh * N * d, *Op = O + bh * N * d, *VAp = VA + bh * n * d;
+        T *dQp = dQ + bh * N * d, *dKp = dK + bh * M * d, *dVp = dV + bh * M * d, *dAp = dA + bh * n * d;
+        // named per-thread buffers: probabilities P, their gradient dP, dV_A, the row dot products
+        T* P = thread_buffer<T>(static_cast<size_t>(2 * n * tile + n * d + std::max(kRows, n)));
+        T *dP = P + n * tile, *dva = dP + n * tile, *rowdot = dva + n * d;
+        std::fill(dva, dva + n * d, T(0));
+        std::fill(dAp, dAp + n * d, T(0));
+        // ---- stage 2 backward, transposed tiles PT = P2^T (n x R)
+        const T* B2Tp = B2T ? B2T + bias_offset(b2t, b, h) : nullptr;
+        T* G2Tp = g2.target(b, h, thread);
+        for (int64_t i0 = 0; i0 < N; i0 += kRows) {
+          const int64_t R = std::min(kRows, N - i0);
+          blas::gemm_rm<T>(false, true, n, R, d, scale, Ap, d, Qp + i0 * d, d, T(0), P, R);
+          vec::col_probs(P, n, R, R, B2Tp ? B2Tp + i0 : nullptr, N, L2 + bh * N + i0);
+          // dP2^T = V_A dO^T ; Di = rowsum(dO * O) ; dV_A += P2^T dO
+          blas::gemm_rm<T>(false, true, n, R, d, T(1), VAp, d, dOp + i0 * d, d, T(0), dP, R);
+          for (int64_t i = 0; i < R; ++i) rowdot[i] = vec::dot(dOp + (i0 + i) * d, Op + (i0 + i) * d, d);
+          blas::gemm_rm<T>(false, false, n, d, R, T(1), P, R, dOp + i0 * d, d, T(1), dva, d);
+          // dS2^T = P2^T * (dP2^T - Di) (+ into the bias gradient)
+          vec::col_dsoftmax(dP, P, n, R, R, rowdot, G2Tp ? G2Tp + i0 : nullptr, N);
+          // dQ = s dS2 A ; dA += s dS2^T Q
+          blas::gemm_rm<T>(true, false, R, d, n, scale, dP, R, Ap, d, T(0), dQp + i0 * d, d);
+          blas::gemm_rm<T>(false, false, n, d, R, scale, dP, R, Qp + i0 * d, d, T(1), dAp, d);
+        }
+        // ---- stage 1 backward over key tiles, upstream gradient dV_A
+        for (int64_t j = 0; j < n; ++j) rowdot[j] = vec::dot(dva + j * d, VAp + j * d, d);
+        const T* B1p = B1 ? B1 + bias_offset(*b1, b, h) : nullptr;
+        T* G1p = g1.target(b, h, thread);
+        for (int64_t c0 = 0; c0 < M; c0 += kKeys) {
+          const int64_t C = std::min(kKeys, M - c0);
+          blas::gemm_rm<T>(false, true, n, C, d, scale, Ap, d, Kp + c0 * d, d, T(0), P, C);
+          for (int64_t j = 0; j < n; ++j)
+            vec::exp_bias_sub(P + j * C, B1p ? B1p + j * M + c0 : nullptr, C, L1[bh * n + j]);
+          // dV = P1^T dV_A ; dP1 = dV_A V^T
+          blas::gemm_rm<T>(true, false, C, d, n, T(1), P, C, dva, d, T(0), dVp + c0 * d, d);
+          blas::gemm_rm<T>(false, true, n, C, d, T(1), dva, d, Vp + c0 * d, d, T(0), dP, C);
+          for (int64_t j = 0; j < n; ++j)
+            vec::dsoftmax_row(dP + j * C, P + j * C, C, rowdot[j], G1p ? G1p + j * M + c0 : nullptr);
+          // dA += s dS1 K ; dK = s dS1^T A
+          blas::gemm_rm<T>(false, false, n, d, C, scale, dP, C, Kp + c0 * d, d, T(1), dAp, d);
+          blas::gemm_rm<T>(true, false, C, d, n, scale, dP, C, Ap, d, T(0), dKp + c0 * d, d);
+        }
+      },
+      g1.broadcast || g2.broadcast);  // ordered: reproducible broadcast bias-gradient sums
 }
 
 // ======================================================================================= op entry
@@ -589,24 +589,21 @@ void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& q, int6
   if (!bias.has_value()) return;
   const auto& t = *bias;
   TORCH_CHECK(t.dim() == 4, name, " must be 4-D (Bb, Hb, ", rows, ", ", cols, "), got ", t.sizes());
-  TORCH_CHECK(t.size(0) == 1 || t.size(0) == q.size(0), name, ": batch dim must be 1 or ", q.size(0),
-              ", got ", t.sizes());
-  TORCH_CHECK(t.size(1) == 1 || t.size(1) == q.size(1), name, ": head dim must be 1 or ", q.size(1),
-              ", got ", t.sizes());
-  TORCH_CHECK(t.size(2) == rows && t.size(3) == cols, name, " must end in (", rows, ", ", cols, "), got ",
+  TORCH_CHECK(t.size(0) == 1 || t.size(0) == q.size(0), name, ": batch dim must be 1 or ", q.size(0), ", got ",
               t.sizes());
+  TORCH_CHECK(t.size(1) == 1 || t.size(1) == q.size(1), name, ": head dim must be 1 or ", q.size(1), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.size(2) == rows && t.size(3) == cols, name, " must end in (", rows, ", ", cols, "), got ", t.sizes());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(), " != q dtype ",
-              q.scalar_type());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(), " != q dtype ", q.scalar_type());
 }
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a) {
   TORCH_CHECK(q.dim() == 4, "q must be (B, H, N, d), got ", q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), "k and v must match q ", q.sizes(),
-              ", got k ", k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), "k and v must match q ", q.sizes(), ", got k ",
+              k.sizes(), " v ", v.sizes());
   TORCH_CHECK(a.dim() == 4 && a.size(0) == q.size(0) && a.size(1) == q.size(1) && a.size(3) == q.size(3),
-              "agents must be (B, H, n, d) = (", q.size(0), ", ", q.size(1), ", n, ", q.size(3), "), got ",
-              a.sizes());
+              "agents must be (B, H, n, d) = (", q.size(0), ", ", q.size(1), ", n, ", q.size(3), "), got ", a.sizes());
   for (const at::Tensor* t : {&q, &k, &v, &a}) {
     TORCH_CHECK(t->is_contiguous(), "agent_attention CPU kernel expects contiguous inputs");
     TORCH_CHECK(t->device().is_cpu(), "agent_attention CPU kernel got a tensor on ", t->device());
@@ -648,10 +645,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> agent_attention_fwd_c
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> agent_attention_bwd_cpu(
-    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-    const at::Tensor& agents, const c10::optional<at::Tensor>& bias_agent,
-    const c10::optional<at::Tensor>& bias_query, const at::Tensor& out, const at::Tensor& agent_v,
-    const at::Tensor& lse_agent, const at::Tensor& lse_query, double scale) {
+    const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& agents,
+    const c10::optional<at::Tensor>& bias_agent, const c10::optional<at::Tensor>& bias_query, const at::Tensor& out,
+    const at::Tensor& agent_v, const at::Tensor& lse_agent, const at::Tensor& lse_query, double scale) {
   check_inputs(q, k, v, agents);
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), n = agents.size(2), d = q.size(3);
   check_bias(bias_agent, q, n, M, "bias_agent");
@@ -690,8 +686,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     BiasGrad<scalar_t> g1, g2;
     g1.init(b1, B, H, false);
     g2.init(b2, B, H, true);
-    backward_blas<scalar_t>(dout, q, k, v, agents, b1, b2, oc, vac, l1c, l2c, static_cast<scalar_t>(scale), dq, dk,
-                            dv, da, g1, g2);
+    backward_blas<scalar_t>(dout, q, k, v, agents, b1, b2, oc, vac, l1c, l2c, static_cast<scalar_t>(scale), dq, dk, dv,
+                            da, g1, g2);
     g1.finish();
     g2.finish();
     if (b1) db1 = g1.grad;

@@ -43,13 +43,18 @@ constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an int
 constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
                 kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
 // exp2 on [-1/2, 1/2] (Cephes exp2f, highest degree first, then 1), and log2 e - float(log2 e)
-constexpr float kE2[7] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f, 5.550332471162809e-2f,
-                          2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
+constexpr float kE2[7] = {1.535336188319500e-4f,
+                          1.339887440266574e-3f,
+                          9.618437357674640e-3f,
+                          5.550332471162809e-2f,
+                          2.402264791363012e-1f,
+                          6.931472028550421e-1f,
+                          1.0f};
 constexpr float kLog2eLo = 1.925963033500011e-08f;
 // log constants (Cephes logf)
 constexpr float kSqrtHalf = 0.707106781186547524f;
-constexpr float kL[9] = {7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
-                         -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f};
+constexpr float kL[9] = {7.0376836292e-2f,  -1.1514610310e-1f, 1.1676998740e-1f,  -1.2420140846e-1f, 1.4249322787e-1f,
+                         -1.6668057665e-1f, 2.0000714765e-1f,  -2.4999993993e-1f, 3.3333331174e-1f};
 
 AGENTATTN_INLINE void prefetch_l1(const void* p) { __builtin_prefetch(p, 0, 3); }
 AGENTATTN_INLINE void prefetch_l2(const void* p) { __builtin_prefetch(p, 0, 2); }
