@@ -42,7 +42,8 @@ def _isa_build_ext(base):
         def build_extension(self, ext):
             isa = getattr(ext, "isa_sources", {})
             if isa:
-                cxx = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+                args = ext.extra_compile_args
+                cxx = args["cxx"] if isinstance(args, dict) else args
                 objs = []
                 for src, flags in isa.items():
                     objs += self.compiler.compile(

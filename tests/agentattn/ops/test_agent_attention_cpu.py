@@ -211,7 +211,8 @@ def test_fp32_matches_fp64_reference(case, poisoned):
         top = r.abs().max().item()
         err = (x.double() - r).abs().max().item() / top
         plain = (p.double() - r).abs().max().item() / top
-        assert err <= fp32_bound(plain), f"{name}: {err / EPS32:.1f} eps vs plain fp32 composition {plain / EPS32:.1f} eps"
+        assert err <= fp32_bound(plain), (f"{name}: {err / EPS32:.1f} eps vs plain fp32 composition "
+                                          f"{plain / EPS32:.1f} eps")
 
 
 @pytest.fixture
@@ -283,7 +284,8 @@ def test_fp32_forward_paths_match_reference(case, threads, layout, poisoned):
         top = r.abs().max().item()
         err = (x.double() - r).abs().max().item() / top
         base = (p.double() - r).abs().max().item() / top
-        assert err <= fp32_bound(base), f"{name}: {err / EPS32:.1f} eps, plain {base / EPS32:.1f} eps ({layout}, {threads} threads)"
+        assert err <= fp32_bound(base), (f"{name}: {err / EPS32:.1f} eps, plain {base / EPS32:.1f} eps "
+                                         f"({layout}, {threads} threads)")
 
 
 @needs_ext

@@ -20,11 +20,11 @@ import sys
 
 import pytest
 import torch
+from test_agent_attention_cpu import fp32_bound, poisoned  # noqa: F401 (a fixture)
 
 import agentattn
 from agentattn import _ext
 from agentattn.ops.agent_attention.naive import agent_attention_ref
-from test_agent_attention_cpu import fp32_bound, poisoned  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(not _ext.has_ext(), reason=f"agentattn._C not loaded ({_ext._load_error})")
 
@@ -122,7 +122,7 @@ def _grads(fn, xs, go, dtype, **kw):
     return [out.detach()] + [None if t is None else t.grad for t in leaves]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _references(case):
     """(fp64 reference, plain fp32 composition) outputs and gradients for one case."""
     xs, go = _inputs(case, seed=5)
@@ -131,13 +131,14 @@ def _references(case):
             _grads(agent_attention_ref, xs, go, torch.float32, scale=scale))
 
 
+@pytest.mark.usefixtures("poisoned")
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_isa_path_matches_fp64_reference(case, isa, layout, threads, poisoned):
+def test_isa_path_matches_fp64_reference(case, isa, layout, threads):
     assert torch.ops.agentattn.cpu_isa() == isa
     xs, go = _inputs(case, seed=5)
     ref, plain = _references(case)
     got = _grads(agentattn.agent_attention, xs, go, torch.float32, scale=0.6 * case[4] ** -0.5, backend="cpp")
-    for name, x, r, p in zip(NAMES, got, ref, plain):
+    for name, x, r, p in zip(NAMES, got, ref, plain, strict=True):
         if r is None:
             assert x is None, name
             continue
