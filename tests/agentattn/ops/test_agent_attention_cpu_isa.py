@@ -162,17 +162,36 @@ def test_default_isa_is_the_best_the_cpu_supports():
 
 
 _ENV_CHECK = """
-import torch, agentattn
+import os, torch, agentattn
 print(torch.ops.agentattn.cpu_isa(), agentattn.backends()["cpu_isa"])
+# Read once: values set after the first use change nothing (read again, "bogus" would raise).
+for name in ("AGENTATTN_CPU_ISA", "AGENTATTN_CPU_FWD_LAYOUT", "AGENTATTN_CPU_BWD_LAYOUT"):
+    os.environ[name] = "bogus"
+os.environ["AGENTATTN_CPU_BLAS_PATH"] = "1"
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(1, 1, 20, 8, generator=g, requires_grad=True) for _ in range(3))
+a = torch.randn(1, 1, 4, 8, generator=g, requires_grad=True)
+out = agentattn.agent_attention(q, k, v, a, None, None, backend="cpp")
+out.sum().backward()
+ref = agentattn.agent_attention(q, k, v, a, None, None, backend="reference")
+assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+print(torch.ops.agentattn.cpu_isa(), *torch.ops.agentattn._cpu_set_options("", "", ""))
 """
 
 
 @pytest.mark.parametrize("value", ["generic", "bogus"])
 def test_env_override_read_once(value):
+    """AGENTATTN_CPU_ISA chooses the ISA at first use; the kernel's switches are not read again after it
+    (changing them later in the process, even to invalid values, changes nothing)."""
     env = dict(os.environ, AGENTATTN_CPU_ISA=value, OMP_NUM_THREADS="1")
+    for name in ("AGENTATTN_CPU_FWD_LAYOUT", "AGENTATTN_CPU_BWD_LAYOUT", "AGENTATTN_CPU_BLAS_PATH"):
+        env.pop(name, None)
     res = subprocess.run([sys.executable, "-c", _ENV_CHECK], env=env, capture_output=True, text=True, timeout=300)
     if value == "generic":
-        assert res.returncode == 0 and res.stdout.split() == ["generic", "generic"], res.stdout + res.stderr
+        assert res.returncode == 0, res.stdout + res.stderr
+        lines = res.stdout.splitlines()
+        assert lines[0].split() == ["generic", "generic"], res.stdout
+        assert lines[1].split() == ["generic", "isa=generic", "layout=auto,auto", "blas_path=0"], res.stdout
     else:
         assert res.returncode != 0
         assert "AGENTATTN_CPU_ISA must be one of avx512, avx2, generic, auto; got 'bogus'" in res.stderr, res.stderr
