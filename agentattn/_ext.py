@@ -67,9 +67,13 @@ def backends() -> dict:
     """What this installation can run, per device; queries no GPU.
 
     Returns e.g. ``{'cpu': ['cpp', 'reference'], 'cuda': ['triton', 'reference'], 'extension': True,
-    'extension_error': None, 'cuda_kernels_built': False, 'triton': True}``. The first entry of each
-    list is the default.
+    'extension_error': None, 'cuda_kernels_built': False, 'triton': True, 'cpu_isa': 'avx512',
+    'cpu_isas': ['avx512', 'avx2', 'generic']}``. The first entry of each list is the default.
+    ``cpu_isa`` is the instruction set the C++ CPU kernels use (the best this CPU supports, or
+    ``AGENTATTN_CPU_ISA``), ``cpu_isas`` those this build and CPU can run (both None without the extension).
     """
+    import torch
+
     cpu = (["cpp"] if has_ext() else []) + ["reference"]
     cuda = (["cuda"] if has_cuda_ext() else []) + (["triton"] if has_triton() else []) + ["reference"]
     return {
@@ -79,7 +83,19 @@ def backends() -> dict:
         "extension_error": _load_error,
         "cuda_kernels_built": has_cuda_ext(),
         "triton": has_triton(),
+        "cpu_isa": cpu_isa(),
+        "cpu_isas": list(torch.ops.agentattn.cpu_isas()) if has_ext() else None,
     }
+
+
+def cpu_isa() -> str | None:
+    """The instruction set of the C++ CPU kernels in use ('avx512', 'avx2' or 'generic'); None without the
+    extension."""
+    if not has_ext():
+        return None
+    import torch
+
+    return str(torch.ops.agentattn.cpu_isa())
 
 
 BACKEND_CHOICES = ("auto", "cpp", "cuda", "triton", "reference")

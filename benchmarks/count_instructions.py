@@ -5,12 +5,15 @@ judge a compute change to csrc/cpu (a change that removes instructions without a
 is faster), and timings (benchmarks/suites/agent_attention_cpu.py) for the rest::
 
     python benchmarks/count_instructions.py                 # B n=49 and n=9 (B 4, H 1, N 3136, d 32)
-    python benchmarks/count_instructions.py --n 9 --B 4 --H 1 --N 3136 --d 32 --calls 2
+    python benchmarks/count_instructions.py --n 9 --B 4 --H 1 --N 3136 --d 32 --calls 2 --isa avx2
+    python benchmarks/count_instructions.py --pass fwd_bwd --n 9 --B 256 --H 2 --N 49 --d 16  # mer's shape
 
 Runs the forward `--calls` times on one thread under ``valgrind --tool=callgrind`` (about 2-3 minutes
 each: the Python start-up runs under valgrind too), sums the instructions of every function of
 agentattn's kernels (``agentattn::``) and prints them per head and call, with the largest functions.
-Needs valgrind and the built extension.
+Needs valgrind and the built extension. ``--isa`` picks the kernel's tiles (avx2 | generic; default avx2):
+valgrind up to 3.22 does not emulate AVX-512, so under valgrind the CPU reports no AVX-512 and that path
+cannot be counted (judge it by timings). ``--pass fwd_bwd`` counts a forward and a backward per call.
 """
 from __future__ import annotations
 
@@ -29,19 +32,27 @@ LINE = re.compile(r"\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*)")
 
 
 def _child(a) -> None:
-    sys.path.insert(0, str(REPO))
+    if not os.environ.get("PYTHONPATH"):  # else the agentattn on PYTHONPATH (e.g. a saved build) is counted
+        sys.path.insert(0, str(REPO))
     import torch
 
     import agentattn
 
     torch.set_num_threads(1)
+    torch.ops.agentattn._cpu_set_options(a.isa, "", "")
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(a.B, a.H, a.N, a.d, generator=g) for _ in range(3))
     ag = torch.randn(a.B, a.H, a.n, a.d, generator=g)
     b1, b2 = 0.02 * torch.randn(1, a.H, a.n, a.N, generator=g), 0.02 * torch.randn(1, a.H, a.N, a.n, generator=g)
-    with torch.no_grad():
-        for _ in range(a.calls):
-            agentattn.agent_attention(q, k, v, ag, b1, b2, backend="cpp")
+    if a.pass_ == "fwd":
+        with torch.no_grad():
+            for _ in range(a.calls):
+                agentattn.agent_attention(q, k, v, ag, b1, b2, backend="cpp")
+        return
+    xs = [t.requires_grad_() for t in (q, k, v, ag, b1, b2)]
+    go = torch.randn_like(q)
+    for _ in range(a.calls):
+        agentattn.agent_attention(*xs, backend="cpp").backward(go)
 
 
 def count(a) -> dict:
@@ -52,7 +63,7 @@ def count(a) -> dict:
         out = os.path.join(tmp, "cg.out")
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--child",
                "--n", str(a.n), "--B", str(a.B), "--H", str(a.H), "--N", str(a.N), "--d", str(a.d),
-               "--calls", str(a.calls)]
+               "--calls", str(a.calls), "--isa", a.isa, "--pass", a.pass_]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0 or not os.path.getsize(out):
@@ -84,6 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--N", type=int, default=3136)
     ap.add_argument("--d", type=int, default=32)
     ap.add_argument("--calls", type=int, default=2)
+    ap.add_argument("--isa", default="avx2", choices=("avx2", "generic"), help="kernel ISA (AVX-512: see above)")
+    ap.add_argument("--pass", dest="pass_", default="fwd", choices=("fwd", "fwd_bwd"))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
@@ -93,7 +106,8 @@ def main(argv=None) -> int:
     for n in a.n or [49, 9]:
         a1 = argparse.Namespace(**{**vars(a), "n": n})
         res = count(a1)
-        print(f"B {a.B} H {a.H} N {a.N} n {n} d {a.d}: {res['total'] / 1e6:.3f} M instructions per head and call")
+        print(f"B {a.B} H {a.H} N {a.N} n {n} d {a.d} ({a.isa}, {a.pass_}): {res['total'] / 1e6:.3f} M instructions "
+              "per head and call")
         for name, v in res["functions"]:
             print(f"  {v / 1e6:8.3f} M  {name}")
     return 0

@@ -4,6 +4,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
 extern "C" {
 // `import agentattn._C` loads this shared object, which runs the static registrations below.
 PyObject* PyInit__C(void) {
@@ -13,6 +16,12 @@ PyObject* PyInit__C(void) {
 }
 
 namespace agentattn {
+
+namespace cpu {  // cpu/agent_attention.cpp
+std::string cpu_isa();
+std::vector<std::string> cpu_isas(bool usable_only);
+std::vector<std::string> cpu_set_options(const std::string& isa, const std::string& layout, const std::string& blas);
+}  // namespace cpu
 
 bool built_with_cuda() {
 #ifdef AGENTATTN_WITH_CUDA
@@ -35,10 +44,22 @@ TORCH_LIBRARY(agentattn, m) {
       "Tensor? bias_agent, Tensor? bias_query, Tensor out, Tensor agent_v, Tensor lse_agent, "
       "Tensor lse_query, float scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Flow-patch embedding: out = W·patch(x) + bias + pos, (B, D, H/p, W/p) or (B, N, D) when flatten.
-  m.def("flow_patch_embed_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool flatten) -> Tensor");
+  m.def(
+      "flow_patch_embed_fwd(Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool flatten) -> "
+      "Tensor");
   // Its backward: (dx, dweight, dbias, dpos); a gradient not asked for (need_* false, or bias/pos None) is empty.
-  m.def("flow_patch_embed_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool flatten, bool need_dx, bool need_dweight) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "flow_patch_embed_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? pos, int patch_size, bool "
+      "flatten, bool need_dx, bool need_dweight) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
+  // The CPU kernels' instruction set: the one in use (AGENTATTN_CPU_ISA, read once, else the best the CPU
+  // supports), and those compiled into this build (usable_only: and supported by this CPU), best first.
+  m.def("cpu_isa() -> str", &cpu::cpu_isa);
+  m.def("cpu_isas(bool usable_only=True) -> str[]", &cpu::cpu_isas);
+  // For tests and benchmarks: switch the CPU kernel's ISA (avx512 | avx2 | generic | auto), forward layout
+  // (token | agent | auto) and float32 BLAS-tile path (1 | 0 | auto) for the whole process; "" keeps a
+  // switch. Returns the settings in force.
+  m.def("_cpu_set_options(str isa='', str layout='', str blas_path='') -> str[]", &cpu::cpu_set_options);
 }
 
 }  // namespace agentattn

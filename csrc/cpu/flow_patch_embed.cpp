@@ -156,8 +156,7 @@ void forward_impl(const Geo& g, const T* x, const T* w, const T* bias, const T* 
 }
 
 template <typename T>
-void backward_impl(const Geo& g, const T* dout, const T* x, const T* w, bool flatten, T* dx, T* dw, T* dbias,
-                   T* dpos) {
+void backward_impl(const Geo& g, const T* dout, const T* x, const T* w, bool flatten, T* dx, T* dw, T* dbias, T* dpos) {
   const int64_t D = g.D, K = g.K, L = g.L;
   const int64_t tiles = num_tiles(g);
   const int nthreads = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), tiles));
@@ -213,7 +212,8 @@ void backward_impl(const Geo& g, const T* dout, const T* x, const T* w, bool fla
             }
             if (small_map) {  // the image's dY segment is a (D x len) matrix with row stride L: no copy
               const T* seg = dout + b * D * L + l0;
-              if (dw) blas::gemm_rm<T>(false, false, D, K, len, T(1), seg, L, cols.data() + t0 * K, K, T(1), aw.data(), K);
+              if (dw)
+                blas::gemm_rm<T>(false, false, D, K, len, T(1), seg, L, cols.data() + t0 * K, K, T(1), aw.data(), K);
               if (dx) blas::gemm_rm<T>(true, false, len, K, D, T(1), seg, L, w, K, T(0), dcols.data() + t0 * K, K);
             }
             t0 += len;
@@ -277,8 +277,7 @@ Geo check(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at:
   TORCH_CHECK(H % p == 0 && W % p == 0, "flow_patch_embed: x spatial size (", H, ", ", W,
               ") must be divisible by patch_size ", p);
   TORCH_CHECK(weight.dim() == 4 && weight.size(1) == C && weight.size(2) == p && weight.size(3) == p,
-              "flow_patch_embed: weight must be (D, C, p, p) = (D, ", C, ", ", p, ", ", p, "), got ",
-              weight.sizes());
+              "flow_patch_embed: weight must be (D, C, p, p) = (D, ", C, ", ", p, ", ", p, "), got ", weight.sizes());
   const int64_t D = weight.size(0), gh = H / p, gw = W / p;
   if (bias.has_value())
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == D, "flow_patch_embed: bias must be (", D, "), got ",
@@ -319,8 +318,8 @@ at::Tensor flow_patch_embed_fwd_cpu(const at::Tensor& x_in, const at::Tensor& we
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flow_patch_embed_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in,
-    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos, int64_t patch_size,
-    bool flatten, bool need_dx, bool need_dweight) {
+    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& pos, int64_t patch_size, bool flatten,
+    bool need_dx, bool need_dweight) {
   const Geo g = check(x_in, weight_in, bias, pos, patch_size);
   const std::vector<int64_t> oshape =
       flatten ? std::vector<int64_t>{g.B, g.L, g.D} : std::vector<int64_t>{g.B, g.D, g.gh, g.gw};
