@@ -534,8 +534,8 @@ def _with(i, value):
 
 ERROR_CASES = [
     ("q-rank", _with(0, lambda a: a[0][0]), r"q must be 4-D \(B, H, N, d\), got shape \(3, 16, 8\)"),
-    ("k-shape", _with(1, lambda a: a[1][:, :, :15]), r"k must have q's shape .*\(2, 3, 16, 8\), got \(2, 3, 15, 8\)"),
-    ("v-shape", _with(2, lambda a: a[2][..., :4]), r"v must have q's shape .*\(2, 3, 16, 8\), got \(2, 3, 16, 4\)"),
+    ("k-shape", _with(1, lambda a: a[1][..., :4]), r"k must be \(B, H, M, d\) = \(2, 3, M, 8\) .*got \(2, 3, 16, 4\)"),
+    ("v-shape", _with(2, lambda a: a[2][:, :, :15]), r"v must have k's shape .*\(2, 3, 16, 8\), got \(2, 3, 15, 8\)"),
     ("agents-rank", _with(3, lambda a: a[3][0]), r"agents must be 4-D \(B, H, n, d\), got shape \(3, 4, 8\)"),
     ("agents-d", _with(3, lambda a: a[3][..., :6]),
      r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(2, 3, 4, 6\)"),
