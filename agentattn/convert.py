@@ -328,13 +328,14 @@ class AgentSDAttention(nn.Module):
                 mask: Tensor | None = None) -> Tensor:
         h = self.heads
         ctx = x if context is None else context
+        use_agents = agent is not None and agent.shape[1] * 2 < x.shape[1]
+        if use_agents and mask is not None:
+            raise ValueError("AgentSDAttention: a mask cannot apply to the agent path (the original prints "
+                             "'Mask not supported yet!' and ignores it); drop the mask")
         q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
         B, N, C = q.shape
         heads = lambda t: t.reshape(B, t.shape[1], h, C // h).transpose(1, 2)  # noqa: E731 (B, h, *, d)
-        if agent is not None and agent.shape[1] * 2 < x.shape[1]:
-            if mask is not None:
-                raise ValueError("AgentSDAttention: a mask cannot apply to the agent path (the original prints "
-                                 "'Mask not supported yet!' and ignores it); drop the mask")
+        if use_agents:
             if self.k_shortcut and k.shape[1] != N:
                 raise ValueError(f"k_shortcut={self.k_shortcut} adds V to the output: it needs as many keys as "
                                  f"queries, got {k.shape[1]} context tokens for {N} (the original fails too)")
