@@ -613,12 +613,16 @@ def test_backend_choice_argument_and_env(monkeypatch):
     args = [None if t is None else t.float() for t in _valid()]
     fused = "agentattn.agent_attention_fwd"
     monkeypatch.delenv("AGENTATTN_BACKEND", raising=False)
+    monkeypatch.setattr(_ext, "_SWITCHES", {})  # environment switches are read once: forget them here
     assert fused in _ops(lambda: agentattn.agent_attention(*args))
     assert fused not in _ops(lambda: agentattn.agent_attention(*args, backend="reference"))
     monkeypatch.setenv("AGENTATTN_BACKEND", "reference")
+    assert fused in _ops(lambda: agentattn.agent_attention(*args))  # read at first use, not per call
+    _ext.reread_switches()
     assert fused not in _ops(lambda: agentattn.agent_attention(*args))
     assert fused in _ops(lambda: agentattn.agent_attention(*args, backend="cpp"))  # the argument wins
     monkeypatch.setenv("AGENTATTN_BACKEND", "nonsense")
+    _ext.reread_switches()
     with pytest.raises(ValueError, match="backend must be one of"):
         agentattn.agent_attention(*args)
 
@@ -630,6 +634,7 @@ def test_fallback_without_extension_warns_once(monkeypatch):
     monkeypatch.setattr(_ext, "_load_error", "ImportError: pretend it failed")
     monkeypatch.setattr(_ext, "_warned", False)
     monkeypatch.delenv("AGENTATTN_BACKEND", raising=False)
+    monkeypatch.setattr(_ext, "_SWITCHES", {})
     info = agentattn.backends()
     assert info["cpu"] == ["reference"] and info["extension"] is False
     assert info["extension_error"] == "ImportError: pretend it failed"
