@@ -15,15 +15,17 @@ state dict to ours (load with ``strict=True``). Whatever a converter cannot repr
 
 What each original becomes (tests/agentattn/test_convert_*.py compare outputs and all gradients in fp64):
 
-| original (file in LeapLabTHU/Agent-Attention) | ours | notes |
-|---|---|---|
-| Agent-DeiT ``AgentAttention`` (agent_deit.py) | ``AgentAttention(num_prefix_tokens=1)`` | same names |
-| Agent-PVT ``AgentAttention`` (agent_pvt.py), sr_ratio 1 | ``AgentAttention`` | ``q`` + ``kv`` -> ``qkv`` |
-| Agent-PVT, sr_ratio > 1 | ``AgentAttention(sr_ratio=r)`` | same names (``q``, ``kv``, ``sr``, ``norm``) |
-| detection Agent-PVT (mmdet backbones/agent_pvt.py) | ``AgentAttention(bias_agent_grid=..., scale=..., dwc_kernel=...)`` | ``downstream_agent_shape``; its sr_ratio > 1 cannot run there (asserts) and is refused |
-| Agent-Swin ``AgentAttention`` (agent_swin.py) | ``AgentAttention(ignore_mask=True)`` | the original ignores the shifted-window mask too |
-| Agent-CSwin ``AgentAttention`` (agent_cswin.py) | :class:`CSWinAgentAttention` | ``get_v`` -> ``dwc``; forward(qkv) as there |
-| AgentSD (agentsd/patch.py) | :class:`AgentSDAttention` | two scales (``k_scale2``) and ``k_shortcut`` |
+- Agent-DeiT ``AgentAttention`` (agent_deit.py) -> ``AgentAttention(num_prefix_tokens=1)``, same names.
+- Agent-PVT ``AgentAttention`` (agent_pvt.py): sr_ratio 1 -> ``AgentAttention`` (``q`` + ``kv`` -> ``qkv``);
+  sr_ratio > 1 -> ``AgentAttention(sr_ratio=r)``, same names (``q``, ``kv``, ``sr``, ``norm``).
+- detection Agent-PVT (mmdet backbones/agent_pvt.py, ``downstream_agent_shape``) ->
+  ``AgentAttention(bias_agent_grid=..., scale=..., dwc_kernel=...)``; its sr_ratio > 1 is refused (the
+  original asserts sr_ratio == 1 in forward and cannot run it).
+- Agent-Swin ``AgentAttention`` (agent_swin.py) -> ``AgentAttention(ignore_mask=True)`` (the original ignores
+  the shifted-window mask too).
+- Agent-CSwin ``AgentAttention`` (agent_cswin.py) -> :class:`CSWinAgentAttention` (``get_v`` -> ``dwc``;
+  forward(qkv) as there).
+- AgentSD (agentsd/patch.py) -> :class:`AgentSDAttention` (two scales, ``k_scale2``, and ``k_shortcut``).
 """
 from __future__ import annotations
 
@@ -221,7 +223,7 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
                           ("gate", getattr(attn, "gate", None) is not None)):
             if bad:
                 raise ValueError(f"{name}: {what} has no counterpart in agent attention; build the model without it")
-        if not isinstance(getattr(attn, "qkv", None), nn.Linear) or not isinstance(getattr(attn, "proj", None), nn.Linear):
+        if not all(isinstance(getattr(attn, lin, None), nn.Linear) for lin in ("qkv", "proj")):
             raise ValueError(f"{name} ({type(attn).__name__}) has no qkv/proj linears: not a timm Attention")
         dim = attn.qkv.in_features
         heads = attn.num_heads

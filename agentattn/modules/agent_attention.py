@@ -214,7 +214,8 @@ class AgentAttention(nn.Module):
         if self.context_dim is None:
             kh, kw = (h, w) if kv_hw is None else kv_hw
             b1 = F.interpolate(self.an_bias, size=(kh, kw), mode="bilinear").reshape(1, H, n, kh * kw)
-            b1 = b1 + (self._resize_1d(self.ah_bias, kh, 3) + self._resize_1d(self.aw_bias, kw, 4)).reshape(1, H, n, kh * kw)
+            rows_cols = self._resize_1d(self.ah_bias, kh, 3) + self._resize_1d(self.aw_bias, kw, 4)
+            b1 = b1 + rows_cols.reshape(1, H, n, kh * kw)
             b1 = self._resize_agents(b1.transpose(-2, -1)).transpose(-2, -1)
         b2 = F.interpolate(self.na_bias, size=(h, w), mode="bilinear").reshape(1, H, n, h * w).transpose(-2, -1)
         b2 = b2 + (self._resize_1d(self.ha_bias, h, 2) + self._resize_1d(self.wa_bias, w, 3)).reshape(1, H, h * w, n)

@@ -96,7 +96,7 @@ def check_parity(original, ours, inputs, call_orig=None, call_ours=None, grad_ma
         assert e64 <= 1e-12 * scale, f"{name}: fp64 error {e64:.3g} > 1e-12 * {scale:.3g}"
         e_ours, e_orig = _max_err(o32, ref), _max_err(r32, ref)
         bound = 4 * e_orig + 4 * EPS32 * scale
-        assert e_ours <= bound, f"{name}: fp32 error {e_ours:.3g} > 4 x the original's fp32 error {e_orig:.3g} (+ floor)"
+        assert e_ours <= bound, f"{name}: fp32 error {e_ours:.3g} > 4 x the original's fp32 error {e_orig:.3g} + floor"
         report[name] = (e64, e_ours, e_orig)
     return report
 

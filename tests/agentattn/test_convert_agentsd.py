@@ -55,7 +55,8 @@ def test_agentsd_cross_attention_with_agents_and_errors(originals):
     attn = originals.agentsd.CrossAttention(32, context_dim=48, heads=2, dim_head=16)
     ours = cv.AgentSDAttention(attn, k_scale2=0.3, k_shortcut=0.0)
     g = torch.Generator().manual_seed(5)
-    x, ctx, agent = torch.randn(2, 64, 32, generator=g), torch.randn(2, 77, 48, generator=g), torch.randn(2, 9, 32, generator=g)
+    x, ctx = torch.randn(2, 64, 32, generator=g), torch.randn(2, 77, 48, generator=g)
+    agent = torch.randn(2, 9, 32, generator=g)
     out = ours(x, agent=agent, context=ctx)
     heads = lambda t: t.reshape(2, t.shape[1], 2, 16).transpose(1, 2)  # noqa: E731
     with torch.no_grad():

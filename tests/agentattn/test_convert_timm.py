@@ -31,7 +31,7 @@ def test_weights_carried_over_and_agent_parameters_initialised_as_the_authors(or
     names = cv.timm_vit(model, agent_num=49)
     assert names == [f"blocks.{i}.attn" for i in range(12)]
     biases = []
-    for blk, (qw, qb, pw, pb) in zip(model.blocks, before):
+    for blk, (qw, qb, pw, pb) in zip(model.blocks, before, strict=True):
         a = blk.attn
         assert isinstance(a, AgentAttention) and a.window == (14, 14) and a.num_prefix_tokens == 1 and a.agent_num == 49
         for x, y in ((a.qkv.weight, qw), (a.qkv.bias, qb), (a.proj.weight, pw), (a.proj.bias, pb)):

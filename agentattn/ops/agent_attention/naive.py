@@ -58,7 +58,8 @@ def agent_attention_ref_stats(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The fused op's full forward contract: (out, agent_v, lse_agent, lse_query).
 
-    Shapes as in :func:`agent_attention_ref`. out (B, H, N, d); agent_v (B, H, n, d); lse_agent (B, H, n) and lse_query (B, H, N) are the
+    Shapes as in :func:`agent_attention_ref`. out (B, H, N, d); agent_v (B, H, n, d); lse_agent (B, H, n)
+    and lse_query (B, H, N) are the
     log-sum-exp of the stage-1 and stage-2 score rows, in float32 (float64 for float64 inputs).
     """
     stat_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32

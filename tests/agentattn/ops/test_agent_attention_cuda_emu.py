@@ -118,11 +118,11 @@ def test_emulated_cuda_kernels_match_reference(lib, case):
     M = ins[1].shape[2]
     assert splits[0] > 1 and splits[1] > 1 or sms == 1 or min(N, M) <= 32  # the split paths are exercised
     for name, x, y in zip(("out", "agent_v", "lse_agent", "lse_query"), stats,
-                          agent_attention_ref_stats(*ins, s)):
+                          agent_attention_ref_stats(*ins, s), strict=True):
         torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5, msg=name)
     xs = [None if t is None else t.clone().requires_grad_() for t in ins]
     agent_attention_ref(*xs, s).backward(grad)
-    for name, x, y in zip(GRAD_NAMES, grads, xs):
+    for name, x, y in zip(GRAD_NAMES, grads, xs, strict=True):
         if y is not None:
             torch.testing.assert_close(x.double(), y.grad, rtol=1e-4, atol=2e-5, msg=f"d{name}")
 
@@ -138,7 +138,7 @@ def test_emulated_cuda_kernels_poisoned_input_gives_the_reference_pattern(lib, c
     (fp32 reference) and its values elsewhere. ``bias_agent_tile_neginf`` masks the first 40 keys of one
     agent row (more than a key tile: a tile of all -inf scores must add 0, not NaN)."""
     ins, grad = _inputs(case, seed=3)
-    t = dict(zip(GRAD_NAMES, ins), grad_out=grad)
+    t = dict(zip(GRAD_NAMES, ins, strict=True), grad_out=grad)
     name, kind = poison.rsplit("_", 1)
     if kind == "neginf":
         name, what = name.rsplit("_", 1)
@@ -158,7 +158,7 @@ def test_emulated_cuda_kernels_poisoned_input_gives_the_reference_pattern(lib, c
         return [o.detach()] + [x.grad for x in xs]
 
     r32, r64 = ref(torch.float32), ref(torch.float64)
-    for nm, x, r, r6 in zip(("out",) + tuple("d" + g for g in GRAD_NAMES), [out, *grads], r32, r64):
+    for nm, x, r, r6 in zip(("out",) + tuple("d" + g for g in GRAD_NAMES), [out, *grads], r32, r64, strict=True):
         assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN at {int(torch.isnan(x).sum())}, " \
             f"reference at {int(torch.isnan(r).sum())}"
         assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs"

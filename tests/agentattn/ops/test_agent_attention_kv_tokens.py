@@ -4,7 +4,8 @@ of its own (``scale_query``, AgentSD): outputs and all six gradients against the
 backend; the FLOP formula and the fake kernel for M != N.
 
 The Triton and (emulated) CUDA kernels are checked for M != N in test_agent_attention_triton.py and
-test_agent_attention_cuda_emu.py. Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/ops/test_agent_attention_kv_tokens.py``.
+test_agent_attention_cuda_emu.py.
+Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/ops/test_agent_attention_kv_tokens.py``.
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def test_keys_of_their_own_count_match_reference(case, dtype, backend):
     got = _run([None if t is None else t.to(dtype) for t in ins], go.to(dtype), scale=0.3, backend=backend)
     assert got[0].shape == ins[0].shape
     tol = 1e-12 if dtype == torch.float64 else 2e-5
-    for name, x, r in zip(("out",) + NAMES, got, ref):
+    for name, x, r in zip(("out",) + NAMES, got, ref, strict=True):
         if r is None:
             assert x is None, name
             continue
@@ -78,7 +79,7 @@ def test_scale_query_is_the_stage2_scale(backend):
     got = _run([t.float() if t is not None else None for t in ins], go.float(), scale=s, scale_query=s2,
                backend=backend)
     torch.testing.assert_close(got[0].double(), want.detach(), rtol=0, atol=2e-6)
-    for name, x, r in zip(NAMES, got[1:], xs):
+    for name, x, r in zip(NAMES, got[1:], xs, strict=True):
         if r is not None:
             torch.testing.assert_close(x.double(), r.grad, rtol=0, atol=2e-5 * (1 + r.grad.abs().max().item()),
                                        msg=name)
@@ -108,7 +109,7 @@ def test_flop_formula_counts_both_token_counts():
 def test_mismatched_keys_and_values_are_refused():
     ins, _ = _inputs(1, 2, 20, 10, 4, 8, None, None)
     q, k, v, a = ins[:4]
-    with pytest.raises(ValueError, match=r"v must have k's shape \(B, H, M, d\) = \(1, 2, 10, 8\), got \(1, 2, 11, 8\)"):
+    with pytest.raises(ValueError, match=r"v must have k's shape \(B, H, M, d\) = \(1, 2, 10, 8\), got \(1, 2, 11,"):
         agentattn.agent_attention(q, k, torch.randn(1, 2, 11, 8, dtype=q.dtype), a)
     with pytest.raises(ValueError, match=r"bias_agent must be broadcastable to .*\(1, 2, 4, 10\)"):
         agentattn.agent_attention(q, k, v, a, bias_agent=torch.zeros(1, 2, 4, 20, dtype=q.dtype))

@@ -78,7 +78,7 @@ def test_poisoned_input_gives_the_reference_pattern(shape, poison, dtype, thread
     got = _run(t, "cpp")
     ref64 = _run({k: x.double() for k, x in t.items()}, "reference")
     assert any(not torch.isfinite(r).all() for r in ref), "the poison must reach the reference's results"
-    for name, x, r, r64 in zip(NAMES, got, ref, ref64):
+    for name, x, r, r64 in zip(NAMES, got, ref, ref64, strict=True):
         if poison.startswith("grad_out_inf"):
             # inf - inf in the softmax backward: which entries end as NaN and which as +-inf depends on the
             # order of the sums (the reference itself differs from its float64 run); non-finite must match

@@ -173,7 +173,8 @@ def test_poisoned_input_gives_the_reference_pattern(case, poison):
     ref64 = run(agent_attention_ref, torch.float64, "cpu")
     got = run(tri.agent_attention_triton, torch.float32, DEVICE)
     assert poison.endswith("tile_neginf") or any(not torch.isfinite(r).all() for r in ref)
-    for nm, x, r, r64 in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), got, ref, ref64):
+    names = ("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query")
+    for nm, x, r, r64 in zip(names, got, ref, ref64, strict=True):
         assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN at {int(torch.isnan(x).sum())}, " \
             f"reference at {int(torch.isnan(r).sum())}"
         assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs"
