@@ -1,14 +1,16 @@
 """What the CPU op's non-finite detour costs on finite inputs (issue 17: <= 3 % at the B shapes).
 
-``agentattn.agent_attention(backend="cpp")`` checks float32 inputs for NaN/inf (one sum over k, agents and
-the biases before the C++ kernel, ``isfinite(lse_query)`` after it; ``op._cpu_cpp``) and runs the reference
+``agentattn.agent_attention(backend="cpp")`` checks float32 results for NaN/inf (``op._cpu_cpp``: one sum
+over the agents, both biases and the two log-sum-exp outputs, one host sync) and runs the reference
 composition where the kernel would hide a NaN. This times, interleaved round-robin in one process:
 
   raw      torch.ops.agentattn.agent_attention_fwd on prepared inputs (the kernel and its autograd alone)
-  op       agentattn.agent_attention(backend="cpp"): checks, bias preparation, the kernel
-  check    the check alone (_finite_scores + isfinite(lse_query))
+  op       agentattn.agent_attention(backend="cpp"): bias preparation, the kernel, the check
+  check    the check alone (op._all_finite(agents, bias_agent, bias_query, lse_agent, lse_query))
+  k_pass   what checking k as well would add (op._all_finite(k): a full pass over k), not done by the op
 
-and prints median ms and check / raw in %, forward and forward+backward, at the CPU suite's shapes::
+and prints median ms and check / raw, k_pass / raw in %, forward and forward+backward, at the CPU suite's
+shapes::
 
     flock /tmp/cpu-heavy.lock python benchmarks/agent_attention_nan_cost.py [--threads 2] [--reps 41]
 """
@@ -49,8 +51,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, torch {torch.__version__}, reps {args.reps} (medians, ms)")
-    print("| shape | pass | raw ms | op ms | check ms | check / raw |")
-    print("|---|---|---|---|---|---|")
+    print("| shape | pass | raw ms | op ms | check ms | check / raw | k_pass ms | k_pass / raw |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, B, H, N, n, d in SHAPES:
         g = torch.Generator().manual_seed(0)
         mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -58,11 +60,13 @@ def main(argv=None) -> int:
                0.02 * mk(1, H, N, n)]
         go = mk(B, H, N, d)
         s = d ** -0.5
-        lse = torch.ops.agentattn.agent_attention_fwd(*ins, s)[3]
+        _, _, lse_a, lse_q = torch.ops.agentattn.agent_attention_fwd(*ins, s)
 
         def check():
-            op._finite_scores(ins[1], ins[3], ins[4], ins[5])
-            bool(torch.isfinite(lse).all())
+            op._all_finite(ins[3], ins[4], ins[5], lse_a, lse_q)
+
+        def k_pass():
+            op._all_finite(ins[1])
 
         for pss in ("fwd", "fwd_bwd"):
             if pss == "fwd":
@@ -85,9 +89,10 @@ def main(argv=None) -> int:
                     agentattn.agent_attention(*ts, s, backend="cpp").backward(go)
                     for t in ts:
                         t.grad = None
-            res = _time({"raw": raw, "op": full, "check": check}, 3, args.reps)
+            res = _time({"raw": raw, "op": full, "check": check, "k_pass": k_pass}, 3, args.reps)
             print(f"| {name} | {pss} | {res['raw']:.3f} | {res['op']:.3f} | {res['check']:.3f} | "
-                  f"{100 * res['check'] / res['raw']:.1f} % |")
+                  f"{100 * res['check'] / res['raw']:.1f} % | {res['k_pass']:.3f} | "
+                  f"{100 * res['k_pass'] / res['raw']:.1f} % |")
     return 0
 
 

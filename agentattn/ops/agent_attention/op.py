@@ -106,30 +106,32 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def _finite_scores(k: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None) -> bool:
-    """Whether the inputs of the scores, except q, are all finite: one streaming sum per tensor (a NaN or
-    an infinity, or a sum so large it overflows, makes the total non-finite; the overflow only costs a
-    detour through the reference). q is checked after the kernel through lse_query (see _cpu_cpp)."""
-    total = k.sum() + agents.sum()
-    if b1 is not None:
-        total = total + b1.sum()
-    if b2 is not None:
-        total = total + b2.sum()
-    return bool(torch.isfinite(total))
+def _all_finite(*tensors: Tensor | None) -> bool:
+    """Whether every given tensor is finite, by one sum each and a single host sync (a NaN or an infinity
+    makes the total non-finite; so does a finite total that overflows, which only costs a detour)."""
+    total = None
+    for t in tensors:
+        if t is not None:
+            total = t.sum() if total is None else total + t.sum()
+    return total is None or bool(torch.isfinite(total))
 
 
 def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None,
              s: float) -> Tensor | None:
     """The C++ CPU kernel, or None where it cannot give the reference's result (the caller then runs the
     reference composition). Interim routing until the restructured CPU kernel handles these itself
-    (what remains for it is listed in docs/agent_attention.md, "CPU kernel: routed cases"):
+    (docs/agent_attention.md, "CPU kernel: routed cases", lists what remains for it):
 
     - M != N (keys/values with their own token count): the kernel requires k and v shaped like q.
     - non-finite inputs in float32 (and fp16/bf16, which run in float32): its fp32 paths drop a NaN score
       (probability 0) and give a finite row where the reference gives NaN (also for an all -inf bias row).
-      Detected by one sum over k, agents and the biases before the call and by lse_query (B, H, N) after
-      it (a NaN/inf in a q row leaves lse_query non-finite there); v needs no check (the products
-      propagate it). float64 runs a path that propagates NaN as the reference does. Not checked while
+      Detected after the kernel by one sum over the agents, both biases and the two log-sum-exp outputs
+      (a NaN/inf in a q row leaves lse_query non-finite there; a key row of NaN scores for every agent,
+      or +inf scores, leaves lse_agent non-finite), all small next to q, k and v. Not detected: an
+      isolated NaN in k (one key's scores dropped, lse_agent still finite). Checking k itself costs a
+      full pass over it, measured at 5-20 % of the forward at the B shapes (benchmarks/
+      agent_attention_nan_cost.py), over issue 17's 3 % budget: left to the kernel. v needs no check
+      (the products propagate it); float64 propagates NaN in the kernel already. Not checked while
       tracing (torch.compile / export / jit.trace): no data-dependent branch can run then.
     """
     if k.shape[2] != q.shape[2]:
@@ -138,11 +140,8 @@ def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None,
     args = [t.float() if low else t for t in (q, k, v, agents)]
     bs = [None if t is None else (t.float() if low else t) for t in (b1, b2)]
     args = [t.contiguous() for t in args]
-    check = args[0].dtype != torch.float64 and not _tracing()
-    if check and not _finite_scores(args[1], args[3], bs[0], bs[1]):
-        return None
-    out, _, _, lse_q = torch.ops.agentattn.agent_attention_fwd(*args, bs[0], bs[1], s)
-    if check and not bool(torch.isfinite(lse_q).all()):
+    out, _, lse_a, lse_q = torch.ops.agentattn.agent_attention_fwd(*args, bs[0], bs[1], s)
+    if args[0].dtype != torch.float64 and not _tracing() and not _all_finite(args[3], bs[0], bs[1], lse_a, lse_q):
         return None
     return out.to(q.dtype) if low else out
 
