@@ -126,8 +126,8 @@ def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None,
     - non-finite inputs in float32 (and fp16/bf16, which run in float32): its fp32 paths drop a NaN score
       (probability 0) and give a finite row where the reference gives NaN (also for an all -inf bias row).
       Detected after the kernel by one sum over the agents, both biases and the two log-sum-exp outputs
-      (a NaN/inf in a q row leaves lse_query non-finite there; a key row of NaN scores for every agent,
-      or +inf scores, leaves lse_agent non-finite), all small next to q, k and v. Not detected: an
+      (a NaN/inf in a q row leaves lse_query non-finite there; an infinite key entry, or NaN in every
+      key of a head, leaves lse_agent non-finite), all small next to q, k and v. Not detected: an
       isolated NaN in k (one key's scores dropped, lse_agent still finite). Checking k itself costs a
       full pass over it, measured at 5-20 % of the forward at the B shapes (benchmarks/
       agent_attention_nan_cost.py), over issue 17's 3 % budget: left to the kernel. v needs no check

@@ -128,3 +128,16 @@ def test_finite_inputs_take_the_kernel(monkeypatch):
     t["agents"][0, 0, 0, 0] = float("nan")
     agentattn.agent_attention(*(t[k] for k in ("q", "k", "v", "agents", "bias_agent", "bias_query")))
     assert calls == [1]
+
+
+def test_nan_in_every_key_of_a_head_is_caught():
+    """A NaN in one channel of every key (as a NaN in k's projection weights gives) reaches the output as in
+    the reference, on the float32 kernel too: the kernel's lse_agent shows it."""
+    names = ("q", "k", "v", "agents", "bias_agent", "bias_query")
+    for shape in SHAPES[:4]:
+        t = _inputs(*shape, "q_nan", torch.float32)
+        t["q"] = torch.nan_to_num(t["q"])
+        t["k"][0, 0, :, 1] = float("nan")
+        out = agentattn.agent_attention(*(t[k] for k in names))
+        ref = agent_attention_ref(*(t[k] for k in names))
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[0, 0]).all(), shape
