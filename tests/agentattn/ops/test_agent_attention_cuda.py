@@ -130,3 +130,47 @@ def test_other_device_index_and_stream(backend):
     s.synchronize()
     ref = agent_attention_ref(*inputs[:4])
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("N,M", [(196, 4), (3136, 49), (64, 77), (10, 300)], ids=lambda v: str(v))
+def test_keys_of_their_own_count(N, M, backend):
+    """k, v (B, H, M, d) with M != N (PVT's spatial reduction, cross-attention), fp32, outputs and gradients."""
+    B, H, n, d = 2, 2, 9, 32
+    g = torch.Generator(device="cuda").manual_seed(1)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    inputs = [mk(B, H, N, d), mk(B, H, M, d), mk(B, H, M, d), mk(B, H, n, d),
+              0.5 * mk(1, H, n, M), 0.5 * mk(1, H, N, n)]
+    grad = mk(B, H, N, d)
+    ref = _run(lambda *x: agent_attention_ref(*x, 0.3), inputs, torch.float64, grad)
+    got = _run(lambda *x: agentattn.agent_attention(*x, scale=0.3, backend=backend), inputs, torch.float32, grad)
+    for name, r, x in zip(["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"], ref, got, strict=True):
+        assert x.shape == r.shape, name
+        assert (x - r).abs().max().item() <= 1e-4 * max(1.0, r.abs().max().item()), name
+
+
+POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan", "k_inf",
+           "bias_agent_row_neginf", "bias_query_row_neginf", "bias_agent_tile_neginf", "grad_out_nan"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("poison", POISONS)
+def test_poisoned_input_gives_the_reference_pattern(poison, backend):
+    """Each input poisoned in turn (fp32): the output and all six gradients have the NaN/inf pattern of the
+    reference composition; ``bias_agent_tile_neginf`` masks 100 leading keys of a row (whole key tiles)."""
+    B, H, N, n, d = 2, 2, 300, 9, 32
+    inputs = _inputs((B, H, N, n, d, (1, 2), (1, 2)), seed=3)
+    grad = torch.randn(B, H, N, d, device="cuda", dtype=torch.float64)
+    t = dict(zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), inputs, strict=True), grad_out=grad)
+    name, kind = poison.rsplit("_", 1)
+    if kind == "neginf":
+        name, what = name.rsplit("_", 1)
+        t[name][0, -1, t[name].shape[2] // 2, : (100 if what == "tile" else t[name].shape[3])] = float("-inf")
+    else:
+        t[name][-1, -1, t[name].shape[2] // 2, 1] = float(kind)
+    ins = [t[k] for k in ("q", "k", "v", "agents", "bias_agent", "bias_query")]
+    ref = _run(agent_attention_ref, ins, torch.float32, t["grad_out"])
+    got = _run(lambda *x: agentattn.agent_attention(*x, backend=backend), ins, torch.float32, t["grad_out"])
+    for nm, x, r in zip(["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"], got, ref, strict=True):
+        assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN pattern differs ({backend}, {poison})"
+        assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs ({backend}, {poison})"
