@@ -217,6 +217,8 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
     for i in idx:
         attn = blocks[i].attn
         name = f"blocks.{i}.attn"
+        if isinstance(attn, AgentAttention):
+            continue  # converted already: keep its (maybe trained) agent parameters
         for what, bad in (("q_norm", not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity)),
                           ("k_norm", not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity)),
                           ("norm (scale_norm)", not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity)),

@@ -40,6 +40,8 @@ def test_weights_carried_over_and_agent_parameters_initialised_as_the_authors(or
         assert a.dwc.weight.shape == (192, 1, 3, 3) and a.dwc.weight.abs().max() <= 1 / 3  # kaiming-uniform bound
     b = torch.cat(biases)
     assert abs(b.std().item() - 0.02) < 0.001 and abs(b.mean().item()) < 0.001  # trunc_normal_(std=0.02)
+    first = model.blocks[0].attn
+    assert cv.timm_vit(model) == [] and model.blocks[0].attn is first  # a second call keeps what is converted
 
 
 def test_converted_block_is_the_authors_agent_deit_block(originals, parity):
