@@ -252,7 +252,7 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
         blocks[i].attn = ours
         names.append(name)
         swapped.append(ours)
-    if getattr(model, "dynamic_img_size", False):
+    if swapped and getattr(model, "dynamic_img_size", False):
         def set_grid(_mod, _inp, out, swapped=swapped):
             hw = tuple(out.shape[1:3]) if out.dim() == 4 else None  # dynamic_img_size: NHWC patch grid
             for a in swapped:
