@@ -42,6 +42,9 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, agents: Tensor) -> None:
         raise ValueError(f"agents must be (B, H, n, d) = ({B}, {H}, n, {d}), got {_shape(agents)}")
     if agents.shape[2] == 0:
         raise ValueError("agents must hold at least one agent token (n >= 1), got n = 0")
+    if d == 0:
+        raise ValueError(f"q, k, v and agents need a head dim d >= 1, got d = 0 (q {_shape(q)}); check the "
+                         "head split (dim // num_heads)")
     for name, t in (("k", k), ("v", v), ("agents", agents)):
         if t.dtype != q.dtype:
             raise ValueError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}; cast them to one dtype")

@@ -541,6 +541,7 @@ ERROR_CASES = [
      r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(2, 3, 4, 6\)"),
     ("agents-B", _with(3, lambda a: a[3][:1]), r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(1, 3, 4, 8\)"),
     ("agents-empty", _with(3, lambda a: a[3][:, :, :0]), r"agents must hold at least one agent token"),
+    ("d-zero", lambda a: [t[..., :0] for t in a[:4]] + [None, None], r"need a head dim d >= 1, got d = 0"),
     ("k-dtype", _with(1, lambda a: a[1].float()), r"k dtype torch.float32 differs from q dtype torch.float64"),
     ("int-dtype", lambda a: [t.int() for t in a[:4]] + [None, None], r"q must be a floating-point tensor.*torch.int32"),
     ("v-device", _with(2, lambda a: a[2].to("meta")), r"v is on meta but q is on cpu"),
