@@ -7,10 +7,12 @@ composition where the kernel would hide a NaN. This times, interleaved round-rob
   raw      torch.ops.agentattn.agent_attention_fwd on prepared inputs (the kernel and its autograd alone)
   op       agentattn.agent_attention(backend="cpp"): bias preparation, the kernel, the check
   check    the check alone (op._all_finite(agents, bias_agent, bias_query, lse_agent, lse_query))
+  nocheck  the op with the check switched off (op._all_finite patched to return True): the op as it
+           was before the check, timed in the same round-robin, so op / nocheck is the check's cost
   k_pass   what checking k as well would add (op._all_finite(k): a full pass over k), not done by the op
 
-and prints median ms and check / raw, k_pass / raw in %, forward and forward+backward, at the CPU suite's
-shapes::
+and prints median ms and check / raw, op / nocheck - 1, k_pass / raw in %, forward and forward+backward,
+at the CPU suite's shapes::
 
     flock /tmp/cpu-heavy.lock python benchmarks/agent_attention_nan_cost.py [--threads 2] [--reps 41]
 """
@@ -51,8 +53,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, torch {torch.__version__}, reps {args.reps} (medians, ms)")
-    print("| shape | pass | raw ms | op ms | check ms | check / raw | k_pass ms | k_pass / raw |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| shape | pass | raw ms | op ms | nocheck ms | op / nocheck - 1 | check ms | check / raw | k_pass ms "
+          "| k_pass / raw |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, B, H, N, n, d in SHAPES:
         g = torch.Generator().manual_seed(0)
         mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -89,8 +92,18 @@ def main(argv=None) -> int:
                     agentattn.agent_attention(*ts, s, backend="cpp").backward(go)
                     for t in ts:
                         t.grad = None
-            res = _time({"raw": raw, "op": full, "check": check, "k_pass": k_pass}, 3, args.reps)
-            print(f"| {name} | {pss} | {res['raw']:.3f} | {res['op']:.3f} | {res['check']:.3f} | "
+            def nocheck(full=full):
+                real = op._all_finite
+                op._all_finite = lambda *t: True
+                try:
+                    full()
+                finally:
+                    op._all_finite = real
+
+            res = _time({"raw": raw, "op": full, "nocheck": nocheck, "check": check, "k_pass": k_pass}, 3,
+                        args.reps)
+            print(f"| {name} | {pss} | {res['raw']:.3f} | {res['op']:.3f} | {res['nocheck']:.3f} | "
+                  f"{100 * (res['op'] / res['nocheck'] - 1):+.1f} % | {res['check']:.3f} | "
                   f"{100 * res['check'] / res['raw']:.1f} % | {res['k_pass']:.3f} | "
                   f"{100 * res['k_pass'] / res['raw']:.1f} % |")
     return 0
