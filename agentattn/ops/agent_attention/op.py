@@ -132,8 +132,8 @@ def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None,
       (a NaN/inf in a q row leaves lse_query non-finite there; an infinite key entry, or NaN in every
       key of a head, leaves lse_agent non-finite), all small next to q, k and v. Not detected: an
       isolated NaN in k (one key's scores dropped, lse_agent still finite). Checking k itself costs a
-      full pass over it, measured at 5-20 % of the forward at the B shapes (benchmarks/
-      agent_attention_nan_cost.py), over issue 17's 3 % budget: left to the kernel. v needs no check
+      full pass over it, over issue 17's 3 % budget at the B shapes wherever measured (benchmarks/
+      agent_attention_nan_cost.py; docs/agent_attention.md has the numbers): left to the kernel. v needs no check
       (the products propagate it); float64 propagates NaN in the kernel already. Not checked while
       tracing (torch.compile / export / jit.trace): no data-dependent branch can run then.
     """
