@@ -32,12 +32,14 @@ def has_ext() -> bool:
 
 
 def has_cuda_ext() -> bool:
-    """True when agentattn._C was built with its CUDA kernels."""
+    """True when agentattn._C was built with its CUDA kernels: whether the dispatcher holds a CUDA kernel for
+    the op. A registry query, not an op call, so torch.jit.trace / torch.export record nothing for it (the
+    ``built_with_cuda`` op returns a bool, which a traced graph cannot hold)."""
     if not has_ext():
         return False
     import torch
 
-    return bool(torch.ops.agentattn.built_with_cuda())
+    return torch._C._dispatch_has_kernel_for_dispatch_key("agentattn::agent_attention_fwd", "CUDA")
 
 
 def has_triton() -> bool:
@@ -99,14 +101,29 @@ def cpu_isa() -> str | None:
 
 
 BACKEND_CHOICES = ("auto", "cpp", "cuda", "triton", "reference")
+_SWITCHES: dict = {}  # environment switches, read once (first use): name -> value or None
+
+
+def env_switch(name: str) -> str | None:
+    """The value of the environment switch ``name`` as it was at its first use in this process (the
+    environment is not read per call). ``reread_switches()`` forgets them (tests that change the environment)."""
+    if name not in _SWITCHES:
+        _SWITCHES[name] = os.environ.get(name)
+    return _SWITCHES[name]
+
+
+def reread_switches() -> None:
+    """Forget the environment switches read so far; the next use reads the environment again."""
+    _SWITCHES.clear()
 
 
 def choose_backend(op: str, device_type: str, backend: str | None, avail) -> str:
     """The backend an ``op`` call on ``device_type`` uses: the argument, else ``AGENTATTN_BACKEND`` (CPU) /
-    ``AGENTATTN_CUDA_BACKEND`` (CUDA), else the first of ``avail`` (the available backends, fastest first).
+    ``AGENTATTN_CUDA_BACKEND`` (CUDA) as read at first use (``AGENTATTN_BACKEND=reference``: the one global way
+    to run the reference composition), else the first of ``avail`` (the available backends, fastest first).
     Falling back to the reference on CPU warns once; an unavailable explicit choice is an error."""
     env = "AGENTATTN_CUDA_BACKEND" if device_type == "cuda" else "AGENTATTN_BACKEND"
-    choice = (backend or os.environ.get(env) or "auto").lower()
+    choice = (backend or env_switch(env) or "auto").lower()
     if choice not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {BACKEND_CHOICES}, got {choice!r}")
     if choice == "auto":

@@ -3,7 +3,8 @@
 #   1. build agentattn._C with the CUDA kernels (in place, for this GPU's arch)
 #   2. the GPU test suite: CUDA and Triton backends vs the fp64 reference, opcheck, torch.compile;
 #      the Triton tests of the CPU suite, compiled for the GPU this time
-#   3. compute-sanitizer (memcheck + racecheck) on a small forward+backward of the CUDA kernels
+#   3. compute-sanitizer (memcheck + racecheck) on small forward+backward calls of the CUDA kernels
+#      (M = N, M < N, M > N; a NaN key and an all -inf bias row)
 #   4. the GPU benchmarks (benchmarks/suites/agent_attention_gpu.py, flow_patch_embed.py --device cuda)
 # Everything is written to benchmarks/results/<device>-<date>-gpu_check-* (and copied to $OUT when set,
 # as the device tool provides). Usage:
@@ -54,14 +55,23 @@ test)
     record tests "$([[ $rc -eq 0 ]] && echo ok || echo FAILED) ($(tail -1 "${prefix}-tests.log"))" ;;
 sanitize)
     echo "== compute-sanitizer"
+    # self-attention, fewer keys than queries (PVT sr), more keys (cross-attention, several key splits),
+    # then fp32 with a NaN key and a fully -inf bias row (the non-finite paths of the online softmax)
     small='import torch, agentattn
 g = torch.Generator(device="cuda").manual_seed(0)
+def case(dt, N, M, poison=False):
+    mk = lambda *s: torch.randn(*s, device="cuda", dtype=dt, generator=g)
+    q, k, v, a = mk(2, 2, N, 48), mk(2, 2, M, 48), mk(2, 2, M, 48), mk(2, 2, 9, 48)
+    b1, b2 = mk(1, 2, 9, M), mk(2, 2, N, 9)
+    if poison:
+        k[1, 1, M // 2, 3] = float("nan"); b1[0, 0, 4, :] = float("-inf")
+    xs = [t.requires_grad_() for t in (q, k, v, a, b1, b2)]
+    agentattn.agent_attention(*xs, backend="cuda").sum().backward()
 for dt in (torch.float32, torch.float16, torch.bfloat16):
-    mk = lambda *s: torch.randn(*s, device="cuda", dtype=dt, generator=g).requires_grad_()
-    q, k, v, a = mk(2, 2, 77, 48), mk(2, 2, 77, 48), mk(2, 2, 77, 48), mk(2, 2, 9, 48)
-    b1, b2 = mk(1, 2, 9, 77), mk(2, 2, 77, 9)
-    agentattn.agent_attention(q, k, v, a, b1, b2, backend="cuda").sum().backward()
-torch.cuda.synchronize(); print("sanitizer case done")'
+    for N, M in ((77, 77), (77, 13), (20, 300)):
+        case(dt, N, M)
+case(torch.float32, 77, 77, poison=True); case(torch.float32, 20, 300, poison=True)
+torch.cuda.synchronize(); print("sanitizer cases done")'
     : >"${prefix}-sanitizer.log"
     ok=1
     for tool in memcheck racecheck; do

@@ -1,8 +1,13 @@
 // Agent attention CUDA kernels, forward and backward, fp32 / fp16 / bf16 inputs, fp32 accumulation.
 //
-// Per (batch b, head h), scale s, agents A (n x d), keys/values K, V and queries Q (N x d):
-//   stage 1: S1 = s A K^T + B1 (n x N), P1 = softmax over N, V_A = P1 V (n x d)
+// Per (batch b, head h), scale s, agents A (n x d), keys/values K, V (M x d) and queries Q (N x d):
+//   stage 1: S1 = s A K^T + B1 (n x M), P1 = softmax over M, V_A = P1 V (n x d)
 //   stage 2: S2 = s Q A^T + B2 (N x n), P2 = softmax over n, O = P2 V_A (N x d)
+//
+// Non-finite values follow the reference composition: a NaN score enters its row sum through
+// __expf(NaN) = NaN (fmaxf in the row max ignores it, the sum does not), a row of -inf scores ends as 0/0
+// = NaN, and the online softmax subtracts 0 instead of a running max that is still -inf (a tile or split
+// whose scores are all -inf so far, e.g. masked keys) so that it adds exactly 0 rather than NaN.
 //
 // Kernels (one block of kThreads = 4 warps each; everything staged in dynamic shared memory as fp32,
 // rows padded to d+1 floats so that column walks are free of bank conflicts):
@@ -86,7 +91,7 @@ __device__ __forceinline__ void bias_grad(void* db, bool atomic, int64_t off, fl
 template <typename T>
 __global__ void __launch_bounds__(kThreads) stage1_fwd_split(const AgentAttnParams p) {
   extern __shared__ float smem[];
-  const int n = p.n, D = p.d, LD = D + 1, N = p.N, S = p.splits1;
+  const int n = p.n, D = p.d, LD = D + 1, M = p.M, S = p.splits1;
   const int sp = blockIdx.x;
   const int64_t bh = blockIdx.y;
   const int64_t b = bh / p.H, h = bh % p.H;
@@ -100,8 +105,8 @@ __global__ void __launch_bounds__(kThreads) stage1_fwd_split(const AgentAttnPara
   float* sL = sM + n;
   float* sAlpha = sL + n;
   const T* A = static_cast<const T*>(p.agents) + bh * n * D;
-  const T* K = static_cast<const T*>(p.k) + bh * N * D;
-  const T* V = static_cast<const T*>(p.v) + bh * N * D;
+  const T* K = static_cast<const T*>(p.k) + bh * M * D;
+  const T* V = static_cast<const T*>(p.v) + bh * M * D;
   const T* bias = p.bias_agent ? static_cast<const T*>(p.bias_agent) + b * p.b1_sb + h * p.b1_sh : nullptr;
   load_rows(sA, A, n, n, D, LD, p.scale);
   for (int e = tid; e < n * D; e += blockDim.x) sAcc[(e / D) * LD + e % D] = 0.f;
@@ -110,10 +115,10 @@ __global__ void __launch_bounds__(kThreads) stage1_fwd_split(const AgentAttnPara
     sL[i] = 0.f;
   }
   const int key0 = sp * p.tiles_per_split1 * kKeyTile;
-  const int key_end = min(N, key0 + p.tiles_per_split1 * kKeyTile);
+  const int key_end = min(M, key0 + p.tiles_per_split1 * kKeyTile);
   __syncthreads();
   for (int j0 = key0; j0 < key_end; j0 += kKeyTile) {
-    const int valid = min(kKeyTile, N - j0);
+    const int valid = min(kKeyTile, M - j0);
     load_rows(sK, K + static_cast<int64_t>(j0) * D, kKeyTile, valid, D, LD, 1.f);
     load_rows(sV, V + static_cast<int64_t>(j0) * D, kKeyTile, valid, D, LD, 1.f);
     __syncthreads();
@@ -122,7 +127,7 @@ __global__ void __launch_bounds__(kThreads) stage1_fwd_split(const AgentAttnPara
       float s = -INFINITY;
       if (j < valid) {
         s = dot_smem(sA + i * LD, sK + j * LD, D);
-        if (bias) s += to_f(bias[static_cast<int64_t>(i) * N + j0 + j]);
+        if (bias) s += to_f(bias[static_cast<int64_t>(i) * M + j0 + j]);
       }
       sS[e] = s;
     }
@@ -130,12 +135,13 @@ __global__ void __launch_bounds__(kThreads) stage1_fwd_split(const AgentAttnPara
     for (int i = warp; i < n; i += kWarps) {  // online softmax, one warp per agent row, lane = key
       const float s = sS[i * kKeyTile + lane];
       const float m_old = sM[i];
-      const float m_new = fmaxf(m_old, warp_max(s));  // finite: key j0 is always valid
-      const float pv = __expf(s - m_new);
+      const float m_new = fmaxf(m_old, warp_max(s));
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // all -inf so far (masked keys): p = 0, not NaN
+      const float pv = __expf(s - m_use);
       const float sum = warp_sum(pv);
       sS[i * kKeyTile + lane] = pv;
       if (lane == 0) {
-        const float alpha = __expf(m_old - m_new);
+        const float alpha = __expf(m_old - m_use);
         sAlpha[i] = alpha;
         sL[i] = sL[i] * alpha + sum;
         sM[i] = m_new;
@@ -174,14 +180,15 @@ __global__ void __launch_bounds__(kThreads) stage1_fwd_reduce(const AgentAttnPar
     const int i = e / D, c = e - i * D;
     float m = -INFINITY;
     for (int s = 0; s < S; ++s) m = fmaxf(m, m_part[s * n + i]);
+    const float m_use = m == -INFINITY ? 0.f : m;  // every split all -inf: l = 0, V_A = 0/0 = NaN as the reference
     float l = 0.f, acc = 0.f;
     for (int s = 0; s < S; ++s) {
-      const float w = __expf(m_part[s * n + i] - m);
+      const float w = __expf(m_part[s * n + i] - m_use);
       l = fmaf(l_part[s * n + i], w, l);
       acc = fmaf(acc_part[(static_cast<int64_t>(s) * n + i) * D + c], w, acc);
     }
     VA[e] = from_f<T>(acc / l);
-    if (c == 0) p.lse_agent[bh * n + i] = m + logf(l);
+    if (c == 0) p.lse_agent[bh * n + i] = m_use + logf(l);
   }
 }
 
@@ -356,7 +363,7 @@ __global__ void __launch_bounds__(kThreads) sum_splits(const float* src, float* 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) stage1_bwd(const AgentAttnParams p) {
   extern __shared__ float smem[];
-  const int n = p.n, D = p.d, LD = D + 1, N = p.N, S = p.splits1;
+  const int n = p.n, D = p.d, LD = D + 1, M = p.M, S = p.splits1;
   const int sp = blockIdx.x;
   const int64_t bh = blockIdx.y;
   const int64_t b = bh / p.H, h = bh % p.H;
@@ -373,12 +380,12 @@ __global__ void __launch_bounds__(kThreads) stage1_bwd(const AgentAttnParams p) 
   float* sLse = sD1 + n;            // n
   const int64_t boff = b * p.b1_sb + h * p.b1_sh;
   const T* bias = p.bias_agent ? static_cast<const T*>(p.bias_agent) + boff : nullptr;
-  const T* K = static_cast<const T*>(p.k) + bh * N * D;
-  const T* V = static_cast<const T*>(p.v) + bh * N * D;
+  const T* K = static_cast<const T*>(p.k) + bh * M * D;
+  const T* V = static_cast<const T*>(p.v) + bh * M * D;
   const T* VA = static_cast<const T*>(p.agent_v) + bh * n * D;
   const float* dVA = w.dva + bh * n * D;
-  T* dK = static_cast<T*>(p.dk) + bh * N * D;
-  T* dV = static_cast<T*>(p.dv) + bh * N * D;
+  T* dK = static_cast<T*>(p.dk) + bh * M * D;
+  T* dV = static_cast<T*>(p.dv) + bh * M * D;
   load_rows(sA, static_cast<const T*>(p.agents) + bh * n * D, n, n, D, LD, 1.f);
   load_rows(sdVA, dVA, n, n, D, LD, 1.f);
   for (int e = tid; e < n * D; e += blockDim.x) sdA[(e / D) * LD + e % D] = 0.f;
@@ -393,9 +400,9 @@ __global__ void __launch_bounds__(kThreads) stage1_bwd(const AgentAttnParams p) 
     }
   }
   const int key0 = sp * p.tiles_per_split1 * kKeyTile;
-  const int key_end = min(N, key0 + p.tiles_per_split1 * kKeyTile);
+  const int key_end = min(M, key0 + p.tiles_per_split1 * kKeyTile);
   for (int j0 = key0; j0 < key_end; j0 += kKeyTile) {
-    const int valid = min(kKeyTile, N - j0);
+    const int valid = min(kKeyTile, M - j0);
     __syncthreads();
     load_rows(sK, K + static_cast<int64_t>(j0) * D, kKeyTile, valid, D, LD, 1.f);
     load_rows(sV, V + static_cast<int64_t>(j0) * D, kKeyTile, valid, D, LD, 1.f);
@@ -406,11 +413,11 @@ __global__ void __launch_bounds__(kThreads) stage1_bwd(const AgentAttnParams p) 
       if (j < valid) {
         const int64_t key = j0 + j;
         float s = p.scale * dot_smem(sA + i * LD, sK + j * LD, D);
-        if (bias) s += to_f(bias[static_cast<int64_t>(i) * N + key]);
+        if (bias) s += to_f(bias[static_cast<int64_t>(i) * M + key]);
         pv = __expf(s - sLse[i]);
         const float dp = dot_smem(sdVA + i * LD, sV + j * LD, D);
         ds = pv * (dp - sD1[i]);
-        if (p.dbias_agent) bias_grad<T>(p.dbias_agent, p.db1_atomic, boff + static_cast<int64_t>(i) * N + key, ds);
+        if (p.dbias_agent) bias_grad<T>(p.dbias_agent, p.db1_atomic, boff + static_cast<int64_t>(i) * M + key, ds);
       }
       sP[e] = pv;
       sDS[e] = ds;
@@ -518,14 +525,14 @@ cudaError_t backward_t(const AgentAttnParams& p, cudaStream_t stream) {
 void plan_splits(AgentAttnParams& p, int num_sms) {
   const int64_t bh = static_cast<int64_t>(p.B) * p.H;
   const int64_t want = bh > 0 ? (2 * static_cast<int64_t>(num_sms) + bh - 1) / bh : 1;
-  auto plan = [&](int tile, int& splits, int& per) {
-    const int tiles = (p.N + tile - 1) / tile;
+  auto plan = [&](int rows, int tile, int& splits, int& per) {
+    const int tiles = (rows + tile - 1) / tile;
     const int s = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(tiles, want)));
     per = (tiles + s - 1) / s;
     splits = (tiles + per - 1) / per;  // every split starts on a real tile
   };
-  plan(kKeyTile, p.splits1, p.tiles_per_split1);
-  plan(kRowTile, p.splits2, p.tiles_per_split2);
+  plan(p.M, kKeyTile, p.splits1, p.tiles_per_split1);
+  plan(p.N, kRowTile, p.splits2, p.tiles_per_split2);
 }
 
 int64_t workspace_floats(const AgentAttnParams& p, bool backward) {

@@ -11,11 +11,12 @@ namespace cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
-// One (B, H) problem. Tensors are contiguous: q, k, v, out (B, H, N, d); agents, agent_v (B, H, n, d);
-// lse_agent (B, H, n) and lse_query (B, H, N) in fp32. Biases are contiguous (Bb, Hb, rows, cols) with
-// Bb in {1, B}, Hb in {1, H}; b*_sb / b*_sh are their batch / head strides in elements (0 = broadcast).
+// One (B, H) problem. Tensors are contiguous: q, out (B, H, N, d); k, v (B, H, M, d) (M = N for
+// self-attention); agents, agent_v (B, H, n, d); lse_agent (B, H, n) and lse_query (B, H, N) in fp32.
+// Biases are contiguous (Bb, Hb, rows, cols) with Bb in {1, B}, Hb in {1, H}; b*_sb / b*_sh are their
+// batch / head strides in elements (0 = broadcast).
 struct AgentAttnParams {
-  int B = 0, H = 0, N = 0, n = 0, d = 0;
+  int B = 0, H = 0, N = 0, M = 0, n = 0, d = 0;
   float scale = 1.f;
   DType dtype = DType::kFloat32;
 
@@ -23,7 +24,7 @@ struct AgentAttnParams {
   const void* k = nullptr;
   const void* v = nullptr;
   const void* agents = nullptr;
-  const void* bias_agent = nullptr;  // (Bb, Hb, n, N) or nullptr
+  const void* bias_agent = nullptr;  // (Bb, Hb, n, M) or nullptr
   const void* bias_query = nullptr;  // (Bb, Hb, N, n) or nullptr
   int64_t b1_sb = 0, b1_sh = 0, b2_sb = 0, b2_sh = 0;
 
@@ -46,8 +47,8 @@ struct AgentAttnParams {
   void* dbias_query = nullptr;
   bool db1_atomic = false, db2_atomic = false;
 
-  // Split of the N dimension across thread blocks (set by plan_splits) and the fp32 workspace
-  // (workspace_floats() elements).
+  // Split of the M keys (stage 1) and N queries (stage-2 backward) across thread blocks (set by
+  // plan_splits) and the fp32 workspace (workspace_floats() elements).
   int splits1 = 1, tiles_per_split1 = 1;  // stage 1: key tiles of kKeyTile
   int splits2 = 1, tiles_per_split2 = 1;  // stage-2 backward: query tiles of kRowTile
   float* work = nullptr;

@@ -30,8 +30,10 @@ cuda::DType to_dtype(at::ScalarType t) {
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a) {
   TORCH_CHECK(q.dim() == 4, "q must be (B, H, N, d), got ", q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), "k and v must match q ", q.sizes(),
-              ", got k ", k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(k.dim() == 4 && k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3) &&
+                  k.size(2) >= 1 && v.sizes() == k.sizes(),
+              "k and v must be (B, H, M, d) = (", q.size(0), ", ", q.size(1), ", M >= 1, ", q.size(3),
+              ") with one M, got k ", k.sizes(), " v ", v.sizes());
   TORCH_CHECK(a.dim() == 4 && a.size(0) == q.size(0) && a.size(1) == q.size(1) && a.size(3) == q.size(3),
               "agents must be (B, H, n, d) = (", q.size(0), ", ", q.size(1), ", n, ", q.size(3), "), got ",
               a.sizes());
@@ -42,8 +44,9 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     TORCH_CHECK(t->scalar_type() == q.scalar_type(), "all inputs must share q's dtype ", q.scalar_type(),
                 ", got ", t->scalar_type());
   }
-  TORCH_CHECK(q.size(2) < (int64_t{1} << 31) && q.size(0) * q.size(1) < 65536,
-              "agent_attention CUDA kernel: N must be < 2^31 and B*H < 65536, got ", q.sizes());
+  TORCH_CHECK(q.size(2) < (int64_t{1} << 31) && k.size(2) < (int64_t{1} << 31) && q.size(0) * q.size(1) < 65536,
+              "agent_attention CUDA kernel: N and M must be < 2^31 and B*H < 65536, got q ", q.sizes(), " k ",
+              k.sizes());
 }
 
 void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& q, int64_t rows, int64_t cols,
@@ -75,6 +78,7 @@ AgentAttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::
   p.B = static_cast<int>(q.size(0));
   p.H = static_cast<int>(q.size(1));
   p.N = static_cast<int>(q.size(2));
+  p.M = static_cast<int>(k.size(2));
   p.n = static_cast<int>(a.size(2));
   p.d = static_cast<int>(q.size(3));
   p.scale = static_cast<float>(scale);
@@ -113,8 +117,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> agent_attention_fwd_c
   check_inputs(q_in, k_in, v_in, a_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), a = a_in.contiguous();
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2), d = q.size(3);
-  check_bias(bias_agent, q, n, N, "bias_agent");
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), n = a.size(2), d = q.size(3);
+  check_bias(bias_agent, q, n, M, "bias_agent");
   check_bias(bias_query, q, N, n, "bias_query");
   auto b1 = contig(bias_agent), b2 = contig(bias_query);
   AgentAttnParams p = make_params(q, k, v, a, b1, b2, scale);
@@ -140,8 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_inputs(q_in, k_in, v_in, a_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), a = a_in.contiguous();
-  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), n = a.size(2);
-  check_bias(bias_agent, q, n, N, "bias_agent");
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), n = a.size(2);
+  check_bias(bias_agent, q, n, M, "bias_agent");
   check_bias(bias_query, q, N, n, "bias_query");
   TORCH_CHECK(grad_out.sizes() == q.sizes() && out.sizes() == q.sizes(), "grad_out and out must be ", q.sizes());
   TORCH_CHECK(agent_v.sizes() == a.sizes(), "agent_v must be ", a.sizes(), ", got ", agent_v.sizes());

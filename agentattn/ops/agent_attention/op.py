@@ -25,20 +25,26 @@ def _shape(t: Tensor) -> tuple:
 
 
 def check_inputs(q: Tensor, k: Tensor, v: Tensor, agents: Tensor) -> None:
-    """Raise a ``ValueError`` naming the argument, the expected and the actual shape/dtype/device."""
-    for name, t, rows in (("q", q, "N"), ("k", k, "N"), ("v", v, "N"), ("agents", agents, "n")):
+    """Raise a ``ValueError`` naming the argument, the expected and the actual shape/dtype/device.
+
+    q (B, H, N, d); k and v (B, H, M, d) with one M (M = N for self-attention); agents (B, H, n, d)."""
+    for name, t, rows in (("q", q, "N"), ("k", k, "M"), ("v", v, "M"), ("agents", agents, "n")):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-D (B, H, {rows}, d), got shape {_shape(t)}")
     B, H, N, d = q.shape
-    for name, t in (("k", k), ("v", v)):
-        if t.shape != q.shape:
-            raise ValueError(f"{name} must have q's shape (B, H, N, d) = {_shape(q)}, got {_shape(t)}")
+    if k.shape[0] != B or k.shape[1] != H or k.shape[3] != d:
+        raise ValueError(f"k must be (B, H, M, d) = ({B}, {H}, M, {d}) like q {_shape(q)}, got {_shape(k)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v must have k's shape (B, H, M, d) = {_shape(k)}, got {_shape(v)}")
     if agents.shape[0] != B or agents.shape[1] != H or agents.shape[3] != d:
         raise ValueError(f"agents must be (B, H, n, d) = ({B}, {H}, n, {d}), got {_shape(agents)}")
     if agents.shape[2] == 0:
         raise ValueError("agents must hold at least one agent token (n >= 1), got n = 0")
+    if d == 0:
+        raise ValueError(f"q, k, v and agents need a head dim d >= 1, got d = 0 (q {_shape(q)}); check the "
+                         "head split (dim // num_heads)")
     for name, t in (("k", k), ("v", v), ("agents", agents)):
         if t.dtype != q.dtype:
             raise ValueError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}; cast them to one dtype")
@@ -97,47 +103,99 @@ def resolve_backend(device: torch.device, backend: str | None) -> str:
     return _ext.choose_backend("agent_attention", device.type, backend, _available(device.type))
 
 
+def _tracing() -> bool:
+    """True while torch.compile / torch.export / torch.jit.trace records the call: no data-dependent
+    Python branch may run then."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
+def _all_finite(*tensors: Tensor | None) -> bool:
+    """Whether every given tensor is finite, by one sum each and a single host sync (a NaN or an infinity
+    makes the total non-finite; so does a finite total that overflows, which only costs a detour)."""
+    total = None
+    for t in tensors:
+        if t is not None:
+            total = t.sum() if total is None else total + t.sum()
+    return total is None or bool(torch.isfinite(total))
+
+
+def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None,
+             s: float) -> Tensor | None:
+    """The C++ CPU kernel, or None where it cannot give the reference's result (the caller then runs the
+    reference composition). Interim routing until the restructured CPU kernel handles these itself
+    (docs/agent_attention.md, "CPU kernel: routed cases", lists what remains for it):
+
+    - M != N (keys/values with their own token count): the kernel requires k and v shaped like q.
+    - non-finite inputs in float32 (and fp16/bf16, which run in float32): its fp32 paths drop a NaN score
+      (probability 0) and give a finite row where the reference gives NaN (also for an all -inf bias row).
+      Detected after the kernel by one sum over the agents, both biases and the two log-sum-exp outputs
+      (a NaN/inf in a q row leaves lse_query non-finite there; an infinite key entry, or NaN in every
+      key of a head, leaves lse_agent non-finite), all small next to q, k and v. Not detected: an
+      isolated NaN in k (one key's scores dropped, lse_agent still finite). Checking k itself costs a
+      full pass over it, over issue 17's 3 % budget at the B shapes wherever measured (benchmarks/
+      agent_attention_nan_cost.py; docs/agent_attention.md has the numbers): left to the kernel. v needs no check
+      (the products propagate it); float64 propagates NaN in the kernel already. Not checked while
+      tracing (torch.compile / export / jit.trace): no data-dependent branch can run then.
+    """
+    if k.shape[2] != q.shape[2]:
+        return None
+    low = q.dtype in (torch.float16, torch.bfloat16)  # the CPU kernel computes in fp32/fp64
+    args = [t.float() if low else t for t in (q, k, v, agents)]
+    bs = [None if t is None else (t.float() if low else t) for t in (b1, b2)]
+    args = [t.contiguous() for t in args]
+    out, _, lse_a, lse_q = torch.ops.agentattn.agent_attention_fwd(*args, bs[0], bs[1], s)
+    if args[0].dtype != torch.float64 and not _tracing() and not _all_finite(args[3], bs[0], bs[1], lse_a, lse_q):
+        return None
+    return out.to(q.dtype) if low else out
+
+
 def agent_attention(
     q: Tensor, k: Tensor, v: Tensor, agents: Tensor,
     bias_agent: Tensor | None = None, bias_query: Tensor | None = None,
-    scale: float | None = None, backend: str | None = None,
+    scale: float | None = None, backend: str | None = None, scale_query: float | None = None,
 ) -> Tensor:
-    """Agent attention ``softmax(s Q Aᵀ + B2) · softmax(s A Kᵀ + B1) · V``.
+    """Agent attention ``softmax(s2 Q Aᵀ + B2) · softmax(s A Kᵀ + B1) · V``.
 
     Args:
-        q, k, v: (B, H, N, d). agents: (B, H, n, d).
-        bias_agent: stage-1 bias broadcastable to (B, H, n, N) (e.g. (1, H, n, N)), or None.
+        q: (B, H, N, d) queries. k, v: (B, H, M, d) keys and values (M = N for self-attention; M != N for
+            PVT's spatially reduced keys or cross-attention). agents: (B, H, n, d).
+        bias_agent: stage-1 bias broadcastable to (B, H, n, M) (e.g. (1, H, n, M)), or None.
         bias_query: stage-2 bias broadcastable to (B, H, N, n), or None.
-        scale: score scale, default d ** -0.5.
+        scale: score scale s, default d ** -0.5.
         backend: 'auto' (default), 'cpp', 'cuda', 'triton' or 'reference'.
+        scale_query: stage-2 scale s2, default ``scale`` (AgentSD uses s ** k_scale2).
     Returns:
-        (B, H, N, d), differentiable w.r.t. every tensor argument.
+        (B, H, N, d), differentiable w.r.t. every tensor argument. NaN/inf inputs give the reference
+        composition's NaN/inf pattern on every backend.
     """
     check_inputs(q, k, v, agents)
     B, H, N, d = q.shape
-    n = agents.shape[2]
+    M, n = k.shape[2], agents.shape[2]
     s = float(d) ** -0.5 if scale is None else float(scale)
-    b1 = prepare_bias(bias_agent, (B, H, n, N), "bias_agent", q)
+    s2 = s if scale_query is None else float(scale_query)
+    b1 = prepare_bias(bias_agent, (B, H, n, M), "bias_agent", q)
     b2 = prepare_bias(bias_query, (B, H, N, n), "bias_query", q)
     be = resolve_backend(q.device, backend)
     if be == "cuda" and q.dtype == torch.float64:
         be = "reference"  # the CUDA kernels take fp16/bf16/fp32; float64 runs the reference composition
-    if N == 0:
-        be = "reference"  # no tokens: nothing to compute; the compiled kernels assume N >= 1
+    if N == 0 or M == 0:
+        be = "reference"  # no tokens: nothing to compute; the compiled kernels assume N, M >= 1
+    if s2 != s and be != "reference":
+        if s == 0.0:
+            be = "reference"  # the kernels take one scale; s2 / s below needs s != 0
+        else:
+            q = q * (s2 / s)  # the kernels' one scale s on q * (s2 / s) gives stage 2 its scale s2
     if be == "reference":
-        return agent_attention_ref(q, k, v, agents, b1, b2, s)
+        return agent_attention_ref(q, k, v, agents, b1, b2, s, scale_query=s2)
     if be == "triton":
         from agentattn.ops.agent_attention import triton as tri
 
         return tri.agent_attention_triton(q, k, v, agents, b1, b2, s)
-    # compiled C++/CUDA op; the CPU kernel computes in fp32/fp64, so half types go through fp32 there
-    low = q.device.type == "cpu" and q.dtype in (torch.float16, torch.bfloat16)
-    args = [t.float() if low else t for t in (q, k, v, agents)]
-    bs = [None if t is None else (t.float() if low else t) for t in (b1, b2)]
-    out = torch.ops.agentattn.agent_attention_fwd(
-        *[t.contiguous() for t in args], bs[0], bs[1], s
-    )[0]
-    return out.to(q.dtype) if low else out
+    if q.device.type == "cpu":
+        out = _cpu_cpp(q, k, v, agents, b1, b2, s)
+        return agent_attention_ref(q, k, v, agents, b1, b2, s) if out is None else out
+    out = torch.ops.agentattn.agent_attention_fwd(*[t.contiguous() for t in (q, k, v, agents)], b1, b2, s)[0]
+    return out
 
 
 # ------------------------------------------------------------------------------ torch.library (Python)
@@ -184,18 +242,22 @@ def _register() -> None:
 
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
-    # FLOPs: forward 4 products of N·n·d multiply-adds = 8·B·H·N·n·d; backward counted as 2x forward
-    # (the 4 gradient products per stage; the recomputation of the scores, 2·N·n·d per stage, not counted),
-    # the same convention torch's flop counter uses for SDPA.
     @register_flop_formula(torch.ops.agentattn.agent_attention_fwd)
     def _fwd_flops(q_shape, k_shape, v_shape, a_shape, *args, out_shape=None, **kwargs) -> int:
-        B, H, N, d = q_shape
-        return 8 * B * H * N * a_shape[2] * d
+        return flops(q_shape, k_shape, a_shape)
 
     @register_flop_formula(torch.ops.agentattn.agent_attention_bwd)
     def _bwd_flops(g_shape, q_shape, k_shape, v_shape, a_shape, *args, out_shape=None, **kwargs) -> int:
-        B, H, N, d = q_shape
-        return 16 * B * H * N * a_shape[2] * d
+        return 2 * flops(q_shape, k_shape, a_shape)
+
+
+def flops(q_shape, k_shape, a_shape) -> int:
+    """Forward FLOPs: the four products, stage 1 (A Kᵀ, P1 V: 2·n·M·d multiply-adds) and stage 2 (Q Aᵀ,
+    P2 V_A: 2·N·n·d), i.e. 4·B·H·n·d·(M + N) = 8·B·H·N·n·d for self-attention. Backward is counted as 2x
+    forward (the 4 gradient products per stage; the recomputation of the scores, 2·(M + N)·n·d, not
+    counted), the convention torch's flop counter uses for SDPA."""
+    B, H, N, d = q_shape
+    return 4 * B * H * a_shape[2] * d * (k_shape[2] + N)
 
 
 _register()

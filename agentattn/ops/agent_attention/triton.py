@@ -7,8 +7,8 @@ Registered ops (so ``torch.compile(fullgraph=True)`` and ``torch.library.opcheck
     agentattn_triton::bwd(grad_out, q, k, v, agents, bias_agent?, bias_query?, out, agent_v, lse_agent,
                           lse_query, scale) -> (dq, dk, dv, dagents, dbias_agent, dbias_query)
 
-The same contract as the C++ ops ``agentattn::agent_attention_fwd/bwd``: q, k, v (B, H, N, d), agents
-(B, H, n, d), biases contiguous (Bb, Hb, n, N) / (Bb, Hb, N, n) with Bb in {1, B}, Hb in {1, H};
+The same contract as the C++ ops ``agentattn::agent_attention_fwd/bwd``: q (B, H, N, d), k, v (B, H, M, d),
+agents (B, H, n, d), biases contiguous (Bb, Hb, n, M) / (Bb, Hb, N, n) with Bb in {1, B}, Hb in {1, H};
 lse in fp32; absent bias gradients are empty tensors. Inputs fp16, bf16 or fp32 (fp32 accumulation).
 
 Bias gradients: a bias with its own slice per (b, h) is written directly (deterministic); a broadcast
@@ -73,8 +73,11 @@ def _check(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b
     if q.shape[-1] > _D_MAX:
         raise ValueError(f"the Triton backend supports head dims up to {_D_MAX}, got d = {q.shape[-1]}")
     B, H, N, d = q.shape
-    n = agents.shape[2]
-    for name, t, rc in (("bias_agent", b1, (n, N)), ("bias_query", b2, (N, n))):
+    M, n = k.shape[2], agents.shape[2]
+    if k.shape != (B, H, M, d) or v.shape != k.shape:
+        raise ValueError(f"k and v must be (B, H, M, d) = ({B}, {H}, M, {d}), got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
+    for name, t, rc in (("bias_agent", b1, (n, M)), ("bias_query", b2, (N, n))):
         if t is not None and (t.dim() != 4 or t.shape[0] not in (1, B) or t.shape[1] not in (1, H)
                               or tuple(t.shape[2:]) != rc or t.dtype != q.dtype):
             raise ValueError(f"{name} must be ({{1,{B}}}, {{1,{H}}}, {rc[0]}, {rc[1]}) in {q.dtype}, "
@@ -115,13 +118,13 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, 
     b1 = None if b1 is None else b1.contiguous()
     b2 = None if b2 is None else b2.contiguous()
     B, H, N, d = q.shape
-    n = agents.shape[2]
+    M, n = k.shape[2], agents.shape[2]
     BH = B * H
     BLOCK_A, BLOCK_D = _blocks(n, d)
     BLOCK_N = 64 if BLOCK_A * BLOCK_D <= 64 * 64 else 32
     lowp = _lowp(q)
     f32 = dict(device=q.device, dtype=torch.float32)
-    per, S = _splits(triton.cdiv(N, BLOCK_N), BH, q.device)
+    per, S = _splits(triton.cdiv(M, BLOCK_N), BH, q.device)
     m_part = torch.empty((BH, S, BLOCK_A), **f32)
     l_part = torch.empty((BH, S, BLOCK_A), **f32)
     acc_part = torch.empty((BH, S, BLOCK_A, BLOCK_D), **f32)
@@ -129,7 +132,7 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, 
     dummy = q  # stands in for an absent bias pointer (never read: HAS_B* is False)
     _stage1_fwd_split[(S, BH)](
         agents, k, v, b1 if b1 is not None else dummy, m_part, l_part, acc_part,
-        scale, H, N, n, d, s1b, s1h, per, S,
+        scale, H, M, n, d, s1b, s1h, per, S,
         HAS_B1=b1 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
         num_warps=_warps(BLOCK_A, BLOCK_D),
     )
@@ -168,7 +171,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
     b1 = None if b1 is None else b1.contiguous()
     b2 = None if b2 is None else b2.contiguous()
     B, H, N, d = q.shape
-    n = agents.shape[2]
+    M, n = k.shape[2], agents.shape[2]
     BH = B * H
     BLOCK_A, BLOCK_D = _blocks(n, d)
     BLOCK_M = 64 if BLOCK_A * BLOCK_D <= 64 * 64 else 32
@@ -192,7 +195,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
     )
     dva = dva_part.sum(1).contiguous()  # (BH, BLOCK_A, BLOCK_D) fp32, padding rows/cols are zero
     # stage 1 backward over key blocks, upstream gradient dV_A
-    per1, S1 = _splits(triton.cdiv(N, BLOCK_N), BH, q.device)
+    per1, S1 = _splits(triton.cdiv(M, BLOCK_N), BH, q.device)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     db1, atomic1 = _bias_grad_buffer(b1, B, H)
@@ -201,7 +204,7 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
     _stage1_bwd[(S1, BH)](
         agents, k, v, agent_v, b1 if b1 is not None else dummy, lse1, dva, dk, dv,
         db1 if db1 is not None else dummy, da1,
-        scale, H, N, n, d, s1b, s1h, per1, S1,
+        scale, H, M, n, d, s1b, s1h, per1, S1,
         HAS_B1=b1 is not None, B1_ATOMIC=atomic1, LOWP=lowp,
         BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
     )
@@ -261,7 +264,7 @@ def agent_attention_triton(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias
                            bias_query: Tensor | None, scale: float) -> Tensor:
     """Agent attention on the Triton kernels, differentiable.
 
-    q, k, v: (B, H, N, d); agents: (B, H, n, d); bias_agent (Bb, Hb, n, N) / bias_query (Bb, Hb, N, n)
+    q (B, H, N, d); k, v (B, H, M, d); agents (B, H, n, d); bias_agent (Bb, Hb, n, M) / bias_query (Bb, Hb, N, n)
     contiguous with Bb in {1, B}, Hb in {1, H} (``op.prepare_bias`` produces these), or None.
     Returns (B, H, N, d). float64 inputs run on the reference composition (Triton's fp64 ``tl.dot`` is
     not used here).

@@ -1,9 +1,14 @@
 """Triton kernels for Agent Attention (forward and backward). Launchers live in ``triton.py``.
 
-Per (batch b, head h) with scale s, agents A (n x d), keys/values K, V and queries Q (N x d):
+Per (batch b, head h) with scale s, agents A (n x d), keys/values K, V (M x d) and queries Q (N x d):
 
-    stage 1  S1 = s A Kᵀ + B1 (n x N), P1 = softmax over N, V_A = P1 V        (flash-decoding split over N)
+    stage 1  S1 = s A Kᵀ + B1 (n x M), P1 = softmax over M, V_A = P1 V        (flash-decoding split over M)
     stage 2  S2 = s Q Aᵀ + B2 (N x n), P2 = softmax over n, O = P2 V_A        (one pass per query row block)
+
+Non-finite values follow the reference composition: a NaN score makes its softmax row NaN (exp(NaN) enters
+the row sum), a row of -inf scores gives NaN (0/0), and a tile whose scores are all -inf so far (masked keys
+of a longer row) contributes exactly 0: the online softmax subtracts 0 instead of a -inf running max there,
+so that no exp(-inf - -inf) = NaN appears where the reference is finite.
 
 Shapes inside the kernels: n is padded to BLOCK_A (>= 16, power of two), d to BLOCK_D; padding is masked.
 Scratch tensors of partial results are stored padded ((BH, SPLITS, BLOCK_A[, BLOCK_D]) fp32, contiguous),
@@ -23,11 +28,11 @@ from agentattn.ops.triton_common import mm as _mm
 @triton.jit
 def _stage1_fwd_split(
     A, K, V, B1, M_PART, L_PART, ACC_PART,
-    scale, H, N, n, D, b1_sb, b1_sh, TILES_PER_SPLIT, SPLITS,
+    scale, H, M, n, D, b1_sb, b1_sh, TILES_PER_SPLIT, SPLITS,
     HAS_B1: tl.constexpr, LOWP: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Program (split, bh): online softmax of the n agent rows over its range of keys; writes the
+    """Program (split, bh): online softmax of the n agent rows over its range of the M keys; writes the
     partial row max, row sum and unnormalised P1 V accumulator of that split."""
     sp = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -42,21 +47,22 @@ def _stage1_fwd_split(
     m_i = tl.full([BLOCK_A], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_A], tl.float32)
     acc = tl.zeros([BLOCK_A, BLOCK_D], tl.float32)
-    kv = bh * N * D
+    kv = bh * M * D
     start = sp * TILES_PER_SPLIT * BLOCK_N
     for t in range(0, TILES_PER_SPLIT):
         offs_n = start + t * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        mask_n = offs_n < M
         mask_nd = mask_n[:, None] & mask_d[None, :]
         k = tl.load(K + kv + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
         s = _mm(a, tl.trans(k), K, LOWP)
         if HAS_B1:
-            s += tl.load(B1 + b * b1_sb + h * b1_sh + offs_a[:, None] * N + offs_n[None, :],
+            s += tl.load(B1 + b * b1_sb + h * b1_sh + offs_a[:, None] * M + offs_n[None, :],
                          mask=mask_a[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new[:, None])
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: p = 0, not NaN
+        alpha = tl.exp(m_i - m_use)
+        p = tl.exp(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(V + kv + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
         acc = acc * alpha[:, None] + _mm(p, v, V, LOWP)
@@ -85,8 +91,9 @@ def _stage1_fwd_reduce(
         l_s = tl.load(L_PART + row)
         acc_s = tl.load(ACC_PART + row[:, None] * BLOCK_D + offs_d[None, :])
         m_new = tl.maximum(m, m_s)
-        c_old = tl.exp(m - m_new)
-        c_new = tl.exp(m_s - m_new)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # splits of all -inf so far weigh 0, not NaN
+        c_old = tl.exp(m - m_use)
+        c_new = tl.exp(m_s - m_use)
         l = l * c_old + l_s * c_new
         acc = acc * c_old[:, None] + acc_s * c_new[:, None]
         m = m_new
@@ -194,7 +201,7 @@ def _stage2_bwd(
 @triton.jit
 def _stage1_bwd(
     A, K, V, VA, B1, LSE1, DVA, DK, DV, DB1, DA_PART,
-    scale, H, N, n, D, b1_sb, b1_sh, TILES_PER_SPLIT, SPLITS,
+    scale, H, M, n, D, b1_sb, b1_sh, TILES_PER_SPLIT, SPLITS,
     HAS_B1: tl.constexpr, B1_ATOMIC: tl.constexpr, LOWP: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -216,17 +223,17 @@ def _stage1_bwd(
     d1 = tl.sum(dva * va, 1)
     lse = tl.load(LSE1 + bh * n + offs_a, mask=mask_a, other=0.0)
     da = tl.zeros([BLOCK_A, BLOCK_D], tl.float32)
-    base = bh * N * D
+    base = bh * M * D
     for t in range(0, TILES_PER_SPLIT):
         offs_n = (sp * TILES_PER_SPLIT + t) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        mask_n = offs_n < M
         mask_nd = mask_n[:, None] & mask_d[None, :]
         mask_an = mask_a[:, None] & mask_n[None, :]
         ptrs = base + offs_n[:, None] * D + offs_d[None, :]
         k = tl.load(K + ptrs, mask=mask_nd, other=0.0).to(tl.float32)
         v = tl.load(V + ptrs, mask=mask_nd, other=0.0).to(tl.float32)
         s = _mm(a * scale, tl.trans(k), K, LOWP)
-        boffs = b * b1_sb + h * b1_sh + offs_a[:, None] * N + offs_n[None, :]
+        boffs = b * b1_sb + h * b1_sh + offs_a[:, None] * M + offs_n[None, :]
         if HAS_B1:
             s += tl.load(B1 + boffs, mask=mask_an, other=0.0).to(tl.float32)
         p = tl.where(mask_an, tl.exp(s - lse[:, None]), 0.0)

@@ -561,13 +561,14 @@ def _with(i, value):
 
 ERROR_CASES = [
     ("q-rank", _with(0, lambda a: a[0][0]), r"q must be 4-D \(B, H, N, d\), got shape \(3, 16, 8\)"),
-    ("k-shape", _with(1, lambda a: a[1][:, :, :15]), r"k must have q's shape .*\(2, 3, 16, 8\), got \(2, 3, 15, 8\)"),
-    ("v-shape", _with(2, lambda a: a[2][..., :4]), r"v must have q's shape .*\(2, 3, 16, 8\), got \(2, 3, 16, 4\)"),
+    ("k-shape", _with(1, lambda a: a[1][..., :4]), r"k must be \(B, H, M, d\) = \(2, 3, M, 8\) .*got \(2, 3, 16, 4\)"),
+    ("v-shape", _with(2, lambda a: a[2][:, :, :15]), r"v must have k's shape .*\(2, 3, 16, 8\), got \(2, 3, 15, 8\)"),
     ("agents-rank", _with(3, lambda a: a[3][0]), r"agents must be 4-D \(B, H, n, d\), got shape \(3, 4, 8\)"),
     ("agents-d", _with(3, lambda a: a[3][..., :6]),
      r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(2, 3, 4, 6\)"),
     ("agents-B", _with(3, lambda a: a[3][:1]), r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(1, 3, 4, 8\)"),
     ("agents-empty", _with(3, lambda a: a[3][:, :, :0]), r"agents must hold at least one agent token"),
+    ("d-zero", lambda a: [t[..., :0] for t in a[:4]] + [None, None], r"need a head dim d >= 1, got d = 0"),
     ("k-dtype", _with(1, lambda a: a[1].float()), r"k dtype torch.float32 differs from q dtype torch.float64"),
     ("int-dtype", lambda a: [t.int() for t in a[:4]] + [None, None], r"q must be a floating-point tensor.*torch.int32"),
     ("v-device", _with(2, lambda a: a[2].to("meta")), r"v is on meta but q is on cpu"),
@@ -640,12 +641,16 @@ def test_backend_choice_argument_and_env(monkeypatch):
     args = [None if t is None else t.float() for t in _valid()]
     fused = "agentattn.agent_attention_fwd"
     monkeypatch.delenv("AGENTATTN_BACKEND", raising=False)
+    monkeypatch.setattr(_ext, "_SWITCHES", {})  # environment switches are read once: forget them here
     assert fused in _ops(lambda: agentattn.agent_attention(*args))
     assert fused not in _ops(lambda: agentattn.agent_attention(*args, backend="reference"))
     monkeypatch.setenv("AGENTATTN_BACKEND", "reference")
+    assert fused in _ops(lambda: agentattn.agent_attention(*args))  # read at first use, not per call
+    _ext.reread_switches()
     assert fused not in _ops(lambda: agentattn.agent_attention(*args))
     assert fused in _ops(lambda: agentattn.agent_attention(*args, backend="cpp"))  # the argument wins
     monkeypatch.setenv("AGENTATTN_BACKEND", "nonsense")
+    _ext.reread_switches()
     with pytest.raises(ValueError, match="backend must be one of"):
         agentattn.agent_attention(*args)
 
@@ -657,6 +662,7 @@ def test_fallback_without_extension_warns_once(monkeypatch):
     monkeypatch.setattr(_ext, "_load_error", "ImportError: pretend it failed")
     monkeypatch.setattr(_ext, "_warned", False)
     monkeypatch.delenv("AGENTATTN_BACKEND", raising=False)
+    monkeypatch.setattr(_ext, "_SWITCHES", {})
     info = agentattn.backends()
     assert info["cpu"] == ["reference"] and info["extension"] is False
     assert info["extension_error"] == "ImportError: pretend it failed"

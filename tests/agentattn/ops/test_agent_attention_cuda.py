@@ -42,18 +42,22 @@ def _id(s):
     return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{lead(b1)}-b2{lead(b2)}"
 
 
-def _inputs(shape, seed=0):
+def _inputs(shape, seed=0, M=None):
+    """fp64 CUDA inputs for ``shape`` (B, H, N, n, d, bias leads); k and v with M tokens (default N)."""
     B, H, N, n, d, b1s, b2s = shape
+    M = N if M is None else M
     g = torch.Generator(device="cuda").manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
-    q, k, v, a = mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)
-    b1 = None if b1s is None else 0.5 * mk(*b1s, n, N)
+    q, k, v, a = mk(B, H, N, d), mk(B, H, M, d), mk(B, H, M, d), mk(B, H, n, d)
+    b1 = None if b1s is None else 0.5 * mk(*b1s, n, M)
     b2 = None if b2s is None else 0.5 * mk(*b2s, N, n)
     return [q, k, v, a, b1, b2]
 
 
 def _run(fn, inputs, dtype, grad):
-    xs = [None if t is None else t.to(dtype).requires_grad_() for t in inputs]
+    # a copy: ``t.to(dtype)`` is ``t`` itself when the dtype already matches (the fp64 reference run), and
+    # marking the caller's tensor as requiring grad would make every later ``.to(...)`` a non-leaf (no .grad)
+    xs = [None if t is None else t.detach().to(dtype, copy=True).requires_grad_() for t in inputs]
     out = fn(*xs)
     out.backward(grad.to(dtype))
     return [out.detach().double()] + [None if x is None else x.grad.double() for x in xs]
@@ -130,3 +134,58 @@ def test_other_device_index_and_stream(backend):
     s.synchronize()
     ref = agent_attention_ref(*inputs[:4])
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("N,M", [(196, 4), (3136, 49), (64, 77), (10, 300)], ids=lambda v: str(v))
+def test_keys_of_their_own_count(N, M, backend):
+    """k, v (B, H, M, d) with M != N (PVT's spatial reduction, cross-attention), fp32, outputs and gradients."""
+    B, H, n, d = 2, 2, 9, 32
+    g = torch.Generator(device="cuda").manual_seed(1)
+    mk = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    inputs = [mk(B, H, N, d), mk(B, H, M, d), mk(B, H, M, d), mk(B, H, n, d),
+              0.5 * mk(1, H, n, M), 0.5 * mk(1, H, N, n)]
+    grad = mk(B, H, N, d)
+    ref = _run(lambda *x: agent_attention_ref(*x, 0.3), inputs, torch.float64, grad)
+    got = _run(lambda *x: agentattn.agent_attention(*x, scale=0.3, backend=backend), inputs, torch.float32, grad)
+    for name, r, x in zip(["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"], ref, got, strict=True):
+        assert x.shape == r.shape, name
+        assert (x - r).abs().max().item() <= 1e-4 * max(1.0, r.abs().max().item()), name
+
+
+POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan", "k_inf",
+           "bias_agent_row_neginf", "bias_query_row_neginf", "bias_agent_tile_neginf", "grad_out_nan"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("poison", POISONS)
+@pytest.mark.parametrize("N,M", [(300, 300), (64, 150), (300, 17)], ids=lambda v: str(v))
+def test_poisoned_input_gives_the_reference_pattern(N, M, poison, backend):
+    """Each input poisoned in turn (fp32): the output and all six gradients have the NaN/inf pattern of the
+    reference composition; ``bias_agent_tile_neginf`` masks 100 leading keys of a row (whole key tiles, all
+    of a row's keys when M < 100). Self-attention, more keys than queries (cross-attention, several key
+    splits), fewer keys than queries (PVT's spatial reduction)."""
+    B, H, n, d = 2, 2, 9, 32
+    inputs = _inputs((B, H, N, n, d, (1, 2), (1, 2)), seed=3, M=M)
+    grad = torch.randn(B, H, N, d, device="cuda", dtype=torch.float64)
+    t = dict(zip(("q", "k", "v", "agents", "bias_agent", "bias_query"), inputs, strict=True), grad_out=grad)
+    name, kind = poison.rsplit("_", 1)
+    if kind == "neginf":
+        name, what = name.rsplit("_", 1)
+        t[name][0, -1, t[name].shape[2] // 2, : (100 if what == "tile" else t[name].shape[3])] = float("-inf")
+    else:
+        t[name][-1, -1, t[name].shape[2] // 2, 1] = float(kind)
+    ins = [t[k] for k in ("q", "k", "v", "agents", "bias_agent", "bias_query")]
+    ref = _run(agent_attention_ref, ins, torch.float32, t["grad_out"])
+    ref64 = _run(agent_attention_ref, ins, torch.float64, t["grad_out"])
+    got = _run(lambda *x: agentattn.agent_attention(*x, backend=backend), ins, torch.float32, t["grad_out"])
+    partial_mask = poison == "bias_agent_tile_neginf" and M > 100  # masks some keys only: finite results
+    assert partial_mask or any(not torch.isfinite(r).all() for r in ref), "the poison must reach the reference"
+    names = ["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"]
+    for nm, x, r, r64 in zip(names, got, ref, ref64, strict=True):
+        assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN pattern differs ({backend}, {poison})"
+        assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs ({backend}, {poison})"
+        fin = torch.isfinite(x)
+        if fin.any():  # and the reference's values elsewhere
+            torch.testing.assert_close(x[fin], r64[fin], rtol=1e-4, atol=2e-5 * (1 + r64[fin].abs().max().item()),
+                                       msg=lambda m, nm=nm: f"{nm} ({backend}, {poison}): {m}")

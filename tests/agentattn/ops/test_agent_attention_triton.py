@@ -22,32 +22,36 @@ from agentattn.ops.agent_attention.naive import agent_attention_ref, agent_atten
 DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 CASES = [
-    # B, H, N, n, d, bias_agent shape (None: no bias), bias_query shape
+    # B, H, N, n, d, bias_agent shape (None: no bias), bias_query shape[, M keys/values (default N)]
     (2, 2, 77, 9, 48, (1, 2), (2, 2)),     # stage-1 bias broadcast over batch, stage-2 bias full
     (1, 3, 100, 16, 32, None, None),       # no biases, n a power of two
     (2, 1, 33, 5, 64, (2, 1), (1, 1)),     # full bias_agent, bias_query broadcast over batch and head
     (1, 1, 20, 3, 80, (1, 1), None),       # N below one block, d = 80
+    (2, 2, 130, 9, 32, (1, 2), (1, 2), 17),  # fewer keys than queries (PVT spatial reduction)
+    (1, 2, 12, 5, 32, (1, 2), None, 150),    # more keys than queries (cross-attention), several splits
 ]
 
 
 def _id(c):
-    B, H, N, n, d, b1, b2 = c
+    B, H, N, n, d, b1, b2 = c[:7]
     lead = lambda b: "x".join(map(str, b)) if b else "none"  # noqa: E731
-    return f"B{B}-H{H}-N{N}-n{n}-d{d}-b1{lead(b1)}-b2{lead(b2)}"
+    m = f"-M{c[7]}" if len(c) > 7 else ""
+    return f"B{B}-H{H}-N{N}{m}-n{n}-d{d}-b1{lead(b1)}-b2{lead(b2)}"
 
 
-def _inputs(B, H, N, n, d, b1s, b2s, seed=0):
+def _inputs(B, H, N, n, d, b1s, b2s, M=None, seed=0):
+    M = N if M is None else M
     g = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    q, k, v, a = mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)
-    b1 = None if b1s is None else 0.5 * mk(*b1s, n, N)
+    q, k, v, a = mk(B, H, N, d), mk(B, H, M, d), mk(B, H, M, d), mk(B, H, n, d)
+    b1 = None if b1s is None else 0.5 * mk(*b1s, n, M)
     b2 = None if b2s is None else 0.5 * mk(*b2s, N, n)
     return q, k, v, a, b1, b2
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_forward_stats_match_reference(case):
-    B, H, N, n, d, b1s, b2s = case
+    B, H, N, n, d, b1s, b2s = case[:7]
     q, k, v, a, b1, b2 = _inputs(*case)
     s = d ** -0.5
     ref = agent_attention_ref_stats(q, k, v, a, b1, b2, s)
@@ -62,7 +66,6 @@ def test_forward_stats_match_reference(case):
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_gradients_match_reference(case):
-    B, H, N, n, d, b1s, b2s = case
     inputs = _inputs(*case, seed=1)
     s = 0.3  # a non-default scale
     ref = [None if t is None else t.clone().requires_grad_() for t in inputs]
@@ -134,3 +137,55 @@ def test_fp16_tensor_core_path_within_twice_plain_torch_error(monkeypatch):
     for name, r, p, g in zip(names, ref, plain, got, strict=True):
         err, base = (g - r).abs().max().item(), (p - r).abs().max().item()
         assert err <= 2 * base + 1e-3 * r.abs().max().item(), f"{name}: {err:.3g} vs plain fp16 {base:.3g}"
+
+
+POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan", "k_inf",
+           "bias_agent_row_neginf", "bias_query_row_neginf", "bias_agent_tile_neginf", "grad_out_nan"]
+
+
+@pytest.mark.parametrize("poison", POISONS)
+@pytest.mark.parametrize("case", [(2, 2, 77, 9, 48, (1, 2), (2, 2)), (1, 2, 12, 5, 32, (1, 2), (1, 1), 150)],
+                         ids=_id)
+def test_poisoned_input_gives_the_reference_pattern(case, poison):
+    """Each input poisoned in turn: the output and all six gradients have the reference's NaN/inf pattern
+    and its finite values elsewhere. ``bias_agent_tile_neginf`` masks the first 64 keys of a row (one whole
+    key tile of a longer row: the online softmax must not turn exp(-inf - -inf) into NaN there)."""
+    q, k, v, a, b1, b2 = _inputs(*case, seed=5)
+    go = torch.randn(q.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    t = dict(q=q, k=k, v=v, agents=a, bias_agent=b1, bias_query=b2, grad_out=go)
+    name, kind = poison.rsplit("_", 1)
+    if kind == "neginf":
+        name, what = name.rsplit("_", 1)
+        x = t[name]
+        x[0, -1, x.shape[2] // 2, : (64 if what == "tile" else x.shape[3])] = float("-inf")
+    else:
+        x = t[name]
+        x[-1, -1, x.shape[2] // 2, 1] = float(kind)
+    names = ("q", "k", "v", "agents", "bias_agent", "bias_query")
+
+    def run(fn, dtype, device):
+        xs = [t[nm].to(device=device, dtype=dtype).clone().requires_grad_() for nm in names]
+        out = fn(*xs, 0.3)
+        out.backward(t["grad_out"].to(device=device, dtype=dtype))
+        return [out.detach().cpu()] + [x.grad.cpu() for x in xs]
+
+    ref = run(agent_attention_ref, torch.float32, "cpu")
+    ref64 = run(agent_attention_ref, torch.float64, "cpu")
+    got = run(tri.agent_attention_triton, torch.float32, DEVICE)
+    assert poison.endswith("tile_neginf") or any(not torch.isfinite(r).all() for r in ref)
+    names = ("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query")
+    for nm, x, r, r64 in zip(names, got, ref, ref64, strict=True):
+        assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN at {int(torch.isnan(x).sum())}, " \
+            f"reference at {int(torch.isnan(r).sum())}"
+        assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs"
+        fin = torch.isfinite(x)
+        if fin.any():
+            torch.testing.assert_close(x[fin].double(), r64[fin], rtol=1e-4,
+                                       atol=2e-5 * (1 + r64[fin].abs().max().item()), msg=nm)
+
+
+def test_opcheck_with_keys_of_their_own_count():
+    """The registered Triton op (schema, fake, autograd) with M != N."""
+    ins = [None if t is None else t.float().to(DEVICE) for t in _inputs(1, 2, 19, 3, 32, (1, 1), (1, 2), M=40)]
+    q, k, v, a, b1, b2 = (None if t is None else t.requires_grad_() for t in ins)
+    torch.library.opcheck(tri._fwd_op, (q, k, v, a, b1, b2, 0.25))
