@@ -76,11 +76,9 @@ def backends() -> dict:
     """
     import torch
 
-    cpu = (["cpp"] if has_ext() else []) + ["reference"]
-    cuda = (["cuda"] if has_cuda_ext() else []) + (["triton"] if has_triton() else []) + ["reference"]
     return {
-        "cpu": cpu,
-        "cuda": cuda,
+        "cpu": device_backends("cpu"),
+        "cuda": device_backends("cuda"),
         "extension": has_ext(),
         "extension_error": _load_error,
         "cuda_kernels_built": has_cuda_ext(),
@@ -88,6 +86,15 @@ def backends() -> dict:
         "cpu_isa": cpu_isa(),
         "cpu_isas": list(torch.ops.agentattn.cpu_isas()) if has_ext() else None,
     }
+
+
+def device_backends(device_type: str) -> list:
+    """The backends for ``device_type`` ('cpu' or 'cuda'), default first. Calls no op, so the dispatch can
+    ask it inside a traced function (``backends()`` also asks the kernels' ISA, an op returning a string,
+    which ``torch.export`` cannot trace)."""
+    if device_type == "cpu":
+        return (["cpp"] if has_ext() else []) + ["reference"]
+    return (["cuda"] if has_cuda_ext() else []) + (["triton"] if has_triton() else []) + ["reference"]
 
 
 def cpu_isa() -> str | None:

@@ -94,7 +94,7 @@ def _available(device_type: str) -> tuple:
     whether CUDA kernels were built returns a bool, which Dynamo cannot put in a graph)."""
     if device_type not in ("cpu", "cuda"):
         return ("reference",)
-    return tuple(_ext.backends()[device_type])
+    return tuple(_ext.device_backends(device_type))
 
 
 def resolve_backend(device: torch.device, backend: str | None) -> str:

@@ -72,7 +72,7 @@ def _available(device_type: str) -> list:
             built = _ext.has_ext() and hasattr(torch.ops.agentattn, "flow_patch_embed_fwd")  # not a stale _C
             _AVAIL[device_type] = (["cpp"] if built else []) + ["reference"]
         elif device_type == "cuda":
-            avail = _ext.backends()["cuda"]
+            avail = _ext.device_backends("cuda")
             has = _ext.has_ext() and torch._C._dispatch_has_kernel_for_dispatch_key(
                 "agentattn::flow_patch_embed_fwd", "CUDA")
             _AVAIL[device_type] = [b for b in avail if b != "cuda" or has]
