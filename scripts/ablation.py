@@ -64,7 +64,9 @@ def profile(model_name: str, model_args: list[str], size: int) -> dict:
 
 
 def is_release(data: str) -> bool:
-    return data.startswith("htnet-release:")
+    from mer.train.data import RELEASE_PREFIX  # the spelling `mer train --data` accepts
+
+    return data.startswith(RELEASE_PREFIX)
 
 
 def expected_config(a, name: str, seed: int) -> dict:
