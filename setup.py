@@ -12,6 +12,7 @@ The build is portable: nothing is compiled with -march=native. On x86-64 the flo
 (ISA_FLAGS below) and the one to use is chosen at run time from the CPU's features (or
 AGENTATTN_CPU_ISA=generic|avx2|avx512); everything else is compiled for the x86-64 baseline.
 """
+
 import glob
 import os
 import platform
@@ -47,8 +48,14 @@ def _isa_build_ext(base):
                 objs = []
                 for src, flags in isa.items():
                     objs += self.compiler.compile(
-                        [src], output_dir=self.build_temp, macros=ext.define_macros, include_dirs=ext.include_dirs,
-                        debug=self.debug, extra_postargs={"cxx": list(cxx) + flags, "nvcc": []}, depends=ext.depends)
+                        [src],
+                        output_dir=self.build_temp,
+                        macros=ext.define_macros,
+                        include_dirs=ext.include_dirs,
+                        debug=self.debug,
+                        extra_postargs={"cxx": list(cxx) + flags, "nvcc": []},
+                        depends=ext.depends,
+                    )
                 ext.extra_objects = [o for o in (ext.extra_objects or []) if o not in objs] + objs
             super().build_extension(ext)
 
@@ -78,13 +85,15 @@ def _extensions():
         use_cuda, why = True, f"torch {torch.__version__} has CUDA {torch.version.cuda} and nvcc is present"
     else:
         use_cuda = False
-        why = ("torch is a CPU build" if not torch_cuda else "nvcc not found")
+        why = "torch is a CPU build" if not torch_cuda else "nvcc not found"
         if want in ("1", "yes", "true"):
             raise SystemExit(f"AGENTATTN_BUILD_CUDA=1 but {why}: cannot build the CUDA kernels")
 
     if "AGENTATTN_CPU_ARCH" in os.environ:
-        _say("AGENTATTN_CPU_ARCH is gone: the build is portable and picks the CPU kernels' ISA at run time "
-             "(AGENTATTN_CPU_ISA overrides it); ignoring it")
+        _say(
+            "AGENTATTN_CPU_ARCH is gone: the build is portable and picks the CPU kernels' ISA at run time "
+            "(AGENTATTN_CPU_ISA overrides it); ignoring it"
+        )
     cxx = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=fast"]
     sources = [s for s in sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp")) if s not in ISA_FLAGS]
     define_macros = [("AGENTATTN_X86_ISAS", "1")] if X86 else []
@@ -99,18 +108,29 @@ def _extensions():
         define_macros.append(("AGENTATTN_WITH_CUDA", "1"))
         _say(f"building C++ CPU + CUDA kernels ({why}); archs {archs}")
         ext = CUDAExtension(
-            "agentattn._C", sources, define_macros=define_macros, include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"],
+            "agentattn._C",
+            sources,
+            define_macros=define_macros,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
         )
     else:
         _say(f"building C++ CPU kernels only ({why})")
         ext = CppExtension(
-            "agentattn._C", sources, define_macros=define_macros, include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+            "agentattn._C",
+            sources,
+            define_macros=define_macros,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
         )
     ext.isa_sources = isa_sources
-    _say("CPU kernel ISAs: generic" + "".join(f", {os.path.basename(k)[11:-4]}" for k in isa_sources)
-         + " (chosen at run time)")
+    _say(
+        "CPU kernel ISAs: generic"
+        + "".join(f", {os.path.basename(k)[11:-4]}" for k in isa_sources)
+        + " (chosen at run time)"
+    )
     build_ext = _isa_build_ext(BuildExtension).with_options(use_ninja=shutil.which("ninja") is not None)
     return [ext], {"build_ext": build_ext}
 
@@ -127,8 +147,14 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",  # never resolved here on a torch-less machine: scripts/install.sh pins 2.13.0 CPU first
-        "numpy", "einops", "opencv-contrib-python-headless<5", "scikit-learn", "pandas", "openpyxl",
-        "tqdm", "matplotlib",
+        "numpy",
+        "einops",
+        "opencv-contrib-python-headless<5",
+        "scikit-learn",
+        "pandas",
+        "openpyxl",
+        "tqdm",
+        "matplotlib",
     ],
     extras_require={"triton": ["triton"], "test": ["pytest", "hypothesis"]},
     entry_points={"console_scripts": ["mer=mer.cli:main"]},

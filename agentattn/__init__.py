@@ -10,11 +10,19 @@
 Kernels: C++ on CPU (``agentattn._C``), CUDA and Triton on NVIDIA GPUs; a PyTorch reference for each op
 (``agentattn.ops.<op>.naive``) defines the semantics. Nothing queries a GPU at import time.
 """
+
 from agentattn import convert
 from agentattn._ext import backends
 from agentattn.functional import agent_attention, flow_patch_embed
 from agentattn.modules import AgentAttention, FlowPatchEmbed, convert_pvt_state_dict
 
 __version__ = "0.1.0"
-__all__ = ["agent_attention", "flow_patch_embed", "AgentAttention", "FlowPatchEmbed",
-           "convert_pvt_state_dict", "backends", "convert"]
+__all__ = [
+    "agent_attention",
+    "flow_patch_embed",
+    "AgentAttention",
+    "FlowPatchEmbed",
+    "convert_pvt_state_dict",
+    "backends",
+    "convert",
+]

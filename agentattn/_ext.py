@@ -1,4 +1,5 @@
 """Loading the compiled extension and reporting what is available. Nothing here touches a GPU."""
+
 from __future__ import annotations
 
 import importlib
@@ -138,6 +139,7 @@ def choose_backend(op: str, device_type: str, backend: str | None, avail) -> str
             warn_fallback(op)
         return avail[0]
     if choice not in avail:
-        raise ValueError(f"backend {choice!r} is not available for {device_type} tensors here; "
-                         f"available: {list(avail)}")
+        raise ValueError(
+            f"backend {choice!r} is not available for {device_type} tensors here; available: {list(avail)}"
+        )
     return choice

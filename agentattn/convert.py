@@ -27,6 +27,7 @@ What each original becomes (tests/agentattn/test_convert_*.py compare outputs an
   forward(qkv) as there).
 - AgentSD (agentsd/patch.py) -> :class:`AgentSDAttention` (two scales, ``k_scale2``, and ``k_shortcut``).
 """
+
 from __future__ import annotations
 
 import math
@@ -39,13 +40,23 @@ from agentattn.ops.agent_attention.op import agent_attention
 
 Tensor = torch.Tensor
 
-__all__ = ["deit_state_dict", "pvt_state_dict", "swin_state_dict", "cswin_state_dict", "from_original", "swap",
-           "timm_vit", "agentsd", "CSWinAgentAttention", "AgentSDAttention"]
+__all__ = [
+    "deit_state_dict",
+    "pvt_state_dict",
+    "swin_state_dict",
+    "cswin_state_dict",
+    "from_original",
+    "swap",
+    "timm_vit",
+    "agentsd",
+    "CSWinAgentAttention",
+    "AgentSDAttention",
+]
 
 
 # ------------------------------------------------------------------------------------ state dicts
 def _strip(state_dict: dict, prefix: str) -> dict:
-    out = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     if not out:
         raise ValueError(f"no keys start with prefix {prefix!r}")
     return out
@@ -97,7 +108,7 @@ def cswin_state_dict(state_dict: dict, prefix: str = "") -> dict:
     sd = _strip(state_dict, prefix)
     if "get_v.weight" not in sd:
         raise ValueError(f"{prefix or 'state dict'}: no get_v.weight: not an Agent-CSwin attention")
-    return {("dwc" + k[len("get_v"):] if k.startswith("get_v.") else k): v for k, v in sd.items()}
+    return {("dwc" + k[len("get_v") :] if k.startswith("get_v.") else k): v for k, v in sd.items()}
 
 
 # ------------------------------------------------------------------------------------ module converters
@@ -122,8 +133,10 @@ def _kind(m: nn.Module) -> str | None:
 def _square_agents(name: str, agent_num: int) -> int:
     r = math.isqrt(agent_num)
     if r * r != agent_num:
-        raise ValueError(f"{name}: agent_num={agent_num} is not a perfect square: the original pools to "
-                         f"int(sqrt({agent_num}))² = {r * r} agents and cannot run either")
+        raise ValueError(
+            f"{name}: agent_num={agent_num} is not a perfect square: the original pools to "
+            f"int(sqrt({agent_num}))² = {r * r} agents and cannot run either"
+        )
     return agent_num
 
 
@@ -142,26 +155,32 @@ def from_original(module: nn.Module, name: str = "module") -> nn.Module:
     strictly (module docstring's table). ``name`` appears in the error messages."""
     kind = _kind(module)
     if kind is None:
-        raise ValueError(f"{name} ({type(module).__name__}) is not an Agent-Attention module known here "
-                         "(Agent-DeiT, Agent-PVT, detection Agent-PVT, Agent-Swin, Agent-CSwin)")
+        raise ValueError(
+            f"{name} ({type(module).__name__}) is not an Agent-Attention module known here "
+            "(Agent-DeiT, Agent-PVT, detection Agent-PVT, Agent-Swin, Agent-CSwin)"
+        )
     m = module
     H = m.num_heads
     drops = dict(attn_drop=m.attn_drop.p, proj_drop=m.proj_drop.p if hasattr(m, "proj_drop") else 0.0)
     sd = m.state_dict()
     if kind == "deit":
         n = _square_agents(name, m.agent_num)
-        ours = AgentAttention(m.dim, H, qkv_bias=m.qkv.bias is not None, agent_num=n, window=m.window,
-                              num_prefix_tokens=1, **drops)
+        ours = AgentAttention(
+            m.dim, H, qkv_bias=m.qkv.bias is not None, agent_num=n, window=m.window, num_prefix_tokens=1, **drops
+        )
         ours.scale = m.scale
         return _load(ours, deit_state_dict(sd), name, m)
     if kind == "swin":
         n = _square_agents(name, m.agent_num)
         ws = tuple(m.window_size)
         if ws[0] != ws[1]:
-            raise ValueError(f"{name}: window_size={ws} is not square: the original takes h = w = sqrt(tokens) "
-                             "and cannot run such windows")
-        ours = AgentAttention(m.dim, H, qkv_bias=m.qkv.bias is not None, agent_num=n, window=ws,
-                              ignore_mask=True, **drops)
+            raise ValueError(
+                f"{name}: window_size={ws} is not square: the original takes h = w = sqrt(tokens) "
+                "and cannot run such windows"
+            )
+        ours = AgentAttention(
+            m.dim, H, qkv_bias=m.qkv.bias is not None, agent_num=n, window=ws, ignore_mask=True, **drops
+        )
         ours.scale = m.scale
         return _load(ours, swin_state_dict(sd), name, m)
     if kind in ("pvt", "pvt_det"):
@@ -169,12 +188,23 @@ def from_original(module: nn.Module, name: str = "module") -> nn.Module:
         extra = {}
         if kind == "pvt_det":
             if m.sr_ratio > 1:
-                raise ValueError(f"{name}: detection Agent-PVT with sr_ratio={m.sr_ratio}: its forward asserts "
-                                 "sr_ratio == 1 (the original cannot run it), so there is nothing to reproduce")
-            extra = dict(agent_num=tuple(m.downstream_agent_shape), bias_agent_grid=n,
-                         dwc_kernel=m.kernel_size, scale=m.scale)
-        ours = AgentAttention(m.dim, H, qkv_bias=m.q.bias is not None, agent_num=extra.pop("agent_num", n),
-                              window=tuple(m.window_size), sr_ratio=m.sr_ratio, **extra, **drops)
+                raise ValueError(
+                    f"{name}: detection Agent-PVT with sr_ratio={m.sr_ratio}: its forward asserts "
+                    "sr_ratio == 1 (the original cannot run it), so there is nothing to reproduce"
+                )
+            extra = dict(
+                agent_num=tuple(m.downstream_agent_shape), bias_agent_grid=n, dwc_kernel=m.kernel_size, scale=m.scale
+            )
+        ours = AgentAttention(
+            m.dim,
+            H,
+            qkv_bias=m.q.bias is not None,
+            agent_num=extra.pop("agent_num", n),
+            window=tuple(m.window_size),
+            sr_ratio=m.sr_ratio,
+            **extra,
+            **drops,
+        )
         ours.scale = m.scale
         return _load(ours, pvt_state_dict(sd), name, m)
     # cswin
@@ -219,10 +249,12 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
         name = f"blocks.{i}.attn"
         if isinstance(attn, AgentAttention):
             continue  # converted already: keep its (maybe trained) agent parameters
-        for what, bad in (("q_norm", not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity)),
-                          ("k_norm", not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity)),
-                          ("norm (scale_norm)", not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity)),
-                          ("gate", getattr(attn, "gate", None) is not None)):
+        for what, bad in (
+            ("q_norm", not isinstance(getattr(attn, "q_norm", nn.Identity()), nn.Identity)),
+            ("k_norm", not isinstance(getattr(attn, "k_norm", nn.Identity()), nn.Identity)),
+            ("norm (scale_norm)", not isinstance(getattr(attn, "norm", nn.Identity()), nn.Identity)),
+            ("gate", getattr(attn, "gate", None) is not None),
+        ):
             if bad:
                 raise ValueError(f"{name}: {what} has no counterpart in agent attention; build the model without it")
         if not all(isinstance(getattr(attn, lin, None), nn.Linear) for lin in ("qkv", "proj")):
@@ -230,8 +262,10 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
         dim = attn.qkv.in_features
         heads = attn.num_heads
         if attn.qkv.out_features != 3 * dim or heads * getattr(attn, "head_dim", dim // heads) != dim:
-            raise ValueError(f"{name}: attention width {attn.qkv.out_features // 3} != embed dim {dim} "
-                             "(attn_head_dim): agent attention keeps the width")
+            raise ValueError(
+                f"{name}: attention width {attn.qkv.out_features // 3} != embed dim {dim} "
+                "(attn_head_dim): agent attention keeps the width"
+            )
         if attn.proj.bias is None or attn.proj.out_features != dim:
             raise ValueError(f"{name}: proj must be Linear({dim}, {dim}) with bias (proj_bias=False is not supported)")
         plan.append((i, name, attn, dim, heads))
@@ -239,9 +273,17 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
     swapped = []
     for i, name, attn, dim, heads in plan:
         ref = attn.qkv.weight
-        ours = AgentAttention(dim, heads, qkv_bias=attn.qkv.bias is not None, attn_drop=attn.attn_drop.p,
-                              proj_drop=attn.proj_drop.p, agent_num=agent_num, window=grid,
-                              num_prefix_tokens=prefix, fused=fused).to(device=ref.device, dtype=ref.dtype)
+        ours = AgentAttention(
+            dim,
+            heads,
+            qkv_bias=attn.qkv.bias is not None,
+            attn_drop=attn.attn_drop.p,
+            proj_drop=attn.proj_drop.p,
+            agent_num=agent_num,
+            window=grid,
+            num_prefix_tokens=prefix,
+            fused=fused,
+        ).to(device=ref.device, dtype=ref.dtype)
         ours.scale = float(attn.scale)
         with torch.no_grad():
             for lin in ("qkv", "proj"):
@@ -253,10 +295,12 @@ def timm_vit(model: nn.Module, agent_num=49, layers=None, fused: bool | None = T
         names.append(name)
         swapped.append(ours)
     if swapped and getattr(model, "dynamic_img_size", False):
+
         def set_grid(_mod, _inp, out, swapped=swapped):
             hw = tuple(out.shape[1:3]) if out.dim() == 4 else None  # dynamic_img_size: NHWC patch grid
             for a in swapped:
                 a.grid_hint = hw
+
         pe.register_forward_hook(set_grid)
     return names
 
@@ -280,8 +324,16 @@ class CSWinAgentAttention(AgentAttention):
     agent attention over the stripe grid plus the depthwise conv (the original's ``get_v``, here ``dwc``) of
     v. No projections of its own (the block has them). Shapes: (3, B, L, C) -> (B, L, C)."""
 
-    def __init__(self, dim: int, resolution: int, stripe: tuple[int, int], num_heads: int, agent_num=49,
-                 attn_drop: float = 0.0, fused: bool | None = True):
+    def __init__(
+        self,
+        dim: int,
+        resolution: int,
+        stripe: tuple[int, int],
+        num_heads: int,
+        agent_num=49,
+        attn_drop: float = 0.0,
+        fused: bool | None = True,
+    ):
         super().__init__(dim, num_heads, agent_num=agent_num, window=stripe, attn_drop=attn_drop, fused=fused)
         del self.qkv, self.proj, self.proj_drop
         self.resolution = int(resolution)
@@ -328,24 +380,36 @@ class AgentSDAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"heads={self.heads}, k_scale2={self.k_scale2}, k_shortcut={self.k_shortcut}, fused={self.fused}"
 
-    def forward(self, x: Tensor, agent: Tensor | None = None, context: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, agent: Tensor | None = None, context: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         h = self.heads
         ctx = x if context is None else context
         use_agents = agent is not None and agent.shape[1] * 2 < x.shape[1]
         if use_agents and mask is not None:
-            raise ValueError("AgentSDAttention: a mask cannot apply to the agent path (the original prints "
-                             "'Mask not supported yet!' and ignores it); drop the mask")
+            raise ValueError(
+                "AgentSDAttention: a mask cannot apply to the agent path (the original prints "
+                "'Mask not supported yet!' and ignores it); drop the mask"
+            )
         q, k, v = self.to_q(x), self.to_k(ctx), self.to_v(ctx)
         B, N, C = q.shape
         heads = lambda t: t.reshape(B, t.shape[1], h, C // h).transpose(1, 2)  # noqa: E731 (B, h, *, d)
         if use_agents:
             if self.k_shortcut and k.shape[1] != N:
-                raise ValueError(f"k_shortcut={self.k_shortcut} adds V to the output: it needs as many keys as "
-                                 f"queries, got {k.shape[1]} context tokens for {N} (the original fails too)")
+                raise ValueError(
+                    f"k_shortcut={self.k_shortcut} adds V to the output: it needs as many keys as "
+                    f"queries, got {k.shape[1]} context tokens for {N} (the original fails too)"
+                )
             qh, kh, vh, ah = heads(q), heads(k), heads(v), heads(self.to_q(agent))
-            out = agent_attention(qh, kh, vh, ah, scale=self.scale, scale_query=self.scale ** self.k_scale2,
-                                  backend=None if self.fused in (None, True) else "reference")
+            out = agent_attention(
+                qh,
+                kh,
+                vh,
+                ah,
+                scale=self.scale,
+                scale_query=self.scale**self.k_scale2,
+                backend=None if self.fused in (None, True) else "reference",
+            )
             if self.k_shortcut:
                 out = out + vh * self.k_shortcut
         else:

@@ -16,6 +16,7 @@ at the CPU suite's shapes::
 
     flock /tmp/cpu-heavy.lock python benchmarks/agent_attention_nan_cost.py [--threads 2] [--reps 41]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,7 @@ import time
 
 import torch
 
-SHAPES = [("A_deit_t", 32, 3, 196, 49, 64), ("B_swin_s1_n49", 8, 3, 3136, 49, 32),
-          ("B_swin_s1_n9", 8, 3, 3136, 9, 32)]
+SHAPES = [("A_deit_t", 32, 3, 196, 49, 64), ("B_swin_s1_n49", 8, 3, 3136, 49, 32), ("B_swin_s1_n9", 8, 3, 3136, 9, 32)]
 
 
 def _time(fns: dict, warmup: int, reps: int) -> dict:
@@ -53,16 +53,24 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, torch {torch.__version__}, reps {args.reps} (medians, ms)")
-    print("| shape | pass | raw ms | op ms | nocheck ms | op / nocheck - 1 | check ms | check / raw | k_pass ms "
-          "| k_pass / raw |")
+    print(
+        "| shape | pass | raw ms | op ms | nocheck ms | op / nocheck - 1 | check ms | check / raw | k_pass ms "
+        "| k_pass / raw |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, B, H, N, n, d in SHAPES:
         g = torch.Generator().manual_seed(0)
         mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-        ins = [mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d), 0.02 * mk(1, H, n, N),
-               0.02 * mk(1, H, N, n)]
+        ins = [
+            mk(B, H, N, d),
+            mk(B, H, N, d),
+            mk(B, H, N, d),
+            mk(B, H, n, d),
+            0.02 * mk(1, H, n, N),
+            0.02 * mk(1, H, N, n),
+        ]
         go = mk(B, H, N, d)
-        s = d ** -0.5
+        s = d**-0.5
         _, _, lse_a, lse_q = torch.ops.agentattn.agent_attention_fwd(*ins, s)
 
         def check():
@@ -73,6 +81,7 @@ def main(argv=None) -> int:
 
         for pss in ("fwd", "fwd_bwd"):
             if pss == "fwd":
+
                 def raw():
                     with torch.no_grad():
                         torch.ops.agentattn.agent_attention_fwd(*ins, s)
@@ -92,6 +101,7 @@ def main(argv=None) -> int:
                     agentattn.agent_attention(*ts, s, backend="cpp").backward(go)
                     for t in ts:
                         t.grad = None
+
             def nocheck(full=full):
                 real = op._all_finite
                 op._all_finite = lambda *t: True
@@ -100,12 +110,13 @@ def main(argv=None) -> int:
                 finally:
                     op._all_finite = real
 
-            res = _time({"raw": raw, "op": full, "nocheck": nocheck, "check": check, "k_pass": k_pass}, 3,
-                        args.reps)
-            print(f"| {name} | {pss} | {res['raw']:.3f} | {res['op']:.3f} | {res['nocheck']:.3f} | "
-                  f"{100 * (res['op'] / res['nocheck'] - 1):+.1f} % | {res['check']:.3f} | "
-                  f"{100 * res['check'] / res['raw']:.1f} % | {res['k_pass']:.3f} | "
-                  f"{100 * res['k_pass'] / res['raw']:.1f} % |")
+            res = _time({"raw": raw, "op": full, "nocheck": nocheck, "check": check, "k_pass": k_pass}, 3, args.reps)
+            print(
+                f"| {name} | {pss} | {res['raw']:.3f} | {res['op']:.3f} | {res['nocheck']:.3f} | "
+                f"{100 * (res['op'] / res['nocheck'] - 1):+.1f} % | {res['check']:.3f} | "
+                f"{100 * res['check'] / res['raw']:.1f} % | {res['k_pass']:.3f} | "
+                f"{100 * res['k_pass'] / res['raw']:.1f} % |"
+            )
     return 0
 
 

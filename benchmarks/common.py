@@ -3,6 +3,7 @@
 Suites import it as ``common`` (``benchmarks/`` is put on ``sys.path`` by ``run.py`` and by each suite's
 ``__main__``). Nothing here queries a GPU unless the caller asks for a CUDA measurement.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,10 +71,16 @@ def write_result(prefix: str, payload: dict, markdown: str) -> None:
 def git_commit() -> str | None:
     """HEAD commit of the repository, with ``+dirty`` when tracked files differ from it."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (sha + ("+dirty" if dirty else "")) if sha else None
@@ -99,8 +106,13 @@ def machine_info(device: str = "cpu") -> dict:
     gpu = None
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        gpu = {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "capability": f"{p.major}.{p.minor}",
-               "peak_bw_bytes_s": peak_bandwidth(p.name), "cuda": torch.version.cuda}
+        gpu = {
+            "name": p.name,
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "capability": f"{p.major}.{p.minor}",
+            "peak_bw_bytes_s": peak_bandwidth(p.name),
+            "cuda": torch.version.cuda,
+        }
     try:
         import agentattn
 
@@ -150,8 +162,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30,
-            budget_s: float = 0.5) -> dict:
+def time_fn(
+    fn, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30, budget_s: float = 0.5
+) -> dict:
     """Wall time of ``fn()`` after up to ``warmup`` calls (fewer when they use up ``budget_s``): at least
     ``min_reps`` timed calls, more until ``budget_s`` seconds of timed calls or ``max_reps``. CUDA: timed
     with events around each call.
@@ -173,13 +186,19 @@ def time_fn(fn, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_rep
 def _stats(times_s: list[float]) -> dict:
     ms = sorted(1e3 * t for t in times_s)
     q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
-    return {"median_ms": round(statistics.median(ms), 4), "min_ms": round(ms[0], 4),
-            "p25_ms": round(q[0], 4), "p75_ms": round(q[2], 4), "iqr_ms": round(q[2] - q[0], 4),
-            "reps": len(ms)}
+    return {
+        "median_ms": round(statistics.median(ms), 4),
+        "min_ms": round(ms[0], 4),
+        "p25_ms": round(q[0], 4),
+        "p75_ms": round(q[2], 4),
+        "iqr_ms": round(q[2] - q[0], 4),
+        "reps": len(ms),
+    }
 
 
-def time_round_robin(fns: dict, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30,
-                     budget_s: float = 0.5) -> dict:
+def time_round_robin(
+    fns: dict, device: str = "cpu", warmup: int = 2, min_reps: int = 3, max_reps: int = 30, budget_s: float = 0.5
+) -> dict:
     """``time_fn`` for several functions at once, called in turn (one call of each per round) so that load
     from other processes falls on all of them alike. Each function stops once it has ``min_reps`` calls
     and either ``budget_s`` seconds of timed calls or ``max_reps`` calls; the fast ones keep going while
@@ -336,8 +355,7 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None, headers: 
         for r in rows:
             columns += [k for k in r if k not in columns]
     headers = headers or {}
-    out = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |",
-           "|" + "|".join("---" for _ in columns) + "|"]
+    out = ["| " + " | ".join(headers.get(c, c) for c in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
         out.append("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
     return "\n".join(out) + "\n"

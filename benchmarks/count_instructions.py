@@ -15,6 +15,7 @@ Needs valgrind and the built extension. ``--isa`` picks the kernel's tiles (avx2
 valgrind up to 3.22 does not emulate AVX-512, so under valgrind the CPU reports no AVX-512 and that path
 cannot be counted (judge it by timings). ``--pass fwd_bwd`` counts a forward and a backward per call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,15 +62,37 @@ def count(a) -> dict:
         raise SystemExit("valgrind (with callgrind_annotate) is not installed: apt-get install valgrind")
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "cg.out")
-        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__, "--child",
-               "--n", str(a.n), "--B", str(a.B), "--H", str(a.H), "--N", str(a.N), "--d", str(a.d),
-               "--calls", str(a.calls), "--isa", a.isa, "--pass", a.pass_]
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            __file__,
+            "--child",
+            "--n",
+            str(a.n),
+            "--B",
+            str(a.B),
+            "--H",
+            str(a.H),
+            "--N",
+            str(a.N),
+            "--d",
+            str(a.d),
+            "--calls",
+            str(a.calls),
+            "--isa",
+            a.isa,
+            "--pass",
+            a.pass_,
+        ]
         env = dict(os.environ, OMP_NUM_THREADS="1")
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode != 0 or not os.path.getsize(out):
             raise SystemExit(f"valgrind run failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
-        ann = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", out],
-                             capture_output=True, text=True, check=True).stdout
+        ann = subprocess.run(
+            ["callgrind_annotate", "--inclusive=no", "--threshold=100", out], capture_output=True, text=True, check=True
+        ).stdout
     return summarize(ann, a.B * a.H * a.calls)
 
 
@@ -106,8 +129,10 @@ def main(argv=None) -> int:
     for n in a.n or [49, 9]:
         a1 = argparse.Namespace(**{**vars(a), "n": n})
         res = count(a1)
-        print(f"B {a.B} H {a.H} N {a.N} n {n} d {a.d} ({a.isa}, {a.pass_}): {res['total'] / 1e6:.3f} M instructions "
-              "per head and call")
+        print(
+            f"B {a.B} H {a.H} N {a.N} n {n} d {a.d} ({a.isa}, {a.pass_}): {res['total'] / 1e6:.3f} M instructions "
+            "per head and call"
+        )
         for name, v in res["functions"]:
             print(f"  {v / 1e6:8.3f} M  {name}")
     return 0

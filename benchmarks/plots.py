@@ -7,6 +7,7 @@ values (at most two (n, d) pairs): median time (error bars: interquartile range)
 implementation against N, log-log. The latency panels mark the crossover N of fused agent attention
 against SDPA softmax attention (``attention_sweep.crossovers``) with a dashed vertical line.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,8 +40,15 @@ def _panels(rows: list[dict]) -> list[tuple]:
 
 
 def _series(rows, impl, pss, n, d, key):
-    pts = sorted((r["N"], r) for r in rows if r["impl"] == impl and r["pass"] == pss and r["d"] == d
-                 and (r["family"] == "softmax" or r["n"] == n) and r.get(key) is not None)
+    pts = sorted(
+        (r["N"], r)
+        for r in rows
+        if r["impl"] == impl
+        and r["pass"] == pss
+        and r["d"] == d
+        and (r["family"] == "softmax" or r["n"] == n)
+        and r.get(key) is not None
+    )
     return [N for N, _ in pts], [r for _, r in pts]
 
 
@@ -65,8 +73,10 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
                 continue
             ys = [r[key] for r in rs]
             if key == "median_ms":
-                err = [[max(0.0, y - r.get("p25_ms", y)) for y, r in zip(ys, rs, strict=True)],
-                       [max(0.0, r.get("p75_ms", y) - y) for y, r in zip(ys, rs, strict=True)]]
+                err = [
+                    [max(0.0, y - r.get("p25_ms", y)) for y, r in zip(ys, rs, strict=True)],
+                    [max(0.0, r.get("p75_ms", y) - y) for y, r in zip(ys, rs, strict=True)],
+                ]
                 ax.errorbar(Ns, ys, yerr=err, color=col, marker=mk, ls=ls, ms=4, capsize=2, label=impl)
             else:
                 ax.plot(Ns, ys, color=col, marker=mk, ls=ls, ms=4, label=impl)
@@ -80,14 +90,31 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
                     continue
                 if x.get("crossover_N"):
                     ax.axvline(x["crossover_N"], color="k", ls="--", lw=1)
-                    ax.annotate(f"crossover N≈{x['crossover_N']}", (x["crossover_N"], 0.95), rotation=90,
-                                xycoords=("data", "axes fraction"), ha="right", va="top", fontsize=8)
+                    ax.annotate(
+                        f"crossover N≈{x['crossover_N']}",
+                        (x["crossover_N"], 0.95),
+                        rotation=90,
+                        xycoords=("data", "axes fraction"),
+                        ha="right",
+                        va="top",
+                        fontsize=8,
+                    )
                 elif x.get("first_faster_N"):
-                    ax.annotate(f"agent_fused faster than softmax_sdpa from N={x['first_faster_N']} on",
-                                (0.02, 0.97), xycoords="axes fraction", va="top", fontsize=8)
+                    ax.annotate(
+                        f"agent_fused faster than softmax_sdpa from N={x['first_faster_N']} on",
+                        (0.02, 0.97),
+                        xycoords="axes fraction",
+                        va="top",
+                        fontsize=8,
+                    )
                 else:
-                    ax.annotate("agent_fused not faster than softmax_sdpa at the largest N", (0.02, 0.97),
-                                xycoords="axes fraction", va="top", fontsize=8)
+                    ax.annotate(
+                        "agent_fused not faster than softmax_sdpa at the largest N",
+                        (0.02, 0.97),
+                        xycoords="axes fraction",
+                        va="top",
+                        fontsize=8,
+                    )
         ax.set_xscale("log")
         ax.set_yscale("log")
         Ns_all = sorted({r["N"] for r in rows if r["pass"] == pss and r["d"] == d})
@@ -99,12 +126,15 @@ def _figure(doc, rows, summary, key: str, ylabel: str, path: Path, crossover: bo
         ax.set_title(f"{title}, agents n={n}, head dim d={d}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     B, H = rows[0]["B"], rows[0]["H"]
     extra = " (dotted: saved for backward + output)" if key == "peak_mem_mb" else ""
-    fig.suptitle(f"{ylabel} vs N{extra}: B={B}, H={H}, {rows[0]['dtype']}, {h['device']} "
-                 f"({h['machine']}, {h['date_utc'][:10]}, load {h.get('load_average_start')})", fontsize=9)
+    fig.suptitle(
+        f"{ylabel} vs N{extra}: B={B}, H={H}, {rows[0]['dtype']}, {h['device']} "
+        f"({h['machine']}, {h['date_utc'][:10]}, load {h.get('load_average_start')})",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -119,6 +149,5 @@ def make_plots(doc: dict, prefix: Path) -> list[Path]:
     prefix = Path(prefix)
     out = [_figure(doc, rows, summary, "median_ms", "median time (ms)", Path(f"{prefix}-latency.png"), True)]
     if any(r.get("peak_mem_mb") is not None for r in rows):
-        out.append(_figure(doc, rows, summary, "peak_mem_mb", "peak memory (MiB)", Path(f"{prefix}-memory.png"),
-                           False))
+        out.append(_figure(doc, rows, summary, "peak_mem_mb", "peak memory (MiB)", Path(f"{prefix}-memory.png"), False))
     return [p for p in out if p is not None]

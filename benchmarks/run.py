@@ -14,6 +14,7 @@ still run. Outputs in ``--out`` (default ``benchmarks/results``): ``<machine>-<d
 ``-memory.png``. Exit status: 0 when every suite ran and every kernel passed its correctness check,
 1 otherwise, 2 on bad arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,9 +94,16 @@ def _clean(x):
 
 def run_suite(s: Suite, cfg: dict) -> dict:
     """Run one suite; never raises. Returns the result record of the schema's ``$defs/suite``."""
-    rec = {"name": s.name, "file": str(s.path.relative_to(common.REPO)) if s.path.is_relative_to(common.REPO)
-           else str(s.path), "status": "ok", "seconds": 0.0, "note": "", "error": None, "rows": [],
-           "summary": None}
+    rec = {
+        "name": s.name,
+        "file": str(s.path.relative_to(common.REPO)) if s.path.is_relative_to(common.REPO) else str(s.path),
+        "status": "ok",
+        "seconds": 0.0,
+        "note": "",
+        "error": None,
+        "rows": [],
+        "summary": None,
+    }
     if s.error:
         rec.update(status="failed", error=s.error)
         return rec
@@ -142,14 +150,17 @@ def suite_markdown(s: Suite | None, rec: dict) -> str:
 def header_markdown(h: dict, cfg: dict) -> str:
     gpu = h["gpu"]["name"] if h.get("gpu") else "none"
     be = h.get("agentattn_backends", {})
-    lines = [f"# Benchmarks: {h['machine']}, {h['date_utc']}", "",
-             f"- machine: `{h['hostname']}`; CPU: {h['cpu']}, {h['cpu_cores']} cores, torch threads "
-             f"{h['torch_threads']}; GPU: {gpu}; device of this run: {h['device']}",
-             f"- python {h['python']}, torch {h['torch']}, triton {h['triton']}; agentattn backends: "
-             f"{be.get('cpu')} (CPU), {be.get('cuda')} (CUDA)",
-             f"- commit {h['git_commit']}",
-             f"- load average (1, 5, 15 min) at start {h['load_average_start']}, at end {h['load_average_end']}",
-             f"- command: `python benchmarks/run.py {' '.join(cfg['argv'])}`"]
+    lines = [
+        f"# Benchmarks: {h['machine']}, {h['date_utc']}",
+        "",
+        f"- machine: `{h['hostname']}`; CPU: {h['cpu']}, {h['cpu_cores']} cores, torch threads "
+        f"{h['torch_threads']}; GPU: {gpu}; device of this run: {h['device']}",
+        f"- python {h['python']}, torch {h['torch']}, triton {h['triton']}; agentattn backends: "
+        f"{be.get('cpu')} (CPU), {be.get('cuda')} (CUDA)",
+        f"- commit {h['git_commit']}",
+        f"- load average (1, 5, 15 min) at start {h['load_average_start']}, at end {h['load_average_end']}",
+        f"- command: `python benchmarks/run.py {' '.join(cfg['argv'])}`",
+    ]
     if h["note"]:
         lines.append(f"- note: {h['note']}")
     return "\n".join(lines) + "\n\n"
@@ -159,20 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(
         description="Run the benchmark suites (attention sweep, models, kernels) and write JSON, Markdown and "
-                    "PNG plots.",
+        "PNG plots.",
         epilog="examples:\n  python benchmarks/run.py --quick\n  python benchmarks/run.py --device cpu\n"
-               "  python benchmarks/run.py --only attention_sweep --out /tmp/bench",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  python benchmarks/run.py --only attention_sweep --out /tmp/bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes and short timing budgets (about a minute)")
     ap.add_argument("--tiny", action="store_true", help="test size: seconds, numbers not meaningful (used by tests)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     ap.add_argument("--only", help="comma-separated suite names to run (default: all discovered)")
     ap.add_argument("--out", default=str(HERE / "results"), help="output directory (default benchmarks/results)")
-    ap.add_argument("--suite-path", action="append", default=[], metavar="DIR",
-                    help="another directory of suite files (repeatable)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch.set_num_threads before running (default: torch's choice). On a machine shared with "
-                         "other jobs 1 gives far steadier times: a parallel region waits for its slowest thread")
+    ap.add_argument(
+        "--suite-path", action="append", default=[], metavar="DIR", help="another directory of suite files (repeatable)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads before running (default: torch's choice). On a machine shared with "
+        "other jobs 1 gives far steadier times: a parallel region waits for its slowest thread",
+    )
     ap.add_argument("--note", default="", help="free text stored in the header (e.g. how loaded the machine was)")
     ap.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     ap.add_argument("--list", action="store_true", help="list the discovered suites and exit")
@@ -195,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("error: --device cuda but torch.cuda.is_available() is False (CPU build or no GPU); "
-                  "use --device cpu", file=sys.stderr)
+            print(
+                "error: --device cuda but torch.cuda.is_available() is False (CPU build or no GPU); use --device cpu",
+                file=sys.stderr,
+            )
             return 2
 
     if args.threads is not None:
@@ -207,32 +226,47 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
-    cfg = {"quick": bool(args.quick or args.tiny), "tiny": bool(args.tiny), "device": args.device, "only": only,
-           "argv": list(argv)}
+    cfg = {
+        "quick": bool(args.quick or args.tiny),
+        "tiny": bool(args.tiny),
+        "device": args.device,
+        "only": only,
+        "argv": list(argv),
+    }
     header = common.machine_info(args.device)
     header.update(device=args.device, load_average_end=None, note=args.note)
     results, by_name = [], {s.name: s for s in suites}
     for s in suites:
         print(f"[run.py] suite {s.name} ...", file=sys.stderr, flush=True)
         rec = run_suite(s, {k: cfg[k] for k in ("quick", "tiny", "device")})
-        print(f"[run.py] suite {s.name}: {rec['status']} in {rec['seconds']:.1f} s, {len(rec['rows'])} rows",
-              file=sys.stderr, flush=True)
+        print(
+            f"[run.py] suite {s.name}: {rec['status']} in {rec['seconds']:.1f} s, {len(rec['rows'])} rows",
+            file=sys.stderr,
+            flush=True,
+        )
         results.append(rec)
     header["load_average_end"] = common.load_average()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{header['machine']}-{header['date_utc'][:10]}" + ("-tiny" if args.tiny else "-quick" if args.quick else "")
-    doc = {"schema_version": 1, "header": header, "config": cfg, "suites": results, "plots": [],
-           "seconds": round(time.perf_counter() - t_start, 1)}
+    doc = {
+        "schema_version": 1,
+        "header": header,
+        "config": cfg,
+        "suites": results,
+        "plots": [],
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
     if not args.no_plots:
         try:
             import plots
 
             doc["plots"] = [Path(p).name for p in plots.make_plots(doc, out / stem)]
         except Exception:
-            print("[run.py] plots failed (results are still written):\n" + traceback.format_exc(limit=4),
-                  file=sys.stderr)
+            print(
+                "[run.py] plots failed (results are still written):\n" + traceback.format_exc(limit=4), file=sys.stderr
+            )
     doc = _clean(doc)
     errors = schema.validate(doc)
     md = header_markdown(header, cfg) + "\n".join(suite_markdown(by_name.get(r["name"]), r) for r in results)
@@ -241,20 +275,27 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / f"{stem}.md").write_text(md)
     print(md)
-    print(f"[run.py] wrote {out / stem}.json, .md" + (f" and {len(doc['plots'])} plots" if doc["plots"] else ""),
-          file=sys.stderr)
+    print(
+        f"[run.py] wrote {out / stem}.json, .md" + (f" and {len(doc['plots'])} plots" if doc["plots"] else ""),
+        file=sys.stderr,
+    )
 
     failed = [r["name"] for r in results if r["status"] == "failed"]
-    bad_checks = [f"{r['name']}:{row.get('impl')}" for r in results for row in r["rows"]
-                  if row.get("status") == "failed check"]
+    bad_checks = [
+        f"{r['name']}:{row.get('impl')}" for r in results for row in r["rows"] if row.get("status") == "failed check"
+    ]
     if errors:
-        print("[run.py] the result file does not match benchmarks/schema.json:\n  " + "\n  ".join(errors[:20]),
-              file=sys.stderr)
+        print(
+            "[run.py] the result file does not match benchmarks/schema.json:\n  " + "\n  ".join(errors[:20]),
+            file=sys.stderr,
+        )
     if failed:
         print(f"[run.py] FAILED suites: {failed} (tracebacks in the Markdown/JSON)", file=sys.stderr)
     if bad_checks:
-        print(f"[run.py] kernels that FAILED their correctness check (not timed): {sorted(set(bad_checks))}",
-              file=sys.stderr)
+        print(
+            f"[run.py] kernels that FAILED their correctness check (not timed): {sorted(set(bad_checks))}",
+            file=sys.stderr,
+        )
     return 1 if (errors or failed or bad_checks) else 0
 
 

@@ -8,6 +8,7 @@ installed, gives the same verdict; the test suite compares them.)
 
     errors = validate(doc)          # [] when valid, else 'path: message' strings
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,23 @@ from pathlib import Path
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 _ANNOTATIONS = {"$schema", "$id", "title", "description", "$defs", "$comment"}
-_KNOWN = _ANNOTATIONS | {"type", "enum", "const", "required", "properties", "additionalProperties", "items",
-                         "minimum", "minLength", "$ref", "allOf", "if", "then", "else", "not"}
+_KNOWN = _ANNOTATIONS | {
+    "type",
+    "enum",
+    "const",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "minimum",
+    "minLength",
+    "$ref",
+    "allOf",
+    "if",
+    "then",
+    "else",
+    "not",
+}
 _TYPES = {
     "object": lambda x: isinstance(x, dict),
     "array": lambda x: isinstance(x, list),

@@ -1,10 +1,11 @@
 """Files that are either complete or absent (atomic writes), and the per-sample predictions CSV.
 
-    atomic_write_json(path, obj)           # temp file next to path, fsync, rename: never a torn file
-    atomic_write(path, lambda f: np.savez(f, x=x))
-    write_predictions(path, index, ids, labels, probs)
-    rows = read_predictions(path)          # [PredictionRow(index, dataset, subject, clip, label, pred, probs)]
+atomic_write_json(path, obj)           # temp file next to path, fsync, rename: never a torn file
+atomic_write(path, lambda f: np.savez(f, x=x))
+write_predictions(path, index, ids, labels, probs)
+rows = read_predictions(path)          # [PredictionRow(index, dataset, subject, clip, label, pred, probs)]
 """
+
 from __future__ import annotations
 
 import csv
@@ -118,12 +119,23 @@ def write_predictions(path, rows: list[PredictionRow]) -> None:
     """predictions.csv: PREDICTION_COLUMNS, one row per sample, probabilities to 6 decimals."""
     lines = [",".join(PREDICTION_COLUMNS)]
     for r in rows:
-        lines.append(f"{r.index},{r.dataset},{r.subject},{r.clip},{r.label},{r.pred},"
-                     + ",".join(f"{v:.6f}" for v in r.probs))
+        lines.append(
+            f"{r.index},{r.dataset},{r.subject},{r.clip},{r.label},{r.pred}," + ",".join(f"{v:.6f}" for v in r.probs)
+        )
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def read_predictions(path) -> list[PredictionRow]:
     with open(path, newline="") as f:
-        return [PredictionRow(int(d["index"]), d["dataset"], d["subject"], d["clip"], int(d["label"]), int(d["pred"]),
-                              tuple(float(d[f"p_{n}"]) for n in LABEL_NAMES)) for d in csv.DictReader(f)]
+        return [
+            PredictionRow(
+                int(d["index"]),
+                d["dataset"],
+                d["subject"],
+                d["clip"],
+                int(d["label"]),
+                int(d["pred"]),
+                tuple(float(d[f"p_{n}"]) for n in LABEL_NAMES),
+            )
+            for d in csv.DictReader(f)
+        ]

@@ -13,6 +13,7 @@ requires; helpers that drop absent classes (a common bug in public evaluation sc
 exception of a 1x1 confusion matrix and skip the class) report higher numbers on small subsets. On the
 full composite every class is present, so both agree there.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -70,8 +71,12 @@ def breakdown(y_true, y_pred, groups, labels: Sequence[int] = (0, 1, 2), overall
     out = {}
     for name, mask in [(overall, np.ones_like(yt, bool))] + [(str(x), g == x) for x in dict.fromkeys(g)]:
         uf1, uar = uf1_uar(yt[mask], yp[mask], labels)
-        out[name] = {"uf1": uf1, "uar": uar, "n": int(mask.sum()),
-                     "confusion": confusion_matrix(yt[mask], yp[mask], labels).tolist()}
+        out[name] = {
+            "uf1": uf1,
+            "uar": uar,
+            "n": int(mask.sum()),
+            "confusion": confusion_matrix(yt[mask], yp[mask], labels).tolist(),
+        }
     return out
 
 

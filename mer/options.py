@@ -15,6 +15,7 @@ The field's type gives the option's type: bool -> ``--x/--no-x``; ``int``/``floa
 -> a typed value; ``dict`` -> repeatable ``KEY=VALUE``; ``tuple[int, ...]`` -> ``A,B,..``; a nested config
 dataclass (``nested=True``) -> its own options in place. A field without ``help`` is not on the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,33 @@ import typing
 from dataclasses import MISSING, field, fields
 
 
-def option(default=MISSING, help: str | None = None, *, choices=None, flag: str | None = None,  # noqa: A002
-           metavar: str | None = None, group: str | None = None, required: bool = False, nested: bool = False,
-           exclusive: str | None = None):
+def option(
+    default=MISSING,
+    help: str | None = None,
+    *,
+    choices=None,
+    flag: str | None = None,  # noqa: A002
+    metavar: str | None = None,
+    group: str | None = None,
+    required: bool = False,
+    nested: bool = False,
+    exclusive: str | None = None,
+):
     """A dataclass field with its option. ``default`` may be a callable (then it is the default_factory:
     ``dict``, ``PrepConfig``). ``flag``: the option's name (default ``--field-name``); ``group``: the --help
     section; ``required``: the option must be given (the dataclass default serves Python callers);
     ``exclusive``: fields with the same name form a mutually exclusive group; ``nested``: a config dataclass
     whose own options are added."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "flag": flag,
-            "metavar": metavar, "group": group, "required": required, "nested": nested, "exclusive": exclusive}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "flag": flag,
+        "metavar": metavar,
+        "group": group,
+        "required": required,
+        "nested": nested,
+        "exclusive": exclusive,
+    }
     if callable(default) and not isinstance(default, (bool, int, float, str)):
         return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)

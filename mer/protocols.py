@@ -4,6 +4,7 @@ A subject is the pair (dataset, subject): ``sub01`` of CASME II and ``s01`` of S
 and so are equal spellings in two datasets. Every fold's test subjects are absent from its training set
 (checked by :func:`check_folds`, which each splitter calls).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -92,8 +93,12 @@ def cross_dataset(samples, train: Sequence[str], test: Sequence[str]) -> list[Fo
             raise ValueError(f"no samples of dataset {d!r} (have {sorted(set(ds))})")
     arr = np.arange(len(samples))
     te = arr[np.isin(ds, test)]
-    fold = Fold(f"{'+'.join(train)}->{'+'.join(test)}", arr[np.isin(ds, train)], te,
-                tuple(dict.fromkeys((samples[i].dataset, samples[i].subject) for i in te)))
+    fold = Fold(
+        f"{'+'.join(train)}->{'+'.join(test)}",
+        arr[np.isin(ds, train)],
+        te,
+        tuple(dict.fromkeys((samples[i].dataset, samples[i].subject) for i in te)),
+    )
     check_folds([fold], samples)
     return [fold]
 

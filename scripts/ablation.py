@@ -29,6 +29,7 @@ Examples (what docs/training.md and the README report)::
     python scripts/ablation.py --data htnet-release:../shared/data/htnet_release --input face --protocol loso \\
         --lr 3e-4 --epochs 35 --selection oracle-release --configs htnet,lape,lape_agent --out runs/real
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,16 @@ def is_release(data: str) -> bool:
 def expected_config(a, name: str, seed: int) -> dict:
     """The config.json fields a reused run must have (so that the table never mixes other settings in)."""
     model, _, augment = CONFIGS[name]
-    want = {"data": a.data, "protocol": a.protocol, "epochs": a.epochs, "seed": seed, "model": model,
-            "augment": augment, "input": a.input, "selection": a.selection}
+    want = {
+        "data": a.data,
+        "protocol": a.protocol,
+        "epochs": a.epochs,
+        "seed": seed,
+        "model": model,
+        "augment": augment,
+        "input": a.input,
+        "selection": a.selection,
+    }
     if a.lr is not None:
         want["lr"] = a.lr
     return want
@@ -86,22 +95,54 @@ def _same_data(a: str, b: str) -> bool:
 
 
 def check_reused(out: Path, want: dict) -> None:
-    have = {"input": "regions", "selection": "fixed",  # runs written before these options existed
-            **json.loads((out / "config.json").read_text())}
-    diff = {k: (have.get(k), v) for k, v in want.items()
-            if not (_same_data(have[k], v) if k == "data" else have.get(k) == v)}
+    have = {
+        "input": "regions",
+        "selection": "fixed",  # runs written before these options existed
+        **json.loads((out / "config.json").read_text()),
+    }
+    diff = {
+        k: (have.get(k), v)
+        for k, v in want.items()
+        if not (_same_data(have[k], v) if k == "data" else have.get(k) == v)
+    }
     if diff:
-        raise SystemExit(f"error: {out} holds a finished run with other settings "
-                         f"({', '.join(f'{k}: {h!r}, asked {w!r}' for k, (h, w) in diff.items())}); "
-                         f"use another --out, or delete that run to retrain it")
+        raise SystemExit(
+            f"error: {out} holds a finished run with other settings "
+            f"({', '.join(f'{k}: {h!r}, asked {w!r}' for k, (h, w) in diff.items())}); "
+            f"use another --out, or delete that run to retrain it"
+        )
 
 
 def run_one(a, name: str, seed: int) -> dict:
     model, margs, augment = CONFIGS[name]
     out = Path(a.out) / f"{name}-s{seed}"
-    cmd = [sys.executable, "-m", "mer", "train", "--data", a.data, "--protocol", a.protocol,
-           "--epochs", str(a.epochs), "--seed", str(seed), "--workers", str(a.workers), "--out", str(out),
-           "--model", model, "--augment", augment, "--input", a.input, "--selection", a.selection, "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mer",
+        "train",
+        "--data",
+        a.data,
+        "--protocol",
+        a.protocol,
+        "--epochs",
+        str(a.epochs),
+        "--seed",
+        str(seed),
+        "--workers",
+        str(a.workers),
+        "--out",
+        str(out),
+        "--model",
+        model,
+        "--augment",
+        augment,
+        "--input",
+        a.input,
+        "--selection",
+        a.selection,
+        "--no-progress",
+    ]
     if not is_release(a.data):  # the release ships its flow: no preprocessing, no cache
         cmd += ["--flow", a.flow, "--cache", a.cache]
     if a.lr is not None:
@@ -125,14 +166,27 @@ def run_one(a, name: str, seed: int) -> dict:
     # An oracle run's main scores are the test-fold selection; its honest scores are the last epoch's.
     honest = m["last_epoch"]["scores"] if m["oracle"] else m["scores"]
     oracle = m["scores"] if m["oracle"] else None
-    return {"config": name, "seed": seed, "model": model, "model_args": margs, "augment": augment,
-            "selection": m["selection"], "uf1": honest["all"]["uf1"], "uar": honest["all"]["uar"],
-            "per_dataset": {k: v for k, v in honest.items() if k != "all"},
-            "oracle": None if oracle is None else {
-                "uf1": oracle["all"]["uf1"], "uar": oracle["all"]["uar"],
-                "per_dataset": {k: v for k, v in oracle.items() if k != "all"}},
-            "fold_seconds_mean": m["timing"]["fold_seconds_mean"],
-            "fold_cpu_seconds_mean": m["timing"]["fold_cpu_seconds_mean"], "run": str(out)}
+    return {
+        "config": name,
+        "seed": seed,
+        "model": model,
+        "model_args": margs,
+        "augment": augment,
+        "selection": m["selection"],
+        "uf1": honest["all"]["uf1"],
+        "uar": honest["all"]["uar"],
+        "per_dataset": {k: v for k, v in honest.items() if k != "all"},
+        "oracle": None
+        if oracle is None
+        else {
+            "uf1": oracle["all"]["uf1"],
+            "uar": oracle["all"]["uar"],
+            "per_dataset": {k: v for k, v in oracle.items() if k != "all"},
+        },
+        "fold_seconds_mean": m["timing"]["fold_seconds_mean"],
+        "fold_cpu_seconds_mean": m["timing"]["fold_cpu_seconds_mean"],
+        "run": str(out),
+    }
 
 
 def _ms(xs: list[float]) -> str:
@@ -145,16 +199,23 @@ DATASETS = (("casme2", "CASME II"), ("samm", "SAMM"), ("smic", "SMIC-HS"))
 
 
 def summarise(rows: list[dict], prof: dict, a) -> str:
-    data = ("Real MEGC2019 composite (the HTNet release's flow images)" if is_release(a.data)
-            else f"Synthetic composite, {a.flow} flow")
+    data = (
+        "Real MEGC2019 composite (the HTNet release's flow images)"
+        if is_release(a.data)
+        else f"Synthetic composite, {a.flow} flow"
+    )
     lr = "" if a.lr is None else f", lr {a.lr:g}"
     oracle = any(r["oracle"] for r in rows)
-    lines = [f"{data}, {a.input} input, protocol {a.protocol}, {a.epochs} epochs{lr}; UF1/UAR pooled over the "
-             f"out-of-fold predictions at the last epoch (honest), mean ± sample std over the seeds listed; "
-             f"train time = mean CPU seconds per fold (one thread per fold worker)."]
+    lines = [
+        f"{data}, {a.input} input, protocol {a.protocol}, {a.epochs} epochs{lr}; UF1/UAR pooled over the "
+        f"out-of-fold predictions at the last epoch (honest), mean ± sample std over the seeds listed; "
+        f"train time = mean CPU seconds per fold (one thread per fold worker)."
+    ]
     if oracle:
-        lines.append("Oracle columns: the same runs scored at the epoch with the best test-fold accuracy (the "
-                     "released HTNet's selection, latest best on ties): NOT a valid estimate.")
+        lines.append(
+            "Oracle columns: the same runs scored at the epoch with the best test-fold accuracy (the "
+            "released HTNet's selection, latest best on ties): NOT a valid estimate."
+        )
     head = ["configuration", "model", "UF1", "UAR"] + [f"{label} UF1" for _, label in DATASETS]
     head += ["oracle UF1", "oracle UAR"] if oracle else []
     head += ["params", "MFLOPs/image", "CPU s/fold", "seeds"]
@@ -167,8 +228,10 @@ def summarise(rows: list[dict], prof: dict, a) -> str:
         label = model + (f" ({', '.join(margs)})" if margs else "") + (" + DDPM" if augment != "none" else "")
         p = prof[name]
         cells = [name, label, _ms([r["uf1"] for r in rs]), _ms([r["uar"] for r in rs])]
-        cells += [_ms([r["per_dataset"][d]["uf1"] for r in rs]) if all(d in r["per_dataset"] for r in rs) else ""
-                  for d, _ in DATASETS]
+        cells += [
+            _ms([r["per_dataset"][d]["uf1"] for r in rs]) if all(d in r["per_dataset"] for r in rs) else ""
+            for d, _ in DATASETS
+        ]
         if oracle:
             os_ = [r["oracle"] for r in rs if r["oracle"]]
             cells += [_ms([o["uf1"] for o in os_]), _ms([o["uar"] for o in os_])] if len(os_) == len(rs) else ["", ""]
@@ -192,12 +255,24 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=28, help="input side (for the FLOP count)")
     ap.add_argument("--input", choices=("regions", "face"), default="regions", help="mer train --input")
     ap.add_argument("--lr", type=float, default=None, help="mer train --lr (default: mer train's)")
-    ap.add_argument("--selection", choices=("fixed", "oracle-release"), default="fixed",
-                    help="oracle-release: also the oracle columns (the honest ones stay the last epoch's)")
-    ap.add_argument("--only-finished", action="store_true",
-                    help="tabulate the finished runs only (train nothing; a seed column says which went in)")
-    ap.add_argument("--train-arg", action="append", default=[], metavar="ARG",
-                    help="one more `mer train` argument, repeatable (e.g. --train-arg=--batch-size=32)")
+    ap.add_argument(
+        "--selection",
+        choices=("fixed", "oracle-release"),
+        default="fixed",
+        help="oracle-release: also the oracle columns (the honest ones stay the last epoch's)",
+    )
+    ap.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="tabulate the finished runs only (train nothing; a seed column says which went in)",
+    )
+    ap.add_argument(
+        "--train-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more `mer train` argument, repeatable (e.g. --train-arg=--batch-size=32)",
+    )
     a = ap.parse_args(argv)
     a.configs = [c for c in a.configs.split(",") if c]
     bad = [c for c in a.configs if c not in CONFIGS]
@@ -208,8 +283,9 @@ def main(argv=None) -> int:
         if not Path(a.data.split(":", 1)[1]).expanduser().is_dir():
             ap.error(f"{a.data}: no such folder (the HTNet release's root, with its input/ and datasets/)")
     elif not (Path(a.data) / "synth_config.json").exists():
-        ap.error(f"{a.data} is neither a `mer synth` folder nor htnet-release:PATH; make one with "
-                 f"`mer synth --out {a.data}`")
+        ap.error(
+            f"{a.data} is neither a `mer synth` folder nor htnet-release:PATH; make one with `mer synth --out {a.data}`"
+        )
     Path(a.out).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
@@ -222,8 +298,9 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: no finished run in {a.out} for {a.configs} x seeds {a.seeds}")
     prof = {name: profile(CONFIGS[name][0], CONFIGS[name][1], a.size) for name in {r["config"] for r in rows}}
     table = summarise(rows, prof, a)
-    (Path(a.out) / "ablation.json").write_text(json.dumps(
-        {"args": {k: v for k, v in vars(a).items()}, "rows": rows, "profile": prof}, indent=1))
+    (Path(a.out) / "ablation.json").write_text(
+        json.dumps({"args": {k: v for k, v in vars(a).items()}, "rows": rows, "profile": prof}, indent=1)
+    )
     (Path(a.out) / "ablation.md").write_text(table + "\n")
     print(table)
     return 0

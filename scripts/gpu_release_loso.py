@@ -22,6 +22,7 @@ NOT MEASURED: no GPU has run this yet; the command was tested at a tiny size on 
 Extra options are passed to ``mer train`` after these (the last one given wins), e.g. ``--seed 1``,
 ``--selection fixed``, ``--fold-batch 12``. Writes OUT/gpu_run.json: device, wall time, the command.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,23 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULTS = ["--preset", "release", "--selection", "oracle-release", "--device", "cuda", "--fold-batch", "17",
-            "--matmul-precision", "high", "--no-deterministic", "--checkpoint-every", "0", "--no-save-models",
-            "--no-progress"]
+DEFAULTS = [
+    "--preset",
+    "release",
+    "--selection",
+    "oracle-release",
+    "--device",
+    "cuda",
+    "--fold-batch",
+    "17",
+    "--matmul-precision",
+    "high",
+    "--no-deterministic",
+    "--checkpoint-every",
+    "0",
+    "--no-save-models",
+    "--no-progress",
+]
 
 
 def mer_train_args(release: str, out: str, extra: list[str]) -> list[str]:
@@ -41,8 +56,9 @@ def mer_train_args(release: str, out: str, extra: list[str]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 epilog="Any other option is passed on to `mer train`.")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog="Any other option is passed on to `mer train`."
+    )
     ap.add_argument("--release", required=True, help="the HTNet release folder (a clone of wangzhifengharrison/HTNet)")
     ap.add_argument("--out", required=True, help="the run directory")
     args, extra = ap.parse_known_args(argv)
@@ -60,9 +76,20 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     print(f"wall time {wall / 60:.1f} min (rc {rc})", flush=True)
     if Path(args.out).is_dir():
-        (Path(args.out) / "gpu_run.json").write_text(json.dumps({
-            "device": device, "wall_seconds": round(wall, 1), "rc": rc, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "command": [Path(sys.executable).name, *sys.argv]}, indent=2) + "\n")
+        (Path(args.out) / "gpu_run.json").write_text(
+            json.dumps(
+                {
+                    "device": device,
+                    "wall_seconds": round(wall, 1),
+                    "rc": rc,
+                    "torch": torch.__version__,
+                    "cuda": torch.version.cuda,
+                    "command": [Path(sys.executable).name, *sys.argv],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return rc
 
 

@@ -15,6 +15,7 @@ Columns: flow_file (the flow image's name, key), face_file, source (mtcnn | fall
 (the clipped ints the release uses; points in MTCNN's order left eye, right eye, nose, left and right
 mouth corner), raw_x0,raw_y0 .. (MTCNN's float32 output, or the fallback set).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,15 +63,22 @@ def main(argv=None) -> int:
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["flow_file", "face_file", "source"] + [f"{a}{k}" for k in range(5) for a in "xy"]
-                   + [f"raw_{a}{k}" for k in range(5) for a in "xy"])
+        w.writerow(
+            ["flow_file", "face_file", "source"]
+            + [f"{a}{k}" for k in range(5) for a in "xy"]
+            + [f"raw_{a}{k}" for k in range(5) for a in "xy"]
+        )
         for i, name in enumerate(rel.names):
-            w.writerow([name, Path(rel.face_paths[i]).name, "mtcnn" if found[i] else "fallback"]
-                       + [int(v) for v in clipped[i].ravel()]
-                       + [str(v) for v in raw[i].astype(np.float32).ravel()])
+            w.writerow(
+                [name, Path(rel.face_paths[i]).name, "mtcnn" if found[i] else "fallback"]
+                + [int(v) for v in clipped[i].ravel()]
+                + [str(v) for v in raw[i].astype(np.float32).ravel()]
+            )
     tmp.replace(out)
-    print(f"MTCNN found a face in {int(found.sum())} of {len(found)} apex faces ({dt:.1f} s on CPU); "
-          f"fallback landmarks for {int((~found).sum())}; wrote {out}")
+    print(
+        f"MTCNN found a face in {int(found.sum())} of {len(found)} apex faces ({dt:.1f} s on CPU); "
+        f"fallback landmarks for {int((~found).sum())}; wrote {out}"
+    )
     if args.check:
         shipped = read_shipped_landmarks()
         diff = [n for i, n in enumerate(rel.names) if not np.array_equal(shipped[n][0], clipped[i])]

@@ -1,4 +1,5 @@
 """Drop-in nn.Modules."""
+
 from agentattn.modules.agent_attention import AgentAttention, convert_pvt_state_dict
 from agentattn.modules.flow_patch_embed import FlowPatchEmbed
 

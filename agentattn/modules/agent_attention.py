@@ -8,6 +8,7 @@ Host call conventions it accepts (``forward``): ``attn(x)`` (DeiT), ``attn(x, at
 (timm ``Block``), ``attn(x, mask=None)`` (Swin), ``attn(x, H, W)`` (PVT), ``attn(x, hw=(h, w))`` (HTNet),
 ``attn(x, context=c)`` (cross-attention). Converters from the original modules: ``agentattn.convert``.
 """
+
 from __future__ import annotations
 
 import math
@@ -98,11 +99,25 @@ class AgentAttention(nn.Module):
     (:func:`infer_grid`).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, agent_num=49, window=14, num_prefix_tokens: int = 0,
-                 fused: bool | None = True, *, sr_ratio: int = 1, context_dim: int | None = None,
-                 ignore_mask: bool = False, scale: float | None = None, dwc_kernel: int = 3,
-                 bias_agent_grid=None):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        agent_num=49,
+        window=14,
+        num_prefix_tokens: int = 0,
+        fused: bool | None = True,
+        *,
+        sr_ratio: int = 1,
+        context_dim: int | None = None,
+        ignore_mask: bool = False,
+        scale: float | None = None,
+        dwc_kernel: int = 3,
+        bias_agent_grid=None,
+    ):
         super().__init__()
         for name, val in (("dim", dim), ("num_heads", num_heads), ("sr_ratio", sr_ratio), ("dwc_kernel", dwc_kernel)):
             if isinstance(val, bool) or not isinstance(val, int) or val < 1:
@@ -114,19 +129,24 @@ class AgentAttention(nn.Module):
         if context_dim is not None and (not isinstance(context_dim, int) or context_dim < 1):
             raise ValueError(f"context_dim must be a positive int or None, got {context_dim!r}")
         if context_dim is not None and sr_ratio > 1:
-            raise ValueError("sr_ratio > 1 (PVT spatial reduction) and context_dim (cross-attention) exclude "
-                             "each other: keys come either from the reduced grid or from the context")
+            raise ValueError(
+                "sr_ratio > 1 (PVT spatial reduction) and context_dim (cross-attention) exclude "
+                "each other: keys come either from the reduced grid or from the context"
+            )
         if bias_agent_grid is not None and num_prefix_tokens:
-            raise ValueError("bias_agent_grid (biases interpolated over the agent grid, detection Agent-PVT) needs "
-                             f"num_prefix_tokens=0, got {num_prefix_tokens}")
+            raise ValueError(
+                "bias_agent_grid (biases interpolated over the agent grid, detection Agent-PVT) needs "
+                f"num_prefix_tokens=0, got {num_prefix_tokens}"
+            )
         if sr_ratio > 1 and num_prefix_tokens:
-            raise ValueError(f"sr_ratio={sr_ratio} reduces a pure grid (PVT); num_prefix_tokens must be 0, "
-                             f"got {num_prefix_tokens}")
+            raise ValueError(
+                f"sr_ratio={sr_ratio} reduces a pure grid (PVT); num_prefix_tokens must be 0, got {num_prefix_tokens}"
+            )
         if dwc_kernel % 2 == 0:
             raise ValueError(f"dwc_kernel must be odd (the conv keeps the grid size), got {dwc_kernel}")
         self.dim, self.num_heads = dim, num_heads
         self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5 if scale is None else float(scale)
+        self.scale = self.head_dim**-0.5 if scale is None else float(scale)
         self.window = _positive_pair(window, "window")
         self.agent_grid = _agent_grid(agent_num)
         self.agent_num = self.agent_grid[0] * self.agent_grid[1]
@@ -179,12 +199,21 @@ class AgentAttention(nn.Module):
         return True if self.fused is None else bool(self.fused)
 
     def extra_repr(self) -> str:
-        extra = "".join(f", {k}={v}" for k, v in (("sr_ratio", self.sr_ratio), ("context_dim", self.context_dim),
-                                                  ("ignore_mask", self.ignore_mask)) if v not in (1, None, False))
+        extra = "".join(
+            f", {k}={v}"
+            for k, v in (
+                ("sr_ratio", self.sr_ratio),
+                ("context_dim", self.context_dim),
+                ("ignore_mask", self.ignore_mask),
+            )
+            if v not in (1, None, False)
+        )
         if self.bias_agent_grid != self.agent_grid:
             extra += f", bias_agent_grid={self.bias_agent_grid}"
-        return (f"dim={self.dim}, num_heads={self.num_heads}, agent_grid={self.agent_grid}, "
-                f"window={self.window}, num_prefix_tokens={self.num_prefix_tokens}, fused={self.fused}{extra}")
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, agent_grid={self.agent_grid}, "
+            f"window={self.window}, num_prefix_tokens={self.num_prefix_tokens}, fused={self.fused}{extra}"
+        )
 
     # ------------------------------------------------------------------ biases
     def _resize_1d(self, p: Tensor, size: int, dim: int) -> Tensor:
@@ -245,28 +274,42 @@ class AgentAttention(nn.Module):
             if grid is None:
                 raise ValueError(
                     f"x has {N} tokens: num_prefix_tokens={P} plus no grid of the window's shape "
-                    f"{self.window} or a square; pass hw=(h, w) for inputs of another size")
+                    f"{self.window} or a square; pass hw=(h, w) for inputs of another size"
+                )
             h, w = grid
         if N != P + h * w:
             raise ValueError(
                 f"x has {N} tokens but the layout needs num_prefix_tokens + h*w = {P} + {h}*{w} = {P + h * w}; "
-                f"pass hw=(h, w) for inputs of another size")
+                f"pass hw=(h, w) for inputs of another size"
+            )
         return h, w
 
     def _check_mask(self, mask, attn_mask, is_causal) -> None:
         if is_causal:
-            raise ValueError("AgentAttention cannot be causal: every query reads the agents, which pool the whole "
-                             "grid; use softmax attention for causal masking")
+            raise ValueError(
+                "AgentAttention cannot be causal: every query reads the agents, which pool the whole "
+                "grid; use softmax attention for causal masking"
+            )
         m = mask if mask is not None else attn_mask
         if m is not None and not self.ignore_mask:
             raise ValueError(
                 "AgentAttention cannot apply an attention mask: agent attention has no query-key scores to mask. "
                 "The authors' Agent-Swin ignores its shifted-window mask; build the module with ignore_mask=True "
-                "(agentattn.convert does for Agent-Swin) to do the same, or drop the mask")
+                "(agentattn.convert does for Agent-Swin) to do the same, or drop the mask"
+            )
 
-    def forward(self, x: Tensor, H: int | tuple | None = None, W: int | None = None, *,
-                hw: tuple[int, int] | None = None, context: Tensor | None = None, mask: Tensor | None = None,
-                attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        H: int | tuple | None = None,
+        W: int | None = None,
+        *,
+        hw: tuple[int, int] | None = None,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
         """x (B, P + h·w, C) -> (B, P + h·w, C). ``H, W`` (PVT) or ``hw``: the grid; ``context``
         (B, M, context_dim): the keys' and values' tokens (cross-attention modules only); ``mask`` (Swin),
         ``attn_mask`` / ``is_causal`` (timm): refused unless ``ignore_mask`` (class docstring)."""
@@ -278,8 +321,10 @@ class AgentAttention(nn.Module):
         kv_hw = None
         if self.context_dim is not None:
             if context is None or context.dim() != 3 or context.shape[0] != B or context.shape[-1] != self.context_dim:
-                raise ValueError(f"a cross-attention AgentAttention needs context (B={B}, M, {self.context_dim}), "
-                                 f"got {None if context is None else tuple(context.shape)}")
+                raise ValueError(
+                    f"a cross-attention AgentAttention needs context (B={B}, M, {self.context_dim}), "
+                    f"got {None if context is None else tuple(context.shape)}"
+                )
             q = self.q(x)
             k, v = self.kv(context).reshape(B, context.shape[1], 2, C).unbind(2)
         elif context is not None:
@@ -291,21 +336,22 @@ class AgentAttention(nn.Module):
                 raise ValueError(f"the grid ({h}, {w}) must be divisible by sr_ratio={r} (PVT's spatial reduction)")
             kv_hw = (h // r, w // r)
             x_ = self.sr(x.transpose(1, 2).reshape(B, C, h, w)).reshape(B, C, -1).transpose(1, 2)
-            k, v = self.kv(self.norm(x_)).reshape(B, -1, 2, C).unbind(2)       # each (B, M, C)
+            k, v = self.kv(self.norm(x_)).reshape(B, -1, 2, C).unbind(2)  # each (B, M, C)
         else:
-            q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)                  # each (B, N, C)
+            q, k, v = self.qkv(x).reshape(B, N, 3, C).unbind(2)  # each (B, N, C)
         return self.proj_drop(self.proj(self.attend(q, k, v, (h, w), kv_hw)))
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int],
-               kv_hw: tuple[int, int] | None = None) -> Tensor:
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, hw: tuple[int, int], kv_hw: tuple[int, int] | None = None
+    ) -> Tensor:
         """The attention between the projections: q (B, P + h·w, C), k and v (B, M, C) -> (B, P + h·w, C)
         before ``proj``: agents pooled from q's grid, the op with the position biases, plus the depthwise
         conv of v (upsampled from ``kv_hw`` to ``hw`` when the keys are a reduced grid; absent for
         cross-attention). Host adapters with projections of their own (Agent-CSwin) call it directly."""
         (h, w), (B, N, C) = hw, q.shape
         P, nh, hd = self.num_prefix_tokens, self.num_heads, self.head_dim
-        grid_q = q[:, P:, :].reshape(B, h, w, C).permute(0, 3, 1, 2)             # (B, C, h, w)
-        agents = self.pool(grid_q).reshape(B, C, -1).permute(0, 2, 1)           # (B, n, C)
+        grid_q = q[:, P:, :].reshape(B, h, w, C).permute(0, 3, 1, 2)  # (B, C, h, w)
+        agents = self.pool(grid_q).reshape(B, C, -1).permute(0, 2, 1)  # (B, n, C)
         heads = lambda t: t.reshape(B, t.shape[1], nh, hd).permute(0, 2, 1, 3)  # noqa: E731 (B, H, *, hd)
         qh, kh, vh, ah = heads(q), heads(k), heads(v), heads(agents)
         b1, b2 = self.position_biases(h, w, kv_hw)

@@ -1,4 +1,5 @@
 """``FlowPatchEmbed``: patch embedding with a learnable absolute position embedding (LAPE), one fused op."""
+
 from __future__ import annotations
 
 import torch
@@ -29,15 +30,25 @@ class FlowPatchEmbed(nn.Module):
     position embedding resized bicubically.
     """
 
-    def __init__(self, in_chans: int = 3, embed_dim: int = 96, patch_size: int = 4, grid_size=7,
-                 pos: str = "learned", flatten: bool = False, fused: bool = True):
+    def __init__(
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        patch_size: int = 4,
+        grid_size=7,
+        pos: str = "learned",
+        flatten: bool = False,
+        fused: bool = True,
+    ):
         super().__init__()
         if pos not in ("learned", "none"):
             raise ValueError(f"pos must be 'learned' or 'none', got {pos!r}")
         gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else tuple(grid_size)
         if min(in_chans, embed_dim, patch_size, gh, gw) < 1:
-            raise ValueError(f"in_chans, embed_dim, patch_size and grid_size must be >= 1, got {in_chans}, "
-                             f"{embed_dim}, {patch_size}, {grid_size}")
+            raise ValueError(
+                f"in_chans, embed_dim, patch_size and grid_size must be >= 1, got {in_chans}, "
+                f"{embed_dim}, {patch_size}, {grid_size}"
+            )
         self.in_chans, self.embed_dim = int(in_chans), int(embed_dim)
         self.patch_size, self.grid_size, self.flatten = int(patch_size), (int(gh), int(gw)), flatten
         self.fused = fused
@@ -60,12 +71,21 @@ class FlowPatchEmbed(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"x must be (B, C, H, W) with C = in_chans = {self.in_chans}, got {tuple(x.shape)}")
         pos = self.pos_for(x.shape[-2] // p, x.shape[-1] // p)
-        return flow_patch_embed(x, self.proj.weight, self.proj.bias, pos, p, flatten=self.flatten,
-                                backend=None if self.fused else "reference")
+        return flow_patch_embed(
+            x,
+            self.proj.weight,
+            self.proj.bias,
+            pos,
+            p,
+            flatten=self.flatten,
+            backend=None if self.fused else "reference",
+        )
 
     def extra_repr(self) -> str:
-        return (f"grid_size={self.grid_size}, pos={'learned' if self.pos_embed is not None else 'none'}, "
-                f"flatten={self.flatten}, fused={self.fused}")
+        return (
+            f"grid_size={self.grid_size}, pos={'learned' if self.pos_embed is not None else 'none'}, "
+            f"flatten={self.flatten}, fused={self.fused}"
+        )
 
     # ------------------------------------------------------------------ weight loading
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """Triton device functions shared by the ops' kernels (imported only where triton is installed)."""
+
 from __future__ import annotations
 
 import triton

@@ -40,6 +40,7 @@ FlopCounterMode convention of the op), % of the matmul rate, and speed-ups again
 every shape is checked against the reference in float64 (output and all six gradients); a kernel that
 fails is not timed ("refused"). ``check_targets(rows)`` evaluates the kernel's performance targets (``spec`` there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,12 +92,19 @@ def _cfg(cfg) -> CpuBenchConfig:
     c = CpuBenchConfig()
     if get("quick", False) or get("tiny", False):
         c.quick, c.warmup, c.reps = True, 1, {"fwd": 5, "fwd_bwd": 3}
-        c.shapes = [("A_deit_t", 4, 3, 196, 49, 64), ("B_swin_s1_n49", 1, 3, 3136, 49, 32),
-                    ("B_swin_s1_n9", 1, 3, 3136, 9, 32), ("C_mer_htnet", 32, 2, 49, 9, 16)]
+        c.shapes = [
+            ("A_deit_t", 4, 3, 196, 49, 64),
+            ("B_swin_s1_n49", 1, 3, 3136, 49, 32),
+            ("B_swin_s1_n9", 1, 3, 3136, 9, 32),
+            ("C_mer_htnet", 32, 2, 49, 9, 16),
+        ]
     if get("tiny", False):
         c.reps = {"fwd": 2, "fwd_bwd": 1}
-        c.shapes = [("A_deit_t", 1, 3, 196, 49, 64), ("B_swin_s1_n9", 1, 1, 784, 9, 32),
-                    ("C_mer_htnet", 4, 2, 49, 9, 16)]
+        c.shapes = [
+            ("A_deit_t", 1, 3, 196, 49, 64),
+            ("B_swin_s1_n9", 1, 1, 784, 9, 32),
+            ("C_mer_htnet", 4, 2, 49, 9, 16),
+        ]
     return c
 
 
@@ -169,8 +177,9 @@ def check_correct(B, H, N, n, d, tol) -> dict:
     errs = {}
     for name, r, x in zip(("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"), ref, got, strict=True):
         x = x.double()
-        errs[name] = float("inf") if not torch.isfinite(x).all() else \
-            float((x - r).abs().max() / r.abs().max().clamp_min(1e-30))
+        errs[name] = (
+            float("inf") if not torch.isfinite(x).all() else float((x - r).abs().max() / r.abs().max().clamp_min(1e-30))
+        )
     worst = max(errs.values())
     return dict(max_rel_err=worst, errors={k: float(f"{v:.3g}") for k, v in errs.items()}, ok=worst <= tol)
 
@@ -195,8 +204,9 @@ def _time_interleaved(fns: dict, warmup: int, reps: int) -> dict:
     for nm in names:
         w = sorted(wall[nm])
         q = statistics.quantiles(w, n=4) if len(w) >= 2 else [w[0]] * 3
-        out[nm] = dict(ms=statistics.median(w), iqr_ms=q[2] - q[0], min_ms=w[0], cpu_ms=statistics.median(cpu[nm]),
-                       reps=len(w))
+        out[nm] = dict(
+            ms=statistics.median(w), iqr_ms=q[2] - q[0], min_ms=w[0], cpu_ms=statistics.median(cpu[nm]), reps=len(w)
+        )
     return out
 
 
@@ -224,9 +234,11 @@ def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[
                     for t in ts:
                         t.grad = None
             else:
+
                 def f(fn=fn):
                     with torch.no_grad():
                         fn(*ins)
+
             fns[impl] = f
         fns["mm"] = lambda: torch.mm(x, y)
         res = _time_interleaved(fns, c.warmup, c.reps[pss])
@@ -238,13 +250,22 @@ def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[
             res.update(_time_interleaved({nm: fn for nm, (fn, _, _) in refs.items()}, c.warmup, c.reps[pss]))
         mm_rate = mm_flops / (res["mm"]["ms"] * 1e-3) / 1e9
         flops = 8 * B * H * N * n * d * (3 if train else 1)
-        base = dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, dtype="float32", pass_=pss,
-                    threads=torch.get_num_threads())
+        base = dict(
+            suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, dtype="float32", pass_=pss, threads=torch.get_num_threads()
+        )
 
         def row_of(nm, fl=None, nbytes=None, speedups=True, **extra):
             r = res[nm]
-            row = dict(base, impl=nm, **extra, ms=round(r["ms"], 3), iqr_ms=round(r["iqr_ms"], 3),
-                       min_ms=round(r["min_ms"], 3), cpu_ms=round(r["cpu_ms"], 3), reps=r["reps"])
+            row = dict(
+                base,
+                impl=nm,
+                **extra,
+                ms=round(r["ms"], 3),
+                iqr_ms=round(r["iqr_ms"], 3),
+                min_ms=round(r["min_ms"], 3),
+                cpu_ms=round(r["cpu_ms"], 3),
+                reps=r["reps"],
+            )
             if fl:
                 gfs = fl / (r["ms"] * 1e-3) / 1e9
                 row.update(flops=fl, gflops=round(gfs, 1), pct_mm_rate=round(100 * gfs / mm_rate, 1))
@@ -255,8 +276,9 @@ def _bench_shape(name, B, H, N, n, d, c: CpuBenchConfig, refused: bool) -> list[
                     row[f"speedup_vs_{other}"] = round(res[other]["ms"] / r["ms"], 2)
             return row
 
-        rows += [row_of(impl, flops if impl != "softmax" else 4 * B * H * N * N * d * (3 if train else 1))
-                 for impl in impls]
+        rows += [
+            row_of(impl, flops if impl != "softmax" else 4 * B * H * N * N * d * (3 if train else 1)) for impl in impls
+        ]
         rows += [row_of(nm, fl, nbytes, speedups=False, reference=True) for nm, (_, fl, nbytes) in refs.items()]
         rows.append(row_of("mm", mm_flops, speedups=False, mm_shape=f"{MM_SIZE}x{MM_SIZE}x{MM_SIZE}"))
         if refused:
@@ -284,8 +306,7 @@ def run(cfg=None) -> list[dict]:
     try:
         for name, B, H, N, n, d in tqdm(c.shapes, desc=NAME):
             chk = check_correct(B, H, N, n, d, c.check_tol)
-            rows.append(dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, impl="fused", pass_="check",
-                             **chk))
+            rows.append(dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, impl="fused", pass_="check", **chk))
             rows += _bench_shape(name, B, H, N, n, d, c, refused=not chk["ok"])
     finally:
         torch.set_num_threads(prev)
@@ -295,9 +316,11 @@ def run(cfg=None) -> list[dict]:
 def check_targets(rows: list[dict]) -> list[dict]:
     """The kernel's performance targets (``spec`` below) on the fused rows (ratios of medians from the same
     interleaved run)."""
+
     def find(shape, pss, impl="fused"):
-        return next((r for r in rows if r["shape"] == shape and r["pass_"] == pss and r["impl"] == impl
-                     and "ms" in r), None)
+        return next(
+            (r for r in rows if r["shape"] == shape and r["pass_"] == pss and r["impl"] == impl and "ms" in r), None
+        )
 
     spec = [
         ("B_swin_s1_n49", "fwd", "pct_mm_rate", 60.0, "forward B n=49 FLOP rate >= 60% of fp32 matmul rate"),
@@ -329,11 +352,14 @@ def check_targets(rows: list[dict]) -> list[dict]:
 
 
 def _targets_markdown(targets: list[dict]) -> list[str]:
-    lines = ["| target | value | met | fused ms | target needs ms | bmm4 ms | stream ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| target | value | met | fused ms | target needs ms | bmm4 ms | stream ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for t in targets:
-        cells = [t["target"], t["value"], "yes" if t["ok"] else "NO"] + [t.get(k, "") for k in
-                                                                       ("fused_ms", "needs_ms", "bmm4_ms", "stream_ms")]
+        cells = [t["target"], t["value"], "yes" if t["ok"] else "NO"] + [
+            t.get(k, "") for k in ("fused_ms", "needs_ms", "bmm4_ms", "stream_ms")
+        ]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     return lines
 
@@ -353,32 +379,64 @@ def to_markdown(rows: list[dict], targets: list[dict] | None = None, meta: dict 
     """Rows table, correctness, targets; with meta (standalone runs) a header line about the machine."""
     lines = []
     if meta:
-        lines += [f"# {NAME} on {meta.get('cpu')} (family {meta.get('cpu_family')} model {meta.get('cpu_model_id')}), "
-                  f"ISA {meta.get('cpu_isa')}, {meta.get('threads')} threads", "",
-                  f"commit {meta.get('commit')}, torch {meta.get('torch')}, load average before/after "
-                  f"{meta.get('loadavg_before')} / {meta.get('loadavg_after')}", ""]
-    lines += ["| shape | pass | impl | median ms | IQR ms | CPU ms | GFLOP/s | % mm rate | x eager | x sdpa2 "
-              "| x softmax |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"# {NAME} on {meta.get('cpu')} (family {meta.get('cpu_family')} model {meta.get('cpu_model_id')}), "
+            f"ISA {meta.get('cpu_isa')}, {meta.get('threads')} threads",
+            "",
+            f"commit {meta.get('commit')}, torch {meta.get('torch')}, load average before/after "
+            f"{meta.get('loadavg_before')} / {meta.get('loadavg_after')}",
+            "",
+        ]
+    lines += [
+        "| shape | pass | impl | median ms | IQR ms | CPU ms | GFLOP/s | % mm rate | x eager | x sdpa2 | x softmax |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r["pass_"] == "check":
             continue
         if "error" in r:
             lines.append(f"| {r['shape']} | {r['pass_']} | {r['impl']} | {r['error']} | | | | | | | |")
             continue
-        cells = [r.get(k, "") for k in ("shape", "pass_", "impl", "ms", "iqr_ms", "cpu_ms", "gflops", "pct_mm_rate",
-                                        "speedup_vs_eager", "speedup_vs_sdpa2", "speedup_vs_softmax")]
+        cells = [
+            r.get(k, "")
+            for k in (
+                "shape",
+                "pass_",
+                "impl",
+                "ms",
+                "iqr_ms",
+                "cpu_ms",
+                "gflops",
+                "pct_mm_rate",
+                "speedup_vs_eager",
+                "speedup_vs_sdpa2",
+                "speedup_vs_softmax",
+            )
+        ]
         if "gbytes_s" in r:
             cells[6] = f"{r['gbytes_s']} GB/s"
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
-    lines += ["", "## Correctness (fused fp32 vs reference fp64, max |err| / max |ref| over out and 6 grads)", "",
-              "| shape | max rel err | ok |", "|---|---|---|"]
-    lines += [f"| {r['shape']} | {r['max_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
-              for r in rows if r["pass_"] == "check"]
+    lines += [
+        "",
+        "## Correctness (fused fp32 vs reference fp64, max |err| / max |ref| over out and 6 grads)",
+        "",
+        "| shape | max rel err | ok |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {r['shape']} | {r['max_rel_err']:.2e} | {'yes' if r['ok'] else 'NO'} |"
+        for r in rows
+        if r["pass_"] == "check"
+    ]
     if targets is not None:  # standalone; benchmarks/run.py shows them through summary_markdown
-        lines += ["", "## Targets", "",
-                  "bmm4, stream: the forward's four products through torch.bmm and its compulsory bytes, measured in "
-                  "the same run (module docstring).", ""]
+        lines += [
+            "",
+            "## Targets",
+            "",
+            "bmm4, stream: the forward's four products through torch.bmm and its compulsory bytes, measured in "
+            "the same run (module docstring).",
+            "",
+        ]
         lines += _targets_markdown(targets)
     return "\n".join(lines) + "\n"
 
@@ -391,17 +449,30 @@ def _meta(threads: int) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "csrc", "agentattn"], capture_output=True,
-                               text=True, cwd=here).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "csrc", "agentattn"], capture_output=True, text=True, cwd=here
+        ).stdout.strip()
     except OSError:
         commit, dirty = None, ""
     ids = cpu_ids()
     isa = agentattn.backends().get("cpu_isa") or "avx2 (a build from before the ISA dispatch)"
-    return dict(machine=platform.node(), cpu=common.cpu_model(), cpu_family=ids.get("cpu family"),
-                cpu_model_id=ids.get("model"), cpu_isa=isa, agentattn=os.path.dirname(agentattn.__file__),
-                cores=os.cpu_count(), threads=threads, torch=torch.__version__, python=platform.python_version(),
-                commit=commit, kernel_sources_dirty=bool(dirty), backends=agentattn.backends(),
-                mkl=torch.backends.mkl.is_available(), date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return dict(
+        machine=platform.node(),
+        cpu=common.cpu_model(),
+        cpu_family=ids.get("cpu family"),
+        cpu_model_id=ids.get("model"),
+        cpu_isa=isa,
+        agentattn=os.path.dirname(agentattn.__file__),
+        cores=os.cpu_count(),
+        threads=threads,
+        torch=torch.__version__,
+        python=platform.python_version(),
+        commit=commit,
+        kernel_sources_dirty=bool(dirty),
+        backends=agentattn.backends(),
+        mkl=torch.backends.mkl.is_available(),
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def cpu_ids() -> dict:
@@ -422,13 +493,17 @@ def cpu_ids() -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 epilog="example: python benchmarks/suites/agent_attention_cpu.py --quick")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="example: python benchmarks/suites/agent_attention_cpu.py --quick"
+    )
     ap.add_argument("--out", help="output path prefix: writes <out>.json and <out>.md")
     ap.add_argument("--quick", action="store_true", help="small batches, few repetitions (targets not meaningful)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2: both cores)")
-    ap.add_argument("--isa", choices=("avx512", "avx2", "generic"),
-                    help="the C++ kernel's ISA for this run (default: the best this CPU supports)")
+    ap.add_argument(
+        "--isa",
+        choices=("avx512", "avx2", "generic"),
+        help="the C++ kernel's ISA for this run (default: the best this CPU supports)",
+    )
     args = ap.parse_args(argv)
     if args.isa:
         import torch

@@ -20,6 +20,7 @@ Per row: median ms (CUDA events, warm-up first, never on zeros), bytes = Q, K, V
 by name in PEAK_BW), TFLOP/s (forward 8·B·H·N·n·d, fwd+bwd 3x), peak memory above the inputs, and the
 speed-up against eager. ``check_targets(rows)`` evaluates the issue's targets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,18 @@ import common  # noqa: E402
 
 NAME = "agent_attention_gpu"
 
+
 @dataclass
 class GpuBenchConfig:
-    shapes: list = field(default_factory=lambda: [
-        # name, B, H, N, n, d
-        ("deit_t", 128, 3, 196, 49, 64),
-        ("swin_s1_n9", 128, 3, 3136, 9, 32),
-        ("swin_s1_n49", 128, 3, 3136, 49, 32),
-        ("long", 8, 8, 16384, 64, 64),
-    ])
+    shapes: list = field(
+        default_factory=lambda: [
+            # name, B, H, N, n, d
+            ("deit_t", 128, 3, 196, 49, 64),
+            ("swin_s1_n9", 128, 3, 3136, 9, 32),
+            ("swin_s1_n49", 128, 3, 3136, 49, 32),
+            ("long", 8, 8, 16384, 64, 64),
+        ]
+    )
     dtypes: tuple = ("float16", "bfloat16")
     impls: tuple = ("cuda", "triton", "eager", "sdpa2_mem_eff", "softmax_flash")
     passes: tuple = ("fwd", "fwd_bwd")
@@ -103,14 +107,18 @@ def _make_impl(impl: str, q, k, v, a, b1, b2, s):
     if impl == "eager":
         return lambda: agent_attention_ref(q, k, v, a, b1, b2, s)
     if impl == "sdpa2_mem_eff":
+
         def f():
             with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
                 return agent_attention_sdpa(q, k, v, a, b1, b2, s)
+
         return f
     if impl == "softmax_flash":
+
         def f():
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, scale=s)
+
         return f
     raise ValueError(f"unknown implementation {impl!r}")
 
@@ -123,7 +131,7 @@ def _bench_one(name, B, H, N, n, d, dtype_name, impl, pss, c: GpuBenchConfig) ->
     mk = lambda *sh: torch.randn(*sh, generator=g, device="cuda", dtype=dtype)  # noqa: E731
     q, k, v, a = mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)
     b1, b2 = 0.02 * mk(1, H, n, N), 0.02 * mk(1, H, N, n)
-    s = d ** -0.5
+    s = d**-0.5
     train = pss == "fwd_bwd"
     if train:
         for t in (q, k, v, a, b1, b2):
@@ -134,8 +142,20 @@ def _bench_one(name, B, H, N, n, d, dtype_name, impl, pss, c: GpuBenchConfig) ->
     flops = 8 * B * H * N * n * d * (3 if train else 1)
     if impl == "softmax_flash":
         flops = 4 * B * H * N * N * d * (3 if train else 1)
-    row = dict(suite=NAME, shape=name, B=B, H=H, N=N, n=n, d=d, dtype=dtype_name, impl=impl, pass_=pss,
-               bytes=nbytes, flops=flops)
+    row = dict(
+        suite=NAME,
+        shape=name,
+        B=B,
+        H=H,
+        N=N,
+        n=n,
+        d=d,
+        dtype=dtype_name,
+        impl=impl,
+        pass_=pss,
+        bytes=nbytes,
+        flops=flops,
+    )
     try:
         f = _make_impl(impl, q, k, v, a, b1, b2, s)
         if train:
@@ -147,6 +167,7 @@ def _bench_one(name, B, H, N, n, d, dtype_name, impl, pss, c: GpuBenchConfig) ->
                 out.backward(grad)
                 for t in (q, k, v, a, b1, b2):
                     t.grad = None
+
         with torch.no_grad() if not train else torch.enable_grad():
             ms = _time_ms(f, c.warmup, c.reps)
             mem = _peak_mem_mb(f)
@@ -156,8 +177,13 @@ def _bench_one(name, B, H, N, n, d, dtype_name, impl, pss, c: GpuBenchConfig) ->
         return row
     peak = common.peak_bandwidth(torch.cuda.get_device_name())
     gbs = nbytes / (ms * 1e-3) / 1e9
-    row.update(ms=round(ms, 4), gb_s=round(gbs, 1), pct_peak_bw=(round(100 * gbs * 1e9 / peak, 1) if peak else None),
-               tflops=round(flops / (ms * 1e-3) / 1e12, 2), peak_mem_mb=round(mem, 1))
+    row.update(
+        ms=round(ms, 4),
+        gb_s=round(gbs, 1),
+        pct_peak_bw=(round(100 * gbs * 1e9 / peak, 1) if peak else None),
+        tflops=round(flops / (ms * 1e-3) / 1e12, 2),
+        peak_mem_mb=round(mem, 1),
+    )
     return row
 
 
@@ -176,8 +202,14 @@ def run(cfg=None) -> list[dict]:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = lambda x, **k: x  # noqa: E731
-    jobs = [(sh, dt, impl, pss) for sh in c.shapes for dt in c.dtypes for impl in c.impls for pss in c.passes
-            if not (impl in ("cuda", "triton") and impl not in avail)]
+    jobs = [
+        (sh, dt, impl, pss)
+        for sh in c.shapes
+        for dt in c.dtypes
+        for impl in c.impls
+        for pss in c.passes
+        if not (impl in ("cuda", "triton") and impl not in avail)
+    ]
     rows = []
     for (name, B, H, N, n, d), dt, impl, pss in tqdm(jobs, desc=NAME):
         rows.append(_bench_one(name, B, H, N, n, d, dt, impl, pss, c))
@@ -197,51 +229,115 @@ def check_targets(rows: list[dict]) -> list[dict]:
     out = []
 
     def find(shape, dtype, impl, pss):
-        return next((r for r in rows if r["shape"] == shape and r["dtype"] == dtype and r["impl"] == impl
-                     and r["pass_"] == pss and r.get("ms")), None)
+        return next(
+            (
+                r
+                for r in rows
+                if r["shape"] == shape
+                and r["dtype"] == dtype
+                and r["impl"] == impl
+                and r["pass_"] == pss
+                and r.get("ms")
+            ),
+            None,
+        )
 
     for impl in ("cuda", "triton"):
         for dtype in ("float16", "bfloat16"):
             for shape in ("swin_s1_n9", "swin_s1_n49"):
                 r = find(shape, dtype, impl, "fwd")
                 if r:
-                    out.append(dict(impl=impl, dtype=dtype, target=f"{shape} fwd >= 60% peak BW",
-                                    value=r.get("pct_peak_bw"), ok=(r.get("pct_peak_bw") or 0) >= 60))
-                    out.append(dict(impl=impl, dtype=dtype, target=f"{shape} fwd >= 3x eager",
-                                    value=r.get("speedup_vs_eager"), ok=(r.get("speedup_vs_eager") or 0) >= 3))
+                    out.append(
+                        dict(
+                            impl=impl,
+                            dtype=dtype,
+                            target=f"{shape} fwd >= 60% peak BW",
+                            value=r.get("pct_peak_bw"),
+                            ok=(r.get("pct_peak_bw") or 0) >= 60,
+                        )
+                    )
+                    out.append(
+                        dict(
+                            impl=impl,
+                            dtype=dtype,
+                            target=f"{shape} fwd >= 3x eager",
+                            value=r.get("speedup_vs_eager"),
+                            ok=(r.get("speedup_vs_eager") or 0) >= 3,
+                        )
+                    )
             for shape in ("deit_t", "swin_s1_n9", "swin_s1_n49", "long"):
                 r = find(shape, dtype, impl, "fwd_bwd")
                 e = find(shape, dtype, "eager", "fwd_bwd")
                 if r:
-                    out.append(dict(impl=impl, dtype=dtype, target=f"{shape} fwd+bwd >= 2x eager",
-                                    value=r.get("speedup_vs_eager"), ok=(r.get("speedup_vs_eager") or 0) >= 2))
+                    out.append(
+                        dict(
+                            impl=impl,
+                            dtype=dtype,
+                            target=f"{shape} fwd+bwd >= 2x eager",
+                            value=r.get("speedup_vs_eager"),
+                            ok=(r.get("speedup_vs_eager") or 0) >= 2,
+                        )
+                    )
                     if e:
                         ratio = round(r["peak_mem_mb"] / e["peak_mem_mb"], 3) if e["peak_mem_mb"] else None
-                        out.append(dict(impl=impl, dtype=dtype, target=f"{shape} train peak mem <= 1/3 eager",
-                                        value=ratio, ok=ratio is not None and ratio <= 1 / 3))
+                        out.append(
+                            dict(
+                                impl=impl,
+                                dtype=dtype,
+                                target=f"{shape} train peak mem <= 1/3 eager",
+                                value=ratio,
+                                ok=ratio is not None and ratio <= 1 / 3,
+                            )
+                        )
         for shape, want in (("swin_s1_n9", 4), ("swin_s1_n49", 4), ("long", 20)):
             r = find(shape, "float16", impl, "fwd")
             if r:
-                out.append(dict(impl=impl, dtype="float16", target=f"{shape} fwd >= {want}x flash softmax",
-                                value=r.get("speedup_vs_flash"), ok=(r.get("speedup_vs_flash") or 0) >= want))
+                out.append(
+                    dict(
+                        impl=impl,
+                        dtype="float16",
+                        target=f"{shape} fwd >= {want}x flash softmax",
+                        value=r.get("speedup_vs_flash"),
+                        ok=(r.get("speedup_vs_flash") or 0) >= want,
+                    )
+                )
     return out
 
 
 def to_markdown(rows: list[dict], targets: list[dict], device: str) -> str:
-    lines = [f"# {NAME} on {device}", "",
-             "| shape | dtype | impl | pass | ms | GB/s | % peak BW | TFLOP/s | peak MB | x eager | x flash |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {NAME} on {device}",
+        "",
+        "| shape | dtype | impl | pass | ms | GB/s | % peak BW | TFLOP/s | peak MB | x eager | x flash |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['dtype']} | {r['impl']} | {r['pass_']} | error: {r['error']} |"
-                         " | | | | | |")
+            lines.append(
+                f"| {r['shape']} | {r['dtype']} | {r['impl']} | {r['pass_']} | error: {r['error']} | | | | | | |"
+            )
             continue
-        cells = [r.get(k, "") for k in ("shape", "dtype", "impl", "pass_", "ms", "gb_s", "pct_peak_bw", "tflops",
-                                        "peak_mem_mb", "speedup_vs_eager", "speedup_vs_flash")]
+        cells = [
+            r.get(k, "")
+            for k in (
+                "shape",
+                "dtype",
+                "impl",
+                "pass_",
+                "ms",
+                "gb_s",
+                "pct_peak_bw",
+                "tflops",
+                "peak_mem_mb",
+                "speedup_vs_eager",
+                "speedup_vs_flash",
+            )
+        ]
         lines.append("| " + " | ".join(str(x) for x in cells) + " |")
     lines += ["", "## Targets", "", "| impl | dtype | target | value | met |", "|---|---|---|---|---|"]
-    lines += [f"| {t['impl']} | {t['dtype']} | {t['target']} | {t['value']} | {'yes' if t['ok'] else 'NO'} |"
-              for t in targets]
+    lines += [
+        f"| {t['impl']} | {t['dtype']} | {t['target']} | {t['value']} | {'yes' if t['ok'] else 'NO'} |" for t in targets
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -251,14 +347,20 @@ def _meta() -> dict:
     import agentattn
 
     commit = common.git_commit()
-    return dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                peak_bw=common.peak_bandwidth(torch.cuda.get_device_name()) if torch.cuda.is_available() else None,
-                torch=torch.__version__, cuda=torch.version.cuda, commit=commit, backends=agentattn.backends())
+    return dict(
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        peak_bw=common.peak_bandwidth(torch.cuda.get_device_name()) if torch.cuda.is_available() else None,
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        commit=commit,
+        backends=agentattn.backends(),
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                 epilog="example: python benchmarks/suites/agent_attention_gpu.py --quick")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], epilog="example: python benchmarks/suites/agent_attention_gpu.py --quick"
+    )
     ap.add_argument("--out", help="output path prefix: writes <out>.json and <out>.md")
     ap.add_argument("--quick", action="store_true", help="two small shapes, fp16, fewer repetitions")
     args = ap.parse_args(argv)

@@ -26,6 +26,7 @@ with a float64 evaluation of the reference on the same inputs; one that fails is
 ``failed check`` and not timed. On CPU a row whose predicted single-call time (from the previous N of the
 same implementation: linear in N for agent, quadratic for softmax) exceeds ``cap_s`` is ``skipped``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,30 @@ import common  # noqa: E402
 NAME = "attention_sweep"
 AGENT_IMPLS = ("agent_fused", "agent_eager", "agent_sdpa2")
 SOFTMAX_IMPLS = ("softmax_sdpa", "softmax_eager")
-COLUMNS = ["impl", "pass", "N", "n", "d", "status", "median_ms", "iqr_ms", "min_ms", "gflops_s", "pct_peak_bw",
-           "peak_mem_mb", "saved_mb", "check_rel_err", "note"]
+COLUMNS = [
+    "impl",
+    "pass",
+    "N",
+    "n",
+    "d",
+    "status",
+    "median_ms",
+    "iqr_ms",
+    "min_ms",
+    "gflops_s",
+    "pct_peak_bw",
+    "peak_mem_mb",
+    "saved_mb",
+    "check_rel_err",
+    "note",
+]
 
 
 @dataclass
 class SweepConfig:
     """Sizes and repetition budget. ``main`` pairs (n, d) run over every N in ``Ns``; ``grid`` crosses
     ``grid_ns`` x ``grid_ds`` at ``grid_Ns``."""
+
     device: str = "cpu"
     dtype: str = "float32"
     B: int = 1
@@ -63,8 +80,8 @@ class SweepConfig:
     warmup: int = 2
     min_reps: int = 3
     max_reps: int = 30
-    budget_s: float = 0.4          # timed seconds per row (after warm-up), at least min_reps calls
-    cap_s: float = 3.0             # CPU: skip a row whose predicted single call exceeds this
+    budget_s: float = 0.4  # timed seconds per row (after warm-up), at least min_reps calls
+    cap_s: float = 3.0  # CPU: skip a row whose predicted single call exceeds this
     max_scores_bytes: int = 2**30  # skip softmax_eager when one (B, H, N, N) fp32 score matrix exceeds this
     check_softmax_max_N: int = 2048  # the fp64 softmax reference costs N^2; above this SDPA is not checked
     memory: bool = True
@@ -100,10 +117,16 @@ def _inputs(c: SweepConfig, N: int, n: int, d: int, dtype, requires_grad: bool):
     g = torch.Generator(device="cpu").manual_seed(c.seed + 7919 * N + 31 * n + d)
     mk = lambda *sh: torch.randn(*sh, generator=g, dtype=torch.float32)  # noqa: E731
     B, H = c.B, c.H
-    t = dict(q=mk(B, H, N, d), k=mk(B, H, N, d), v=mk(B, H, N, d), a=mk(B, H, n, d),
-             b1=0.5 * mk(1, H, n, N), b2=0.5 * mk(1, H, N, n), go=mk(B, H, N, d))
-    return {k: x.to(device=c.device, dtype=dtype).requires_grad_(requires_grad and k != "go")
-            for k, x in t.items()}
+    t = dict(
+        q=mk(B, H, N, d),
+        k=mk(B, H, N, d),
+        v=mk(B, H, N, d),
+        a=mk(B, H, n, d),
+        b1=0.5 * mk(1, H, n, N),
+        b2=0.5 * mk(1, H, N, n),
+        go=mk(B, H, N, d),
+    )
+    return {k: x.to(device=c.device, dtype=dtype).requires_grad_(requires_grad and k != "go") for k, x in t.items()}
 
 
 def _call(impl: str, t: dict, scale: float, backend: str):
@@ -138,6 +161,7 @@ def _fwd_bwd(fwd, t: dict, family: str):
         fwd().backward(t["go"])
         for x in names:
             t[x].grad = None
+
     return step
 
 
@@ -150,7 +174,7 @@ def check(impl: str, c: SweepConfig, N: int, n: int, d: int, backend: str) -> tu
     dtype = getattr(torch, c.dtype)
     t = _inputs(c, N, n, d, dtype, requires_grad=True)
     t64 = {k: x.detach().double().requires_grad_(k != "go") for k, x in t.items()}
-    scale = d ** -0.5
+    scale = d**-0.5
     ref = "agent_eager" if family == "agent" else "softmax_eager"
     out = _call(impl, t, scale, backend)()
     out.backward(t["go"])
@@ -217,8 +241,9 @@ def run(cfg: dict | None = None) -> list[dict]:
                 continue
             try:
                 t = _inputs(c, N, n or 1, d, dtype, requires_grad=pss == "fwd_bwd")
-                fwd = _call(impl, t, d ** -0.5, backend)
+                fwd = _call(impl, t, d**-0.5, backend)
                 if pss == "fwd":
+
                     def fn(fwd=fwd):
                         with torch.no_grad():
                             return fwd()
@@ -227,8 +252,14 @@ def run(cfg: dict | None = None) -> list[dict]:
                 live[(impl, n)] = (row, t, fwd, fn)
             except Exception as e:
                 row.update(status="error", note=_err(e))
-        stats = common.time_round_robin({k: v[3] for k, v in live.items()}, c.device, warmup=c.warmup,
-                                        min_reps=c.min_reps, max_reps=c.max_reps, budget_s=c.budget_s)
+        stats = common.time_round_robin(
+            {k: v[3] for k, v in live.items()},
+            c.device,
+            warmup=c.warmup,
+            min_reps=c.min_reps,
+            max_reps=c.max_reps,
+            budget_s=c.budget_s,
+        )
         for key, (row, t, fwd, fn) in live.items():
             tm = stats[key]
             if isinstance(tm, Exception):
@@ -263,10 +294,21 @@ def _err(e: Exception) -> str:
 def _new_row(c: SweepConfig, impl, pss, N, n, d, backend, elt) -> dict:
     family = "agent" if impl in AGENT_IMPLS else "softmax"
     row = {"suite": NAME, "impl": impl, "family": family, "pass": pss}
-    row.update(backend=backend if impl == "agent_fused" else None, device=c.device, dtype=c.dtype,
-               B=c.B, H=c.H, N=N, n=n, d=d, bias=family == "agent", status="ok", note="",
-               flops=_flops(family, c.B, c.H, N, n, d, pss),
-               bytes_min=(4 if pss == "fwd" else 9) * c.B * c.H * N * d * elt)
+    row.update(
+        backend=backend if impl == "agent_fused" else None,
+        device=c.device,
+        dtype=c.dtype,
+        B=c.B,
+        H=c.H,
+        N=N,
+        n=n,
+        d=d,
+        bias=family == "agent",
+        status="ok",
+        note="",
+        flops=_flops(family, c.B, c.H, N, n, d, pss),
+        bytes_min=(4 if pss == "fwd" else 9) * c.B * c.H * N * d * elt,
+    )
     return row
 
 
@@ -303,8 +345,13 @@ def _skip_or_check(row: dict, c: SweepConfig, last: dict, checks: dict, backend:
 
 
 # ------------------------------------------------------------------------------------------ summary
-def crossovers(rows: list[dict], agent: str = "agent_fused", softmax: str = "softmax_sdpa",
-               stat: str = "median_ms", min_points: int = 3) -> list[dict]:
+def crossovers(
+    rows: list[dict],
+    agent: str = "agent_fused",
+    softmax: str = "softmax_sdpa",
+    stat: str = "median_ms",
+    min_points: int = 3,
+) -> list[dict]:
     """Per (pass, n, d) with at least ``min_points`` N measured for both: the N above which ``agent`` is
     faster than ``softmax`` by ``stat`` (``median_ms`` or ``min_ms``).
 
@@ -328,9 +375,18 @@ def crossovers(rows: list[dict], agent: str = "agent_fused", softmax: str = "sof
             if all(faster[i:]):
                 first = i
                 break
-        rec = dict(pass_=pss, n=n, d=d, agent=agent, softmax=softmax, stat=stat.replace("_ms", ""), Ns=Ns,
-                   first_faster_N=None,
-                   crossover_N=None, ratio_at_max_N=round(s[Ns[-1]] / a[Ns[-1]], 3))
+        rec = dict(
+            pass_=pss,
+            n=n,
+            d=d,
+            agent=agent,
+            softmax=softmax,
+            stat=stat.replace("_ms", ""),
+            Ns=Ns,
+            first_faster_N=None,
+            crossover_N=None,
+            ratio_at_max_N=round(s[Ns[-1]] / a[Ns[-1]], 3),
+        )
         if first is not None:
             rec["first_faster_N"] = Ns[first]
             if first == 0:
@@ -354,8 +410,12 @@ def summarize(rows: list[dict]) -> dict:
     status = {}
     for r in rows:
         status[r["status"]] = status.get(r["status"], 0) + 1
-    xs = [x for soft in SOFTMAX_IMPLS for stat in ("median_ms", "min_ms")
-          for x in crossovers(rows, softmax=soft, stat=stat)]
+    xs = [
+        x
+        for soft in SOFTMAX_IMPLS
+        for stat in ("median_ms", "min_ms")
+        for x in crossovers(rows, softmax=soft, stat=stat)
+    ]
     return {"crossovers": xs, "status_counts": status}
 
 
@@ -366,16 +426,34 @@ def to_markdown(rows: list[dict]) -> str:
 def summary_markdown(summary: dict) -> str:
     """The crossover table (what the README quotes)."""
     rows = [dict(x, measured_N=" ".join(str(N) for N in x["Ns"])) for x in summary.get("crossovers", [])]
-    return ("### Crossover: the N above which fused agent attention beats softmax attention\n\n"
-            + common.markdown_table(rows, ["pass", "n", "d", "agent", "softmax", "stat", "crossover_N",
-                                           "first_faster_N", "ratio_at_max_N", "measured_N", "note"],
-                                    {"ratio_at_max_N": "softmax/agent time at largest N"})
-            + f"\nRow status counts: {summary.get('status_counts')}\n")
+    return (
+        "### Crossover: the N above which fused agent attention beats softmax attention\n\n"
+        + common.markdown_table(
+            rows,
+            [
+                "pass",
+                "n",
+                "d",
+                "agent",
+                "softmax",
+                "stat",
+                "crossover_N",
+                "first_faster_N",
+                "ratio_at_max_N",
+                "measured_N",
+                "note",
+            ],
+            {"ratio_at_max_N": "softmax/agent time at largest N"},
+        )
+        + f"\nRow status counts: {summary.get('status_counts')}\n"
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Agent vs softmax attention sweep (one suite of benchmarks/run.py).",
-                                 epilog="example: python benchmarks/suites/attention_sweep.py --quick")
+    ap = argparse.ArgumentParser(
+        description="Agent vs softmax attention sweep (one suite of benchmarks/run.py).",
+        epilog="example: python benchmarks/suites/attention_sweep.py --quick",
+    )
     ap.add_argument("--quick", action="store_true", help="a few small N, short timing budget")
     ap.add_argument("--tiny", action="store_true", help="test size (seconds)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

@@ -24,6 +24,7 @@ the 10th/90th percentiles and the minimum wall time in ms, and on CPU the same f
 the same on CPU time). A correctness row per shape compares the fused output and
 gradients with the conv baseline in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,16 +44,18 @@ NAME = "flow_patch_embed"
 
 @dataclass
 class FlowPatchBenchConfig:
-    shapes: list = field(default_factory=lambda: [
-        # name, B, C, S (H = W), p, D
-        ("htnet_28_p7_D256", 64, 3, 28, 7, 256),
-        ("htnet_56_p4_D256", 64, 3, 56, 4, 256),
-        ("mer_small_28_p2_D32", 64, 3, 28, 2, 32),
-        ("vit_224_p16_D192", 16, 3, 224, 16, 192),
-    ])
+    shapes: list = field(
+        default_factory=lambda: [
+            # name, B, C, S (H = W), p, D
+            ("htnet_28_p7_D256", 64, 3, 28, 7, 256),
+            ("htnet_56_p4_D256", 64, 3, 56, 4, 256),
+            ("mer_small_28_p2_D32", 64, 3, 28, 2, 32),
+            ("vit_224_p16_D192", 16, 3, 224, 16, 192),
+        ]
+    )
     impls: tuple = ("fused", "conv", "unfold")
     passes: tuple = ("fwd", "fwd_bwd")
-    reps: int = 25          # timed calls per implementation and pass
+    reps: int = 25  # timed calls per implementation and pass
     warmup: int = 3
     device: str = "cpu"
     threads: int | None = None  # torch.set_num_threads; None keeps the current setting
@@ -128,11 +131,29 @@ def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
         gr = torch.autograd.grad(ref_out, params, grad)
         gf = torch.autograd.grad(out, params, grad)
         errs = {"out": (out - ref_out).abs().max().item()}
-        errs.update({f"d{n}": ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
-                     for n, a, r in zip(("weight", "bias", "pos"), gf, gr, strict=True)})
+        errs.update(
+            {
+                f"d{n}": ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+                for n, a, r in zip(("weight", "bias", "pos"), gf, gr, strict=True)
+            }
+        )
         errs["out"] /= ref_out.abs().max().item()
-        rows.append(dict(suite=NAME, kind="check", shape=name, B=B, C=C, H=S, W=S, p=p, D=D, device=c.device,
-                         rel_err_vs_conv=errs, ok=all(v < 1e-4 for v in errs.values())))
+        rows.append(
+            dict(
+                suite=NAME,
+                kind="check",
+                shape=name,
+                B=B,
+                C=C,
+                H=S,
+                W=S,
+                p=p,
+                D=D,
+                device=c.device,
+                rel_err_vs_conv=errs,
+                ok=all(v < 1e-4 for v in errs.values()),
+            )
+        )
     flops_fwd = 2 * B * (S // p) ** 2 * D * C * p * p
     for pss in c.passes:
         times = {k: [] for k in fns}
@@ -153,9 +174,27 @@ def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
         cmed = {k: statistics.median(v) for k, v in cpu.items()}
         for k, v in times.items():
             qs = statistics.quantiles(v, n=10) if len(v) >= 2 else [v[0]] * 9
-            row = dict(suite=NAME, kind="time", shape=name, B=B, C=C, H=S, W=S, p=p, D=D, device=c.device,
-                       threads=torch.get_num_threads(), impl=k, pass_=pss, median_ms=med[k], p10_ms=qs[0],
-                       p90_ms=qs[-1], min_ms=min(v), reps=len(v), gflops=flops / med[k] / 1e6)
+            row = dict(
+                suite=NAME,
+                kind="time",
+                shape=name,
+                B=B,
+                C=C,
+                H=S,
+                W=S,
+                p=p,
+                D=D,
+                device=c.device,
+                threads=torch.get_num_threads(),
+                impl=k,
+                pass_=pss,
+                median_ms=med[k],
+                p10_ms=qs[0],
+                p90_ms=qs[-1],
+                min_ms=min(v),
+                reps=len(v),
+                gflops=flops / med[k] / 1e6,
+            )
             if dev.type == "cpu":
                 cq = statistics.quantiles(cpu[k], n=10) if len(v) >= 2 else [cpu[k][0]] * 9
                 row.update(cpu_median_ms=cmed[k], cpu_p10_ms=cq[0], cpu_p90_ms=cq[-1], cpu_min_ms=min(cpu[k]))
@@ -192,15 +231,20 @@ def run(cfg=None) -> list[dict]:
 def to_markdown(rows: list[dict], meta: dict) -> str:
     t = [r for r in rows if r["kind"] == "time"]
     has_cpu = any("cpu_median_ms" in r for r in t)
-    lines = [f"# flow_patch_embed benchmark ({meta.get('device_name')}, {meta.get('threads')} thread(s))", "",
-             f"torch {meta.get('torch')}, commit {str(meta.get('commit'))[:10]}, {meta.get('date')}, "
-             f"1-min load average {meta.get('loadavg_1min')}. Command: `{meta.get('command')}`.", "",
-             "Wall time in ms: median [p10, p90] over round-robin repetitions"
-             + ("; CPU = median process CPU time (ms), less sensitive to other processes on the machine" if has_cpu
-                else "") + ". ratio = best baseline median / fused median (> 1: fused faster).", "",
-             "| shape | pass | fused | conv | unfold | GFLOP/s fused | ratio (wall) |"
-             + (" CPU fused / conv / unfold | ratio (CPU) |" if has_cpu else ""),
-             "|---|---|---|---|---|---|---|" + ("---|---|" if has_cpu else "")]
+    lines = [
+        f"# flow_patch_embed benchmark ({meta.get('device_name')}, {meta.get('threads')} thread(s))",
+        "",
+        f"torch {meta.get('torch')}, commit {str(meta.get('commit'))[:10]}, {meta.get('date')}, "
+        f"1-min load average {meta.get('loadavg_1min')}. Command: `{meta.get('command')}`.",
+        "",
+        "Wall time in ms: median [p10, p90] over round-robin repetitions"
+        + ("; CPU = median process CPU time (ms), less sensitive to other processes on the machine" if has_cpu else "")
+        + ". ratio = best baseline median / fused median (> 1: fused faster).",
+        "",
+        "| shape | pass | fused | conv | unfold | GFLOP/s fused | ratio (wall) |"
+        + (" CPU fused / conv / unfold | ratio (CPU) |" if has_cpu else ""),
+        "|---|---|---|---|---|---|---|" + ("---|---|" if has_cpu else ""),
+    ]
     for shape in dict.fromkeys(r["shape"] for r in t):
         for pss in dict.fromkeys(r["pass_"] for r in t if r["shape"] == shape):
             sel = {r["impl"]: r for r in t if r["shape"] == shape and r["pass_"] == pss}
@@ -215,10 +259,10 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             gf = f"{f['gflops']:.1f}" if f else "-"
             line = f"| {shape} | {pss} | {cell('fused')} | {cell('conv')} | {cell('unfold')} | {gf} | {ratio} |"
             if has_cpu:
-                cp = " / ".join(f"{sel[k]['cpu_median_ms']:.3f}" if k in sel else "-"
-                                for k in ("fused", "conv", "unfold"))
-                cr = (f"{f['cpu_ratio_vs_best']:.2f}x (vs {f['cpu_best_baseline']})"
-                      if "cpu_ratio_vs_best" in f else "-")
+                cp = " / ".join(
+                    f"{sel[k]['cpu_median_ms']:.3f}" if k in sel else "-" for k in ("fused", "conv", "unfold")
+                )
+                cr = f"{f['cpu_ratio_vs_best']:.2f}x (vs {f['cpu_best_baseline']})" if "cpu_ratio_vs_best" in f else "-"
                 line += f" {cp} | {cr} |"
             lines.append(line)
     checks = [r for r in rows if r["kind"] == "check"]
@@ -236,21 +280,33 @@ def _meta(c: FlowPatchBenchConfig) -> dict:
     import agentattn
 
     commit = common.git_commit()
-    dev = (torch.cuda.get_device_name() if c.device.startswith("cuda") else
-           f"{common.cpu_model()} CPU, {os.cpu_count()} logical cores")
+    dev = (
+        torch.cuda.get_device_name()
+        if c.device.startswith("cuda")
+        else f"{common.cpu_model()} CPU, {os.cpu_count()} logical cores"
+    )
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return dict(device=c.device, device_name=dev, threads=torch.get_num_threads(), torch=torch.__version__,
-                commit=commit, date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), loadavg_1min=load,
-                backends=agentattn.backends(), command=" ".join(sys.argv))
+    return dict(
+        device=c.device,
+        device_name=dev,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        commit=commit,
+        date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        loadavg_1min=load,
+        backends=agentattn.backends(),
+        command=" ".join(sys.argv),
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n")[0],
-        epilog="example: OMP_NUM_THREADS=1 python benchmarks/suites/flow_patch_embed.py --quick")
+        epilog="example: OMP_NUM_THREADS=1 python benchmarks/suites/flow_patch_embed.py --quick",
+    )
     ap.add_argument("--out", help="output path prefix: writes <out>.json and <out>.md")
     ap.add_argument("--quick", action="store_true", help="two small shapes, fewer repetitions")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")

@@ -23,6 +23,7 @@ core (q kᵀ and P v, or the agent op); inference latency per batch (eval, ``tor
 small and a large batch (1 and 64; ``--quick`` 1 and 8), median and minimum, and throughput (images/s,
 from the median) at the large batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,11 +36,33 @@ if __package__ in (None, ""):
 import common  # noqa: E402
 
 NAME = "models"
-COLUMNS = ["model", "attn", "registered", "same_as", "status", "params", "mflops", "mmacs", "attn_mflops",
-           "ms_b_small", "min_ms_b_small", "ms_b_large", "min_ms_b_large", "img_s", "note"]
-HEADERS = {"mflops": "MFLOPs/img", "mmacs": "MMACs/img", "attn_mflops": "attn-core MFLOPs/img",
-           "ms_b_small": "ms @ b_small", "ms_b_large": "ms @ b_large", "min_ms_b_small": "min ms @ b_small",
-           "min_ms_b_large": "min ms @ b_large", "img_s": "img/s @ b_large"}
+COLUMNS = [
+    "model",
+    "attn",
+    "registered",
+    "same_as",
+    "status",
+    "params",
+    "mflops",
+    "mmacs",
+    "attn_mflops",
+    "ms_b_small",
+    "min_ms_b_small",
+    "ms_b_large",
+    "min_ms_b_large",
+    "img_s",
+    "note",
+]
+HEADERS = {
+    "mflops": "MFLOPs/img",
+    "mmacs": "MMACs/img",
+    "attn_mflops": "attn-core MFLOPs/img",
+    "ms_b_small": "ms @ b_small",
+    "ms_b_large": "ms @ b_large",
+    "min_ms_b_small": "min ms @ b_small",
+    "min_ms_b_large": "min ms @ b_large",
+    "img_s": "img/s @ b_large",
+}
 
 
 @dataclass
@@ -51,7 +74,7 @@ class ModelsConfig:
     min_reps: int = 3
     max_reps: int = 10
     budget_s: float = 1.0
-    variants: tuple | None = None   # None = every registered MER variant
+    variants: tuple | None = None  # None = every registered MER variant
     vit: tuple = (224, 16, 192, 12, 3, 49)  # image, patch, dim, depth, heads, agents
 
 
@@ -68,8 +91,16 @@ def make_config(cfg: dict | None) -> ModelsConfig:
 
 
 # ------------------------------------------------------------------------------------ DeiT-T-like ViT
-def build_vit(attn: str, image: int = 224, patch: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
-              agents: int = 49, num_classes: int = 1000):
+def build_vit(
+    attn: str,
+    image: int = 224,
+    patch: int = 16,
+    dim: int = 192,
+    depth: int = 12,
+    heads: int = 3,
+    agents: int = 49,
+    num_classes: int = 1000,
+):
     """A DeiT-style ViT, x (B, 3, image, image) -> (B, num_classes); ``attn`` = 'softmax' | 'agent'."""
     import torch
     import torch.nn as nn
@@ -99,9 +130,13 @@ def build_vit(attn: str, image: int = 224, patch: int = 16, dim: int = 192, dept
         def __init__(self):
             super().__init__()
             self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-            self.attn = (SoftmaxAttention() if attn == "softmax" else
-                         agentattn.AgentAttention(dim, heads, qkv_bias=True, agent_num=agents, window=grid,
-                                                  num_prefix_tokens=1))
+            self.attn = (
+                SoftmaxAttention()
+                if attn == "softmax"
+                else agentattn.AgentAttention(
+                    dim, heads, qkv_bias=True, agent_num=agents, window=grid, num_prefix_tokens=1
+                )
+            )
             self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
         def forward(self, x):
@@ -118,7 +153,7 @@ def build_vit(attn: str, image: int = 224, patch: int = 16, dim: int = 192, dept
             self.norm, self.head = nn.LayerNorm(dim, eps=1e-6), nn.Linear(dim, num_classes)
 
         def forward(self, x):
-            x = self.patch_embed(x).flatten(2).transpose(1, 2)                    # (B, grid², C)
+            x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, grid², C)
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
             return self.head(self.norm(self.blocks(x))[:, 0])
 
@@ -156,14 +191,25 @@ def measure(model, image: int, c: ModelsConfig) -> dict:
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(1, 3, image, image, generator=g).to(c.device)
     f = count_flops(model, x1)
-    out.update(flops=f["flops"], macs=f["flops"] // 2, mflops=round(f["flops"] / 1e6, 2),
-               mmacs=round(f["flops"] / 2e6, 2), attn_flops=f["attn_flops"],
-               attn_mflops=round(f["attn_flops"] / 1e6, 2))
+    out.update(
+        flops=f["flops"],
+        macs=f["flops"] // 2,
+        mflops=round(f["flops"] / 1e6, 2),
+        mmacs=round(f["flops"] / 2e6, 2),
+        attn_flops=f["attn_flops"],
+        attn_mflops=round(f["attn_flops"] / 1e6, 2),
+    )
     for tag, b in (("small", c.batch_small), ("large", c.batch_large)):
         x = torch.randn(b, 3, image, image, generator=g).to(c.device)
         with torch.inference_mode():
-            t = common.time_fn(lambda: model(x), c.device, warmup=c.warmup, min_reps=c.min_reps,
-                               max_reps=c.max_reps, budget_s=c.budget_s)
+            t = common.time_fn(
+                lambda: model(x),
+                c.device,
+                warmup=c.warmup,
+                min_reps=c.min_reps,
+                max_reps=c.max_reps,
+                budget_s=c.budget_s,
+            )
         out[f"ms_b_{tag}"], out[f"iqr_ms_b_{tag}"], out[f"min_ms_b_{tag}"] = t["median_ms"], t["iqr_ms"], t["min_ms"]
         out["reps"] = t["reps"]
     out["img_s"] = round(c.batch_large / (out["ms_b_large"] * 1e-3), 1)
@@ -180,8 +226,10 @@ def _entries(c: ModelsConfig) -> list[dict]:
     from mer.models.registry import list_models, variant_config
 
     names = list(c.variants) if c.variants is not None else list_models()
-    entries = [dict(model=n, registered=True, cfg=variant_config(n), error=None, image=variant_config(n).image_size)
-               for n in names]
+    entries = [
+        dict(model=n, registered=True, cfg=variant_config(n), error=None, image=variant_config(n).image_size)
+        for n in names
+    ]
     for n in names:
         label = _attn_label(variant_config(n).attn)
         if label not in ("softmax", "agent"):
@@ -195,8 +243,9 @@ def _entries(c: ModelsConfig) -> list[dict]:
             HTNet(cfg)  # agent counts are checked when the layers are built
         except Exception as e:
             cfg, err = None, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-        entries.append(dict(model=n, registered=False, cfg=cfg, error=err, attn=other,
-                            image=variant_config(n).image_size))
+        entries.append(
+            dict(model=n, registered=False, cfg=cfg, error=err, attn=other, image=variant_config(n).image_size)
+        )
     return entries
 
 
@@ -213,13 +262,22 @@ def run(cfg: dict | None = None) -> list[dict]:
     entries = _entries(c)
     image, patch, dim, depth, heads, agents = c.vit
     vit_name = f"deit_t_like_{image}px_p{patch}_d{dim}_L{depth}_h{heads}"
-    for e in common.progress(entries + [dict(vit=a) for a in ("softmax", "agent")], NAME,
-                             total=len(entries) + 2):
+    for e in common.progress(entries + [dict(vit=a) for a in ("softmax", "agent")], NAME, total=len(entries) + 2):
         if "vit" in e:
-            row = dict(base, model=vit_name, kind="vit", attn=e["vit"], registered=False, same_as=None,
-                       source="benchmarks/suites/models.py", status="ok", image_size=image, params=None,
-                       note=f"{'AgentAttention n=' + str(agents) if e['vit'] == 'agent' else 'SDPA'} in all "
-                            f"{depth} blocks, {(image // patch) ** 2 + 1} tokens")
+            row = dict(
+                base,
+                model=vit_name,
+                kind="vit",
+                attn=e["vit"],
+                registered=False,
+                same_as=None,
+                source="benchmarks/suites/models.py",
+                status="ok",
+                image_size=image,
+                params=None,
+                note=f"{'AgentAttention n=' + str(agents) if e['vit'] == 'agent' else 'SDPA'} in all "
+                f"{depth} blocks, {(image // patch) ** 2 + 1} tokens",
+            )
             try:
                 torch.manual_seed(0)
                 row.update(measure(build_vit(e["vit"], image, patch, dim, depth, heads, agents), image, c))
@@ -228,9 +286,19 @@ def run(cfg: dict | None = None) -> list[dict]:
             rows.append(row)
             continue
         attn = e.get("attn") or _attn_label(e["cfg"].attn)
-        row = dict(base, model=e["model"], kind="htnet", attn=attn, registered=e["registered"], same_as=None,
-                   source="mer.models.create_model" + ("" if e["registered"] else f"(..., attn='{attn}')"),
-                   status="ok", note="", image_size=e["image"], params=None)
+        row = dict(
+            base,
+            model=e["model"],
+            kind="htnet",
+            attn=attn,
+            registered=e["registered"],
+            same_as=None,
+            source="mer.models.create_model" + ("" if e["registered"] else f"(..., attn='{attn}')"),
+            status="ok",
+            note="",
+            image_size=e["image"],
+            params=None,
+        )
         if e["error"]:
             row.update(status="not applicable", note=e["error"])
             rows.append(row)
@@ -238,8 +306,11 @@ def run(cfg: dict | None = None) -> list[dict]:
         twin = next((r for cfg_, r in done if cfg_ == e["cfg"]), None)
         if twin is not None:
             keep = {k: row[k] for k in ("model", "attn", "registered", "source")}
-            row.update({k: v for k, v in twin.items() if k not in keep}, same_as=twin["model"],
-                       note=f"same configuration as {twin['model']} (numbers copied)")
+            row.update(
+                {k: v for k, v in twin.items() if k not in keep},
+                same_as=twin["model"],
+                note=f"same configuration as {twin['model']} (numbers copied)",
+            )
             rows.append(row)
             continue
         try:
@@ -256,8 +327,10 @@ def to_markdown(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)\n"
     b = rows[0]
-    return (f"Batches: small = {b['batch_small']}, large = {b['batch_large']}; FLOPs and MACs per image, forward.\n\n"
-            + common.markdown_table(rows, COLUMNS, HEADERS))
+    return (
+        f"Batches: small = {b['batch_small']}, large = {b['batch_large']}; FLOPs and MACs per image, forward.\n\n"
+        + common.markdown_table(rows, COLUMNS, HEADERS)
+    )
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -270,21 +343,30 @@ def summarize(rows: list[dict]) -> dict:
     for model, p in pairs.items():
         if "softmax" in p and "agent" in p:
             a, s = p["agent"], p["softmax"]
-            out.append(dict(model=model, params_agent=a["params"], params_softmax=s["params"],
-                            mmacs_agent=a["mmacs"], mmacs_softmax=s["mmacs"],
-                            latency_ratio_b_large=round(a["ms_b_large"] / s["ms_b_large"], 3)))
+            out.append(
+                dict(
+                    model=model,
+                    params_agent=a["params"],
+                    params_softmax=s["params"],
+                    mmacs_agent=a["mmacs"],
+                    mmacs_softmax=s["mmacs"],
+                    latency_ratio_b_large=round(a["ms_b_large"] / s["ms_b_large"], 3),
+                )
+            )
     return {"agent_vs_softmax": out}
 
 
 def summary_markdown(summary: dict) -> str:
-    return ("### Agent vs softmax attention, same model\n\n"
-            + common.markdown_table(summary.get("agent_vs_softmax", []),
-                                    headers={"latency_ratio_b_large": "agent/softmax time @ b_large"}))
+    return "### Agent vs softmax attention, same model\n\n" + common.markdown_table(
+        summary.get("agent_vs_softmax", []), headers={"latency_ratio_b_large": "agent/softmax time @ b_large"}
+    )
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Models with agent vs softmax attention (a suite of benchmarks/run.py).",
-                                 epilog="example: python benchmarks/suites/models.py --quick")
+    ap = argparse.ArgumentParser(
+        description="Models with agent vs softmax attention (a suite of benchmarks/run.py).",
+        epilog="example: python benchmarks/suites/models.py --quick",
+    )
     ap.add_argument("--quick", action="store_true", help="batch 1 and 8, few repetitions")
     ap.add_argument("--tiny", action="store_true", help="test size")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))

@@ -47,11 +47,17 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 template <typename T>
 __device__ __forceinline__ T from_f(float x);
 template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_f<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
@@ -269,15 +275,15 @@ __global__ void __launch_bounds__(kThreads) stage2_bwd(const AgentAttnParams p) 
   const int64_t bh = blockIdx.y;
   const int64_t b = bh / p.H, h = bh % p.H;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  float* sA = smem;                   // n x LD
-  float* sVA = sA + n * LD;           // n x LD
-  float* sdA = sVA + n * LD;          // n x LD
-  float* sdVA = sdA + n * LD;         // n x LD
-  float* sQ = sdVA + n * LD;          // kRowTile x LD
-  float* sdO = sQ + kRowTile * LD;    // kRowTile x LD
-  float* sP = sdO + kRowTile * LD;    // kRowTile x n
-  float* sDS = sP + kRowTile * n;     // kRowTile x n
-  float* sDi = sDS + kRowTile * n;    // kRowTile
+  float* sA = smem;                 // n x LD
+  float* sVA = sA + n * LD;         // n x LD
+  float* sdA = sVA + n * LD;        // n x LD
+  float* sdVA = sdA + n * LD;       // n x LD
+  float* sQ = sdVA + n * LD;        // kRowTile x LD
+  float* sdO = sQ + kRowTile * LD;  // kRowTile x LD
+  float* sP = sdO + kRowTile * LD;  // kRowTile x n
+  float* sDS = sP + kRowTile * n;   // kRowTile x n
+  float* sDi = sDS + kRowTile * n;  // kRowTile
   const int64_t boff = b * p.b2_sb + h * p.b2_sh;
   const T* bias = p.bias_query ? static_cast<const T*>(p.bias_query) + boff : nullptr;
   const T* Q = static_cast<const T*>(p.q) + bh * N * D;
@@ -480,18 +486,18 @@ size_t smem_stage1_bwd(const AgentAttnParams& p) {
 template <typename Kernel>
 cudaError_t launch(Kernel kernel, dim3 grid, size_t smem, const AgentAttnParams& p, cudaStream_t stream) {
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem));
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   kernel<<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
-#define AGENTATTN_TRY(expr)                 \
-  do {                                      \
-    const cudaError_t err_ = (expr);        \
-    if (err_ != cudaSuccess) return err_;   \
+#define AGENTATTN_TRY(expr)               \
+  do {                                    \
+    const cudaError_t err_ = (expr);      \
+    if (err_ != cudaSuccess) return err_; \
   } while (0)
 
 template <typename T>

@@ -35,14 +35,13 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
               "k and v must be (B, H, M, d) = (", q.size(0), ", ", q.size(1), ", M >= 1, ", q.size(3),
               ") with one M, got k ", k.sizes(), " v ", v.sizes());
   TORCH_CHECK(a.dim() == 4 && a.size(0) == q.size(0) && a.size(1) == q.size(1) && a.size(3) == q.size(3),
-              "agents must be (B, H, n, d) = (", q.size(0), ", ", q.size(1), ", n, ", q.size(3), "), got ",
-              a.sizes());
+              "agents must be (B, H, n, d) = (", q.size(0), ", ", q.size(1), ", n, ", q.size(3), "), got ", a.sizes());
   TORCH_CHECK(a.size(2) >= 1, "agents must hold at least one agent (n >= 1)");
   for (const at::Tensor* t : {&q, &k, &v, &a}) {
     TORCH_CHECK(t->is_cuda(), "agent_attention CUDA kernel got a tensor on ", t->device());
     TORCH_CHECK(t->device() == q.device(), "all inputs must be on ", q.device(), ", got ", t->device());
-    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "all inputs must share q's dtype ", q.scalar_type(),
-                ", got ", t->scalar_type());
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "all inputs must share q's dtype ", q.scalar_type(), ", got ",
+                t->scalar_type());
   }
   TORCH_CHECK(q.size(2) < (int64_t{1} << 31) && k.size(2) < (int64_t{1} << 31) && q.size(0) * q.size(1) < 65536,
               "agent_attention CUDA kernel: N and M must be < 2^31 and B*H < 65536, got q ", q.sizes(), " k ",
@@ -54,14 +53,12 @@ void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& q, int6
   if (!bias.has_value()) return;
   const auto& t = *bias;
   TORCH_CHECK(t.dim() == 4, name, " must be 4-D (Bb, Hb, ", rows, ", ", cols, "), got ", t.sizes());
-  TORCH_CHECK(t.size(0) == 1 || t.size(0) == q.size(0), name, ": batch dim must be 1 or ", q.size(0),
-              ", got ", t.sizes());
-  TORCH_CHECK(t.size(1) == 1 || t.size(1) == q.size(1), name, ": head dim must be 1 or ", q.size(1),
-              ", got ", t.sizes());
-  TORCH_CHECK(t.size(2) == rows && t.size(3) == cols, name, " must end in (", rows, ", ", cols, "), got ",
+  TORCH_CHECK(t.size(0) == 1 || t.size(0) == q.size(0), name, ": batch dim must be 1 or ", q.size(0), ", got ",
               t.sizes());
-  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(), " != q dtype ",
-              q.scalar_type());
+  TORCH_CHECK(t.size(1) == 1 || t.size(1) == q.size(1), name, ": head dim must be 1 or ", q.size(1), ", got ",
+              t.sizes());
+  TORCH_CHECK(t.size(2) == rows && t.size(3) == cols, name, " must end in (", rows, ", ", cols, "), got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == q.scalar_type(), name, " dtype ", t.scalar_type(), " != q dtype ", q.scalar_type());
   TORCH_CHECK(t.device() == q.device(), name, " is on ", t.device(), " but q is on ", q.device());
 }
 
@@ -72,8 +69,7 @@ std::pair<int64_t, int64_t> bias_strides(const at::Tensor& t) {
 }
 
 AgentAttnParams make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
-                            const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& b2,
-                            double scale) {
+                            const c10::optional<at::Tensor>& b1, const c10::optional<at::Tensor>& b2, double scale) {
   AgentAttnParams p;
   p.B = static_cast<int>(q.size(0));
   p.H = static_cast<int>(q.size(1));
@@ -138,9 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> agent_attention_fwd_c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> agent_attention_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const at::Tensor& a_in, const c10::optional<at::Tensor>& bias_agent,
-    const c10::optional<at::Tensor>& bias_query, const at::Tensor& out, const at::Tensor& agent_v,
-    const at::Tensor& lse_agent, const at::Tensor& lse_query, double scale) {
+    const at::Tensor& a_in, const c10::optional<at::Tensor>& bias_agent, const c10::optional<at::Tensor>& bias_query,
+    const at::Tensor& out, const at::Tensor& agent_v, const at::Tensor& lse_agent, const at::Tensor& lse_query,
+    double scale) {
   check_inputs(q_in, k_in, v_in, a_in);
   const c10::cuda::CUDAGuard guard(q_in.device());
   auto q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), a = a_in.contiguous();

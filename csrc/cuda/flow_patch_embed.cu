@@ -35,11 +35,17 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float
 template <typename T>
 __device__ __forceinline__ T from_f(float x);
 template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
+__device__ __forceinline__ float from_f<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+__device__ __forceinline__ __half from_f<__half>(float x) {
+  return __float2half_rn(x);
+}
 template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // Offset into x of patch column k of token tok.
 __device__ __forceinline__ int64_t patch_off(const FlowPatchParams& p, int64_t tok, int k) {
@@ -63,9 +69,21 @@ __device__ __forceinline__ int64_t out_off(const FlowPatchParams& p, int64_t tok
 template <int MODE>
 __device__ __forceinline__ void dims(const FlowPatchParams& p, int64_t& rows, int64_t& cols, int64_t& red) {
   const int64_t ntok = static_cast<int64_t>(p.B) * p.L;
-  if (MODE == kFwd) { rows = ntok; cols = p.D; red = p.K; }
-  if (MODE == kDx) { rows = ntok; cols = p.K; red = p.D; }
-  if (MODE == kDweight) { rows = p.D; cols = p.K; red = ntok; }
+  if (MODE == kFwd) {
+    rows = ntok;
+    cols = p.D;
+    red = p.K;
+  }
+  if (MODE == kDx) {
+    rows = ntok;
+    cols = p.K;
+    red = p.D;
+  }
+  if (MODE == kDweight) {
+    rows = p.D;
+    cols = p.K;
+    red = ntok;
+  }
 }
 
 // A(row, r) and B(r, col) of each mode, as fp32 (callers guarantee the indices are in range).
@@ -86,8 +104,8 @@ __device__ __forceinline__ float load_b(const FlowPatchParams& p, int64_t r, int
 template <typename T, int MODE>
 __global__ void __launch_bounds__(kThreads) gemm_kernel(FlowPatchParams p) {
   extern __shared__ float smem[];
-  float* As = smem;                               // [kTileR][kTileM + kPad]: As[r][m] = A(m0 + m, r0 + r)
-  float* Bs = smem + kTileR * (kTileM + kPad);    // [kTileR][kTileN + kPad]: Bs[r][n] = B(r0 + r, n0 + n)
+  float* As = smem;                             // [kTileR][kTileM + kPad]: As[r][m] = A(m0 + m, r0 + r)
+  float* Bs = smem + kTileR * (kTileM + kPad);  // [kTileR][kTileN + kPad]: Bs[r][n] = B(r0 + r, n0 + n)
   int64_t rows, cols, red;
   dims<MODE>(p, rows, cols, red);
   const int col_tiles = static_cast<int>((cols + kTileN - 1) / kTileN);
@@ -262,8 +280,8 @@ int64_t num_tokens(const FlowPatchParams& p) { return static_cast<int64_t>(p.B) 
 void plan_splits(FlowPatchParams& p, int num_sms) {
   const int64_t tiles = (num_tokens(p) + kTileM - 1) / kTileM;
   const int64_t blocks_nk = ((p.D + kTileN - 1) / kTileN) * ((p.K + kTileM - 1) / kTileM);
-  int64_t want = std::max<int64_t>(1, (2 * static_cast<int64_t>(std::max(num_sms, 1)) + blocks_nk - 1) /
-                                          std::max<int64_t>(blocks_nk, 1));
+  int64_t want = std::max<int64_t>(
+      1, (2 * static_cast<int64_t>(std::max(num_sms, 1)) + blocks_nk - 1) / std::max<int64_t>(blocks_nk, 1));
   want = std::min<int64_t>(want, std::max<int64_t>(tiles, 1));
   want = std::min<int64_t>(want, 65535 / std::max<int64_t>(1, (p.K + kTileN - 1) / kTileN));
   const int64_t per = tiles > 0 ? (tiles + want - 1) / want : 1;
@@ -271,9 +289,7 @@ void plan_splits(FlowPatchParams& p, int num_sms) {
   p.splits = tiles > 0 ? static_cast<int>((tiles + per - 1) / per) : 1;
 }
 
-int64_t workspace_floats(const FlowPatchParams& p) {
-  return static_cast<int64_t>(p.splits) * p.D * p.K;
-}
+int64_t workspace_floats(const FlowPatchParams& p) { return static_cast<int64_t>(p.splits) * p.D * p.K; }
 
 cudaError_t launch_forward(const FlowPatchParams& p, cudaStream_t stream) {
   switch (p.dtype) {

@@ -37,9 +37,9 @@ struct FlowPatchParams {
   float* work = nullptr;
 };
 
-constexpr int kTileM = 64;   // output rows per block
-constexpr int kTileN = 64;   // output columns per block
-constexpr int kTileR = 16;   // reduction chunk staged in shared memory
+constexpr int kTileM = 64;     // output rows per block
+constexpr int kTileN = 64;     // output columns per block
+constexpr int kTileR = 16;     // reduction chunk staged in shared memory
 constexpr int kThreads = 256;  // 16 x 16 threads, a 4 x 4 micro-tile each
 
 int64_t num_tokens(const FlowPatchParams& p);

@@ -89,8 +89,8 @@ c10::optional<at::Tensor> contig(const c10::optional<at::Tensor>& t) {
 }
 
 at::Tensor flow_patch_embed_fwd_cuda(const at::Tensor& x_in, const at::Tensor& weight_in,
-                                     const c10::optional<at::Tensor>& bias_in,
-                                     const c10::optional<at::Tensor>& pos_in, int64_t patch_size, bool flatten) {
+                                     const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& pos_in,
+                                     int64_t patch_size, bool flatten) {
   check(x_in, weight_in, bias_in, pos_in, patch_size);
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous(), w = weight_in.contiguous();
@@ -106,29 +106,29 @@ at::Tensor flow_patch_embed_fwd_cuda(const at::Tensor& x_in, const at::Tensor& w
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> flow_patch_embed_bwd_cuda(
     const at::Tensor& grad_out, const at::Tensor& x_in, const at::Tensor& weight_in,
-    const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& pos_in, int64_t patch_size,
-    bool flatten, bool need_dx, bool need_dweight) {
+    const c10::optional<at::Tensor>& bias_in, const c10::optional<at::Tensor>& pos_in, int64_t patch_size, bool flatten,
+    bool need_dx, bool need_dweight) {
   check(x_in, weight_in, bias_in, pos_in, patch_size);
   const c10::cuda::CUDAGuard guard(x_in.device());
   auto x = x_in.contiguous(), w = weight_in.contiguous(), dout = grad_out.contiguous();
   auto bias = contig(bias_in), pos = contig(pos_in);
   FlowPatchParams q = make_params(x, w, bias, pos, patch_size, flatten);
   const int64_t gh = q.H / q.p;
-  const std::vector<int64_t> oshape = flatten ? std::vector<int64_t>{q.B, q.L, q.D}
-                                              : std::vector<int64_t>{q.B, q.D, gh, q.gw};
-  TORCH_CHECK(dout.sizes() == at::IntArrayRef(oshape) && dout.scalar_type() == x.scalar_type() &&
-                  dout.device() == x.device(),
-              "flow_patch_embed: grad_out must be ", at::IntArrayRef(oshape), " in ", x.scalar_type(), " on ",
-              x.device(), ", got ", dout.sizes(), " ", dout.scalar_type(), " on ", dout.device());
+  const std::vector<int64_t> oshape =
+      flatten ? std::vector<int64_t>{q.B, q.L, q.D} : std::vector<int64_t>{q.B, q.D, gh, q.gw};
+  TORCH_CHECK(
+      dout.sizes() == at::IntArrayRef(oshape) && dout.scalar_type() == x.scalar_type() && dout.device() == x.device(),
+      "flow_patch_embed: grad_out must be ", at::IntArrayRef(oshape), " in ", x.scalar_type(), " on ", x.device(),
+      ", got ", dout.sizes(), " ", dout.scalar_type(), " on ", dout.device());
   auto opts = x.options();
   const bool empty_problem = q.B == 0 || q.L == 0 || q.D == 0;
   at::Tensor dx = need_dx ? (empty_problem ? at::zeros_like(x) : at::empty_like(x)) : at::empty({0}, opts);
   at::Tensor dw = need_dweight ? (empty_problem ? at::zeros_like(w) : at::empty_like(w)) : at::empty({0}, opts);
-  at::Tensor db = bias.has_value() ? (empty_problem ? at::zeros({q.D}, opts) : at::empty({q.D}, opts))
-                                   : at::empty({0}, opts);
-  at::Tensor dp = pos.has_value() ? (empty_problem ? at::zeros({q.D, gh, q.gw}, opts)
-                                                   : at::empty({q.D, gh, q.gw}, opts))
-                                  : at::empty({0}, opts);
+  at::Tensor db =
+      bias.has_value() ? (empty_problem ? at::zeros({q.D}, opts) : at::empty({q.D}, opts)) : at::empty({0}, opts);
+  at::Tensor dp = pos.has_value()
+                      ? (empty_problem ? at::zeros({q.D, gh, q.gw}, opts) : at::empty({q.D, gh, q.gw}, opts))
+                      : at::empty({0}, opts);
   if (empty_problem) return {dx, dw, db, dp};
   q.grad_out = dout.data_ptr();
   q.dx = need_dx ? dx.data_ptr() : nullptr;

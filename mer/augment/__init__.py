@@ -11,6 +11,7 @@ Building blocks: :mod:`~mer.augment.schedule` (cosine schedule, ``q_sample``), :
 samplers), :mod:`~mer.augment.trainer` (``DDPMConfig``, ``train_ddpm``), :mod:`~mer.augment.quality`
 (sample-quality report and image grid). See docs/augment.md.
 """
+
 from .diffusion import GaussianDiffusion
 from .fold import ChannelScaler, augment_fold, class_targets
 from .schedule import cosine_alpha_bar, cosine_betas, q_sample

@@ -5,6 +5,7 @@ and of one DDIM step over ``--n-gen`` images, the predicted time per fold at the
 (``train_steps`` × step + ``sample_steps`` × sampling step), and the load average (the machine is shared:
 compare CPU and wall time). Random inputs, no data needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def _median_time(fn, reps: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mer.augment.bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mer.augment.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--size", type=int, default=28, help="image height = width")
     p.add_argument("--n-gen", type=int, default=308, help="images generated per fold (balance of 250/109/83)")
@@ -63,13 +65,31 @@ def main(argv: list[str] | None = None) -> int:
 
         tw, tc = _median_time(train_step, args.reps)
         sw, sc = _median_time(sample_step, args.reps)
-        rows.append({"threads": th, "train_step_wall_s": tw, "train_step_cpu_s": tc,
-                     "sample_step_wall_s": sw, "sample_step_cpu_s": sc,
-                     "fold_wall_s_predicted": cfg.train_steps * tw + cfg.sample_steps * sw,
-                     "fold_cpu_s_predicted": cfg.train_steps * tc + cfg.sample_steps * sc,
-                     "load_avg_1min": os.getloadavg()[0]})
-    print(json.dumps({"size": args.size, "batch_size": cfg.batch_size, "train_steps": cfg.train_steps,
-                      "sample_steps": cfg.sample_steps, "n_gen": args.n_gen, "results": rows}, indent=2))
+        rows.append(
+            {
+                "threads": th,
+                "train_step_wall_s": tw,
+                "train_step_cpu_s": tc,
+                "sample_step_wall_s": sw,
+                "sample_step_cpu_s": sc,
+                "fold_wall_s_predicted": cfg.train_steps * tw + cfg.sample_steps * sw,
+                "fold_cpu_s_predicted": cfg.train_steps * tc + cfg.sample_steps * sc,
+                "load_avg_1min": os.getloadavg()[0],
+            }
+        )
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "batch_size": cfg.batch_size,
+                "train_steps": cfg.train_steps,
+                "sample_steps": cfg.sample_steps,
+                "n_gen": args.n_gen,
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

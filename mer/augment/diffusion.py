@@ -15,6 +15,7 @@ x: (B, C, H, W), t: (B,) long 0-based step indices, y: (B,) long labels (``null_
 All randomness of sampling comes from a ``torch.Generator`` built from ``seed``, so a given seed gives
 the same samples (on the same machine and thread count).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -69,8 +70,9 @@ class GaussianDiffusion(nn.Module):
         if (prior_mean is None) != (prior_var is None):
             raise ValueError("give both prior_mean and prior_var, or neither")
         if prior_mean is not None and (prior_mean.ndim != 4 or prior_mean.shape != prior_var.shape):
-            raise ValueError(f"prior_mean/var must be (K, C, H, W) alike, got {tuple(prior_mean.shape)}, "
-                             f"{tuple(prior_var.shape)}")
+            raise ValueError(
+                f"prior_mean/var must be (K, C, H, W) alike, got {tuple(prior_mean.shape)}, {tuple(prior_var.shape)}"
+            )
         self.register_buffer("prior_mean", None if prior_mean is None else prior_mean.float())
         self.register_buffer("prior_var", None if prior_var is None else prior_var.float().clamp(min=1e-4))
         for name, value in schedule_terms(cosine_betas(self.timesteps, s, max_beta)).items():

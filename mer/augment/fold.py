@@ -11,6 +11,7 @@ Cache layout (``cache_dir/<fold_key>/<key>/``, every file written to a temporary
     samples-<ratio>.npz    x (N, C, H, W) float32 in the caller's units, y (N,), generated = True
     meta.json              the key's inputs in readable form (shapes, class counts, config, seed)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -187,8 +188,11 @@ def generate(
     cfg = cfg or train_cfg
     h, w = ckpt["image_size"]
     c = ckpt["in_channels"]
-    labels = (np.concatenate([np.full(n, k, dtype=np.int64) for k, n in targets.items()]) if targets
-              else np.zeros(0, np.int64))
+    labels = (
+        np.concatenate([np.full(n, k, dtype=np.int64) for k, n in targets.items()])
+        if targets
+        else np.zeros(0, np.int64)
+    )
     clip = (torch.tensor(ckpt["clip_lo"]), torch.tensor(ckpt["clip_hi"])) if cfg.clip_x0 else None
     g = torch.Generator().manual_seed(_seeds(seed)[3])
     out = []
@@ -197,11 +201,20 @@ def generate(
         yb = torch.from_numpy(labels[s : s + cfg.sample_batch])
         shape = (len(yb), c, h, w)
         if cfg.sampler == "ddim":
-            z = diffusion.sample_ddim(shape, yb, steps=cfg.sample_steps, eta=cfg.eta, generator=g,
-                                      guidance=cfg.guidance, clip_x0=clip, progress=cfg.progress)
+            z = diffusion.sample_ddim(
+                shape,
+                yb,
+                steps=cfg.sample_steps,
+                eta=cfg.eta,
+                generator=g,
+                guidance=cfg.guidance,
+                clip_x0=clip,
+                progress=cfg.progress,
+            )
         else:
-            z = diffusion.sample_ancestral(shape, yb, generator=g, guidance=cfg.guidance, clip_x0=clip,
-                                           progress=cfg.progress)
+            z = diffusion.sample_ancestral(
+                shape, yb, generator=g, guidance=cfg.guidance, clip_x0=clip, progress=cfg.progress
+            )
         out.append(scaler.inverse(z).numpy().astype(np.float32))
     x = np.concatenate(out) if out else np.zeros((0, c, h, w), np.float32)
     if not np.isfinite(x).all():
@@ -262,10 +275,15 @@ def augment_fold(
         if folder is not None:
             atomic_write(folder / "model.pt", lambda f: torch.save(ckpt, f))
             classes, counts = np.unique(y, return_counts=True)
-            meta = {"fold_key": fold_key, "key": key, "x_shape": list(x.shape),
-                    "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
-                    "seed": int(seed), "cfg": cfg.key_dict(),
-                    "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan]))}
+            meta = {
+                "fold_key": fold_key,
+                "key": key,
+                "x_shape": list(x.shape),
+                "class_counts": {int(c): int(n) for c, n in zip(classes, counts, strict=True)},
+                "seed": int(seed),
+                "cfg": cfg.key_dict(),
+                "final_loss": float(np.mean(ckpt["losses"][-50:] or [np.nan])),
+            }
             atomic_write(folder / "meta.json", lambda f: f.write(json.dumps(meta, indent=2).encode()))
 
     x_gen, y_gen = generate(ckpt, targets, seed, cfg)

@@ -10,6 +10,7 @@
 * Grid: per class, a few real and a few generated samples, each shown as its 3 channels side by side
   with a diverging colour map centred on 0 (shared limits per channel).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,8 +56,15 @@ def _summary(d: np.ndarray) -> dict[str, float]:
     if len(d) == 0:
         return {"n": 0}
     q = np.percentile(d, [1, 25, 50, 75])
-    return {"n": int(len(d)), "min": float(d.min()), "p01": float(q[0]), "p25": float(q[1]),
-            "median": float(q[2]), "p75": float(q[3]), "mean": float(d.mean())}
+    return {
+        "n": int(len(d)),
+        "min": float(d.min()),
+        "p01": float(q[0]),
+        "p25": float(q[1]),
+        "median": float(q[2]),
+        "p75": float(q[3]),
+        "mean": float(d.mean()),
+    }
 
 
 def quality_report(x_gen: np.ndarray, y_gen: np.ndarray, x_train: np.ndarray, y_train: np.ndarray) -> dict:
@@ -71,9 +79,11 @@ def quality_report(x_gen: np.ndarray, y_gen: np.ndarray, x_train: np.ndarray, y_
     for c in sorted(set(real) | set(gen)):
         m = y_gen == c
         per_class[c] = {
-            "real": real.get(c), "generated": gen.get(c),
-            "mean_abs_diff": (np.abs(np.subtract(gen[c]["mean"], real[c]["mean"])).tolist()
-                              if c in gen and c in real else None),
+            "real": real.get(c),
+            "generated": gen.get(c),
+            "mean_abs_diff": (
+                np.abs(np.subtract(gen[c]["mean"], real[c]["mean"])).tolist() if c in gen and c in real else None
+            ),
             "std_ratio": (np.divide(gen[c]["std"], real[c]["std"]).tolist() if c in gen and c in real else None),
             "nn_gen_to_train": _summary(d_gen[m]),
             "nn_real_to_real": _summary(d_rr[y_train == c]),
@@ -81,7 +91,8 @@ def quality_report(x_gen: np.ndarray, y_gen: np.ndarray, x_train: np.ndarray, y_
     med_rr = float(np.median(d_rr)) if len(d_rr) > 1 else float("nan")
     return {
         "channels": list(CHANNELS[: x_train.shape[1]]) if x_train.shape[1] <= 3 else list(range(x_train.shape[1])),
-        "n_generated": int(len(x_gen)), "n_train": int(len(x_train)),
+        "n_generated": int(len(x_gen)),
+        "n_train": int(len(x_train)),
         "per_class": per_class,
         "overall": {
             "nn_gen_to_train": _summary(d_gen),
@@ -97,32 +108,55 @@ def report_markdown(rep: dict) -> str:
     """A short human-readable rendering of :func:`quality_report`'s dict."""
     ch = rep["channels"]
     o = rep["overall"]
-    lines = [f"# DDPM sample quality ({rep['n_generated']} generated, {rep['n_train']} training samples)", "",
-             "| class | n real | n gen | channel | mean real | mean gen | std real | std gen |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# DDPM sample quality ({rep['n_generated']} generated, {rep['n_train']} training samples)",
+        "",
+        "| class | n real | n gen | channel | mean real | mean gen | std real | std gen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c, v in rep["per_class"].items():
         r, g = v["real"], v["generated"]
         for k, name in enumerate(ch):
-            lines.append(f"| {c} | {r['n'] if r else 0} | {g['n'] if g else 0} | {name} | "
-                         f"{r['mean'][k]:.3f} | {g['mean'][k] if g else float('nan'):.3f} | "
-                         f"{r['std'][k]:.3f} | {g['std'][k] if g else float('nan'):.3f} |")
+            lines.append(
+                f"| {c} | {r['n'] if r else 0} | {g['n'] if g else 0} | {name} | "
+                f"{r['mean'][k]:.3f} | {g['mean'][k] if g else float('nan'):.3f} | "
+                f"{r['std'][k]:.3f} | {g['std'][k] if g else float('nan'):.3f} |"
+            )
     gtr, rr = o["nn_gen_to_train"], o["nn_real_to_real"]
-    lines += ["", "Nearest-neighbour distance (Euclidean over all values):", "",
-              "| | n | min | p01 | median | mean |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Nearest-neighbour distance (Euclidean over all values):",
+        "",
+        "| | n | min | p01 | median | mean |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, s in (("generated → training", gtr), ("real → real (leave-one-out)", rr)):
         if s.get("n"):
-            lines.append(f"| {name} | {s['n']} | {s['min']:.3f} | {s['p01']:.3f} | {s['median']:.3f} "
-                         f"| {s['mean']:.3f} |")
+            lines.append(
+                f"| {name} | {s['n']} | {s['min']:.3f} | {s['p01']:.3f} | {s['median']:.3f} | {s['mean']:.3f} |"
+            )
     if o["near_copy_fraction"] is not None:
-        lines += ["", f"Median ratio generated/real: {o['median_ratio_gen_over_real']:.3f} (≈ 1: as close to the "
-                  "training set as real samples are to each other; ≫ 1: off-manifold; ≪ 1: copies).",
-                  f"Near copies (closer than the 1st percentile of real→real, {o['near_copy_threshold']:.3f}): "
-                  f"{100 * o['near_copy_fraction']:.1f}% of generated samples."]
+        lines += [
+            "",
+            f"Median ratio generated/real: {o['median_ratio_gen_over_real']:.3f} (≈ 1: as close to the "
+            "training set as real samples are to each other; ≫ 1: off-manifold; ≪ 1: copies).",
+            f"Near copies (closer than the 1st percentile of real→real, {o['near_copy_threshold']:.3f}): "
+            f"{100 * o['near_copy_fraction']:.1f}% of generated samples.",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def save_grid(x_gen: np.ndarray, y_gen: np.ndarray, x_real: np.ndarray, y_real: np.ndarray, path: str | Path,
-              *, per_class: int = 4, class_names: dict[int, str] | None = None, seed: int = 0) -> Path:
+def save_grid(
+    x_gen: np.ndarray,
+    y_gen: np.ndarray,
+    x_real: np.ndarray,
+    y_real: np.ndarray,
+    path: str | Path,
+    *,
+    per_class: int = 4,
+    class_names: dict[int, str] | None = None,
+    seed: int = 0,
+) -> Path:
     """PNG: one row per (class, real|generated), ``per_class`` samples each, channels side by side
     (diverging ``RdBu_r``, symmetric limits per channel from the real data's 99th percentile of |value|)."""
     import matplotlib
@@ -135,8 +169,9 @@ def save_grid(x_gen: np.ndarray, y_gen: np.ndarray, x_real: np.ndarray, y_real: 
     nch = x_real.shape[1]
     lim = [float(np.percentile(np.abs(x_real[:, k]), 99)) or 1.0 for k in range(nch)]
     rows = [(c, kind) for c in classes for kind in ("real", "generated")]
-    fig, axes = plt.subplots(len(rows), per_class * nch, figsize=(per_class * nch * 0.9, len(rows) * 1.0 + 0.4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), per_class * nch, figsize=(per_class * nch * 0.9, len(rows) * 1.0 + 0.4), squeeze=False
+    )
     for r, (c, kind) in enumerate(rows):
         xs = (x_real if kind == "real" else x_gen)[(y_real if kind == "real" else y_gen) == c]
         pick = rng.choice(len(xs), size=min(per_class, len(xs)), replace=False) if len(xs) else []

@@ -9,6 +9,7 @@ Indices follow the code convention: arrays have length T and entry ``i`` (0-base
 step ``t = i + 1``; ``alphas_cumprod[i] = ∏_{j ≤ i} (1 − β_j)``.  Everything here returns float64
 tensors; :class:`mer.augment.diffusion.GaussianDiffusion` stores them as float32 buffers.
 """
+
 from __future__ import annotations
 
 import math

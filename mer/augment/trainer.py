@@ -4,6 +4,7 @@ Defaults (see docs/augment.md for the measurements behind them) are sized so tha
 images of 3 × 28 × 28 plus sampling a class-balancing set takes well under a minute per fold on one
 CPU core of the development machine.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,10 +38,10 @@ class DDPMConfig:
     dropout: float = option(0.0, "U-Net dropout", group=_G)
     # diffusion
     timesteps: int = option(1000, "T of the cosine schedule", group=_G)
-    gaussian_skip: bool = option(True, "ε̂ = ε_Gaussian(x_t, t, y) + U-Net(x_t, t, y) (see GaussianDiffusion)",
-                                 group=_G)
-    class_prior: bool = option(True, "ε_Gaussian from per-class mean/variance images of the training data "
-                               "(else N(0, I))", group=_G)
+    gaussian_skip: bool = option(True, "ε̂ = ε_Gaussian(x_t, t, y) + U-Net(x_t, t, y) (see GaussianDiffusion)", group=_G)
+    class_prior: bool = option(
+        True, "ε_Gaussian from per-class mean/variance images of the training data (else N(0, I))", group=_G
+    )
     # training
     train_steps: int = option(300, "fixed budget of Adam steps (no early stopping, no validation data)", group=_G)
     batch_size: int = option(32, "DDPM minibatch size", group=_G)
@@ -50,14 +51,15 @@ class DDPMConfig:
     ema_decay: float | None = option(0.995, "EMA of the weights used for sampling (none: the raw weights)", group=_G)
     p_uncond: float = option(0.0, "label-drop probability for classifier-free guidance (0: off)", group=_G)
     # sampling
-    sampler: str = option("ddim", "ddim (deterministic, --sample-steps steps) or ancestral (all T steps)",
-                          choices=SAMPLERS, group=_G)
+    sampler: str = option(
+        "ddim", "ddim (deterministic, --sample-steps steps) or ancestral (all T steps)", choices=SAMPLERS, group=_G
+    )
     sample_steps: int = option(15, "DDIM steps", group=_G)
     eta: float = option(0.0, "DDIM stochasticity (0: deterministic given the seed)", group=_G)
-    guidance: float = option(1.0, "classifier-free guidance scale (1: plain conditional; != 1 needs p_uncond > 0)",
-                             group=_G)
-    clip_x0: bool = option(True, "clamp x̂₀ to the training data's per-channel range (in standardised units)",
-                           group=_G)
+    guidance: float = option(
+        1.0, "classifier-free guidance scale (1: plain conditional; != 1 needs p_uncond > 0)", group=_G
+    )
+    clip_x0: bool = option(True, "clamp x̂₀ to the training data's per-channel range (in standardised units)", group=_G)
     clip_margin: float = option(0.1, "widen that range by this fraction of its width on each side", group=_G)
     sample_batch: int = option(256, "images denoised at once", group=_G)
     # display only
@@ -125,12 +127,14 @@ def build_diffusion(
     """
     unet = UNet(num_classes, in_channels, cfg.base_channels, cfg.channel_mults, cfg.emb_dim, cfg.dropout)
     mean, var = prior if (prior is not None and cfg.gaussian_skip and cfg.class_prior) else (None, None)
-    return GaussianDiffusion(unet, cfg.timesteps, null_class=num_classes, gaussian_skip=cfg.gaussian_skip,
-                             prior_mean=mean, prior_var=var)
+    return GaussianDiffusion(
+        unet, cfg.timesteps, null_class=num_classes, gaussian_skip=cfg.gaussian_skip, prior_mean=mean, prior_var=var
+    )
 
 
-def class_prior(z: np.ndarray, y: np.ndarray, num_classes: int,
-                min_var: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+def class_prior(
+    z: np.ndarray, y: np.ndarray, num_classes: int, min_var: float = 1e-2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class mean and variance images of (standardised) training images z (M, C, H, W).
 
     Returns (mean, var), each (num_classes + 1, C, H, W) float32: row c for class c (classes absent from
@@ -179,8 +183,10 @@ class ArrayBatches:
 
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows ``idx`` as tensors."""
-        return (torch.from_numpy(np.ascontiguousarray(self.x[idx], dtype=np.float32)),
-                torch.from_numpy(np.asarray(self.y[idx], dtype=np.int64)))
+        return (
+            torch.from_numpy(np.ascontiguousarray(self.x[idx], dtype=np.float32)),
+            torch.from_numpy(np.asarray(self.y[idx], dtype=np.int64)),
+        )
 
 
 @dataclass

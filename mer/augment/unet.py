@@ -17,6 +17,7 @@ classifier-free guidance (trained only when the caller drops labels). Down-sampl
 conv and up-sampling is nearest-neighbour interpolation *to the skip's size*, so odd sizes (7, 25, …)
 work: any H, W ≥ 4 is accepted.
 """
+
 from __future__ import annotations
 
 import math

@@ -8,6 +8,7 @@
 each fold's training subjects, out-of-fold predictions, pooled UF1/UAR); its command line is
 ``python -m mer.baselines.linear`` (docs/synth.md, benchmarks/results/real-linear-floor-*).
 """
+
 _EXPORTS = ("LinearConfig", "FloorResult", "fit_fold", "linear_floor", "protocol_folds", "run_protocol")
 
 __all__ = list(_EXPORTS)

@@ -25,6 +25,7 @@ logistic regression, LOSO) on 20 hand-made features (mean DIS flow in 10 facial 
 crop); this floor reads the 28x28x3 maps the models see (2352 features), so it is the reference for the
 models' own input.
 """
+
 from __future__ import annotations
 
 import time
@@ -97,8 +98,13 @@ def fit_fold(x_train: np.ndarray, y_train: np.ndarray, config: LinearConfig | No
     from sklearn.preprocessing import StandardScaler
 
     cfg = config or LinearConfig()
-    clf = LogisticRegression(C=cfg.C, class_weight=None if cfg.class_weight == "none" else "balanced",
-                             max_iter=cfg.max_iter, tol=cfg.tol, solver="lbfgs")
+    clf = LogisticRegression(
+        C=cfg.C,
+        class_weight=None if cfg.class_weight == "none" else "balanced",
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
+        solver="lbfgs",
+    )
     model = make_pipeline(StandardScaler(), clf)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*lbfgs failed to converge.*")
@@ -113,9 +119,18 @@ def _as_fold(i: int, f) -> Fold:
     return Fold(f"fold{i}", np.asarray(train, np.int64), np.asarray(test, np.int64), ())
 
 
-def linear_floor(x, y, groups=None, *, folds: Sequence | None = None, datasets=None,
-                 config: LinearConfig | None = None, labels: Sequence[int] = (0, 1, 2), keep_models: bool = False,
-                 progress: bool = False) -> FloorResult:
+def linear_floor(
+    x,
+    y,
+    groups=None,
+    *,
+    folds: Sequence | None = None,
+    datasets=None,
+    config: LinearConfig | None = None,
+    labels: Sequence[int] = (0, 1, 2),
+    keep_models: bool = False,
+    progress: bool = False,
+) -> FloorResult:
     """Out-of-fold predictions of the linear floor.
 
     x: (N, ...) features (flattened to (N, D), float64); y: (N,) int labels in ``labels``;
@@ -186,9 +201,17 @@ def linear_floor(x, y, groups=None, *, folds: Sequence | None = None, datasets=N
         pred[test] = model.predict(X[test])
         fold_of[test] = k
         n_iter = int(np.max(model[-1].n_iter_))
-        info.append({"name": f.name, "n_train": int(len(train)), "n_test": int(len(test)),
-                     "test_subjects": sorted(set(g[test])) if g is not None else [],
-                     "train_classes": classes, "n_iter": n_iter, "not_converged": int(n_iter >= cfg.max_iter)})
+        info.append(
+            {
+                "name": f.name,
+                "n_train": int(len(train)),
+                "n_test": int(len(test)),
+                "test_subjects": sorted(set(g[test])) if g is not None else [],
+                "train_classes": classes,
+                "n_iter": n_iter,
+                "not_converged": int(n_iter >= cfg.max_iter),
+            }
+        )
         if keep_models:
             models.append(model)
     seconds = time.perf_counter() - t0
@@ -251,13 +274,26 @@ def _summary(runs: list[dict]) -> dict:
     for group in runs[0]["scores"]:
         uf1 = np.array([r["scores"][group]["uf1"] for r in runs])
         uar = np.array([r["scores"][group]["uar"] for r in runs])
-        out[group] = {"n": runs[0]["scores"][group]["n"], "uf1_mean": float(uf1.mean()), "uf1_std": _sd(uf1),
-                      "uar_mean": float(uar.mean()), "uar_std": _sd(uar)}
+        out[group] = {
+            "n": runs[0]["scores"][group]["n"],
+            "uf1_mean": float(uf1.mean()),
+            "uf1_std": _sd(uf1),
+            "uar_mean": float(uar.mean()),
+            "uar_std": _sd(uar),
+        }
     return out
 
 
-def run_protocol(x, y, datasets, subjects, protocol: str, seeds: Sequence[int] = (0,),
-                 config: LinearConfig | None = None, progress: bool = False) -> dict:
+def run_protocol(
+    x,
+    y,
+    datasets,
+    subjects,
+    protocol: str,
+    seeds: Sequence[int] = (0,),
+    config: LinearConfig | None = None,
+    progress: bool = False,
+) -> dict:
     """The floor under ``protocol`` (see :func:`protocol_folds`), over ``seeds`` where the result depends
     on one (kfold's subject assignment; LOSO and holdout-dataset run once: fixed folds, deterministic
     solver). Returns a JSON-ready dict: protocol, seeds run, per-seed scores and fold count,
@@ -274,14 +310,28 @@ def run_protocol(x, y, datasets, subjects, protocol: str, seeds: Sequence[int] =
         res = linear_floor(x, y, groups, folds=folds, datasets=datasets, config=cfg, progress=progress)
         if (res.fold_of < 0).any():
             raise AssertionError(f"{protocol}: {(res.fold_of < 0).sum()} samples in no test set")
-        runs.append({"seed": int(seed), "n_folds": len(folds), "seconds": round(res.seconds, 2),
-                     "not_converged": res.not_converged, "scores": res.scores})
+        runs.append(
+            {
+                "seed": int(seed),
+                "n_folds": len(folds),
+                "seconds": round(res.seconds, 2),
+                "not_converged": res.not_converged,
+                "scores": res.scores,
+            }
+        )
         if first is None:
             first = res
-    return {"protocol": protocol, "deterministic_folds": name != "kfold", "seeds": seeds,
-            "config": asdict(cfg), "runs": runs, "summary": _summary(runs),
-            "pred": first.pred.tolist(), "proba": np.round(first.proba, 6).tolist(),
-            "fold": [first.folds[i].name for i in first.fold_of]}
+    return {
+        "protocol": protocol,
+        "deterministic_folds": name != "kfold",
+        "seeds": seeds,
+        "config": asdict(cfg),
+        "runs": runs,
+        "summary": _summary(runs),
+        "pred": first.pred.tolist(),
+        "proba": np.round(first.proba, 6).tolist(),
+        "fold": [first.folds[i].name for i in first.fold_of],
+    }
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Inputs: ``flow`` = the whole-face 28x28 flow image (real: the release's PNG, min
 and strain, not normalised), ``tiles`` = the four facial windows tiled 2x2 (real: the release's model
 input, ``mer.data.load_htnet_release(...).tiles``; synthetic: ``PreparedSet.regions``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,11 +54,21 @@ def release_features(root, inputs=("flow",), *, landmarks: str = "shipped") -> F
         raise ValueError(f"inputs must be among {INPUTS}, got {bad}")
     rel = load_htnet_release(root, landmarks=landmarks)
     x = {i: to_uvs(rel.flow if i == "flow" else rel.tiles) for i in inputs}
-    return FeatureSet(x, np.asarray(rel.labels, np.int64), np.asarray(rel.datasets, str),
-                      np.asarray(rel.subjects, str), np.asarray(rel.names, str),
-                      {"kind": "htnet-release", "root": str(rel.root), "reader": "mer.data.load_htnet_release",
-                       "landmarks": rel.landmark_mode, "landmark_found": int(rel.landmark_found.sum()),
-                       "channels": "u, v, strain (release PNGs, 0..255 per image)"})
+    return FeatureSet(
+        x,
+        np.asarray(rel.labels, np.int64),
+        np.asarray(rel.datasets, str),
+        np.asarray(rel.subjects, str),
+        np.asarray(rel.names, str),
+        {
+            "kind": "htnet-release",
+            "root": str(rel.root),
+            "reader": "mer.data.load_htnet_release",
+            "landmarks": rel.landmark_mode,
+            "landmark_found": int(rel.landmark_found.sum()),
+            "channels": "u, v, strain (release PNGs, 0..255 per image)",
+        },
+    )
 
 
 def minmax_per_image(x: np.ndarray) -> np.ndarray:
@@ -68,8 +79,16 @@ def minmax_per_image(x: np.ndarray) -> np.ndarray:
     return np.where(span > 0, (x - lo) / np.where(span > 0, span, 1) * 255.0, 0.0).astype(np.float32)
 
 
-def synth_features(data, inputs=("flow",), *, flow: str = "tvl1", cache_dir="~/.cache/mer/prepared",
-                   workers: int = 1, scale: str = "raw", progress: bool = True) -> FeatureSet:
+def synth_features(
+    data,
+    inputs=("flow",),
+    *,
+    flow: str = "tvl1",
+    cache_dir="~/.cache/mer/prepared",
+    workers: int = 1,
+    scale: str = "raw",
+    progress: bool = True,
+) -> FeatureSet:
     """A ``mer synth`` output prepared as ``mer train --data DIR`` prepares it (the same samples, the same
     cached PrepConfig pipeline); scale 'raw' (the maps the models see) or 'minmax' (the release's per-image
     0..255 normalisation applied to them, for comparisons with the real PNGs)."""
@@ -94,9 +113,20 @@ def synth_features(data, inputs=("flow",), *, flow: str = "tvl1", cache_dir="~/.
         import json
 
         meta = json.loads(synth_cfg.read_text())
-    return FeatureSet(x, ps.labels, ps.datasets.astype(str), np.array([s.subject for s in ps.samples]),
-                      np.array([s.clip for s in ps.samples]),
-                      {"kind": "synth", "root": str(data), "prep": ps.cfg.to_dict(), "scale": scale,
-                       "difficulty": meta.get("difficulty"), "seed": meta.get("seed"),
-                       "channels": "u, v, strain (mer.preprocess maps" + (", min-max 0..255 per image)"
-                                                                           if scale == "minmax" else ")")})
+    return FeatureSet(
+        x,
+        ps.labels,
+        ps.datasets.astype(str),
+        np.array([s.subject for s in ps.samples]),
+        np.array([s.clip for s in ps.samples]),
+        {
+            "kind": "synth",
+            "root": str(data),
+            "prep": ps.cfg.to_dict(),
+            "scale": scale,
+            "difficulty": meta.get("difficulty"),
+            "seed": meta.get("seed"),
+            "channels": "u, v, strain (mer.preprocess maps"
+            + (", min-max 0..255 per image)" if scale == "minmax" else ")"),
+        },
+    )

@@ -8,6 +8,7 @@ Each command lives in its own module ``mer/cli/<command>.py`` exposing
 A command whose module fails to import stays listed, marked unavailable with the error, and running it
 prints that error and exits 1 (the other commands keep working).
 """
+
 from __future__ import annotations
 
 import argparse

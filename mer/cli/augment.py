@@ -1,4 +1,5 @@
 """``mer augment``: train a class-conditional DDPM on arrays, generate samples, write a quality report."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,13 +37,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="NPZ", help="an .npz with x (M, C, H, W) float and y (M,) int")
-    src.add_argument("--toy", action="store_true",
-                     help="use mer.augment.toy.toy_flow_set(): 442 flow-like 3×28×28 images in 3 classes "
-                     "(250/109/83), for timing and sanity checks without data")
+    src.add_argument(
+        "--toy",
+        action="store_true",
+        help="use mer.augment.toy.toy_flow_set(): 442 flow-like 3×28×28 images in 3 classes "
+        "(250/109/83), for timing and sanity checks without data",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--ratio", default="balance",
-                   help="'balance' (top every class up to the largest) or a number r (r·M samples in the class "
-                   "proportions); default: balance")
+    p.add_argument(
+        "--ratio",
+        default="balance",
+        help="'balance' (top every class up to the largest) or a number r (r·M samples in the class "
+        "proportions); default: balance",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", metavar="DIR", help="cache trained models and samples here (default: none)")
     p.add_argument("--fold-key", default="standalone", help="cache sub-folder name (default: standalone)")
@@ -62,8 +69,10 @@ def _load_npz(path: str):
         raise SystemExit(f"mer augment: cannot read {path!r} as .npz: {e}") from e
     missing = {"x", "y"} - set(z.files)
     if missing:
-        raise SystemExit(f"mer augment: {path!r} lacks key(s) {sorted(missing)}; it has {z.files}. "
-                         "Save with np.savez(path, x=images (M,3,H,W), y=labels (M,)).")
+        raise SystemExit(
+            f"mer augment: {path!r} lacks key(s) {sorted(missing)}; it has {z.files}. "
+            "Save with np.savez(path, x=images (M,3,H,W), y=labels (M,))."
+        )
     return z["x"], z["y"]
 
 
@@ -99,16 +108,26 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        xg, yg = augment_fold(x, y, cfg=cfg, cache_dir=args.cache_dir, fold_key=args.fold_key, seed=args.seed,
-                              ratio=ratio)
+        xg, yg = augment_fold(
+            x, y, cfg=cfg, cache_dir=args.cache_dir, fold_key=args.fold_key, seed=args.seed, ratio=ratio
+        )
     except ValueError as e:
         raise SystemExit(f"mer augment: {e}") from e
-    timing = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-              "threads": torch.get_num_threads(), "n_train": int(len(x)), "n_generated": int(len(xg)),
-              "image_shape": list(x.shape[1:])}
+    timing = {
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
+        "threads": torch.get_num_threads(),
+        "n_train": int(len(x)),
+        "n_generated": int(len(xg)),
+        "image_shape": list(x.shape[1:]),
+    }
     np.savez(out / "generated.npz", x=xg, y=yg, generated=np.ones(len(yg), bool))
-    (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "ratio": ratio, "seed": args.seed,
-                                                 "data": "toy" if args.toy else str(args.data)}, indent=2))
+    (out / "config.json").write_text(
+        json.dumps(
+            {**cfg.to_dict(), "ratio": ratio, "seed": args.seed, "data": "toy" if args.toy else str(args.data)},
+            indent=2,
+        )
+    )
     (out / "timing.json").write_text(json.dumps(timing, indent=2))
     if len(xg) == 0:
         print("mer augment: the classes are already balanced for this ratio; nothing generated")
@@ -116,9 +135,18 @@ def run(args) -> int:
     rep = quality_report(xg, yg, np.asarray(x, np.float32), np.asarray(y).astype(np.int64))
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
     (out / "report.md").write_text(report_markdown(rep))
-    save_grid(xg, yg, np.asarray(x, np.float32), np.asarray(y).astype(np.int64), out / "grid.png",
-              per_class=args.grid_per_class, seed=args.seed)
+    save_grid(
+        xg,
+        yg,
+        np.asarray(x, np.float32),
+        np.asarray(y).astype(np.int64),
+        out / "grid.png",
+        per_class=args.grid_per_class,
+        seed=args.seed,
+    )
     print(report_markdown(rep))
-    print(f"{len(xg)} samples in {timing['wall_s']:.1f} s wall ({timing['cpu_s']:.1f} s CPU, "
-          f"{timing['threads']} threads) -> {out}/")
+    print(
+        f"{len(xg)} samples in {timing['wall_s']:.1f} s wall ({timing['cpu_s']:.1f} s CPU, "
+        f"{timing['threads']} threads) -> {out}/"
+    )
     return 0

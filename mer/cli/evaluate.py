@@ -1,4 +1,5 @@
 """``mer evaluate``: recompute a run's pooled metrics, tables, MEGC log and plots from its saved predictions."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,13 @@ the MEGC2019 challenge (UF1/UAR over all folds, and over each dataset's share).
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "evaluate", help="recompute tables and plots of a training run from its saved predictions",
+        "evaluate",
+        help="recompute tables and plots of a training run from its saved predictions",
         description="Pool the fold predictions of a `mer train` run directory and write UF1/UAR overall and "
         "per dataset, confusion matrices, learning curves, the MEGC log and a summary table.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run", help="run directory written by `mer train`")
     p.add_argument("--partial", action="store_true", help="score only the finished folds")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
@@ -47,8 +51,10 @@ def run(args) -> int:
         try:
             json.loads((root / name).read_text())
         except (OSError, ValueError) as e:
-            return fail(f"{root / name} is damaged ({type(e).__name__}: {e}); rerun `mer train` with the same "
-                        "options and --out to rewrite it (finished folds are kept)")
+            return fail(
+                f"{root / name} is damaged ({type(e).__name__}: {e}); rerun `mer train` with the same "
+                "options and --out to rewrite it (finished folds are kept)"
+            )
     try:
         m = write_report(root, partial=args.partial, print_table=not args.json, plots=not args.no_plots)
     except IncompleteRun as e:  # also DamagedFold: a finished fold's outputs are missing or damaged

@@ -1,4 +1,5 @@
 """``mer predict``: class probabilities for an onset/apex pair (or a clip folder) with a trained model."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,11 +18,18 @@ onset = the first frame, apex = --apex-frame (a file name or a position) or else
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "predict", help="predict negative/positive/surprise for an onset/apex pair or a clip folder",
+        "predict",
+        help="predict negative/positive/surprise for an onset/apex pair or a clip folder",
         description="Run a `mer train` checkpoint on new data with the training run's preprocessing and "
-        "print class probabilities.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="a fold's model.pt, a fold directory, or a run directory (averages all its folds)")
+        "print class probabilities.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a fold's model.pt, a fold directory, or a run directory (averages all its folds)",
+    )
     p.add_argument("--onset", help="onset frame image")
     p.add_argument("--apex", help="apex frame image")
     p.add_argument("--clip", help="clip folder (instead of --onset/--apex)")
@@ -70,8 +78,18 @@ def run(args) -> int:
     if not all(m.get("valid_estimate", True) for _, m in models):
         print("warning: this model comes from an oracle run (epoch chosen on the held-out subjects)", file=sys.stderr)
     if args.json:
-        print(json.dumps({"onset": str(onset), "apex": str(apex), "models": len(models), "probabilities": probs,
-                          "prediction": pred}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "onset": str(onset),
+                    "apex": str(apex),
+                    "models": len(models),
+                    "probabilities": probs,
+                    "prediction": pred,
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"onset {onset}\napex  {apex}\nmodels: {len(models)}")
         for k, v in probs.items():

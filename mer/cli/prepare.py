@@ -1,4 +1,5 @@
 """``mer prepare``: load a dataset (or the MEGC2019 composite) and preprocess it into the cache."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,14 +23,20 @@ ones (zero bytes, truncated, undecodable); exit status 1 when there are any. Err
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "prepare", help="preprocess a dataset: face crop, optical flow, strain, regions (cached)",
+        "prepare",
+        help="preprocess a dataset: face crop, optical flow, strain, regions (cached)",
         description="Load a micro-expression dataset in its native layout, validate it, and compute the "
         "model inputs (u, v, strain of the whole face and of four facial regions) into a cache.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_dataset_args(p)
     p.add_argument("--out", help="cache folder (created if needed); not needed with --check")
-    p.add_argument("--check", action="store_true",
-                   help="only check that every frame of the dataset reads completely (no preprocessing)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that every frame of the dataset reads completely (no preprocessing)",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     add_prep_args(p)
     p.add_argument("--name", default=None, help="name of the stacked .npz in OUT (default: the dataset)")
@@ -43,20 +50,41 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--casme2", help="CASME II root (composite)")
     p.add_argument("--samm", help="SAMM root (composite)")
     p.add_argument("--smic", help="SMIC root (composite)")
-    p.add_argument("--sample-list", help="composite: a dataset,subject,clip,label CSV (default: the shipped "
-                   "442-sample list); casme3: a list like casme3_partA.csv")
+    p.add_argument(
+        "--sample-list",
+        help="composite: a dataset,subject,clip,label CSV (default: the shipped "
+        "442-sample list); casme3: a list like casme3_partA.csv",
+    )
     p.add_argument("--annotation", help="annotation file (single datasets; default: found in --root)")
-    p.add_argument("--frames", default="auto", choices=["auto", "raw", "cropped"],
-                   help="dataset crops when present (auto), or force raw/cropped frames")
-    p.add_argument("--on-error", default="raise", choices=["raise", "warn"],
-                   help="raise: stop with every problem listed; warn: exclude bad samples (counted)")
-    p.add_argument("--missing-apex", default="estimate", choices=["estimate", "error"],
-                   help="rows with '/' or blank apex: middle frame (flagged) or an error")
-    p.add_argument("--all-labels", action="store_true",
-                   help="single datasets: keep samples outside the 3-class protocol (label None)")
-    p.add_argument("--errata", default="shipped",
-                   help="known annotation errors of the public sheets: 'shipped' (correct them, announced "
-                   "and recorded per sample; default), 'none', or a table CSV (docs/data.md)")
+    p.add_argument(
+        "--frames",
+        default="auto",
+        choices=["auto", "raw", "cropped"],
+        help="dataset crops when present (auto), or force raw/cropped frames",
+    )
+    p.add_argument(
+        "--on-error",
+        default="raise",
+        choices=["raise", "warn"],
+        help="raise: stop with every problem listed; warn: exclude bad samples (counted)",
+    )
+    p.add_argument(
+        "--missing-apex",
+        default="estimate",
+        choices=["estimate", "error"],
+        help="rows with '/' or blank apex: middle frame (flagged) or an error",
+    )
+    p.add_argument(
+        "--all-labels",
+        action="store_true",
+        help="single datasets: keep samples outside the 3-class protocol (label None)",
+    )
+    p.add_argument(
+        "--errata",
+        default="shipped",
+        help="known annotation errors of the public sheets: 'shipped' (correct them, announced "
+        "and recorded per sample; default), 'none', or a table CSV (docs/data.md)",
+    )
 
 
 def add_prep_args(p: argparse.ArgumentParser) -> None:
@@ -70,8 +98,12 @@ def add_prep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--face-margin", type=float, default=d.face_margin)
     p.add_argument("--motion-compensation", action="store_true", help="subtract the nose-root flow")
     p.add_argument("--regions", default=d.regions, choices=["auto", "canonical", "landmarks"])
-    p.add_argument("--smic-apex", default=d.smic_apex, choices=["sample", "middle", "max_diff"],
-                   help="apex for samples without one (SMIC, CASME II '/')")
+    p.add_argument(
+        "--smic-apex",
+        default=d.smic_apex,
+        choices=["sample", "middle", "max_diff"],
+        help="apex for samples without one (SMIC, CASME II '/')",
+    )
 
 
 def plain_warnings() -> None:
@@ -89,23 +121,36 @@ def plain_warnings() -> None:
 def prep_config(args):
     from mer.preprocess.config import PrepConfig
 
-    return PrepConfig(size=args.size, flow=args.flow, face_size=args.face_size, face=args.face,
-                      face_margin=args.face_margin, motion_compensation=args.motion_compensation,
-                      regions=args.regions, smic_apex=args.smic_apex)
+    return PrepConfig(
+        size=args.size,
+        flow=args.flow,
+        face_size=args.face_size,
+        face=args.face,
+        face_margin=args.face_margin,
+        motion_compensation=args.motion_compensation,
+        regions=args.regions,
+        smic_apex=args.smic_apex,
+    )
 
 
 def load_samples(args) -> list:
     from mer.data import casme3_part_a, load_dataset, megc2019_composite
 
-    common = {"frames": args.frames, "on_error": args.on_error, "missing_apex": args.missing_apex,
-              "errata": getattr(args, "errata", "shipped")}
+    common = {
+        "frames": args.frames,
+        "on_error": args.on_error,
+        "missing_apex": args.missing_apex,
+        "errata": getattr(args, "errata", "shipped"),
+    }
     per_dataset = [f"--{d}" for d in ("casme2", "samm", "smic") if getattr(args, d)]
     if args.dataset == "composite":
         if args.root or args.annotation:
-            raise SystemExit("--dataset composite takes --casme2/--samm/--smic (and --sample-list), "
-                             "not --root/--annotation")
-        return megc2019_composite(casme2=args.casme2, samm=args.samm, smic=args.smic,
-                                  sample_list=args.sample_list, **common)
+            raise SystemExit(
+                "--dataset composite takes --casme2/--samm/--smic (and --sample-list), not --root/--annotation"
+            )
+        return megc2019_composite(
+            casme2=args.casme2, samm=args.samm, smic=args.smic, sample_list=args.sample_list, **common
+        )
     if not args.root:
         raise SystemExit(f"--dataset {args.dataset} needs --root")
     if per_dataset:
@@ -118,8 +163,10 @@ def load_samples(args) -> list:
     if not args.all_labels:
         n = len(samples)
         samples = [s for s in samples if s.label is not None]
-        print(f"{args.dataset}: {n} samples, {len(samples)} in the 3-class protocol "
-              f"({n - len(samples)} outside it, e.g. 'others'; --all-labels keeps them)")
+        print(
+            f"{args.dataset}: {n} samples, {len(samples)} in the 3-class protocol "
+            f"({n - len(samples)} outside it, e.g. 'others'; --all-labels keeps them)"
+        )
     return samples
 
 
@@ -148,12 +195,15 @@ def check_out_dir(path, what: str = "--out") -> None:
 def cli_message(e: BaseException) -> str:
     """The message of a data/preprocessing error, with the API's option spellings turned into the CLI's."""
     msg = str(e).strip()
-    for api, cli in (("on_error='warn'", "--on-error warn"), ("errata='none'", "--errata none"),
-                     ("missing_apex='estimate'", "--missing-apex estimate"),
-                     ("missing_apex='error'", "--missing-apex error"),
-                     ("`root`/`annotation`", "--root/--annotation"),
-                     ("annotation=PATH (CLI: --annotation PATH)", "--annotation PATH"),
-                     ("PrepConfig(face='full') (CLI --face full; `mer predict`: --cropped)", "--face full")):
+    for api, cli in (
+        ("on_error='warn'", "--on-error warn"),
+        ("errata='none'", "--errata none"),
+        ("missing_apex='estimate'", "--missing-apex estimate"),
+        ("missing_apex='error'", "--missing-apex error"),
+        ("`root`/`annotation`", "--root/--annotation"),
+        ("annotation=PATH (CLI: --annotation PATH)", "--annotation PATH"),
+        ("PrepConfig(face='full') (CLI --face full; `mer predict`: --cropped)", "--face full"),
+    ):
         msg = msg.replace(api, cli)
     return msg
 
@@ -179,8 +229,11 @@ def with_one_line_errors(body, args) -> int:
         return 2
     except OSError as e:  # e.g. the disk filled up or a folder vanished while writing
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"error: {e.strerror or e}{where}; check the disk and the folder's permissions, then rerun "
-              "(finished samples are cached)", file=sys.stderr)
+        print(
+            f"error: {e.strerror or e}{where}; check the disk and the folder's permissions, then rerun "
+            "(finished samples are cached)",
+            file=sys.stderr,
+        )
         return 2
 
 
@@ -204,13 +257,14 @@ def _run(args) -> int:
     samples = load_samples(args)
     print(f"{len(samples)} samples: " + ", ".join(f"{d} {n}" for d, n in Counter(s.dataset for s in samples).items()))
     t0 = time.perf_counter()
-    ps = prepare(samples, cfg, args.out, workers=args.workers, progress=not args.no_progress,
-                 on_error=args.on_error)
+    ps = prepare(samples, cfg, args.out, workers=args.workers, progress=not args.no_progress, on_error=args.on_error)
     dt = time.perf_counter() - t0
     out = Path(args.out) / f"{args.name or args.dataset}.npz"
     ps.save(out)
-    print(f"prepared {len(ps)} samples in {dt:.1f} s ({len(ps.failed)} excluded); face {ps.face.shape}, "
-          f"regions {ps.regions.shape}; wrote {out}")
+    print(
+        f"prepared {len(ps)} samples in {dt:.1f} s ({len(ps.failed)} excluded); face {ps.face.shape}, "
+        f"regions {ps.regions.shape}; wrote {out}"
+    )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 The ESAAT and fine-tuning options are generated from :class:`mer.esaat.ESAATConfig` / ``FinetuneConfig``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from mer.options import add_options
 
     p = subparsers.add_parser(
-        "prune", help="ESAAT: remove low-transfer-entropy attention layers of a trained run, agent attention "
+        "prune",
+        help="ESAAT: remove low-transfer-entropy attention layers of a trained run, agent attention "
         "for the rest, fine-tune and evaluate per fold",
         description="Entropy-based selection of attention layers to remove (ESAAT) on every fold of a "
         "`mer train` run, conversion of the rest to agent attention, fine-tuning, and evaluation with the "
-        "run's protocol.", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "run's protocol.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--run", required=True, help="a finished `mer train` run directory")
     p.add_argument("--out", help="output folder (default RUN/esaat/<k2|budget0.85|flops0.8>)")
     add_options(p, ESAATConfig)  # --remove/--budget/--flops-budget, --convert ... and the fine-tuning options

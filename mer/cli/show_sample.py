@@ -1,4 +1,5 @@
 """``mer show-sample``: a PNG of one sample's preprocessing (onset, apex, flow, strain, regions)."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,11 +14,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from mer.cli.prepare import add_dataset_args, add_prep_args
 
     p = subparsers.add_parser(
-        "show-sample", help="draw one sample's preprocessing to a PNG",
+        "show-sample",
+        help="draw one sample's preprocessing to a PNG",
         description="Preprocess one sample (no cache) and draw the onset and apex face crops with the "
         "region boxes, the optical flow as HSV colour (hue = direction, value = magnitude), the optical "
         "strain, and the model inputs (u, v, strain; whole face and regions).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_dataset_args(p)
     p.add_argument("--clip", help="clip id (protocol spelling, e.g. EP02_01f, 006_1_2, s01_ne_01, a_175)")
     p.add_argument("--subject", help="subject, when the clip id is ambiguous")
@@ -69,8 +73,11 @@ def _run(args) -> int:
     if args.clip:
         pick = [s for s in samples if s.clip == args.clip and (not args.subject or s.subject == args.subject)]
         if len(pick) != 1:
-            raise SystemExit(f"{len(pick)} samples match clip {args.clip!r}"
-                             + (f" subject {args.subject!r}" if args.subject else "") + "; add --subject")
+            raise SystemExit(
+                f"{len(pick)} samples match clip {args.clip!r}"
+                + (f" subject {args.subject!r}" if args.subject else "")
+                + "; add --subject"
+            )
         s = pick[0]
     else:
         if not 0 <= args.index < len(samples):
@@ -94,7 +101,7 @@ def _run(args) -> int:
     axes[0, 1].imshow(ap, cmap="gray")
     axes[0, 1].set_title(f"apex {meta['apex']}" + (" (estimated)" if s.apex_is_estimated else ""))
     axes[0, 2].imshow(flow_to_hsv(flow))
-    mag = (flow ** 2).sum(-1) ** 0.5
+    mag = (flow**2).sum(-1) ** 0.5
     axes[0, 2].set_title(f"{cfg.flow} flow (max {mag.max():.2f} px @ {cfg.face_size})")
     im = axes[0, 3].imshow(strain, cmap="magma")
     axes[0, 3].set_title("optical strain")
@@ -104,8 +111,13 @@ def _run(args) -> int:
         axes[1, j].set_title(f"input face: {name}")
         fig.colorbar(im, ax=axes[1, j], fraction=0.046)
     axes[1, 3].imshow(flow_to_hsv(regions[:2].transpose(1, 2, 0)))
-    axes[1, 3].set_title("regions " + "/".join(n.replace("_", " ") for n in REGION_NAMES[:2]) + "\n"
-                         + "/".join(n.replace("_", " ") for n in REGION_NAMES[2:]), fontsize=8)
+    axes[1, 3].set_title(
+        "regions "
+        + "/".join(n.replace("_", " ") for n in REGION_NAMES[:2])
+        + "\n"
+        + "/".join(n.replace("_", " ") for n in REGION_NAMES[2:]),
+        fontsize=8,
+    )
     for a in axes.ravel():
         a.set_xticks([])
         a.set_yticks([])

@@ -3,6 +3,7 @@
 The options are generated from :class:`mer.train.TrainConfig` (each field's help, type, default and
 choices live on the field; see mer.options); the preprocessing options are `mer prepare`'s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,19 +46,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     from mer.train.config import TrainConfig
 
     p = subparsers.add_parser(
-        "train", help="train and evaluate a model (LOSO / K-fold / cross-dataset), pooled UF1/UAR",
+        "train",
+        help="train and evaluate a model (LOSO / K-fold / cross-dataset), pooled UF1/UAR",
         description="Prepare the data (cached), train a fresh model per fold with statistics and model "
         "selection from the training subjects only, predict the held-out subjects, and write pooled "
         "UF1/UAR (overall and per dataset), the MEGC log, tables and plots into a run directory.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sections: dict = {}
     add_options(p, TrainConfig, sections=sections)
     add_prep_args(sections["protocol and inputs"])  # --size --flow --face-size --face ... (PrepConfig)
-    sections["data (one source)"].add_argument("--on-prep-error", dest="on_prep_error", choices=("raise", "warn"),
-                                               default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # former name
-    sections["run"].add_argument("--force", action="store_true",
-                                 help="delete what the run directory holds and start afresh (a run of another "
-                                 "config, or one whose inputs changed since its folds were trained)")
+    sections["data (one source)"].add_argument(
+        "--on-prep-error",
+        dest="on_prep_error",
+        choices=("raise", "warn"),
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )  # former name
+    sections["run"].add_argument(
+        "--force",
+        action="store_true",
+        help="delete what the run directory holds and start afresh (a run of another "
+        "config, or one whose inputs changed since its folds were trained)",
+    )
     return p
 
 
@@ -93,8 +105,11 @@ def check_writable(path, what: str) -> None:
         os.unlink(probe)
     except OSError as e:
         why = e.strerror or str(e)
-        what_failed = (f"cannot write to {what} {p} ({why})" if probe_in == p else
-                       f"cannot create {what} {p}: {probe_in} is not writable ({why})")
+        what_failed = (
+            f"cannot write to {what} {p} ({why})"
+            if probe_in == p
+            else f"cannot create {what} {p}: {probe_in} is not writable ({why})"
+        )
         raise CliError(f"{what_failed}; choose a folder you can write to") from None
 
 
@@ -125,15 +140,28 @@ def run(args) -> int:
         check_writable(cfg.out, "--out")
         check_writable(cfg.cache_dir, "--cache")
         run_training(cfg, force=args.force)
-    except (CliError, ConfigMismatch, DataSourceError, DatasetError, PrepError, ModelError, FoldFailure, RunLocked,
-            IncompleteRun) as e:
+    except (
+        CliError,
+        ConfigMismatch,
+        DataSourceError,
+        DatasetError,
+        PrepError,
+        ModelError,
+        FoldFailure,
+        RunLocked,
+        IncompleteRun,
+    ) as e:
         msg = cli_message(e)
         if cfg.dataset is None:  # the loaders' advice in `mer train`'s terms (--annotation: --dataset only)
-            msg = msg.replace("point --root/--annotation at the right place",
-                              "point --data (or --casme2/--samm/--smic, --root) at the right place")
+            msg = msg.replace(
+                "point --root/--annotation at the right place",
+                "point --data (or --casme2/--samm/--smic, --root) at the right place",
+            )
         return fail(msg)
     except OSError as e:  # a full disk, a folder removed or made read-only while the run writes
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        return fail(f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun the same "
-                    "command (finished folds are kept, the interrupted one resumes from its checkpoint)")
+        return fail(
+            f"{e.strerror or e}{where}; check the disk and the folder's permissions, then rerun the same "
+            "command (finished folds are kept, the interrupted one resumes from its checkpoint)"
+        )
     return 0

@@ -5,6 +5,7 @@
   ``Onset Frame`` and ``Onset`` all mean the onset; blank-headed columns are ignored;
 - frame numbers may be ints, floats (``46.0``), strings, ``/``, blanks or ``-1`` (the last three: missing).
 """
+
 from __future__ import annotations
 
 import math
@@ -76,15 +77,17 @@ def read_rows(path: str | os.PathLike, *, max_header_row: int = 40) -> list[Row]
         n_req, i, found = best
         missing = [c for c in REQUIRED if c not in found]
         cells = ", ".join(str(v) for v in values[i] if norm_header(v))
-        want = "; ".join(f"'{c}' (a header named {' or '.join(COLUMN_ALIASES[c])}, any case/spacing)"
-                         for c in missing)
-        raise DatasetError(f"{path}: the header row (row {i + 1}: {cells}) has no column for {want}. "
-                           "Add the column, or pass the dataset's original annotation file.")
+        want = "; ".join(f"'{c}' (a header named {' or '.join(COLUMN_ALIASES[c])}, any case/spacing)" for c in missing)
+        raise DatasetError(
+            f"{path}: the header row (row {i + 1}: {cells}) has no column for {want}. "
+            "Add the column, or pass the dataset's original annotation file."
+        )
     if header_idx is None:
         want = ", ".join(f"{c} ({'/'.join(COLUMN_ALIASES[c])})" for c in REQUIRED)
         raise DatasetError(
             f"{path}: no header row found in the first {max_header_row} rows; expected columns {want}. "
-            "Is this the right annotation file?")
+            "Is this the right annotation file?"
+        )
     rows = []
     for i in range(header_idx + 1, len(values)):
         cells = {c: values[i][j] for c, j in mapping.items()}
@@ -139,13 +142,14 @@ def find_annotation(root: Path, pattern: str, what: str, hint: str) -> Path:
         if hits:
             break
     if not hits:
-        raise DatasetError(f"no {what} annotation file found in {root} (looked for {hint} in it and its "
-                           "sub-folders); pass annotation=PATH (CLI: --annotation PATH)")
+        raise DatasetError(
+            f"no {what} annotation file found in {root} (looked for {hint} in it and its "
+            "sub-folders); pass annotation=PATH (CLI: --annotation PATH)"
+        )
     return sorted(hits, key=lambda p: p.name)[-1]
 
 
-def rows_to_entries(dataset: str, rows: list[Row], path: Path, norm_subject, problems,
-                    clip_name=None) -> list:
+def rows_to_entries(dataset: str, rows: list[Row], path: Path, norm_subject, problems, clip_name=None) -> list:
     """Annotation rows -> :class:`mer.data.frames.Entry` (unparseable cells become problems).
 
     norm_subject(cell) -> protocol subject spelling or None; clip_name(filename, onset) -> clip id
@@ -177,9 +181,19 @@ def rows_to_entries(dataset: str, rows: list[Row], path: Path, norm_subject, pro
         if bad:
             continue
         clip = clip_name(fname, nums["onset"]) if clip_name else fname
-        entries.append(Entry(subject=subj, clip=clip, native_clip=fname, onset=nums["onset"],
-                             apex=nums["apex"], offset=nums["offset"], aus=cell_text(r.cells.get("aus")),
-                             emotion=cell_text(r.cells.get("emotion")), source=src))
+        entries.append(
+            Entry(
+                subject=subj,
+                clip=clip,
+                native_clip=fname,
+                onset=nums["onset"],
+                apex=nums["apex"],
+                offset=nums["offset"],
+                aus=cell_text(r.cells.get("aus")),
+                emotion=cell_text(r.cells.get("emotion")),
+                source=src,
+            )
+        )
     return entries
 
 

@@ -1,5 +1,6 @@
 """CASME II: ``CASME2_RAW_selected/sub01/EP02_01f/img46.jpg`` or ``Cropped/sub01/EP02_01f/reg_img46.jpg``;
 annotation ``CASME2-coding-*.xlsx`` (Subject as an int, blank-headed columns, '/' apexes)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +20,15 @@ def norm_subject(value) -> str | None:
 
 
 def discover(root: Path, *, annotation=None, frames="auto", problems, **_) -> Discovered:
-    path = Path(annotation) if annotation else find_annotation(root, ANNOTATION_RX, "CASME II",
-                                                                "CASME2-coding-*.xlsx")
+    path = Path(annotation) if annotation else find_annotation(root, ANNOTATION_RX, "CASME II", "CASME2-coding-*.xlsx")
     entries = rows_to_entries("casme2", read_rows(path), path, norm_subject, problems)
     base, cropped = choose_frames(
-        "casme2", frames, root, find_base(root, RAW_DIRS, SUBJECT_RX), find_crop_base(root, CROP_DIRS, SUBJECT_RX),
-        raw_hint="CASME2_RAW_selected/subNN/", crop_hint="Cropped/subNN/ with reg_*.jpg")
+        "casme2",
+        frames,
+        root,
+        find_base(root, RAW_DIRS, SUBJECT_RX),
+        find_crop_base(root, CROP_DIRS, SUBJECT_RX),
+        raw_hint="CASME2_RAW_selected/subNN/",
+        crop_hint="Cropped/subNN/ with reg_*.jpg",
+    )
     return Discovered(entries, lambda e: base / e.subject / e.native_clip, cropped)

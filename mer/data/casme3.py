@@ -1,6 +1,7 @@
 """CAS(ME)^3 Part A: ``spNO.1/a/color/175.jpg`` (frames sometimes dropped); annotation
 ``cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx`` (or the shipped ``casme3_partA.csv``). Several
 micro-expressions share one Filename, so the clip id is ``<Filename>_<onset>`` (e.g. ``a_175``)."""
+
 from __future__ import annotations
 
 import re
@@ -26,11 +27,21 @@ def clip_id(filename: str, onset: int | None) -> str:
 
 
 def discover(root: Path, *, annotation=None, frames="auto", problems, **_) -> Discovered:
-    path = Path(annotation) if annotation else find_annotation(
-        root, ANNOTATION_RX, "CAS(ME)^3 Part A", "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx")
+    path = (
+        Path(annotation)
+        if annotation
+        else find_annotation(root, ANNOTATION_RX, "CAS(ME)^3 Part A", "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx")
+    )
     entries = rows_to_entries("casme3", read_rows(path), path, norm_subject, problems, clip_name=clip_id)
-    base, cropped = choose_frames("casme3", frames, root, find_base(root, RAW_DIRS, SUBJECT_RX), None,
-                                  raw_hint="spNO.1/a/color/", crop_hint="(CAS(ME)^3 ships no face crops)")
+    base, cropped = choose_frames(
+        "casme3",
+        frames,
+        root,
+        find_base(root, RAW_DIRS, SUBJECT_RX),
+        None,
+        raw_hint="spNO.1/a/color/",
+        crop_hint="(CAS(ME)^3 ships no face crops)",
+    )
 
     def clip_dir(e) -> Path:
         d = base / e.subject / e.native_clip

@@ -1,4 +1,5 @@
 """What a dataset module finds under a root before validation (see :func:`mer.data.frames.build_samples`)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -11,6 +11,7 @@ Corrections: ``middle`` sets the apex to ``onset + (offset - onset) // 2`` and f
 that differs most from the onset, as for every unannotated apex). The rows and their evidence:
 docs/data.md ("Annotation errata").
 """
+
 from __future__ import annotations
 
 import csv
@@ -42,20 +43,32 @@ def read_errata(path=None) -> list[Erratum]:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
-        raise DatasetError(f"cannot read the errata table {path}: {e.strerror or e}; pass errata='none' or "
-                           "a readable table") from None
+        raise DatasetError(
+            f"cannot read the errata table {path}: {e.strerror or e}; pass errata='none' or a readable table"
+        ) from None
     out = []
     for i, r in enumerate(rows, start=2):
         try:
-            e = Erratum(r["dataset"].strip(), r["subject"].strip(), r["clip"].strip(), r["field"].strip(),
-                        int(r["sheet_value"]), r["problem"].strip(), r["correction"].strip(),
-                        r["evidence"].strip())
+            e = Erratum(
+                r["dataset"].strip(),
+                r["subject"].strip(),
+                r["clip"].strip(),
+                r["field"].strip(),
+                int(r["sheet_value"]),
+                r["problem"].strip(),
+                r["correction"].strip(),
+                r["evidence"].strip(),
+            )
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise DatasetError(f"errata table {path} row {i} is malformed (columns: dataset,subject,clip,"
-                               "field,sheet_value,problem,correction,evidence)") from None
+            raise DatasetError(
+                f"errata table {path} row {i} is malformed (columns: dataset,subject,clip,"
+                "field,sheet_value,problem,correction,evidence)"
+            ) from None
         if e.field != "apex" or e.correction not in CORRECTIONS:
-            raise DatasetError(f"errata table {path} row {i}: only field 'apex' with correction "
-                               f"{'/'.join(CORRECTIONS)} is supported, got {e.field}/{e.correction}")
+            raise DatasetError(
+                f"errata table {path} row {i}: only field 'apex' with correction "
+                f"{'/'.join(CORRECTIONS)} is supported, got {e.field}/{e.correction}"
+            )
         out.append(e)
     return out
 
@@ -82,11 +95,15 @@ def apply_errata(dataset: str, entries, table: list[Erratum], problems) -> int:
         if ent.onset <= ent.apex <= ent.offset or ent.onset > ent.offset:
             continue  # nothing (left) to correct, or a different problem: validation reports it
         new = ent.onset + (ent.offset - ent.onset) // 2
-        ent.errata = (f"apex {ent.apex} -> {new} (sheet: {er.problem}; set to the middle of onset {ent.onset}.."
-                      f"offset {ent.offset}; mer errata table)")
+        ent.errata = (
+            f"apex {ent.apex} -> {new} (sheet: {er.problem}; set to the middle of onset {ent.onset}.."
+            f"offset {ent.offset}; mer errata table)"
+        )
         ent.apex, ent.apex_estimated = new, True
         done.append(f"{ent.subject}/{ent.clip} apex {er.sheet_value} -> {new} ({er.problem})")
     if done:
-        problems.note(f"annotation errata applied to {len(done)} sample(s): {'; '.join(done)}; recorded in "
-                      "Sample.errata (errata='none' / --errata none keeps the sheet as it is)")
+        problems.note(
+            f"annotation errata applied to {len(done)} sample(s): {'; '.join(done)}; recorded in "
+            "Sample.errata (errata='none' / --errata none keeps the sheet as it is)"
+        )
     return len(done)

@@ -1,4 +1,5 @@
 """Frames on disk: scanning clip folders and validating annotated entries against them."""
+
 from __future__ import annotations
 
 import os
@@ -67,17 +68,26 @@ class Entry:
     offset: int | None
     aus: str
     emotion: str
-    source: str           # "file.xlsx row 12" or "folder"
+    source: str  # "file.xlsx row 12" or "folder"
     label: int | None = None  # when given (sample lists), overrides the emotion rule
     label_given: bool = False
-    errata: str = ""             # the correction applied from the errata table (mer.data.errata)
+    errata: str = ""  # the correction applied from the errata table (mer.data.errata)
     apex_estimated: bool = False  # the apex was set by a rule (errata), not read from the sheet
 
 
-def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry], Path | None],
-                  *, cropped: bool, root: Path, problems: Problems, missing_apex: str = "estimate",
-                  apex_rule: Callable[[int, int], int] = middle_apex, tolerate_gaps: bool = False,
-                  frames_index: Callable[[Entry], dict[int, str]] | None = None) -> list[Sample]:
+def build_samples(
+    dataset: str,
+    entries: list[Entry],
+    clip_dir: Callable[[Entry], Path | None],
+    *,
+    cropped: bool,
+    root: Path,
+    problems: Problems,
+    missing_apex: str = "estimate",
+    apex_rule: Callable[[int, int], int] = middle_apex,
+    tolerate_gaps: bool = False,
+    frames_index: Callable[[Entry], dict[int, str]] | None = None,
+) -> list[Sample]:
     """Validate entries against the frames on disk; problems go to ``problems``, good ones become Samples.
 
     missing_apex: 'estimate' (``apex_rule(onset, offset)``, flagged ``apex_is_estimated``, counted in a
@@ -106,8 +116,10 @@ def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry]
         if not e.label_given:
             known, label = emotion_label(dataset, e.emotion)
             if not known:
-                fail(f"unknown emotion {e.emotion!r} (expected one of "
-                     f"{sorted(k for k in _table(dataset))})", "unknown-emotion")
+                fail(
+                    f"unknown emotion {e.emotion!r} (expected one of {sorted(k for k in _table(dataset))})",
+                    "unknown-emotion",
+                )
         if e.onset is None or e.offset is None:
             fail("onset or offset frame missing", "missing-onset-offset")
             continue
@@ -119,8 +131,10 @@ def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry]
             if missing_apex == "estimate":
                 apex, est = apex_rule(e.onset, e.offset), True
             else:
-                fail("no apex annotated ('/' or blank); pass missing_apex='estimate' to use the middle "
-                     "frame", "missing-apex")
+                fail(
+                    "no apex annotated ('/' or blank); pass missing_apex='estimate' to use the middle frame",
+                    "missing-apex",
+                )
                 continue
         if not e.onset <= apex <= e.offset:
             fail(f"apex {apex} outside onset..offset {e.onset}..{e.offset}", "apex-range")
@@ -143,30 +157,52 @@ def build_samples(dataset: str, entries: list[Entry], clip_dir: Callable[[Entry]
             need = [n for n in (e.onset, apex) if n in missing]
             if not tolerate_gaps or need:
                 have = f"{min(index)}..{max(index)}"
-                fail(f"{len(missing)} frame(s) missing on disk in {folder}: {ranges(missing)} "
-                     f"(frames present: {have}, {len(index)} files)", "missing-frames")
+                fail(
+                    f"{len(missing)} frame(s) missing on disk in {folder}: {ranges(missing)} "
+                    f"(frames present: {have}, {len(index)} files)",
+                    "missing-frames",
+                )
                 continue
             gappy.append(f"{e.subject}/{e.clip} [{ranges(missing)}]")
         if bad:
             continue
         if est and not e.errata:  # errata have their own notice
             estimated.append(f"{e.subject}/{e.clip}")
-        samples.append(Sample(
-            dataset=dataset, subject=e.subject, clip=e.clip,
-            frames=tuple(index[n] for n in want if n in index), onset=e.onset, apex=apex,
-            offset=e.offset, aus=e.aus, emotion=e.emotion, label=label, apex_is_estimated=est,
-            cropped=cropped, root=str(root), native_clip=e.native_clip,
-            missing_frames=tuple(n for n in missing), errata=e.errata))
+        samples.append(
+            Sample(
+                dataset=dataset,
+                subject=e.subject,
+                clip=e.clip,
+                frames=tuple(index[n] for n in want if n in index),
+                onset=e.onset,
+                apex=apex,
+                offset=e.offset,
+                aus=e.aus,
+                emotion=e.emotion,
+                label=label,
+                apex_is_estimated=est,
+                cropped=cropped,
+                root=str(root),
+                native_clip=e.native_clip,
+                missing_frames=tuple(n for n in missing),
+                errata=e.errata,
+            )
+        )
     if estimated and dataset != "smic":
-        problems.note(f"{len(estimated)} sample(s) have no annotated apex; apex set to the middle frame "
-                      f"(apex_is_estimated=True): {', '.join(estimated)}. Pass missing_apex='error' to "
-                      "refuse them instead.")
+        problems.note(
+            f"{len(estimated)} sample(s) have no annotated apex; apex set to the middle frame "
+            f"(apex_is_estimated=True): {', '.join(estimated)}. Pass missing_apex='error' to "
+            "refuse them instead."
+        )
     if gappy:
-        problems.note(f"{len(gappy)} sample(s) have frames missing between onset and offset (onset and "
-                      f"apex present, kept; Sample.missing_frames lists them): {'; '.join(gappy)}")
+        problems.note(
+            f"{len(gappy)} sample(s) have frames missing between onset and offset (onset and "
+            f"apex present, kept; Sample.missing_frames lists them): {'; '.join(gappy)}"
+        )
     return samples
 
 
 def _table(dataset: str):
     from mer.data.sample import EMOTION_TO_LABEL
+
     return EMOTION_TO_LABEL[dataset]

@@ -23,6 +23,7 @@ facenet-pytorch==2.5.2``, the release's version); its ``detect`` needs only ``ba
 torchvision, which :func:`facenet_mtcnn` supplies from a small torch implementation (``batched_nms``
 below) while it imports facenet-pytorch, without installing torchvision.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,11 +33,15 @@ import types
 import numpy as np
 
 #: the release's landmarks where MTCNN finds no face, (5, 2) (x, y) in pixels of the 28x28 face
-FALLBACK_LANDMARKS = np.array([[9.528073, 11.062551],
-                               [21.396168, 10.919773],
-                               [15.380184, 17.380562],
-                               [10.255435, 22.121233],
-                               [20.583706, 22.25584]])
+FALLBACK_LANDMARKS = np.array(
+    [
+        [9.528073, 11.062551],
+        [21.396168, 10.919773],
+        [15.380184, 17.380562],
+        [10.255435, 22.121233],
+        [20.583706, 22.25584],
+    ]
+)
 #: the release clips every landmark coordinate to [CLIP_LO, CLIP_HI] so that every 14x14 crop fits
 CLIP_LO, CLIP_HI = 7, 21
 HALF = 7  # half the side of a crop
@@ -59,9 +64,10 @@ def release_crops(flow: np.ndarray, landmarks: np.ndarray) -> list[np.ndarray]:
     (r, c) = landmarks[k] (x as the row, y as the column, as the release indexes)."""
     lm = np.asarray(landmarks)
     if lm.shape != (5, 2) or lm.min() < HALF or lm.max() > FACE_SIZE - HALF:
-        raise ValueError(f"landmarks must be (5, 2) ints in [{HALF}, {FACE_SIZE - HALF}] (clip_landmarks), "
-                         f"got {lm.tolist()}")
-    return [flow[r - HALF:r + HALF, c - HALF:c + HALF] for r, c in lm.astype(np.int64)]
+        raise ValueError(
+            f"landmarks must be (5, 2) ints in [{HALF}, {FACE_SIZE - HALF}] (clip_landmarks), got {lm.tolist()}"
+        )
+    return [flow[r - HALF : r + HALF, c - HALF : c + HALF] for r, c in lm.astype(np.int64)]
 
 
 def release_tiles(flow: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -76,6 +82,7 @@ def release_tiles(flow: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- MTCNN
+
 
 def nms(boxes, scores, iou_threshold: float):
     """Indices kept by greedy non-maximum suppression, highest score first (torchvision.ops.nms semantics:
@@ -117,8 +124,13 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
 def _torchvision_shim():
     """Temporarily provide ``torchvision.ops.boxes.batched_nms`` (and an empty
     ``torchvision.transforms.functional``) in sys.modules, restoring the previous entries afterwards."""
-    names = ["torchvision", "torchvision.ops", "torchvision.ops.boxes", "torchvision.transforms",
-             "torchvision.transforms.functional"]
+    names = [
+        "torchvision",
+        "torchvision.ops",
+        "torchvision.ops.boxes",
+        "torchvision.transforms",
+        "torchvision.transforms.functional",
+    ]
     saved = {n: sys.modules.get(n) for n in names}
     mods = {n: types.ModuleType(n) for n in names}
     mods["torchvision.ops.boxes"].batched_nms = batched_nms
@@ -140,8 +152,10 @@ def _torchvision_shim():
                 sys.modules[n] = m
 
 
-INSTALL_HINT = ("pip install --no-deps facenet-pytorch==2.5.2 (the release's version; --no-deps keeps the "
-                "installed torch: facenet-pytorch pins an old one, and torchvision is not needed)")
+INSTALL_HINT = (
+    "pip install --no-deps facenet-pytorch==2.5.2 (the release's version; --no-deps keeps the "
+    "installed torch: facenet-pytorch pins an old one, and torchvision is not needed)"
+)
 
 
 def facenet_mtcnn(device: str = "cpu"):
@@ -153,8 +167,10 @@ def facenet_mtcnn(device: str = "cpu"):
         import importlib.util
 
         if importlib.util.find_spec("facenet_pytorch") is None:
-            raise ImportError(f"landmarks='mtcnn' needs facenet-pytorch: {INSTALL_HINT}; or use "
-                              "landmarks='shipped' (the same computation, shipped with mer)")
+            raise ImportError(
+                f"landmarks='mtcnn' needs facenet-pytorch: {INSTALL_HINT}; or use "
+                "landmarks='shipped' (the same computation, shipped with mer)"
+            )
         with _torchvision_shim():
             from facenet_pytorch import MTCNN
     return MTCNN(margin=0, image_size=FACE_SIZE, select_largest=True, post_process=False, device=device)

@@ -16,6 +16,7 @@ Layout (``root`` = the clone, with these under ``datasets/``, or a folder holdin
 
 The tiles follow the release's code exactly (see :mod:`mer.data.htnet_landmarks`, docs/data.md).
 """
+
 from __future__ import annotations
 
 import os
@@ -106,9 +107,11 @@ class HtnetRelease:
 
     def __repr__(self) -> str:
         counts = "/".join(str(int((self.labels == k).sum())) for k in range(3))
-        return (f"HtnetRelease({len(self)} samples, {len(self.folds)} subjects, labels {counts}, "
-                f"landmarks {self.landmark_mode} (MTCNN face in {int(self.landmark_found.sum())}), "
-                f"root={self.root!r})")
+        return (
+            f"HtnetRelease({len(self)} samples, {len(self.folds)} subjects, labels {counts}, "
+            f"landmarks {self.landmark_mode} (MTCNN face in {int(self.landmark_found.sum())}), "
+            f"root={self.root!r})"
+        )
 
     @cached_property
     def apex_faces(self) -> np.ndarray:
@@ -140,14 +143,15 @@ class _Problems:
         shown = [f"  - {t}" for t in self.lines[:MAX_LINES]]
         if len(self.lines) > MAX_LINES:
             shown.append(f"  ... and {len(self.lines) - MAX_LINES} more")
-        raise HtnetReleaseError(f"HTNet release at {self.root}: {len(self.lines)} problem(s):\n"
-                                + "\n".join(shown) + f"\n{fix}", self.lines)
+        raise HtnetReleaseError(
+            f"HTNet release at {self.root}: {len(self.lines)} problem(s):\n" + "\n".join(shown) + f"\n{fix}", self.lines
+        )
 
 
 def _find(root: Path, name: str, *, folder: bool) -> Path | None:
     for base in (root, root / "datasets"):
         p = base / name
-        if (p.is_dir() if folder else p.is_file()):
+        if p.is_dir() if folder else p.is_file():
             return p
     return None
 
@@ -159,16 +163,19 @@ def _read_sheet(path: Path) -> list[dict]:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError) as e:
-        raise HtnetReleaseError(f"cannot read the sample sheet {path}: {e}; restore it from the release "
-                                "repository") from None
+        raise HtnetReleaseError(
+            f"cannot read the sample sheet {path}: {e}; restore it from the release repository"
+        ) from None
     if not rows:
         raise HtnetReleaseError(f"the sample sheet {path} is empty; restore it from the release repository")
     header = [c.strip() for c in rows[0]]
     missing = [c for c in SHEET_COLUMNS if c not in header]
     if missing:
-        raise HtnetReleaseError(f"the sample sheet {path} has no column(s) {', '.join(missing)} (header: "
-                                f"{','.join(header)}); expected the release's {SHEET} with columns "
-                                f"{','.join(SHEET_COLUMNS)}")
+        raise HtnetReleaseError(
+            f"the sample sheet {path} has no column(s) {', '.join(missing)} (header: "
+            f"{','.join(header)}); expected the release's {SHEET} with columns "
+            f"{','.join(SHEET_COLUMNS)}"
+        )
     out = []
     for i, r in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in r):
@@ -200,7 +207,8 @@ def _parse_folds(root: Path, problems: _Problems) -> tuple[list[tuple[str, str, 
     if folder is None:
         raise HtnetReleaseError(
             f"no fold list under {root}: expected {FOLDS_LIST} or the release's {FOLDS_DIR}/<subject>/u_test/ "
-            "folders (in root or root/datasets); point root at a complete clone of the release")
+            "folders (in root or root/datasets); point root at a complete clone of the release"
+        )
     for sdir in sorted(p for p in folder.iterdir() if p.is_dir()):
         test = sdir / "u_test"
         if not test.is_dir():
@@ -232,8 +240,10 @@ def _check_folds(entries, by_name: dict[str, int], subjects, labels, problems: _
         folds.setdefault(subj, []).append(i)
     missing = [n for n, i in by_name.items() if i not in seen]
     if missing:
-        problems.add(f"{len(missing)} sample(s) are in no fold's test set: {', '.join(missing[:10])}"
-                     + (" ..." if len(missing) > 10 else ""))
+        problems.add(
+            f"{len(missing)} sample(s) are in no fold's test set: {', '.join(missing[:10])}"
+            + (" ..." if len(missing) > 10 else "")
+        )
     for s in sorted(set(subjects) - set(folds)):
         problems.add(f"subject {s} has no fold")
     return {s: np.array(sorted(ix), np.int64) for s, ix in folds.items()}
@@ -243,8 +253,10 @@ def _shipped_landmarks() -> dict[str, tuple[np.ndarray, bool]]:
     import csv
 
     if not SHIPPED_LANDMARKS.is_file():
-        raise HtnetReleaseError(f"the shipped landmarks {SHIPPED_LANDMARKS} are missing from this install of "
-                                "mer; reinstall it, or use landmarks='mtcnn' or 'fallback'")
+        raise HtnetReleaseError(
+            f"the shipped landmarks {SHIPPED_LANDMARKS} are missing from this install of "
+            "mer; reinstall it, or use landmarks='mtcnn' or 'fallback'"
+        )
     out = {}
     with open(SHIPPED_LANDMARKS, newline="") as f:
         for r in csv.DictReader(f):
@@ -258,8 +270,7 @@ def read_shipped_landmarks() -> dict[str, tuple[np.ndarray, bool]]:
     return _shipped_landmarks()
 
 
-def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
-                       progress: bool = False) -> HtnetRelease:
+def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True, progress: bool = False) -> HtnetRelease:
     """Read and validate the HTNet release's MEGC2019 composite (442 samples, 68 LOSO folds).
 
     root: a clone of the release repository (files under ``datasets/``) or a folder holding
@@ -276,11 +287,14 @@ def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
     counts that are not the composite's.
     """
     if not (isinstance(landmarks, str) and landmarks in LANDMARK_MODES) and not hasattr(landmarks, "keys"):
-        raise ValueError(f"landmarks must be one of {LANDMARK_MODES} or a mapping name -> (5, 2) array, "
-                         f"got {landmarks!r}")
+        raise ValueError(
+            f"landmarks must be one of {LANDMARK_MODES} or a mapping name -> (5, 2) array, got {landmarks!r}"
+        )
     root = Path(root).expanduser()
-    hint = ("point root at a clone of the HTNet release (wangzhifengharrison/HTNet) or at a folder holding "
-            f"{FLOW_DIR}/, {FACE_DIR}/, {SHEET} and {FOLDS_LIST}")
+    hint = (
+        "point root at a clone of the HTNet release (wangzhifengharrison/HTNet) or at a folder holding "
+        f"{FLOW_DIR}/, {FACE_DIR}/, {SHEET} and {FOLDS_LIST}"
+    )
     if not root.is_dir():
         raise HtnetReleaseError(f"HTNet release root {root} is not a folder; {hint}")
     root = root.resolve()
@@ -289,8 +303,10 @@ def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
     face_dir = _find(root, FACE_DIR, folder=True)
     absent = [n for n, p in ((SHEET, sheet), (FLOW_DIR + "/", flow_dir), (FACE_DIR + "/", face_dir)) if p is None]
     if absent:
-        raise HtnetReleaseError(f"{root} is not the HTNet release: {', '.join(absent)} not found there (nor "
-                                f"under {root / 'datasets'}); {hint}")
+        raise HtnetReleaseError(
+            f"{root} is not the HTNet release: {', '.join(absent)} not found there (nor "
+            f"under {root / 'datasets'}); {hint}"
+        )
     problems = _Problems(root)
     rows = _read_sheet(sheet)
     names, subjects, datasets, clips, labels, faces = [], [], [], [], [], []
@@ -328,14 +344,18 @@ def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
         problems.add(f"{flow_dir / n}: not in the sheet (extra file; remove it or restore the sheet)")
     for n in sorted(faces_on_disk - set(faces)):
         problems.add(f"{face_dir / n}: not in the sheet (extra file; remove it or restore the sheet)")
-    problems.raise_if_any("Restore the missing files from the release (git checkout), remove the extra ones, "
-                          "or point root at an unmodified copy.")
+    problems.raise_if_any(
+        "Restore the missing files from the release (git checkout), remove the extra ones, "
+        "or point root at an unmodified copy."
+    )
     flow = np.zeros((len(names), *FLOW_SHAPE), np.uint8)
     from tqdm.auto import tqdm
 
     for i, name in enumerate(tqdm(names, desc="HTNet release", unit="sample", disable=not progress)):
-        for path, shape, kind in ((flow_dir / name, FLOW_SHAPE, "flow image"),
-                                  (face_dir / faces[i], FACE_SHAPE, "apex face")):
+        for path, shape, kind in (
+            (flow_dir / name, FLOW_SHAPE, "flow image"),
+            (face_dir / faces[i], FACE_SHAPE, "apex face"),
+        ):
             try:
                 img = read_image(path)
             except ImageError as e:
@@ -345,8 +365,7 @@ def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
                 problems.add(f"{kind} {path}: {img.shape[1]}x{img.shape[0]} pixels, expected {shape[1]}x{shape[0]}")
             elif kind == "flow image":
                 flow[i] = img
-    problems.raise_if_any("Restore these files from the release (git checkout) or point root at an "
-                          "unmodified copy.")
+    problems.raise_if_any("Restore these files from the release (git checkout) or point root at an unmodified copy.")
 
     # counts of the composite
     subjects_a, labels_a = np.array(subjects), np.array(labels, np.int64)
@@ -354,27 +373,44 @@ def load_htnet_release(root, *, landmarks="shipped", check_counts: bool = True,
         counts = tuple(int((labels_a == k).sum()) for k in range(3))
         n_subj = len(set(subjects))
         if len(names) != sum(COMPOSITE_LABELS) or counts != COMPOSITE_LABELS or n_subj != COMPOSITE_SUBJECTS:
-            problems.add(f"{sheet.name}: {len(names)} samples, {n_subj} subjects, labels {counts[0]}/{counts[1]}/"
-                         f"{counts[2]}; the MEGC2019 composite has {sum(COMPOSITE_LABELS)} samples, "
-                         f"{COMPOSITE_SUBJECTS} subjects, labels {'/'.join(map(str, COMPOSITE_LABELS))} "
-                         "(negative/positive/surprise)")
+            problems.add(
+                f"{sheet.name}: {len(names)} samples, {n_subj} subjects, labels {counts[0]}/{counts[1]}/"
+                f"{counts[2]}; the MEGC2019 composite has {sum(COMPOSITE_LABELS)} samples, "
+                f"{COMPOSITE_SUBJECTS} subjects, labels {'/'.join(map(str, COMPOSITE_LABELS))} "
+                "(negative/positive/surprise)"
+            )
     problems.raise_if_any("Point root at the unmodified release (check_counts=False accepts a subset).")
 
     entries, fold_src = _parse_folds(root, problems)
     folds = _check_folds(entries, by_name, subjects, labels, problems)
-    problems.raise_if_any(f"Restore the fold list {fold_src} from the release, or point root at an "
-                          "unmodified copy.")
+    problems.raise_if_any(f"Restore the fold list {fold_src} from the release, or point root at an unmodified copy.")
 
     lm, found, mode = _landmarks(landmarks, names, [face_dir / f for f in faces], root, progress)
-    tiles = np.stack([release_tiles(flow[i], lm[i]) for i in range(len(names))]) if names else \
-        np.zeros((0, *FLOW_SHAPE), np.uint8)
-    arrays = {"names": np.array(names), "subjects": subjects_a, "datasets": np.array(datasets),
-              "clips": np.array(clips), "labels": labels_a, "flow": flow, "landmarks": lm,
-              "landmark_found": found, "tiles": tiles}
+    tiles = (
+        np.stack([release_tiles(flow[i], lm[i]) for i in range(len(names))])
+        if names
+        else np.zeros((0, *FLOW_SHAPE), np.uint8)
+    )
+    arrays = {
+        "names": np.array(names),
+        "subjects": subjects_a,
+        "datasets": np.array(datasets),
+        "clips": np.array(clips),
+        "labels": labels_a,
+        "flow": flow,
+        "landmarks": lm,
+        "landmark_found": found,
+        "tiles": tiles,
+    }
     for a in arrays.values():
         a.setflags(write=False)
-    return HtnetRelease(root=str(root), landmark_mode=mode, face_paths=tuple(str(face_dir / f) for f in faces),
-                        folds=types.MappingProxyType(folds), **arrays)
+    return HtnetRelease(
+        root=str(root),
+        landmark_mode=mode,
+        face_paths=tuple(str(face_dir / f) for f in faces),
+        folds=types.MappingProxyType(folds),
+        **arrays,
+    )
 
 
 def _landmarks(landmarks, names, face_paths, root, progress):
@@ -396,16 +432,21 @@ def _landmarks(landmarks, names, face_paths, root, progress):
             raise HtnetReleaseError(
                 f"no shipped landmarks for {len(absent)} sample(s) of {root} ({', '.join(map(repr, absent[:5]))}"
                 f"{' ...' if len(absent) > 5 else ''}): the shipped set covers the release's 442 flow files; "
-                "use landmarks='mtcnn' (recompute; needs facenet-pytorch) or 'fallback'")
+                "use landmarks='mtcnn' (recompute; needs facenet-pytorch) or 'fallback'"
+            )
         lm = np.stack([table[nm][0] for nm in names]) if n else np.zeros((0, 5, 2), np.int64)
         return lm, np.array([table[nm][1] for nm in names], bool), "shipped"
     given = dict(landmarks)
     absent = [nm for nm in names if nm not in given]
     if absent:
-        raise HtnetReleaseError(f"landmarks mapping has no entry for {len(absent)} sample(s): "
-                                f"{', '.join(map(repr, absent[:5]))}")
-    lm = np.stack([clip_landmarks(np.asarray(given[nm], np.float64)) for nm in names]) if n else \
-        np.zeros((0, 5, 2), np.int64)
+        raise HtnetReleaseError(
+            f"landmarks mapping has no entry for {len(absent)} sample(s): {', '.join(map(repr, absent[:5]))}"
+        )
+    lm = (
+        np.stack([clip_landmarks(np.asarray(given[nm], np.float64)) for nm in names])
+        if n
+        else np.zeros((0, 5, 2), np.int64)
+    )
     return lm, np.ones(n, bool), "given"
 
 

@@ -13,6 +13,7 @@
 A zero-byte file, a missing file and an undecodable one are refused the same way: an ``ImageError``
 (a ``DatasetError``) naming the file and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Locating a dataset's frame tree under the root a user gives (native folder names or one level less)."""
+
 from __future__ import annotations
 
 import re
@@ -35,19 +36,24 @@ def find_crop_base(root: Path, candidates: list[str], subject_pattern: str) -> P
     return None
 
 
-def choose_frames(dataset: str, frames: str, root: Path, raw: Path | None, cropped: Path | None,
-                  raw_hint: str, crop_hint: str) -> tuple[Path, bool]:
+def choose_frames(
+    dataset: str, frames: str, root: Path, raw: Path | None, cropped: Path | None, raw_hint: str, crop_hint: str
+) -> tuple[Path, bool]:
     """(base folder, cropped?) for frames='auto'|'raw'|'cropped' with a clear error when absent."""
     if frames not in ("auto", "raw", "cropped"):
         raise ValueError(f"frames must be 'auto', 'raw' or 'cropped', got {frames!r}")
     if frames == "cropped" or (frames == "auto" and cropped is not None):
         if cropped is None:
-            raise DatasetError(f"{dataset}: frames='cropped' but no crops found under {root} "
-                               f"(looked for {crop_hint}); use frames='raw' or 'auto'")
+            raise DatasetError(
+                f"{dataset}: frames='cropped' but no crops found under {root} "
+                f"(looked for {crop_hint}); use frames='raw' or 'auto'"
+            )
         return cropped, True
     if raw is None:
-        raise DatasetError(f"{dataset}: no frame folders found under {root} (looked for {raw_hint}). "
-                           "Point root at the folder that holds the dataset as distributed.")
+        raise DatasetError(
+            f"{dataset}: no frame folders found under {root} (looked for {raw_hint}). "
+            "Point root at the folder that holds the dataset as distributed."
+        )
     return raw, False
 
 

@@ -1,4 +1,5 @@
 """Public loaders: :func:`load_dataset`, :func:`megc2019_composite`, :func:`casme3_part_a`."""
+
 from __future__ import annotations
 
 import importlib
@@ -12,13 +13,21 @@ from mer.data.problems import DatasetError, Problems, check_on_error
 from mer.data.sample import DATASETS, Sample
 from mer.data.sample_lists import ListEntry, read_sample_list, shipped_list
 
-_MODULES = {"casme2": "mer.data.casme2", "samm": "mer.data.samm", "smic": "mer.data.smic",
-            "casme3": "mer.data.casme3"}
+_MODULES = {"casme2": "mer.data.casme2", "samm": "mer.data.samm", "smic": "mer.data.smic", "casme3": "mer.data.casme3"}
 
 
-def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", smic_apex="middle",
-          missing_apex="estimate", keep: dict[tuple[str, str], ListEntry] | None = None,
-          errata="shipped") -> tuple[list[Sample], Problems]:
+def _load(
+    name: str,
+    root,
+    *,
+    annotation=None,
+    frames="auto",
+    on_error="raise",
+    smic_apex="middle",
+    missing_apex="estimate",
+    keep: dict[tuple[str, str], ListEntry] | None = None,
+    errata="shipped",
+) -> tuple[list[Sample], Problems]:
     if name not in _MODULES:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     check_on_error(on_error)
@@ -32,28 +41,49 @@ def _load(name: str, root, *, annotation=None, frames="auto", on_error="raise", 
         by_key = {(e.subject, e.clip): e for e in entries}
         for key, le in keep.items():
             if key not in by_key:
-                problems.add(f"{name} {key[0]}/{key[1]} ({le.source})",
-                             f"in the sample list but not found in the data under {root}", "not-in-data")
+                problems.add(
+                    f"{name} {key[0]}/{key[1]} ({le.source})",
+                    f"in the sample list but not found in the data under {root}",
+                    "not-in-data",
+                )
         # annotation problems of clips outside the list do not concern this protocol
         listed = {f"{name} {s}/{c}" for s, c in keep}
-        problems.problems = [p for p in problems.problems
-                             if p.kind == "not-in-data" or p.where.split(" (", 1)[0] in listed]
+        problems.problems = [
+            p for p in problems.problems if p.kind == "not-in-data" or p.where.split(" (", 1)[0] in listed
+        ]
         entries = [e for e in entries if (e.subject, e.clip) in keep]
         for e in entries:
             e.label, e.label_given = keep[(e.subject, e.clip)].label, True
     apply_errata(name, entries, table, problems)
     samples = build_samples(
-        name, entries, found.clip_dir, cropped=found.cropped, root=root, problems=problems,
-        missing_apex="estimate" if name == "smic" else missing_apex, apex_rule=found.apex_rule,
-        tolerate_gaps=found.tolerate_gaps, frames_index=found.frames_index)
+        name,
+        entries,
+        found.clip_dir,
+        cropped=found.cropped,
+        root=root,
+        problems=problems,
+        missing_apex="estimate" if name == "smic" else missing_apex,
+        apex_rule=found.apex_rule,
+        tolerate_gaps=found.tolerate_gaps,
+        frames_index=found.frames_index,
+    )
     if keep is not None:  # the list's order
         order = {k: i for i, k in enumerate(keep)}
         samples.sort(key=lambda s: order[(s.subject, s.clip)])
     return samples, problems
 
 
-def load_dataset(name: str, root, *, annotation=None, frames: str = "auto", on_error: str = "raise",
-                 smic_apex="middle", missing_apex: str = "estimate", errata="shipped") -> list[Sample]:
+def load_dataset(
+    name: str,
+    root,
+    *,
+    annotation=None,
+    frames: str = "auto",
+    on_error: str = "raise",
+    smic_apex="middle",
+    missing_apex: str = "estimate",
+    errata="shipped",
+) -> list[Sample]:
     """All annotated clips of one dataset, validated against the frames on disk.
 
     name: 'casme2' | 'samm' | 'smic' | 'casme3'. root: the folder holding the dataset as distributed
@@ -67,14 +97,23 @@ def load_dataset(name: str, root, *, annotation=None, frames: str = "auto", on_e
     (default: correct the known annotation errors of the public sheets, announced in a warning and
     recorded in ``Sample.errata``; see mer.data.errata), 'none', or a path to a table of the same form.
     """
-    samples, problems = _load(name, root, annotation=annotation, frames=frames, on_error=on_error,
-                              smic_apex=smic_apex, missing_apex=missing_apex, errata=errata)
+    samples, problems = _load(
+        name,
+        root,
+        annotation=annotation,
+        frames=frames,
+        on_error=on_error,
+        smic_apex=smic_apex,
+        missing_apex=missing_apex,
+        errata=errata,
+    )
     problems.finish(on_error, len(samples))
     return samples
 
 
-def megc2019_composite(casme2=None, samm=None, smic=None, *, sample_list=None, on_error: str = "raise",
-                       **kw) -> list[Sample]:
+def megc2019_composite(
+    casme2=None, samm=None, smic=None, *, sample_list=None, on_error: str = "raise", **kw
+) -> list[Sample]:
     """The MEGC2019 composite (CDE) protocol: the samples of an explicit list with the list's labels.
 
     casme2, samm, smic: dataset roots. sample_list: None (the shipped 442-row list), or a path to a CSV
@@ -94,14 +133,15 @@ def megc2019_composite(casme2=None, samm=None, smic=None, *, sample_list=None, o
     per: dict[str, dict] = {d: {} for d in roots}
     for le in entries:
         if le.dataset not in per:
-            raise DatasetError(f"{le.source}: dataset {le.dataset!r} is not part of the composite "
-                               "(casme2, samm, smic)")
+            raise DatasetError(f"{le.source}: dataset {le.dataset!r} is not part of the composite (casme2, samm, smic)")
         per[le.dataset][(le.subject, le.clip)] = le
     missing_roots = [d for d in roots if per[d] and roots[d] is None]
     if missing_roots:
-        raise DatasetError(f"the sample list has {', '.join(f'{len(per[d])} {d}' for d in missing_roots)} "
-                           f"sample(s) but no root was given for {', '.join(missing_roots)} "
-                           f"(pass {', '.join(f'{d}=ROOT' for d in missing_roots)})")
+        raise DatasetError(
+            f"the sample list has {', '.join(f'{len(per[d])} {d}' for d in missing_roots)} "
+            f"sample(s) but no root was given for {', '.join(missing_roots)} "
+            f"(pass {', '.join(f'{d}=ROOT' for d in missing_roots)})"
+        )
     out, all_problems = {}, []
     for d in roots:
         if not per[d]:

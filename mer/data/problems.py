@@ -1,4 +1,5 @@
 """Collect every validation problem of a load and report them together (error or warnings)."""
+
 from __future__ import annotations
 
 import warnings
@@ -22,9 +23,9 @@ class DatasetWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Problem:
-    where: str   # e.g. "casme2 sub01/EP02_01f (CASME2-coding-20140508.xlsx row 3)"
-    what: str    # human message
-    kind: str    # short category: missing-frames, missing-folder, apex-range, unknown-emotion, ...
+    where: str  # e.g. "casme2 sub01/EP02_01f (CASME2-coding-20140508.xlsx row 3)"
+    what: str  # human message
+    kind: str  # short category: missing-frames, missing-folder, apex-range, unknown-emotion, ...
 
 
 @dataclass
@@ -51,19 +52,31 @@ class Problems:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(Counter(p.kind for p in self.problems).items()))
         lines = [f"  - {p.where}: {p.what}" for p in self.problems[:MAX_LINES]]
         if len(self.problems) > MAX_LINES:
-            lines.append(f"  ... and {len(self.problems) - MAX_LINES} more (all of them are in the "
-                         "exception's .problems / the warning's text with on_error='warn')")
-        head = (f"{self.dataset}: {len(self.problems)} problem(s) in {len(bad)} sample(s) ({kinds}); "
-                f"{n_ok} sample(s) are fine.")
+            lines.append(
+                f"  ... and {len(self.problems) - MAX_LINES} more (all of them are in the "
+                "exception's .problems / the warning's text with on_error='warn')"
+            )
+        head = (
+            f"{self.dataset}: {len(self.problems)} problem(s) in {len(bad)} sample(s) ({kinds}); "
+            f"{n_ok} sample(s) are fine."
+        )
         if on_error == "raise":
-            msg = "\n".join([head, *lines,
-                             "Fix the files/annotations, point `root`/`annotation` at the right place, "
-                             "or pass on_error='warn' to exclude these samples (they are counted)."
-                             + (f" {hint}" if hint else "")])
+            msg = "\n".join(
+                [
+                    head,
+                    *lines,
+                    "Fix the files/annotations, point `root`/`annotation` at the right place, "
+                    "or pass on_error='warn' to exclude these samples (they are counted)."
+                    + (f" {hint}" if hint else ""),
+                ]
+            )
             raise DatasetError(msg, self.problems)
         every = [f"  - {p.where}: {p.what}" for p in self.problems]
-        warnings.warn("\n".join([head + f" Excluded {len(bad)} sample(s) (on_error='warn'):", *every]),
-                      DatasetWarning, stacklevel=3)
+        warnings.warn(
+            "\n".join([head + f" Excluded {len(bad)} sample(s) (on_error='warn'):", *every]),
+            DatasetWarning,
+            stacklevel=3,
+        )
 
 
 def check_on_error(on_error: str) -> None:

@@ -1,5 +1,6 @@
 """SAMM: ``SAMM/006/006_1_2/006_05562.jpg`` (or subject folders directly under the root); annotation
 ``SAMM_Micro_FACS_Codes*.xlsx`` with note rows above the header; some apexes missing (blank or -1)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +19,19 @@ def norm_subject(value) -> str | None:
 
 
 def discover(root: Path, *, annotation=None, frames="auto", problems, **_) -> Discovered:
-    path = Path(annotation) if annotation else find_annotation(root, ANNOTATION_RX, "SAMM",
-                                                                "SAMM_Micro_FACS_Codes*.xlsx")
+    path = (
+        Path(annotation) if annotation else find_annotation(root, ANNOTATION_RX, "SAMM", "SAMM_Micro_FACS_Codes*.xlsx")
+    )
     entries = rows_to_entries("samm", read_rows(path), path, norm_subject, problems)
-    base, cropped = choose_frames("samm", frames, root, find_base(root, RAW_DIRS, SUBJECT_RX), None,
-                                  raw_hint="SAMM/006/006_1_2/", crop_hint="(SAMM ships no face crops)")
+    base, cropped = choose_frames(
+        "samm",
+        frames,
+        root,
+        find_base(root, RAW_DIRS, SUBJECT_RX),
+        None,
+        raw_hint="SAMM/006/006_1_2/",
+        crop_hint="(SAMM ships no face crops)",
+    )
 
     def clip_dir(e) -> Path:
         for s in (e.subject, str(int(e.subject))):  # '006' or '6' on disk

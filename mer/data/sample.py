@@ -1,4 +1,5 @@
 """The `Sample` record every loader returns, and the 3-class label rules of the protocols."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,13 +11,20 @@ DATASETS = ("casme2", "samm", "smic", "casme3")
 # Native emotion (lower-cased) -> 3-class label; emotions mapped to None are outside the protocol
 # ("others"). An emotion missing from its table is reported as a validation problem.
 EMOTION_TO_LABEL: dict[str, dict[str, int | None]] = {
-    "casme2": {"repression": 0, "disgust": 0, "fear": 0, "sadness": 0, "happiness": 1,
-               "surprise": 2, "others": None},
-    "samm": {"anger": 0, "contempt": 0, "disgust": 0, "fear": 0, "sadness": 0, "happiness": 1,
-             "surprise": 2, "other": None, "others": None},
+    "casme2": {"repression": 0, "disgust": 0, "fear": 0, "sadness": 0, "happiness": 1, "surprise": 2, "others": None},
+    "samm": {
+        "anger": 0,
+        "contempt": 0,
+        "disgust": 0,
+        "fear": 0,
+        "sadness": 0,
+        "happiness": 1,
+        "surprise": 2,
+        "other": None,
+        "others": None,
+    },
     "smic": {"negative": 0, "positive": 1, "surprise": 2},
-    "casme3": {"disgust": 0, "fear": 0, "anger": 0, "sad": 0, "happy": 1, "surprise": 2,
-               "others": None},
+    "casme3": {"disgust": 0, "fear": 0, "anger": 0, "sad": 0, "happy": 1, "surprise": 2, "others": None},
 }
 
 
@@ -85,8 +93,10 @@ class Sample:
         try:
             return self.frames[numbers.index(number)]
         except ValueError:
-            raise ValueError(f"{self.uid}: frame {number} is not on disk "
-                             f"(clip has {len(self.frames)} frames {self.onset}..{self.offset})") from None
+            raise ValueError(
+                f"{self.uid}: frame {number} is not on disk "
+                f"(clip has {len(self.frames)} frames {self.onset}..{self.offset})"
+            ) from None
 
     def frame_numbers(self) -> list[int]:
         """The frame number of each entry of ``frames``."""

@@ -1,5 +1,6 @@
 """Protocol sample lists (``dataset,subject,clip,label``), with or without a header, any spelling of the
 subjects (``6`` -> ``006``, ``1`` -> ``sub01``, ``s1`` -> ``s01``)."""
+
 from __future__ import annotations
 
 import csv
@@ -23,14 +24,19 @@ class ListEntry:
 def norm_subject(dataset: str, subject: str) -> str | None:
     from mer.data import casme2, casme3, samm, smic
 
-    fn = {"casme2": casme2.norm_subject, "samm": samm.norm_subject, "smic": smic.norm_subject,
-          "casme3": casme3.norm_subject}.get(dataset)
+    fn = {
+        "casme2": casme2.norm_subject,
+        "samm": samm.norm_subject,
+        "smic": smic.norm_subject,
+        "casme3": casme3.norm_subject,
+    }.get(dataset)
     return fn(subject) if fn else None
 
 
 def norm_clip(dataset: str, clip: str) -> str:
     if dataset == "smic":
         from mer.data.smic import norm_clip as f
+
         return f(clip) or clip
     return clip
 

@@ -2,6 +2,7 @@
 crops in the same folders, or a separate ``SMIC_all_cropped/HS`` tree). No spreadsheet: the label is the
 folder name, a clip runs from its first to its last frame, and there is no apex (rule: a parameter,
 default the middle frame ``onset + (offset - onset) // 2``)."""
+
 from __future__ import annotations
 
 import re
@@ -12,8 +13,15 @@ from mer.data.frames import Entry, middle_apex, scan_frames
 from mer.data.layout import find_base
 from mer.data.problems import DatasetError
 
-BASE_DIRS = ["HS", "SMIC_all_cropped/HS", "SMIC_all_raw/HS", "SMIC/HS", "SMIC/SMIC_all_cropped/HS",
-             "SMIC/SMIC_all_raw/HS", ""]
+BASE_DIRS = [
+    "HS",
+    "SMIC_all_cropped/HS",
+    "SMIC_all_raw/HS",
+    "SMIC/HS",
+    "SMIC/SMIC_all_cropped/HS",
+    "SMIC/SMIC_all_raw/HS",
+    "",
+]
 SUBJECT_RX = r"s\d+"
 
 
@@ -56,9 +64,11 @@ def discover(root: Path, *, frames="auto", problems, smic_apex="middle", **_) ->
         if b is not None and b not in bases and any(True for _ in _clips(b)):
             bases.append(b)
     if not bases:
-        raise DatasetError(f"smic: no clip folders found under {root} (looked for "
-                           "HS/s1/micro/<negative|positive|surprise>/s1_ne_01/). Point root at the folder "
-                           "holding HS/.")
+        raise DatasetError(
+            f"smic: no clip folders found under {root} (looked for "
+            "HS/s1/micro/<negative|positive|surprise>/s1_ne_01/). Point root at the folder "
+            "holding HS/."
+        )
 
     def has_crops(b):
         return any(scan_frames(c, True) for _, _, c in _clips(b))
@@ -68,8 +78,7 @@ def discover(root: Path, *, frames="auto", problems, smic_apex="middle", **_) ->
     elif frames == "cropped":
         pick = [(b, True) for b in bases if has_crops(b)]
         if not pick:
-            raise DatasetError(f"smic: frames='cropped' but no reg_* crops under {root}; use frames='raw' "
-                               "or 'auto'")
+            raise DatasetError(f"smic: frames='cropped' but no reg_* crops under {root}; use frames='raw' or 'auto'")
     else:
         pick = [(b, True) for b in bases if has_crops(b)] or [(b, False) for b in bases]
     if not pick:
@@ -80,13 +89,30 @@ def discover(root: Path, *, frames="auto", problems, smic_apex="middle", **_) ->
         subj, clip = norm_subject(sdir.name), norm_clip(cdir.name)
         src = f"folder {cdir.relative_to(base)}"
         if clip is None:
-            problems.add(f"smic {sdir.name}/{cdir.name} ({src})", "clip folder name not of the form "
-                         "s<N>_<code>_<NN>", "bad-clip-name")
+            problems.add(
+                f"smic {sdir.name}/{cdir.name} ({src})",
+                "clip folder name not of the form s<N>_<code>_<NN>",
+                "bad-clip-name",
+            )
             continue
         idx = scan_frames(cdir, cropped)
-        e = Entry(subject=subj, clip=clip, native_clip=cdir.name, onset=min(idx) if idx else 0,
-                  apex=None, offset=max(idx) if idx else 0, aus="", emotion=edir.name, source=src)
+        e = Entry(
+            subject=subj,
+            clip=clip,
+            native_clip=cdir.name,
+            onset=min(idx) if idx else 0,
+            apex=None,
+            offset=max(idx) if idx else 0,
+            aus="",
+            emotion=edir.name,
+            source=src,
+        )
         index[id(e)] = (cdir, idx)
         entries.append(e)
-    return Discovered(entries, lambda e: index[id(e)][0], cropped, frames_index=lambda e: index[id(e)][1],
-                      apex_rule=apex_rule_from(smic_apex))
+    return Discovered(
+        entries,
+        lambda e: index[id(e)][0],
+        cropped,
+        frames_index=lambda e: index[id(e)][1],
+        apex_rule=apex_rule_from(smic_apex),
+    )

@@ -10,6 +10,7 @@ Works on any model exposing the layer-access hooks (``attention_layers``, ``bloc
 ``replace_attention``, ``set_attention_lambda``, ``convert_attention``, ``forward_features``,
 ``forward_head``): ``mer.models.HTNet`` and ``mer.models.vit.VisionTransformer``. See docs/esaat.md.
 """
+
 from mer.esaat.agreement import ranking_agreement, selection_agreement
 from mer.esaat.entropy import gaussian_entropy
 from mer.esaat.finetune import FinetuneConfig, finetune
@@ -18,7 +19,27 @@ from mer.esaat.remove import convert_remaining, fade_lambda, model_cost, prune, 
 from mer.esaat.select import Selection, greedy_select
 from mer.esaat.transfer import head_features, layer_transfer_entropy, set_entropy, skipped, transfer_entropy
 
-__all__ = ["gaussian_entropy", "head_features", "set_entropy", "transfer_entropy", "layer_transfer_entropy",
-           "skipped", "Selection", "greedy_select", "remove_layers", "convert_remaining", "prune", "fade_lambda",
-           "model_cost", "FinetuneConfig", "finetune", "ESAATConfig", "esaat_model", "prune_fold", "prune_run",
-           "load_pruned", "ranking_agreement", "selection_agreement"]
+__all__ = [
+    "gaussian_entropy",
+    "head_features",
+    "set_entropy",
+    "transfer_entropy",
+    "layer_transfer_entropy",
+    "skipped",
+    "Selection",
+    "greedy_select",
+    "remove_layers",
+    "convert_remaining",
+    "prune",
+    "fade_lambda",
+    "model_cost",
+    "FinetuneConfig",
+    "finetune",
+    "ESAATConfig",
+    "esaat_model",
+    "prune_fold",
+    "prune_run",
+    "load_pruned",
+    "ranking_agreement",
+    "selection_agreement",
+]

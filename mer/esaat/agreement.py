@@ -1,4 +1,5 @@
 """How much the folds agree on the layer ranking and the selected sets."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -29,7 +30,7 @@ def ranking_agreement(scores: list[dict], criterion: str = "abs") -> dict:
         raise ValueError("the folds scored different layer sets")
     m, n = len(scores), len(layers)
     vals = np.array([[abs(s[k]) if criterion == "abs" else s[k] for k in layers] for s in scores])
-    ranks = np.stack([_ranks(v) for v in vals])                        # (folds, layers)
+    ranks = np.stack([_ranks(v) for v in vals])  # (folds, layers)
     rho = []
     for i in range(m):
         for j in range(i + 1, m):
@@ -38,9 +39,14 @@ def ranking_agreement(scores: list[dict], criterion: str = "abs") -> dict:
             rho.append(float((a * b).sum() / den) if den > 0 else 1.0)
     R = ranks.sum(0)
     S = float(((R - R.mean()) ** 2).sum())
-    w = 12 * S / (m * m * (n ** 3 - n)) if n > 1 and m > 1 else 1.0
-    return {"layers": layers, "mean_rank": ranks.mean(0).round(3).tolist(),
-            "spearman_mean": float(np.mean(rho)) if rho else 1.0, "kendall_w": float(w), "folds": m}
+    w = 12 * S / (m * m * (n**3 - n)) if n > 1 and m > 1 else 1.0
+    return {
+        "layers": layers,
+        "mean_rank": ranks.mean(0).round(3).tolist(),
+        "spearman_mean": float(np.mean(rho)) if rho else 1.0,
+        "kendall_w": float(w),
+        "folds": m,
+    }
 
 
 def selection_agreement(selected: list[list[str]]) -> dict:
@@ -49,5 +55,8 @@ def selection_agreement(selected: list[list[str]]) -> dict:
     sets = Counter(tuple(sorted(s)) for s in selected)
     modal, count = sets.most_common(1)[0] if sets else ((), 0)
     freq = Counter(name for s in selected for name in s)
-    return {"frequency": dict(sorted(freq.items())), "modal_set": list(modal),
-            "modal_share": count / max(1, len(selected))}
+    return {
+        "frequency": dict(sorted(freq.items())),
+        "modal_set": list(modal),
+        "modal_share": count / max(1, len(selected)),
+    }

@@ -10,6 +10,7 @@ every difference of entropies of the same features (transfer entropy), so it is 
 ``constant=True``. ``full=True`` uses the full covariance instead, ½·log det Σ (+ the same constant): the
 exact Gaussian entropy when dimensions are correlated (needs n > D samples).
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ The layers in ``fade`` are still present at the start: their blocks compute (2 -
 are folded away (``replace_attention(name, None, skip_scale=2.0)``: the same function, without the
 branch's parameters and FLOPs). With ``fade_epochs=0`` the caller removes them before fine-tuning.
 """
+
 from __future__ import annotations
 
 import time
@@ -30,18 +31,23 @@ class FinetuneConfig:
     lr: float = option(5e-4, "fine-tuning Adam learning rate (half the training default of 1e-3)", group=_G)
     batch_size: int = option(64, "fine-tuning minibatch size", group=_G)
     weight_decay: float = option(0.0, "fine-tuning Adam L2 weight decay", group=_G)
-    fade_epochs: int = option(3, "epochs of the λ 1 -> 0 fade-out of the removed layers (0: removed at once)",
-                              group=_G)
-    class_weights: str = option("balanced", "cross-entropy weights: n / (K n_c) on the fine-tuning set (balanced) "
-                                "or none", choices=("balanced", "none"), group=_G)
+    fade_epochs: int = option(3, "epochs of the λ 1 -> 0 fade-out of the removed layers (0: removed at once)", group=_G)
+    class_weights: str = option(
+        "balanced",
+        "cross-entropy weights: n / (K n_c) on the fine-tuning set (balanced) or none",
+        choices=("balanced", "none"),
+        group=_G,
+    )
     deterministic: bool = option(True, "torch.use_deterministic_algorithms while fine-tuning", group=_G)
 
     def __post_init__(self):
         if self.epochs < 0 or self.fade_epochs < 0:
             raise ValueError(f"epochs ({self.epochs}) and fade_epochs ({self.fade_epochs}) must be >= 0")
         if self.fade_epochs > self.epochs:
-            raise ValueError(f"fade_epochs={self.fade_epochs} exceeds epochs={self.epochs}: the fade must end "
-                             "(λ = 0) before the layers are folded away; lower fade_epochs or raise epochs")
+            raise ValueError(
+                f"fade_epochs={self.fade_epochs} exceeds epochs={self.epochs}: the fade must end "
+                "(λ = 0) before the layers are folded away; lower fade_epochs or raise epochs"
+            )
         if self.class_weights not in ("balanced", "none"):
             raise ValueError(f"class_weights must be 'balanced' or 'none', got {self.class_weights!r}")
 
@@ -53,13 +59,21 @@ def _class_weights(y: np.ndarray, mode: str, num_classes: int) -> torch.Tensor |
     if mode == "none":
         return None
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    return torch.tensor(np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 1.0),
-                        dtype=torch.float32)
+    return torch.tensor(np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 1.0), dtype=torch.float32)
 
 
-def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig, *, fade: Sequence[str] = (),
-             skip_scale: float = 2.0, seed: Sequence[int] = (0,), progress: bool = False,
-             desc: str = "fine-tune") -> list[dict]:
+def finetune(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: FinetuneConfig,
+    *,
+    fade: Sequence[str] = (),
+    skip_scale: float = 2.0,
+    seed: Sequence[int] = (0,),
+    progress: bool = False,
+    desc: str = "fine-tune",
+) -> list[dict]:
     """Fine-tune ``model`` in place on normalised inputs ``x`` (n, C, S, S) float32 and labels ``y`` (n,);
     the layers ``fade`` fade out and are folded away (see the module docstring). Batch order of epoch e from
     ``numpy.random.default_rng([*seed, e])``; the caller seeds torch. Returns the per-epoch history
@@ -68,8 +82,10 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig
 
     fade = list(fade)
     if fade and skip_scale != 2.0:
-        raise ValueError(f"the fade-out ends at the identity branch (x + x, skip_scale 2.0), got skip_scale="
-                         f"{skip_scale}; use fade_epochs=0 with another skip_scale")
+        raise ValueError(
+            f"the fade-out ends at the identity branch (x + x, skip_scale 2.0), got skip_scale="
+            f"{skip_scale}; use fade_epochs=0 with another skip_scale"
+        )
     if fade and cfg.fade_epochs == 0:
         remove_layers(model, fade, skip_scale)
         fade = []
@@ -96,7 +112,7 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig
                 if fade:
                     lam = fade_lambda(step + 1, fade_steps)  # the last fade step runs at λ = 0
                     set_fade(model, fade, lam)
-                b = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+                b = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 logits = model(xt[b])
                 loss = F.cross_entropy(logits, yt[b], weight=weight)
                 opt.zero_grad(set_to_none=True)
@@ -108,8 +124,15 @@ def finetune(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: FinetuneConfig
             if fade and step >= fade_steps:  # λ has reached 0: fold the identity branches away
                 remove_layers(model, fade, skip_scale)
                 fade = []
-            history.append({"epoch": epoch + 1, "train_loss": tot / n, "train_acc": correct / n,
-                            "lambda": lam, "seconds": round(time.perf_counter() - t0, 3)})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": tot / n,
+                    "train_acc": correct / n,
+                    "lambda": lam,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
     finally:
         torch.use_deterministic_algorithms(prev)
     if fade:  # epochs == 0 (the config forbids fade_epochs > epochs otherwise)

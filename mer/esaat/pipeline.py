@@ -19,6 +19,7 @@ Output (a run directory ``mer evaluate`` can score):
                                                ranking agreement across folds
     OUT/transfer_entropy.png                   per-layer transfer entropy per fold (bar plot)
 """
+
 from __future__ import annotations
 
 import json
@@ -53,16 +54,25 @@ class ESAATConfig:
     """One ESAAT experiment. Exactly one of ``remove`` (k layers), ``budget`` (keep at most this fraction of
     the parameters) or ``flops_budget`` (of the FLOPs)."""
 
-    remove: int | None = option(None, "remove K attention layers per fold", metavar="K", exclusive="what",
-                                required=True)
-    budget: float | None = option(None, "remove layers until the model keeps at most FRACTION of its parameters",
-                                  metavar="FRACTION", exclusive="what")
-    flops_budget: float | None = option(None, "remove layers until the model keeps at most FRACTION of its FLOPs",
-                                        metavar="FRACTION", exclusive="what")
+    remove: int | None = option(
+        None, "remove K attention layers per fold", metavar="K", exclusive="what", required=True
+    )
+    budget: float | None = option(
+        None,
+        "remove layers until the model keeps at most FRACTION of its parameters",
+        metavar="FRACTION",
+        exclusive="what",
+    )
+    flops_budget: float | None = option(
+        None, "remove layers until the model keeps at most FRACTION of its FLOPs", metavar="FRACTION", exclusive="what"
+    )
     convert: bool = option(True, "convert the remaining softmax layers to agent attention")
     agent_num: int | None = option(None, "agents per converted layer (default: the model's configured agent_num)")
-    skip_scale: float = option(2.0, "a removed block computes skip_scale·x before its FFN: 2 = attention -> "
-                               "identity (the fade-out's end point), 1 = sub-layer skipped (needs --fade-epochs 0)")
+    skip_scale: float = option(
+        2.0,
+        "a removed block computes skip_scale·x before its FFN: 2 = attention -> "
+        "identity (the fade-out's end point), 1 = sub-layer skipped (needs --fade-epochs 0)",
+    )
     criterion: str = option("abs", "greedy: smallest |T| (abs) or smallest signed T (signed)", choices=CRITERIA)
     calib_size: int = option(256, "calibration samples per fold (drawn from its fit samples)", flag="--calib")
     full_cov: bool = option(False, "entropy from the full covariance (½ log det) instead of Σ log std")
@@ -80,16 +90,22 @@ class ESAATConfig:
         if self.calib_size < 2:
             raise ValueError(f"calib_size must be >= 2, got {self.calib_size}")
         if self.finetune.fade_epochs and self.skip_scale != 2.0:
-            raise ValueError("the fade-out ends at skip_scale 2.0 (identity branch); with another skip_scale set "
-                             "fade_epochs=0")
+            raise ValueError(
+                "the fade-out ends at skip_scale 2.0 (identity branch); with another skip_scale set fade_epochs=0"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def tag(self) -> str:
         """Default output folder name, e.g. 'k2', 'budget0.8', 'flops0.7' (+ '-softmax' without conversion)."""
-        t = (f"k{self.remove}" if self.remove is not None else f"budget{self.budget}" if self.budget is not None
-             else f"flops{self.flops_budget}")
+        t = (
+            f"k{self.remove}"
+            if self.remove is not None
+            else f"budget{self.budget}"
+            if self.budget is not None
+            else f"flops{self.flops_budget}"
+        )
         return t + ("" if self.convert else "-softmax")
 
 
@@ -118,8 +134,16 @@ def per_sample_latency_ms(model: nn.Module, example: torch.Tensor, batch: int) -
         torch.set_num_threads(threads)
 
 
-def esaat_model(model: nn.Module, x_fit: np.ndarray, y_fit: np.ndarray, cfg: ESAATConfig, *, fold_index: int = 0,
-                calib: np.ndarray | None = None, progress: bool = False) -> tuple[nn.Module, dict]:
+def esaat_model(
+    model: nn.Module,
+    x_fit: np.ndarray,
+    y_fit: np.ndarray,
+    cfg: ESAATConfig,
+    *,
+    fold_index: int = 0,
+    calib: np.ndarray | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, dict]:
     """ESAAT on one model, in place: select on ``x_fit[calib]`` (normalised, training samples only),
     remove (with the fade-out while fine-tuning), convert the rest, fine-tune on (x_fit, y_fit).
     Returns (model, record) with the selection, the converted layers and the fine-tuning history."""
@@ -127,9 +151,19 @@ def esaat_model(model: nn.Module, x_fit: np.ndarray, y_fit: np.ndarray, cfg: ESA
         calib = calibration_indices(np.arange(len(x_fit)), cfg.calib_size, cfg.seed, fold_index)
     xc = torch.from_numpy(np.ascontiguousarray(x_fit[calib]))
     t0 = time.perf_counter()
-    sel = greedy_select(model, xc, k=cfg.remove, budget=cfg.budget, flops_budget=cfg.flops_budget,
-                        skip_scale=cfg.skip_scale, criterion=cfg.criterion, convert=cfg.convert,
-                        agent_num=cfg.agent_num, full=cfg.full_cov, progress=progress)
+    sel = greedy_select(
+        model,
+        xc,
+        k=cfg.remove,
+        budget=cfg.budget,
+        flops_budget=cfg.flops_budget,
+        skip_scale=cfg.skip_scale,
+        criterion=cfg.criterion,
+        convert=cfg.convert,
+        agent_num=cfg.agent_num,
+        full=cfg.full_cov,
+        progress=progress,
+    )
     t_sel = time.perf_counter() - t0
     ft = cfg.finetune
     fade = list(sel.order) if ft.epochs and ft.fade_epochs else []
@@ -138,12 +172,28 @@ def esaat_model(model: nn.Module, x_fit: np.ndarray, y_fit: np.ndarray, cfg: ESA
     torch.manual_seed(1000 * cfg.seed + fold_index)  # the agent-only parameters of converted layers
     converted = convert_remaining(model, cfg.agent_num, exclude=fade) if cfg.convert else []
     t1 = time.perf_counter()
-    history = finetune(model, x_fit, y_fit, ft, fade=fade, skip_scale=cfg.skip_scale,
-                       seed=(cfg.seed, fold_index, 77), progress=progress, desc=f"fine-tune fold {fold_index}")
-    record = {"selection": sel.to_dict(), "removed": list(sel.order), "converted": converted,
-              "skip_scale": cfg.skip_scale, "agent_num": cfg.agent_num, "calibration_size": int(len(calib)),
-              "selection_seconds": round(t_sel, 3), "finetune_seconds": round(time.perf_counter() - t1, 3),
-              "history": history}
+    history = finetune(
+        model,
+        x_fit,
+        y_fit,
+        ft,
+        fade=fade,
+        skip_scale=cfg.skip_scale,
+        seed=(cfg.seed, fold_index, 77),
+        progress=progress,
+        desc=f"fine-tune fold {fold_index}",
+    )
+    record = {
+        "selection": sel.to_dict(),
+        "removed": list(sel.order),
+        "converted": converted,
+        "skip_scale": cfg.skip_scale,
+        "agent_num": cfg.agent_num,
+        "calibration_size": int(len(calib)),
+        "selection_seconds": round(t_sel, 3),
+        "finetune_seconds": round(time.perf_counter() - t1, 3),
+        "history": history,
+    }
     return model, record
 
 
@@ -151,8 +201,10 @@ def load_pruned(path, map_location="cpu") -> nn.Module:
     """Rebuild a pruned fold model written by ``prune_run`` (``OUT/folds/<fold>/model.pt``)."""
     ck = torch.load(path, map_location=map_location, weights_only=True)
     if ck.get("esaat_format") != FORMAT:
-        raise ValueError(f"{path} is not an ESAAT checkpoint (no esaat_format {FORMAT!r}); plain fold models "
-                         "load with mer.train's build_model + load_state_dict")
+        raise ValueError(
+            f"{path} is not an ESAAT checkpoint (no esaat_format {FORMAT!r}); plain fold models "
+            "load with mer.train's build_model + load_state_dict"
+        )
     model = build_model(ck["model"], ck["model_kwargs"], image_size=ck["image_size"], check=False)
     e = ck["esaat"]
     remove_layers(model, e["removed"], e["skip_scale"])
@@ -170,8 +222,10 @@ def _read_run(run: Path):
     folds = json.loads((run / "folds.json").read_text())
     missing = [f["name"] for f in folds if not (run / "folds" / f["dir"] / "result.json").exists()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} fold(s) of {run} are not finished ({', '.join(missing[:5])}); "
-                                "finish the run with `mer train` (same options) before pruning it")
+        raise FileNotFoundError(
+            f"{len(missing)} fold(s) of {run} are not finished ({', '.join(missing[:5])}); "
+            "finish the run with `mer train` (same options) before pruning it"
+        )
     return tcfg, folds
 
 
@@ -182,12 +236,15 @@ def _check_samples(run: Path, samples, y) -> None:
         saved = [(r["dataset"], r["subject"], r["clip"], int(r["label"])) for r in csv.DictReader(f)]
     now = [(s.dataset, s.subject, s.clip, int(t)) for s, t in zip(samples, y, strict=True)]
     if saved != now:
-        raise RuntimeError(f"the prepared samples differ from {run}/samples.csv (the data changed since training); "
-                           "prune with the data the run was trained on")
+        raise RuntimeError(
+            f"the prepared samples differ from {run}/samples.csv (the data changed since training); "
+            "prune with the data the run was trained on"
+        )
 
 
-def prune_fold(run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray, y: np.ndarray, ids: list,
-               progress: bool = False) -> dict:
+def prune_fold(
+    run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray, y: np.ndarray, ids: list, progress: bool = False
+) -> dict:
     """ESAAT on fold ``fold`` (a folds.json entry) of ``run``; writes OUT/folds/<dir>/ and returns its record."""
     t0, c0 = time.perf_counter(), time.process_time()
     src = run / "folds" / fold["dir"]
@@ -206,38 +263,70 @@ def prune_fold(run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray
     calib = calibration_indices(np.arange(len(fit)), cfg.calib_size, cfg.seed, fold["index"])  # positions in fit
     calib_global = fit[calib]
     example = torch.from_numpy(x_fit[:1])
-    before = {**model_cost(model, example),
-              "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch)}
+    before = {
+        **model_cost(model, example),
+        "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch),
+    }
     model, rec = esaat_model(model, x_fit, y_fit, cfg, fold_index=fold["index"], calib=calib, progress=progress)
-    after = {**model_cost(model, example),
-             "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch)}
+    after = {
+        **model_cost(model, example),
+        "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch),
+    }
     prob = predict_proba(model, normalise(x[test], mean, std))
     d = out / "folds" / fold["dir"]
     d.mkdir(parents=True, exist_ok=True)
     write_predictions(d / "predictions.csv", prediction_rows(test, [ids[i] for i in test], y[test], prob))
     atomic_write_json(d / "history.json", rec["history"])
-    atomic_torch_save(d / "model.pt", {**{k: v for k, v in ck.items() if k != "state_dict"},
-                                       "state_dict": model.state_dict(), "esaat_format": FORMAT,
-                                       "esaat": {k: rec[k] for k in ("removed", "converted", "skip_scale",
-                                                                     "agent_num")},
-                                       "esaat_config": cfg.to_dict()})
-    fold_rec = {"fold": fold["name"], "index": fold["index"], "before": before, "after": after,
-                "calibration_indices": calib_global.tolist(), **{k: v for k, v in rec.items() if k != "history"}}
+    atomic_torch_save(
+        d / "model.pt",
+        {
+            **{k: v for k, v in ck.items() if k != "state_dict"},
+            "state_dict": model.state_dict(),
+            "esaat_format": FORMAT,
+            "esaat": {k: rec[k] for k in ("removed", "converted", "skip_scale", "agent_num")},
+            "esaat_config": cfg.to_dict(),
+        },
+    )
+    fold_rec = {
+        "fold": fold["name"],
+        "index": fold["index"],
+        "before": before,
+        "after": after,
+        "calibration_indices": calib_global.tolist(),
+        **{k: v for k, v in rec.items() if k != "history"},
+    }
     atomic_write_json(d / "esaat.json", fold_rec)
     secs = time.perf_counter() - t0
-    atomic_write_json(d / "result.json", {
-        "fold": fold["name"], "index": fold["index"], "dir": fold["dir"], "test_subjects": fold["test_subjects"],
-        "n_fit": int(len(fit)), "n_test": int(len(test)), "epochs_run": len(rec["history"]),
-        "epoch_selected": len(rec["history"]),
-        "selection": f"ESAAT fine-tune, last epoch, of the model chosen by: {result['selection']}",
-        "valid_estimate": result.get("valid_estimate", not result.get("oracle", False)),
-        "seconds": round(secs, 2), "cpu_seconds": round(time.process_time() - c0, 2),
-        "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in rec["history"]])), 3)
-        if rec["history"] else 0.0, "threads": torch.get_num_threads(),
-        "test_acc": float((prob.argmax(1) == y[test]).mean()) if len(test) else None,
-        "indices_used": {"calibrate": calib_global.tolist(), "fit": fit.tolist(), "norm": result["indices_used"]
-                         .get("norm", fit.tolist()), "predict": test.tolist()},
-        "removed": rec["removed"], "converted": rec["converted"]})
+    atomic_write_json(
+        d / "result.json",
+        {
+            "fold": fold["name"],
+            "index": fold["index"],
+            "dir": fold["dir"],
+            "test_subjects": fold["test_subjects"],
+            "n_fit": int(len(fit)),
+            "n_test": int(len(test)),
+            "epochs_run": len(rec["history"]),
+            "epoch_selected": len(rec["history"]),
+            "selection": f"ESAAT fine-tune, last epoch, of the model chosen by: {result['selection']}",
+            "valid_estimate": result.get("valid_estimate", not result.get("oracle", False)),
+            "seconds": round(secs, 2),
+            "cpu_seconds": round(time.process_time() - c0, 2),
+            "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in rec["history"]])), 3)
+            if rec["history"]
+            else 0.0,
+            "threads": torch.get_num_threads(),
+            "test_acc": float((prob.argmax(1) == y[test]).mean()) if len(test) else None,
+            "indices_used": {
+                "calibrate": calib_global.tolist(),
+                "fit": fit.tolist(),
+                "norm": result["indices_used"].get("norm", fit.tolist()),
+                "predict": test.tolist(),
+            },
+            "removed": rec["removed"],
+            "converted": rec["converted"],
+        },
+    )
     return fold_rec
 
 
@@ -282,20 +371,43 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
     from mer.models.profile import machine
 
     summary = {
-        "format": FORMAT, "run": str(run.resolve()), "config": cfg.to_dict(), "model": tcfg.model,
-        "latency": {"what": "CPU inference ms per sample, min of 5 forwards of a batch, mean over folds",
-                    "batch": cfg.latency_batch, "threads": LATENCY_THREADS, "machine": machine()},
-        "protocol": tcfg.protocol, "folds": len(recs),
-        "before": {"params": mean("params", "before"), "flops": mean("flops", "before"),
-                   "latency_ms_per_sample": mean("latency_ms_per_sample", "before"),
-                   **({"uf1": before_m["scores"]["all"]["uf1"], "uar": before_m["scores"]["all"]["uar"]}
-                      if before_m else {})},
-        "after": {"params": mean("params", "after"), "flops": mean("flops", "after"),
-                  "latency_ms_per_sample": mean("latency_ms_per_sample", "after"),
-                  "uf1": metrics["scores"]["all"]["uf1"], "uar": metrics["scores"]["all"]["uar"]},
-        "per_fold": [{"fold": r["fold"], "removed": r["removed"], "converted": r["converted"],
-                      "set_te": r["selection"]["set_te"], "layer_te": r["selection"]["layer_te"],
-                      "before": r["before"], "after": r["after"]} for r in recs],
+        "format": FORMAT,
+        "run": str(run.resolve()),
+        "config": cfg.to_dict(),
+        "model": tcfg.model,
+        "latency": {
+            "what": "CPU inference ms per sample, min of 5 forwards of a batch, mean over folds",
+            "batch": cfg.latency_batch,
+            "threads": LATENCY_THREADS,
+            "machine": machine(),
+        },
+        "protocol": tcfg.protocol,
+        "folds": len(recs),
+        "before": {
+            "params": mean("params", "before"),
+            "flops": mean("flops", "before"),
+            "latency_ms_per_sample": mean("latency_ms_per_sample", "before"),
+            **({"uf1": before_m["scores"]["all"]["uf1"], "uar": before_m["scores"]["all"]["uar"]} if before_m else {}),
+        },
+        "after": {
+            "params": mean("params", "after"),
+            "flops": mean("flops", "after"),
+            "latency_ms_per_sample": mean("latency_ms_per_sample", "after"),
+            "uf1": metrics["scores"]["all"]["uf1"],
+            "uar": metrics["scores"]["all"]["uar"],
+        },
+        "per_fold": [
+            {
+                "fold": r["fold"],
+                "removed": r["removed"],
+                "converted": r["converted"],
+                "set_te": r["selection"]["set_te"],
+                "layer_te": r["selection"]["layer_te"],
+                "before": r["before"],
+                "after": r["after"],
+            }
+            for r in recs
+        ],
         "ranking_agreement": ranking_agreement([r["selection"]["layer_te"] for r in recs], cfg.criterion),
         "selection_agreement": selection_agreement([r["removed"] for r in recs]),
     }
@@ -313,21 +425,31 @@ def format_summary(s: dict) -> str:
     """Markdown: before/after table and the agreement lines."""
     b, a = s["before"], s["after"]
     pct = lambda new, old: f"{100 * (new - old) / old:+.1f}%"  # noqa: E731
-    lines = [f"**ESAAT {s['config'].get('remove')!s} removed / budget {s['config'].get('budget')} / flops budget "
-             f"{s['config'].get('flops_budget')} on {s['model']} ({s['protocol']}, {s['folds']} folds; means over "
-             "folds)**", "",
-             f"| | params | MFLOPs | CPU ms/sample ({LATENCY_THREADS} thread) | UF1 | UAR |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"**ESAAT {s['config'].get('remove')!s} removed / budget {s['config'].get('budget')} / flops budget "
+        f"{s['config'].get('flops_budget')} on {s['model']} ({s['protocol']}, {s['folds']} folds; means over "
+        "folds)**",
+        "",
+        f"| | params | MFLOPs | CPU ms/sample ({LATENCY_THREADS} thread) | UF1 | UAR |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, r in (("before", b), ("after", a)):
         uf1 = f"{r['uf1']:.4f}" if "uf1" in r else "-"
         uar = f"{r['uar']:.4f}" if "uar" in r else "-"
-        lines.append(f"| {name} | {r['params']:,.0f} | {r['flops'] / 1e6:.2f} | {r['latency_ms_per_sample']:.3f} | "
-                     f"{uf1} | {uar} |")
-    lines.append(f"| change | {pct(a['params'], b['params'])} | {pct(a['flops'], b['flops'])} | "
-                 f"{pct(a['latency_ms_per_sample'], b['latency_ms_per_sample'])} | | |")
+        lines.append(
+            f"| {name} | {r['params']:,.0f} | {r['flops'] / 1e6:.2f} | {r['latency_ms_per_sample']:.3f} | "
+            f"{uf1} | {uar} |"
+        )
+    lines.append(
+        f"| change | {pct(a['params'], b['params'])} | {pct(a['flops'], b['flops'])} | "
+        f"{pct(a['latency_ms_per_sample'], b['latency_ms_per_sample'])} | | |"
+    )
     ra, sa = s["ranking_agreement"], s["selection_agreement"]
-    lines += ["", f"Ranking agreement across folds: mean pairwise Spearman {ra['spearman_mean']:.3f}, Kendall's W "
-              f"{ra['kendall_w']:.3f}. Removed per fold: "
-              + "; ".join(f"{f['fold']}: {', '.join(f['removed']) or '-'}" for f in s["per_fold"])
-              + f". Same set in {sa['modal_share']:.0%} of folds."]
+    lines += [
+        "",
+        f"Ranking agreement across folds: mean pairwise Spearman {ra['spearman_mean']:.3f}, Kendall's W "
+        f"{ra['kendall_w']:.3f}. Removed per fold: "
+        + "; ".join(f"{f['fold']}: {', '.join(f['removed']) or '-'}" for f in s["per_fold"])
+        + f". Same set in {sa['modal_share']:.0%} of folds.",
+    ]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ Conversion: ``model.convert_attention(name, 'agent')``: a softmax branch becomes
 ``agentattn.AgentAttention`` with the same qkv/proj weights (``mer.models.convert.softmax_to_agent`` in
 HTNet); branches that already are agent attention are left as they are.
 """
+
 from __future__ import annotations
 
 import copy
@@ -43,8 +44,15 @@ def convert_remaining(model: nn.Module, agent_num: int | None = None, exclude: S
     return done
 
 
-def prune(model: nn.Module, names: Sequence[str], *, convert: bool = True, skip_scale: float = 2.0,
-          agent_num: int | None = None, inplace: bool = False) -> nn.Module:
+def prune(
+    model: nn.Module,
+    names: Sequence[str],
+    *,
+    convert: bool = True,
+    skip_scale: float = 2.0,
+    agent_num: int | None = None,
+    inplace: bool = False,
+) -> nn.Module:
     """Removal of ``names`` + conversion of the rest (no fine-tuning). A copy unless ``inplace``."""
     m = model if inplace else copy.deepcopy(model)
     remove_layers(m, names, skip_scale)

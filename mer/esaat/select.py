@@ -7,6 +7,7 @@ smallest |T(S ∪ {l})| (``criterion='abs'``, default) or the smallest signed T 
 pruned model (removal + conversion of the rest to agent attention, as ``mer.esaat.remove.prune`` builds it)
 has at most ``budget`` x the parameters (or ``flops_budget`` x the FLOPs) of the original.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -41,10 +42,20 @@ class Selection:
         return asdict(self)
 
 
-def greedy_select(model: nn.Module, x: torch.Tensor, *, k: int | None = None, budget: float | None = None,
-                  flops_budget: float | None = None, skip_scale: float = 2.0, criterion: str = "abs",
-                  convert: bool = True, agent_num: int | None = None, full: bool = False,
-                  progress: bool = False) -> Selection:
+def greedy_select(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    k: int | None = None,
+    budget: float | None = None,
+    flops_budget: float | None = None,
+    skip_scale: float = 2.0,
+    criterion: str = "abs",
+    convert: bool = True,
+    agent_num: int | None = None,
+    full: bool = False,
+    progress: bool = False,
+) -> Selection:
     """Select layers to remove on calibration inputs ``x`` (n, ...) (training subjects only). Exactly one
     of ``k`` (0 <= k <= number of attention layers), ``budget`` or ``flops_budget`` (fractions in (0, 1]
     of the original's parameters / FLOPs that the pruned model may keep)."""
@@ -71,8 +82,7 @@ def greedy_select(model: nn.Module, x: torch.Tensor, *, k: int | None = None, bu
             return cost["params"] <= budget * sel.base_cost["params"]
         return cost["flops"] <= flops_budget * sel.base_cost["flops"]
 
-    if k == 0 or (k is None and within(model_cost(prune(model, [], convert=convert, agent_num=agent_num),
-                                                   example))):
+    if k == 0 or (k is None and within(model_cost(prune(model, [], convert=convert, agent_num=agent_num), example))):
         return sel
     total = k if k is not None else len(names)
     bar = tqdm(total=total, desc="ESAAT selection", unit="layer", leave=False, disable=not progress)
@@ -87,14 +97,17 @@ def greedy_select(model: nn.Module, x: torch.Tensor, *, k: int | None = None, bu
         sel.order.append(best)
         sel.set_te.append(cand[best])
         sel.steps.append(cand)
-        sel.cost.append(model_cost(prune(model, sel.order, convert=convert, skip_scale=skip_scale,
-                                         agent_num=agent_num), example))
+        sel.cost.append(
+            model_cost(prune(model, sel.order, convert=convert, skip_scale=skip_scale, agent_num=agent_num), example)
+        )
         bar.update()
         if (k is not None and len(sel.order) == k) or (k is None and within(sel.cost[-1])):
             break
     bar.close()
     if k is None and not within(sel.cost[-1]):
-        what = (f"{budget} of the parameters" if budget is not None else f"{flops_budget} of the FLOPs")
-        raise ValueError(f"removing every attention layer still leaves more than {what} "
-                         f"({sel.cost[-1]} vs the original {sel.base_cost}); choose a larger budget")
+        what = f"{budget} of the parameters" if budget is not None else f"{flops_budget} of the FLOPs"
+        raise ValueError(
+            f"removing every attention layer still leaves more than {what} "
+            f"({sel.cost[-1]} vs the original {sel.base_cost}); choose a larger budget"
+        )
     return sel

@@ -9,6 +9,7 @@ fade-out; 1.0: the sub-layer passes x unchanged). Head features = ``model.forwar
 .forward_features(x), pre_logits=True)``, the input of the classifier (B, C) (any model with those two
 methods and the ESAAT hooks ``attention_layers()`` and ``block_of(name)``: ``HTNet``, ``VisionTransformer``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -27,9 +28,11 @@ def check_model(model: nn.Module) -> None:
     need = ("attention_layers", "block_of", "replace_attention", "forward_features", "forward_head")
     missing = [m for m in need if not hasattr(model, m)]
     if missing:
-        raise TypeError(f"{type(model).__name__} lacks {missing}: ESAAT works on models built from mer/agentattn "
-                        "attention blocks that expose the layer-access hooks (mer.models.HTNet, "
-                        "mer.models.vit.VisionTransformer)")
+        raise TypeError(
+            f"{type(model).__name__} lacks {missing}: ESAAT works on models built from mer/agentattn "
+            "attention blocks that expose the layer-access hooks (mer.models.HTNet, "
+            "mer.models.vit.VisionTransformer)"
+        )
 
 
 @contextmanager
@@ -56,22 +59,31 @@ def head_features(model: nn.Module, x: Tensor, batch: int = 256) -> Tensor:
     was = model.training
     model.eval()
     try:
-        out = [model.forward_head(model.forward_features(x[i:i + batch]), pre_logits=True)
-               for i in range(0, len(x), batch)]
+        out = [
+            model.forward_head(model.forward_features(x[i : i + batch]), pre_logits=True)
+            for i in range(0, len(x), batch)
+        ]
     finally:
         model.train(was)
     return torch.cat(out).reshape(len(x), -1)
 
 
-def set_entropy(model: nn.Module, x: Tensor, names: Sequence[str] = (), skip_scale: float = 2.0,
-                full: bool = False) -> float:
+def set_entropy(
+    model: nn.Module, x: Tensor, names: Sequence[str] = (), skip_scale: float = 2.0, full: bool = False
+) -> float:
     """H(head features) with the layers ``names`` skipped (Σ log std, nats)."""
     with skipped(model, names, skip_scale):
         return gaussian_entropy(head_features(model, x), full=full)
 
 
-def transfer_entropy(model: nn.Module, x: Tensor, names: Sequence[str], skip_scale: float = 2.0,
-                     full: bool = False, base: float | None = None) -> float:
+def transfer_entropy(
+    model: nn.Module,
+    x: Tensor,
+    names: Sequence[str],
+    skip_scale: float = 2.0,
+    full: bool = False,
+    base: float | None = None,
+) -> float:
     """T(S) = H(nothing skipped) - H(S skipped) on calibration inputs ``x``; ``base`` = a precomputed
     H(nothing skipped)."""
     check_model(model)
@@ -79,10 +91,10 @@ def transfer_entropy(model: nn.Module, x: Tensor, names: Sequence[str], skip_sca
     return h0 - set_entropy(model, x, names, skip_scale, full)
 
 
-def layer_transfer_entropy(model: nn.Module, x: Tensor, skip_scale: float = 2.0,
-                           full: bool = False) -> dict[str, float]:
+def layer_transfer_entropy(
+    model: nn.Module, x: Tensor, skip_scale: float = 2.0, full: bool = False
+) -> dict[str, float]:
     """{layer name: T({layer})} for every present attention layer, in model order."""
     check_model(model)
     h0 = set_entropy(model, x, (), skip_scale, full)
-    return {name: transfer_entropy(model, x, [name], skip_scale, full, base=h0)
-            for name, _ in model.attention_layers()}
+    return {name: transfer_entropy(model, x, [name], skip_scale, full, base=h0) for name, _ in model.attention_layers()}

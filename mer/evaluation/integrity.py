@@ -13,6 +13,7 @@ lines (it ends with a newline), one row per test sample of the fold (none missin
 foreign), finite probabilities in [0, 1] summing to 1, the prediction their argmax, and each sample's
 label as in samples.csv.
 """
+
 from __future__ import annotations
 
 import csv
@@ -70,15 +71,18 @@ def read_fold_predictions(path, test, labels: dict | None = None) -> list[Predic
     want = {int(i) for i in test}
     dup = {i for i in got if got.count(i) > 1}
     if dup:
-        raise FoldOutputError(f"{path} lists sample(s) {_ints(dup)} more than once ({len(rows)} rows for the "
-                              f"fold's {len(want)} test samples)")
+        raise FoldOutputError(
+            f"{path} lists sample(s) {_ints(dup)} more than once ({len(rows)} rows for the "
+            f"fold's {len(want)} test samples)"
+        )
     foreign = set(got) - want
     if foreign:
         raise FoldOutputError(f"{path} holds sample(s) {_ints(foreign)} that are not this fold's test samples")
     missing = want - set(got)
     if missing:
-        raise FoldOutputError(f"{path} holds {len(rows)} of the fold's {len(want)} test samples (missing: "
-                              f"{_ints(missing)}): truncated")
+        raise FoldOutputError(
+            f"{path} holds {len(rows)} of the fold's {len(want)} test samples (missing: {_ints(missing)}): truncated"
+        )
     if labels:
         wrong = [r.index for r in rows if r.index in labels and labels[r.index] != r.label]
         if wrong:

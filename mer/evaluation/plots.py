@@ -3,6 +3,7 @@
 Titles carry the run's selection mode, so an oracle (test-fold selection) figure is never mistaken for a
 valid estimate.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,7 @@ def plot_confusions(m: dict, path) -> Path:
         ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center",
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black")
         ax.set_xticks(range(3), [n[:3] for n in LABEL_NAMES])
         ax.set_yticks(range(3), [n[:3] for n in LABEL_NAMES])
         ax.set_xlabel("predicted")

@@ -7,6 +7,7 @@ Writes RUNDIR/predictions.csv (all folds, one row per sample), metrics.json, meg
 confusion.png and learning_curves.png. UF1/UAR are computed on the pooled predictions of all folds
 (overall and on each dataset's share), never averaged over folds (the MEGC2019 protocol; ``mer/metrics.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -57,24 +58,31 @@ def collect(root: Path, *, partial: bool = False) -> tuple[list[PredictionRow], 
         rows += read_fold_predictions(d / "predictions.csv", f["test"], labels)
     if damaged:
         lines = [f"fold {name}: {why}" for name, why in damaged]
-        msg = (f"{len(damaged)} finished fold(s) have damaged outputs: " + "; ".join(lines[:5])
-               + (f"; ... ({len(lines)} in all)" if len(lines) > 5 else "")
-               + ". Rerun `mer train` with the same options: it trains these folds again and keeps the others")
+        msg = (
+            f"{len(damaged)} finished fold(s) have damaged outputs: "
+            + "; ".join(lines[:5])
+            + (f"; ... ({len(lines)} in all)" if len(lines) > 5 else "")
+            + ". Rerun `mer train` with the same options: it trains these folds again and keeps the others"
+        )
         if not partial:
             raise DamagedFold(msg)
         warnings.warn(msg + " (left out of this --partial score)", RuntimeWarning, stacklevel=2)
         missing += [name for name, _ in damaged]
     if missing and not partial:
-        raise IncompleteRun(f"{len(missing)} of {len(folds)} folds are not finished ({', '.join(missing[:8])}"
-                            f"{' ...' if len(missing) > 8 else ''}); rerun `mer train` with the same options to "
-                            "finish them, or `mer evaluate --partial` to score the finished ones")
+        raise IncompleteRun(
+            f"{len(missing)} of {len(folds)} folds are not finished ({', '.join(missing[:8])}"
+            f"{' ...' if len(missing) > 8 else ''}); rerun `mer train` with the same options to "
+            "finish them, or `mer evaluate --partial` to score the finished ones"
+        )
     if not rows:
         raise IncompleteRun("no fold is finished yet")
     idx = [r.index for r in rows]
     if len(set(idx)) != len(idx):
         dup = sorted({i for i in idx if idx.count(i) > 1})
-        raise RuntimeError(f"samples predicted by more than one fold: {dup[:10]} (protocol with overlapping "
-                           "test sets; pooled metrics would double-count them)")
+        raise RuntimeError(
+            f"samples predicted by more than one fold: {dup[:10]} (protocol with overlapping "
+            "test sets; pooled metrics would double-count them)"
+        )
     rows.sort(key=lambda r: r.index)
     return rows, results, folds
 
@@ -87,8 +95,9 @@ def selection_of(results: list[dict]) -> tuple[str, bool]:
     return " + ".join(labels), valid
 
 
-def compute_metrics(rows: list[PredictionRow], results: list[dict], config: dict, n_folds: int,
-                    excluded: list | None = None) -> dict:
+def compute_metrics(
+    rows: list[PredictionRow], results: list[dict], config: dict, n_folds: int, excluded: list | None = None
+) -> dict:
     """The metrics.json dict. config: the run's config.json (a TrainConfig as a dict); ``excluded``: samples
     the preparation could not use (uid, reason)."""
     from mer.metrics import breakdown, per_class
@@ -108,8 +117,11 @@ def compute_metrics(rows: list[PredictionRow], results: list[dict], config: dict
         "protocol": config["protocol"],
         "model": config["model"],
         "input": config["input"],
-        "flow": ("htnet-release (precomputed)" if str(config.get("data") or "").startswith("htnet-release:")
-                 else config["prep"]["flow"]),
+        "flow": (
+            "htnet-release (precomputed)"
+            if str(config.get("data") or "").startswith("htnet-release:")
+            else config["prep"]["flow"]
+        ),
         "augment": config["augment"],
         "seed": config["seed"],
         "labels": list(LABEL_NAMES),
@@ -118,19 +130,23 @@ def compute_metrics(rows: list[PredictionRow], results: list[dict], config: dict
         "n": int(len(rows)),
         "scores": scores,
         "per_class": {k: [float(v) for v in pc[k]] for k in ("f1", "recall", "precision")},
-        "timing": {"fold_seconds_total": round(float(np.sum(secs)), 1),
-                   "fold_seconds_mean": round(float(np.mean(secs)), 2),
-                   "fold_seconds_max": round(float(np.max(secs)), 2),
-                   "fold_cpu_seconds_mean": round(float(np.mean([r.get("cpu_seconds", np.nan) for r in results])), 2),
-                   "epoch_seconds_mean": round(float(np.mean([r["seconds_per_epoch"] for r in results])), 3),
-                   "epochs_selected_mean": round(float(np.mean([r["epoch_selected"] for r in results])), 2)},
+        "timing": {
+            "fold_seconds_total": round(float(np.sum(secs)), 1),
+            "fold_seconds_mean": round(float(np.mean(secs)), 2),
+            "fold_seconds_max": round(float(np.max(secs)), 2),
+            "fold_cpu_seconds_mean": round(float(np.mean([r.get("cpu_seconds", np.nan) for r in results])), 2),
+            "epoch_seconds_mean": round(float(np.mean([r["seconds_per_epoch"] for r in results])), 3),
+            "epochs_selected_mean": round(float(np.mean([r["epoch_selected"] for r in results])), 2),
+        },
     }
 
 
 def format_table(m: dict, markdown: bool = True) -> str:
     """The results table: UF1/UAR overall and per dataset, with the selection mode in the title."""
-    title = (f"{m['model']} ({m['input']}, {m['flow']}, augment {m['augment']}), {m['protocol']}, seed {m['seed']}"
-             f" - selection: {m['selection']}")
+    title = (
+        f"{m['model']} ({m['input']}, {m['flow']}, augment {m['augment']}), {m['protocol']}, seed {m['seed']}"
+        f" - selection: {m['selection']}"
+    )
     if m["folds_finished"] < m["folds"]:
         title += f" - PARTIAL: {m['folds_finished']} of {m['folds']} folds"
     lines = [f"**{title}**" if markdown else title, ""]
@@ -141,16 +157,25 @@ def format_table(m: dict, markdown: bool = True) -> str:
         lines.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
     if m.get("excluded"):
         lines.append("")
-        lines.append(f"{len(m['excluded'])} sample(s) excluded (could not be prepared): "
-                     + "; ".join(f"{e['uid']} ({e['reason'].split(':')[0]})" for e in m["excluded"]))
+        lines.append(
+            f"{len(m['excluded'])} sample(s) excluded (could not be prepared): "
+            + "; ".join(f"{e['uid']} ({e['reason'].split(':')[0]})" for e in m["excluded"])
+        )
     if m["oracle"]:
         lines.append("")
-        lines.append("oracle: the epoch was chosen on the held-out subjects (the released HTNet's evaluation); "
-                     "these numbers are NOT a valid estimate of generalisation.")
+        lines.append(
+            "oracle: the epoch was chosen on the held-out subjects (the released HTNet's evaluation); "
+            "these numbers are NOT a valid estimate of generalisation."
+        )
     if m.get("last_epoch"):
         last = m["last_epoch"]
-        lines += ["", f"The same training, selection: {last['selection']}", "", "| set | n | UF1 | UAR |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"The same training, selection: {last['selection']}",
+            "",
+            "| set | n | UF1 | UAR |",
+            "|---|---:|---:|---:|",
+        ]
         for name, s in last["scores"].items():
             label = "composite (all)" if name == "all" else name
             lines.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
@@ -166,12 +191,17 @@ def last_epoch_scores(root: Path, folds: list[dict], config: dict) -> dict | Non
     paths = [root / "folds" / f["dir"] / "predictions_last_epoch.csv" for f in folds]
     if not paths or not all(p.exists() for p in paths):
         return None
-    rows = sorted((r for p, f in zip(paths, folds, strict=True) for r in read_fold_predictions(p, f["test"])),
-                  key=lambda r: r.index)
+    rows = sorted(
+        (r for p, f in zip(paths, folds, strict=True) for r in read_fold_predictions(p, f["test"])),
+        key=lambda r: r.index,
+    )
     yt, yp = np.array([r.label for r in rows]), np.array([r.pred for r in rows])
-    return {"selection": f"fixed budget ({config['epochs']} epochs, last epoch)", "valid_estimate": True,
-            "n": len(rows), "scores": breakdown(yt, yp, np.array([r.dataset for r in rows]), labels=(0, 1, 2),
-                                                overall="all")}
+    return {
+        "selection": f"fixed budget ({config['epochs']} epochs, last epoch)",
+        "valid_estimate": True,
+        "n": len(rows),
+        "scores": breakdown(yt, yp, np.array([r.dataset for r in rows]), labels=(0, 1, 2), overall="all"),
+    }
 
 
 def write_report(root, *, partial: bool = False, print_table: bool = True, plots: bool = True) -> dict:
@@ -195,11 +225,15 @@ def write_report(root, *, partial: bool = False, print_table: bool = True, plots
     if plots:
         from mer.evaluation.plots import plot_confusions, plot_learning_curves
 
-        m["plots"] = [str(plot_confusions(m, root / "confusion.png").name),
-                      str(plot_learning_curves(root, m, root / "learning_curves.png").name)]
+        m["plots"] = [
+            str(plot_confusions(m, root / "confusion.png").name),
+            str(plot_learning_curves(root, m, root / "learning_curves.png").name),
+        ]
     atomic_write_json(root / "metrics.json", m)
     if print_table:
         print(table)
-        print(f"wrote {root}/metrics.json, predictions.csv, megc_log.txt, summary.md"
-              + (", confusion.png, learning_curves.png" if plots else ""))
+        print(
+            f"wrote {root}/metrics.json, predictions.csv, megc_log.txt, summary.md"
+            + (", confusion.png, learning_curves.png" if plots else "")
+        )
     return m

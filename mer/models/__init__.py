@@ -8,11 +8,26 @@
 
 See docs/models.md.
 """
+
 from mer.models.convert import convert_original_state_dict, htnet_from_original, softmax_to_agent
 from mer.models.htnet import HTNet, HTNetConfig
 from mer.models.layers import Aggregate, Block, FeedForward, LayerNorm2d, SoftmaxAttention
 from mer.models.registry import create_model, describe, list_models, register_variant, variant_config
 
-__all__ = ["HTNet", "HTNetConfig", "create_model", "list_models", "register_variant", "variant_config",
-           "describe", "htnet_from_original", "convert_original_state_dict", "softmax_to_agent",
-           "Aggregate", "Block", "FeedForward", "LayerNorm2d", "SoftmaxAttention"]
+__all__ = [
+    "HTNet",
+    "HTNetConfig",
+    "create_model",
+    "list_models",
+    "register_variant",
+    "variant_config",
+    "describe",
+    "htnet_from_original",
+    "convert_original_state_dict",
+    "softmax_to_agent",
+    "Aggregate",
+    "Block",
+    "FeedForward",
+    "LayerNorm2d",
+    "SoftmaxAttention",
+]

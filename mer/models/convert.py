@@ -14,6 +14,7 @@ channel LayerNorm's g, b (1, C, 1, 1) become LayerNorm weight, bias (C)):
     layers.{i}.1.0.*, layers.{i}.1.1.{g,b}    -> levels.{i}.downsample.0.*, levels.{i}.downsample.1.{weight,bias}
     mlp_head.0.{g,b}, mlp_head.2.*            -> head_norm.{weight,bias}, head.*
 """
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,19 @@ _RULES = [
 ]
 
 #: constructor arguments of the released ``HTNet`` (``dim_head`` is accepted there but unused)
-ORIGINAL_KWARGS = ("image_size", "patch_size", "num_classes", "dim", "heads", "num_hierarchies",
-                   "block_repeats", "mlp_mult", "channels", "dim_head", "dropout")
+ORIGINAL_KWARGS = (
+    "image_size",
+    "patch_size",
+    "num_classes",
+    "dim",
+    "heads",
+    "num_hierarchies",
+    "block_repeats",
+    "mlp_mult",
+    "channels",
+    "dim_head",
+    "dropout",
+)
 
 
 def convert_original_state_dict(state_dict: dict, model: HTNet) -> dict:
@@ -58,8 +70,10 @@ def convert_original_state_dict(state_dict: dict, model: HTNet) -> dict:
             if kind == "weight":
                 D, C, p, _ = model.patch_embed.proj.weight.shape
                 if tuple(val.shape) != (D, p * p * C, 1, 1):
-                    raise ValueError(f"{key}: expected ({D}, {p * p * C}, 1, 1), got {tuple(val.shape)}; are the "
-                                     f"original_kwargs those the state_dict was saved with?")
+                    raise ValueError(
+                        f"{key}: expected ({D}, {p * p * C}, 1, 1), got {tuple(val.shape)}; are the "
+                        f"original_kwargs those the state_dict was saved with?"
+                    )
                 val = val.reshape(D, p, p, C).permute(0, 3, 1, 2).contiguous()
             out[f"patch_embed.proj.{kind}"] = val
             continue
@@ -73,8 +87,10 @@ def convert_original_state_dict(state_dict: dict, model: HTNet) -> dict:
                     val = val[:n]
                 shape = model.get_parameter(new).shape  # (o, i, 1, 1) -> (o, i); (1, C, 1, 1) -> (C)
                 if val.numel() != shape.numel():
-                    raise ValueError(f"{key}: shape {tuple(val.shape)} does not fit {new} {tuple(shape)}; are "
-                                     f"the original_kwargs those the state_dict was saved with?")
+                    raise ValueError(
+                        f"{key}: shape {tuple(val.shape)} does not fit {new} {tuple(shape)}; are "
+                        f"the original_kwargs those the state_dict was saved with?"
+                    )
                 out[new] = val.reshape(shape)
                 break
         else:
@@ -115,12 +131,21 @@ def softmax_to_agent(branch: SoftmaxAttention, window, agent_num: int = 9) -> Ag
         raise TypeError(f"expected a SoftmaxAttention branch, got {type(branch).__name__}")
     C, H = branch.dim, branch.heads
     if branch.inner_dim != C:
-        raise ValueError(f"cannot carry weights over: inner_dim = dim_head·heads = {branch.inner_dim} != dim = {C} "
-                         f"(heads={H} does not divide dim, or dim_head was set). Use dim divisible by heads and "
-                         f"dim_head=None, as every registered working variant does.")
-    attn = AgentAttention(C, num_heads=H, qkv_bias=False, attn_drop=branch.attn_drop.p,
-                          proj_drop=branch.proj_drop.p, agent_num=agent_num, window=window,
-                          num_prefix_tokens=0).to(branch.qkv.weight)
+        raise ValueError(
+            f"cannot carry weights over: inner_dim = dim_head·heads = {branch.inner_dim} != dim = {C} "
+            f"(heads={H} does not divide dim, or dim_head was set). Use dim divisible by heads and "
+            f"dim_head=None, as every registered working variant does."
+        )
+    attn = AgentAttention(
+        C,
+        num_heads=H,
+        qkv_bias=False,
+        attn_drop=branch.attn_drop.p,
+        proj_drop=branch.proj_drop.p,
+        agent_num=agent_num,
+        window=window,
+        num_prefix_tokens=0,
+    ).to(branch.qkv.weight)
     attn.qkv.weight.copy_(branch.qkv.weight)
     attn.proj.weight.copy_(branch.proj.weight)
     attn.proj.bias.copy_(branch.proj.bias)

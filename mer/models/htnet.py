@@ -12,6 +12,7 @@ removable attention branches.
 Blocks per side at level i default to the release's 2^(L-1-i); the map side halves (rounding up) per level.
 Reading order: ``HTNetConfig`` -> ``HTNetLevel`` -> ``HTNet``. Registered variants: ``mer.models.registry``.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ from mer.models.layers import Aggregate, Block, LayerNorm2d, SoftmaxAttention, s
 
 Tensor = torch.Tensor
 
-POS_KINDS = ("block_scalar", "lape")   # a level's `pos`: one of these, both joined by '+', or 'none'
+POS_KINDS = ("block_scalar", "lape")  # a level's `pos`: one of these, both joined by '+', or 'none'
 ATTN_KINDS = ("softmax", "agent", "none")
 LAYOUTS = ("face", "regions")
 
@@ -35,8 +36,9 @@ def _per_level(value, levels: int, name: str) -> tuple:
     """An int/str (same for every level) or a sequence with one entry per level -> tuple of length L."""
     if isinstance(value, (list, tuple)):
         if len(value) != levels:
-            raise ValueError(f"{name} has {len(value)} entries but num_hierarchies={levels}: give one per level "
-                             f"or a single value")
+            raise ValueError(
+                f"{name} has {len(value)} entries but num_hierarchies={levels}: give one per level or a single value"
+            )
         return tuple(value)
     return (value,) * levels
 
@@ -59,23 +61,23 @@ class HTNetConfig:
     ``attn='softmax'``, ``dim_head=None``).
     """
 
-    image_size: int = 28          # input side S (square inputs, as released)
-    patch_size: int = 2           # p: the token map is S/p x S/p
-    num_classes: int = 3          # negative / positive / surprise (MEGC2019 composite)
-    dim: int = 32                 # channels of level 0; doubles per level
-    heads: int = 2                # heads of level 0; doubles per level
-    num_hierarchies: int = 2      # L levels
+    image_size: int = 28  # input side S (square inputs, as released)
+    patch_size: int = 2  # p: the token map is S/p x S/p
+    num_classes: int = 3  # negative / positive / surprise (MEGC2019 composite)
+    dim: int = 32  # channels of level 0; doubles per level
+    heads: int = 2  # heads of level 0; doubles per level
+    num_hierarchies: int = 2  # L levels
     block_repeats: int | tuple = 2  # transformer blocks per level
-    mlp_mult: int = 4             # feed-forward width multiplier
-    channels: int = 3             # input channels (u, v, strain)
-    dim_head: int | None = None   # per-head width; None = dim // heads as released (inner = dim_head·heads)
-    dropout: float = 0.0          # attention-probability, projection and feed-forward dropout
-    pos: str | tuple = "block_scalar"   # per level: 'block_scalar' | 'lape' | 'lape+block_scalar' | 'none'
-    attn: str | tuple = "softmax"       # per level: 'softmax' | 'agent' | 'none' (attention removed)
-    agent_num: int | tuple = 9          # per level: agents per block (a perfect square) for attn='agent'
-    blocks: int | tuple | None = None   # per level: blocks per side; None = 2^(L-1-i) as released
-    layout: str = "face"          # 'face' or 'regions' (2x2 tiled windows: no level-0 block may straddle two)
-    fused: bool | None = None     # attention fast path (SDPA / fused agent op); None = each module's default
+    mlp_mult: int = 4  # feed-forward width multiplier
+    channels: int = 3  # input channels (u, v, strain)
+    dim_head: int | None = None  # per-head width; None = dim // heads as released (inner = dim_head·heads)
+    dropout: float = 0.0  # attention-probability, projection and feed-forward dropout
+    pos: str | tuple = "block_scalar"  # per level: 'block_scalar' | 'lape' | 'lape+block_scalar' | 'none'
+    attn: str | tuple = "softmax"  # per level: 'softmax' | 'agent' | 'none' (attention removed)
+    agent_num: int | tuple = 9  # per level: agents per block (a perfect square) for attn='agent'
+    blocks: int | tuple | None = None  # per level: blocks per side; None = 2^(L-1-i) as released
+    layout: str = "face"  # 'face' or 'regions' (2x2 tiled windows: no level-0 block may straddle two)
+    fused: bool | None = None  # attention fast path (SDPA / fused agent op); None = each module's default
 
     def __post_init__(self):
         L = self.num_hierarchies
@@ -113,15 +115,26 @@ class HTNetConfig:
                     f"level {i}: the {side}x{side} feature map cannot be split into {b}x{b} blocks "
                     f"(image_size={self.image_size}, patch_size={self.patch_size}, num_hierarchies={L}; "
                     f"each level halves the map rounding up). Choose image_size/patch_size so that "
-                    f"{side} is divisible by {b}, fewer hierarchies, or pass blocks=(...) per level.")
-            out.append(dict(level=i, dim=self.dim * 2 ** i, heads=self.heads * 2 ** i, side=side, blocks=b,
-                            block_side=side // b, depth=int(self.level("block_repeats")[i])))
+                    f"{side} is divisible by {b}, fewer hierarchies, or pass blocks=(...) per level."
+                )
+            out.append(
+                dict(
+                    level=i,
+                    dim=self.dim * 2**i,
+                    heads=self.heads * 2**i,
+                    side=side,
+                    blocks=b,
+                    block_side=side // b,
+                    depth=int(self.level("block_repeats")[i]),
+                )
+            )
             side = math.ceil(side / 2)
         if self.layout == "regions" and (out[0]["side"] % 2 or out[0]["blocks"] % 2):
             raise ValueError(
                 f"layout='regions' tiles four region windows 2x2: level 0 needs an even block grid on an even "
                 f"map so no block straddles two regions, got {out[0]['blocks']}x{out[0]['blocks']} blocks on a "
-                f"{out[0]['side']}x{out[0]['side']} map; use layout='face' or another blocks/patch_size.")
+                f"{out[0]['side']}x{out[0]['side']} map; use layout='face' or another blocks/patch_size."
+            )
         return out
 
     def to_dict(self) -> dict:
@@ -132,27 +145,51 @@ class HTNetLevel(nn.Module):
     """One level: [+ LAPE] -> blockify -> [+ block scalar] -> blocks -> deblockify -> downsample.
     (B, C, H, H) -> (B, C_next, ceil(H/2), ceil(H/2)) (or (B, C, H, H) for the last level)."""
 
-    def __init__(self, dim: int, dim_out: int | None, heads: int, side: int, blocks: int, depth: int,
-                 pos: frozenset, attn: str, agent_num: int, mlp_mult: int, dim_head: int | None,
-                 dropout: float, fused: bool | None, lape_here: bool):
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int | None,
+        heads: int,
+        side: int,
+        blocks: int,
+        depth: int,
+        pos: frozenset,
+        attn: str,
+        agent_num: int,
+        mlp_mult: int,
+        dim_head: int | None,
+        dropout: float,
+        fused: bool | None,
+        lape_here: bool,
+    ):
         super().__init__()
         self.side, self.num_blocks, self.block_side = side, blocks, side // blocks
-        tokens = self.block_side ** 2
+        tokens = self.block_side**2
         self.lape = nn.Parameter(torch.zeros(dim, side, side)) if lape_here else None
         if self.lape is not None:
             nn.init.trunc_normal_(self.lape, std=0.02)
         self.pos_emb = nn.Parameter(torch.randn(tokens)) if "block_scalar" in pos else None
         if attn == "agent" and agent_num > tokens:
-            raise ValueError(f"agent_num={agent_num} exceeds the {tokens} tokens of a "
-                             f"{self.block_side}x{self.block_side} block: use fewer agents")
+            raise ValueError(
+                f"agent_num={agent_num} exceeds the {tokens} tokens of a "
+                f"{self.block_side}x{self.block_side} block: use fewer agents"
+            )
 
         def make_attn():
             if attn == "softmax":
                 return SoftmaxAttention(dim, heads, dim_head, dropout, fused=True if fused is None else fused)
             if attn == "agent":
-                return AgentAttention(dim, num_heads=heads, qkv_bias=False, attn_drop=dropout, proj_drop=dropout,
-                                      agent_num=agent_num, window=(self.block_side, self.block_side),
-                                      num_prefix_tokens=0, fused=fused)
+                return AgentAttention(
+                    dim,
+                    num_heads=heads,
+                    qkv_bias=False,
+                    attn_drop=dropout,
+                    proj_drop=dropout,
+                    agent_num=agent_num,
+                    window=(self.block_side, self.block_side),
+                    num_prefix_tokens=0,
+                    fused=fused,
+                )
             return None
 
         self.blocks = nn.ModuleList([Block(dim, make_attn(), mlp_mult, dropout) for _ in range(depth)])
@@ -160,8 +197,10 @@ class HTNetLevel(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-2:] != (self.side, self.side):
-            raise ValueError(f"level expects a {self.side}x{self.side} map, got {tuple(x.shape[-2:])}: build the "
-                             f"model for this image_size")
+            raise ValueError(
+                f"level expects a {self.side}x{self.side} map, got {tuple(x.shape[-2:])}: build the "
+                f"model for this image_size"
+            )
         if self.lape is not None:
             x = x + self.lape
         b, bs = self.num_blocks, self.block_side
@@ -191,13 +230,30 @@ class HTNet(nn.Module):
         pos = [parse_pos(p) for p in cfg.level("pos")]
         attn, agents = cfg.level("attn"), cfg.level("agent_num")
         side0 = shapes[0]["side"]
-        self.patch_embed = FlowPatchEmbed(cfg.channels, cfg.dim, cfg.patch_size, (side0, side0),
-                                          pos="learned" if "lape" in pos[0] else "none")
-        self.levels = nn.ModuleList([
-            HTNetLevel(s["dim"], shapes[i + 1]["dim"] if i + 1 < len(shapes) else None, s["heads"], s["side"],
-                       s["blocks"], s["depth"], pos[i], attn[i], int(agents[i]), cfg.mlp_mult, cfg.dim_head,
-                       cfg.dropout, cfg.fused, lape_here=("lape" in pos[i] and i > 0))
-            for i, s in enumerate(shapes)])
+        self.patch_embed = FlowPatchEmbed(
+            cfg.channels, cfg.dim, cfg.patch_size, (side0, side0), pos="learned" if "lape" in pos[0] else "none"
+        )
+        self.levels = nn.ModuleList(
+            [
+                HTNetLevel(
+                    s["dim"],
+                    shapes[i + 1]["dim"] if i + 1 < len(shapes) else None,
+                    s["heads"],
+                    s["side"],
+                    s["blocks"],
+                    s["depth"],
+                    pos[i],
+                    attn[i],
+                    int(agents[i]),
+                    cfg.mlp_mult,
+                    cfg.dim_head,
+                    cfg.dropout,
+                    cfg.fused,
+                    lape_here=("lape" in pos[i] and i > 0),
+                )
+                for i, s in enumerate(shapes)
+            ]
+        )
         self.num_features = shapes[-1]["dim"]
         self.head_norm = LayerNorm2d(self.num_features, eps=1e-5)
         self.head = nn.Linear(self.num_features, cfg.num_classes)
@@ -207,8 +263,10 @@ class HTNet(nn.Module):
         """(B, channels, S, S) -> the last level's map (B, C_last, h, w)."""
         S, c = self.cfg.image_size, self.cfg.channels
         if x.dim() != 4 or x.shape[1] != c or x.shape[-2:] != (S, S):
-            raise ValueError(f"input must be (B, {c}, {S}, {S}) (channels u, v, strain), got {tuple(x.shape)}; "
-                             f"build the model with image_size matching the data")
+            raise ValueError(
+                f"input must be (B, {c}, {S}, {S}) (channels u, v, strain), got {tuple(x.shape)}; "
+                f"build the model with image_size matching the data"
+            )
         x = self.patch_embed(x)
         for level in self.levels:
             x = level(x)
@@ -251,9 +309,11 @@ class HTNet(nn.Module):
         if isinstance(module, AgentAttention):
             bs = level.block_side
             if module.window != (bs, bs) or module.dim != blk.dim or module.num_prefix_tokens:
-                raise ValueError(f"{name}: AgentAttention must have dim={blk.dim}, window=({bs}, {bs}) (the block "
-                                 f"grid) and num_prefix_tokens=0, got dim={module.dim}, window={module.window}, "
-                                 f"num_prefix_tokens={module.num_prefix_tokens}")
+                raise ValueError(
+                    f"{name}: AgentAttention must have dim={blk.dim}, window=({bs}, {bs}) (the block "
+                    f"grid) and num_prefix_tokens=0, got dim={module.dim}, window={module.window}, "
+                    f"num_prefix_tokens={module.num_prefix_tokens}"
+                )
         elif module is not None and not isinstance(module, nn.Module):
             raise TypeError(f"replace_attention takes an nn.Module or None, got {type(module).__name__}")
         blk.set_attention(module, skip_scale=skip_scale)
@@ -274,6 +334,7 @@ class HTNet(nn.Module):
         """Turn the softmax branch ``name`` into ``AgentAttention`` carrying over its qkv/proj weights
         (``mer.models.convert.softmax_to_agent``); returns the new branch."""
         from mer.models.convert import softmax_to_agent
+
         if kind != "agent":
             raise ValueError(f"only conversion to 'agent' is supported, got {kind!r}")
         level, blk = self._find(name)
@@ -294,10 +355,25 @@ class HTNet(nn.Module):
         rows = []
         for name, level, blk in self._blocks():
             a = blk.attn
-            kind = ("none" if a is None else "softmax" if isinstance(a, SoftmaxAttention)
-                    else "agent" if isinstance(a, AgentAttention) else type(a).__name__)
-            rows.append(dict(name=name, level=int(name.split(".")[1]), kind=kind, tokens=level.block_side ** 2,
-                             blocks=level.num_blocks ** 2, dim=blk.dim,
-                             agents=a.agent_num if isinstance(a, AgentAttention) else None,
-                             params=0 if a is None else sum(p.numel() for p in a.parameters())))
+            kind = (
+                "none"
+                if a is None
+                else "softmax"
+                if isinstance(a, SoftmaxAttention)
+                else "agent"
+                if isinstance(a, AgentAttention)
+                else type(a).__name__
+            )
+            rows.append(
+                dict(
+                    name=name,
+                    level=int(name.split(".")[1]),
+                    kind=kind,
+                    tokens=level.block_side**2,
+                    blocks=level.num_blocks**2,
+                    dim=blk.dim,
+                    agents=a.agent_num if isinstance(a, AgentAttention) else None,
+                    params=0 if a is None else sum(p.numel() for p in a.parameters()),
+                )
+            )
         return rows

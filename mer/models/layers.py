@@ -12,6 +12,7 @@ An attention branch is any module ``branch(x, hw=(h, w))`` mapping the tokens of
 (B·blocks, h·w, C) -> same: ``SoftmaxAttention`` here, or ``agentattn.AgentAttention(dim, heads,
 agent_num=n, window=(h, w), num_prefix_tokens=0)`` as it is. ``Block.attn = None`` removes the branch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,15 +62,14 @@ class SoftmaxAttention(nn.Module):
     Shapes: forward(x (Bn, N, C), hw=None) -> (Bn, N, C); ``hw`` is accepted for the branch interface.
     """
 
-    def __init__(self, dim: int, heads: int, dim_head: int | None = None, dropout: float = 0.0,
-                 fused: bool = True):
+    def __init__(self, dim: int, heads: int, dim_head: int | None = None, dropout: float = 0.0, fused: bool = True):
         super().__init__()
         self.dim, self.heads = dim, heads
         self.dim_head = dim // heads if dim_head is None else int(dim_head)
         if self.dim_head < 1:
             raise ValueError(f"dim_head must be >= 1 (dim={dim}, heads={heads}); lower heads or raise dim")
         self.inner_dim = self.dim_head * heads
-        self.scale = self.dim_head ** -0.5
+        self.scale = self.dim_head**-0.5
         self.fused = fused
         self.qkv = nn.Linear(dim, self.inner_dim * 3, bias=False)
         self.attn_drop = nn.Dropout(dropout)
@@ -153,5 +153,6 @@ class Aggregate(nn.Sequential):
     (B, C, H, W) -> (B, C_out, ceil(H/2), ceil(W/2))."""
 
     def __init__(self, dim: int, dim_out: int):
-        super().__init__(nn.Conv2d(dim, dim_out, 3, padding=1), LayerNorm2d(dim_out, eps=1e-5),
-                         nn.MaxPool2d(3, stride=2, padding=1))
+        super().__init__(
+            nn.Conv2d(dim, dim_out, 3, padding=1), LayerNorm2d(dim_out, eps=1e-5), nn.MaxPool2d(3, stride=2, padding=1)
+        )

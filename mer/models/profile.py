@@ -7,6 +7,7 @@ multiply-add of matmuls/convs). Not counted: softmax, LayerNorm, GELU, pooling, 
 (about 1-3% of the total here). Softmax attention branches are counted through their reference path
 (q kᵀ and P v as bmm): FlopCounterMode has no formula for the CPU SDPA kernel.
 """
+
 from __future__ import annotations
 
 import platform
@@ -99,5 +100,9 @@ def machine() -> dict:
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }

@@ -1,8 +1,9 @@
 """Registered HTNet variants, each a dict of ``HTNetConfig`` arguments (no per-variant classes).
 
-    mer.models.list_models()                         # names, in registration order
-    mer.models.create_model("htnet_small_lape_agent", dropout=0.1)   # overrides any config field
+mer.models.list_models()                         # names, in registration order
+mer.models.create_model("htnet_small_lape_agent", dropout=0.1)   # overrides any config field
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -50,27 +51,87 @@ def create_model(name: str, **overrides) -> HTNet:
 
 # --- the released configuration ---------------------------------------------------------------------
 register_variant(
-    "htnet_original", "released HTNet (28/7: 4x4 tokens, one token per block at every level)",
-    image_size=28, patch_size=7, dim=256, heads=3, num_hierarchies=3, block_repeats=(2, 2, 10), num_classes=3,
-    pos="block_scalar", attn="softmax", layout="regions")
+    "htnet_original",
+    "released HTNet (28/7: 4x4 tokens, one token per block at every level)",
+    image_size=28,
+    patch_size=7,
+    dim=256,
+    heads=3,
+    num_hierarchies=3,
+    block_repeats=(2, 2, 10),
+    num_classes=3,
+    pos="block_scalar",
+    attn="softmax",
+    layout="regions",
+)
 
 # --- working variants: 28x28 input, patch 2 -> 14x14 tokens; level 0: 2x2 blocks of 7x7 (= the four
 # region windows), level 1: one 7x7 block; every attention sees 49 tokens --------------------------------
 register_variant(
-    "htnet_small", "block-scalar positions, softmax attention over 7x7-token blocks",
-    image_size=28, patch_size=2, dim=32, heads=2, num_hierarchies=2, block_repeats=(2, 2), num_classes=3,
-    mlp_mult=4, pos="block_scalar", attn="softmax", layout="regions")
-register_variant("htnet_small_lape", "htnet_small + LAPE on the patch embedding",
-                 base="htnet_small", pos=("lape+block_scalar", "block_scalar"))
-register_variant("htnet_small_agent", "htnet_small with agent attention (9 agents per block)",
-                 base="htnet_small", attn="agent", agent_num=9)
-register_variant("htnet_small_lape_agent", "htnet_small + LAPE + agent attention (9 agents per block)",
-                 base="htnet_small_lape", attn="agent", agent_num=9)
-register_variant("htnet_base_lape_agent", "wider/deeper: dim 64, 4 heads, depth (2, 4), LAPE + agent",
-                 base="htnet_small_lape_agent", dim=64, heads=4, block_repeats=(2, 4), agent_num=16)
+    "htnet_small",
+    "block-scalar positions, softmax attention over 7x7-token blocks",
+    image_size=28,
+    patch_size=2,
+    dim=32,
+    heads=2,
+    num_hierarchies=2,
+    block_repeats=(2, 2),
+    num_classes=3,
+    mlp_mult=4,
+    pos="block_scalar",
+    attn="softmax",
+    layout="regions",
+)
+register_variant(
+    "htnet_small_lape",
+    "htnet_small + LAPE on the patch embedding",
+    base="htnet_small",
+    pos=("lape+block_scalar", "block_scalar"),
+)
+register_variant(
+    "htnet_small_agent",
+    "htnet_small with agent attention (9 agents per block)",
+    base="htnet_small",
+    attn="agent",
+    agent_num=9,
+)
+register_variant(
+    "htnet_small_lape_agent",
+    "htnet_small + LAPE + agent attention (9 agents per block)",
+    base="htnet_small_lape",
+    attn="agent",
+    agent_num=9,
+)
+register_variant(
+    "htnet_base_lape_agent",
+    "wider/deeper: dim 64, 4 heads, depth (2, 4), LAPE + agent",
+    base="htnet_small_lape_agent",
+    dim=64,
+    heads=4,
+    block_repeats=(2, 4),
+    agent_num=16,
+)
 # --- for tests: trains in seconds ----------------------------------------------------------------------
-register_variant("htnet_tiny", "test size: 16x16 input, patch 2 -> 8x8 tokens, blocks of 4x4 = 16 tokens",
-                 image_size=16, patch_size=2, dim=16, heads=2, num_hierarchies=2, block_repeats=1,
-                 mlp_mult=2, num_classes=3, pos="block_scalar", attn="softmax", layout="regions")
-register_variant("htnet_tiny_lape_agent", "htnet_tiny + LAPE (every level) + agent attention (4 agents)",
-                 base="htnet_tiny", pos=("lape+block_scalar", "lape"), attn="agent", agent_num=4)
+register_variant(
+    "htnet_tiny",
+    "test size: 16x16 input, patch 2 -> 8x8 tokens, blocks of 4x4 = 16 tokens",
+    image_size=16,
+    patch_size=2,
+    dim=16,
+    heads=2,
+    num_hierarchies=2,
+    block_repeats=1,
+    mlp_mult=2,
+    num_classes=3,
+    pos="block_scalar",
+    attn="softmax",
+    layout="regions",
+)
+register_variant(
+    "htnet_tiny_lape_agent",
+    "htnet_tiny + LAPE (every level) + agent attention (4 agents)",
+    base="htnet_tiny",
+    pos=("lape+block_scalar", "lape"),
+    attn="agent",
+    agent_num=4,
+)

@@ -18,6 +18,7 @@ Factories (usable as ``mer train --model mer.models.vit:vit_mer_tiny``): ``deit_
 blocks, 3 heads: the DeiT-T shape), ``vit_mer_tiny`` (28/4 -> 7x7 tokens, D 64, 6 blocks), ``vit_test``
 (16/4 -> 4x4 tokens, D 16, 3 blocks; trains in seconds).
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,9 +45,21 @@ class VisionTransformer(nn.Module):
         fused: attention fast path (SDPA / fused agent op); None = each module's default.
     """
 
-    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
-                 embed_dim: int = 192, depth: int = 12, num_heads: int = 3, attn: str = "softmax",
-                 agent_num: int = 49, mlp_ratio: int = 4, dropout: float = 0.0, fused: bool | None = None):
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 192,
+        depth: int = 12,
+        num_heads: int = 3,
+        attn: str = "softmax",
+        agent_num: int = 49,
+        mlp_ratio: int = 4,
+        dropout: float = 0.0,
+        fused: bool | None = None,
+    ):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}")
@@ -71,9 +84,17 @@ class VisionTransformer(nn.Module):
         def make_attn():
             if attn == "softmax":
                 return SoftmaxAttention(embed_dim, num_heads, None, dropout, fused=True if fused is None else fused)
-            return AgentAttention(embed_dim, num_heads=num_heads, qkv_bias=False, attn_drop=dropout,
-                                  proj_drop=dropout, agent_num=agent_num, window=self.grid,
-                                  num_prefix_tokens=1, fused=fused)
+            return AgentAttention(
+                embed_dim,
+                num_heads=num_heads,
+                qkv_bias=False,
+                attn_drop=dropout,
+                proj_drop=dropout,
+                agent_num=agent_num,
+                window=self.grid,
+                num_prefix_tokens=1,
+                fused=fused,
+            )
 
         self.blocks = nn.ModuleList([Block(embed_dim, make_attn(), mlp_ratio, dropout) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)
@@ -93,9 +114,11 @@ class VisionTransformer(nn.Module):
         """(B, in_chans, S, S) -> normed tokens (B, 1 + N, D) (class token first)."""
         S, c = self.img_size, self.in_chans
         if x.dim() != 4 or x.shape[1] != c or x.shape[-2:] != (S, S):
-            raise ValueError(f"input must be (B, {c}, {S}, {S}), got {tuple(x.shape)}; build the model with "
-                             f"img_size matching the data")
-        x = self.patch_embed(x).flatten(2).transpose(1, 2)                     # (B, N, D)
+            raise ValueError(
+                f"input must be (B, {c}, {S}, {S}), got {tuple(x.shape)}; build the model with "
+                f"img_size matching the data"
+            )
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.pos_drop(x)
         for blk in self.blocks:
@@ -117,8 +140,11 @@ class VisionTransformer(nn.Module):
     def attention_layers(self, include_removed: bool = False) -> list[tuple[str, nn.Module | None]]:
         """Ordered (name, branch) for every attention branch, input to output; ``include_removed`` also lists
         removed ones as (name, None). A branch is called as ``branch(tokens (B, 1 + N, D), hw=grid)``."""
-        return [(n, b.attn) for n, b in zip(self._names(), self.blocks, strict=True)
-                if include_removed or b.attn is not None]
+        return [
+            (n, b.attn)
+            for n, b in zip(self._names(), self.blocks, strict=True)
+            if include_removed or b.attn is not None
+        ]
 
     def block_of(self, name: str) -> Block:
         """The ``Block`` holding the attention slot ``name``."""
@@ -133,9 +159,11 @@ class VisionTransformer(nn.Module):
         blk = self.block_of(name)
         if isinstance(module, AgentAttention):
             if module.window != self.grid or module.dim != blk.dim or module.num_prefix_tokens != 1:
-                raise ValueError(f"{name}: AgentAttention must have dim={blk.dim}, window={self.grid} and "
-                                 f"num_prefix_tokens=1, got dim={module.dim}, window={module.window}, "
-                                 f"num_prefix_tokens={module.num_prefix_tokens}")
+                raise ValueError(
+                    f"{name}: AgentAttention must have dim={blk.dim}, window={self.grid} and "
+                    f"num_prefix_tokens=1, got dim={module.dim}, window={module.window}, "
+                    f"num_prefix_tokens={module.num_prefix_tokens}"
+                )
         elif module is not None and not isinstance(module, nn.Module):
             raise TypeError(f"replace_attention takes an nn.Module or None, got {type(module).__name__}")
         blk.set_attention(module, skip_scale=skip_scale)
@@ -158,9 +186,17 @@ class VisionTransformer(nn.Module):
         if not isinstance(src, SoftmaxAttention):
             raise ValueError(f"{name} is {type(src).__name__}, not a softmax attention branch")
         n = self.agent_num if agent_num is None else int(agent_num)
-        dst = AgentAttention(src.dim, num_heads=src.heads, qkv_bias=False, attn_drop=src.attn_drop.p,
-                             proj_drop=src.proj_drop.p, agent_num=n, window=self.grid, num_prefix_tokens=1,
-                             fused=self.fused).to(src.qkv.weight)
+        dst = AgentAttention(
+            src.dim,
+            num_heads=src.heads,
+            qkv_bias=False,
+            attn_drop=src.attn_drop.p,
+            proj_drop=src.proj_drop.p,
+            agent_num=n,
+            window=self.grid,
+            num_prefix_tokens=1,
+            fused=self.fused,
+        ).to(src.qkv.weight)
         dst.qkv.weight.copy_(src.qkv.weight)
         dst.proj.weight.copy_(src.proj.weight)
         dst.proj.bias.copy_(src.proj.bias)
@@ -177,11 +213,27 @@ class VisionTransformer(nn.Module):
         """Per attention slot: name, kind, tokens, dim, agents, params."""
         rows = []
         for name, a in self.attention_layers(include_removed=True):
-            kind = ("none" if a is None else "softmax" if isinstance(a, SoftmaxAttention)
-                    else "agent" if isinstance(a, AgentAttention) else type(a).__name__)
-            rows.append(dict(name=name, level=0, kind=kind, tokens=1 + self.num_tokens, blocks=1,
-                             dim=self.embed_dim, agents=a.agent_num if isinstance(a, AgentAttention) else None,
-                             params=0 if a is None else sum(p.numel() for p in a.parameters())))
+            kind = (
+                "none"
+                if a is None
+                else "softmax"
+                if isinstance(a, SoftmaxAttention)
+                else "agent"
+                if isinstance(a, AgentAttention)
+                else type(a).__name__
+            )
+            rows.append(
+                dict(
+                    name=name,
+                    level=0,
+                    kind=kind,
+                    tokens=1 + self.num_tokens,
+                    blocks=1,
+                    dim=self.embed_dim,
+                    agents=a.agent_num if isinstance(a, AgentAttention) else None,
+                    params=0 if a is None else sum(p.numel() for p in a.parameters()),
+                )
+            )
         return rows
 
 
@@ -189,17 +241,50 @@ class VisionTransformer(nn.Module):
 def deit_tiny(**kwargs) -> VisionTransformer:
     """DeiT-T shape: 224/16 -> 14x14 tokens, D 192, 12 blocks, 3 heads, MLP x4, 1000 classes (~5.6M params;
     agent attention with 49 agents)."""
-    return VisionTransformer(**{**dict(img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192,
-                                       depth=12, num_heads=3, agent_num=49), **kwargs})
+    return VisionTransformer(
+        **{
+            **dict(
+                img_size=224,
+                patch_size=16,
+                in_chans=3,
+                num_classes=1000,
+                embed_dim=192,
+                depth=12,
+                num_heads=3,
+                agent_num=49,
+            ),
+            **kwargs,
+        }
+    )
 
 
 def vit_mer_tiny(**kwargs) -> VisionTransformer:
     """MER size: 28/4 -> 7x7 tokens (u, v, strain input), D 64, 6 blocks, 2 heads, 3 classes."""
-    return VisionTransformer(**{**dict(img_size=28, patch_size=4, in_chans=3, num_classes=3, embed_dim=64,
-                                       depth=6, num_heads=2, agent_num=9), **kwargs})
+    return VisionTransformer(
+        **{
+            **dict(
+                img_size=28, patch_size=4, in_chans=3, num_classes=3, embed_dim=64, depth=6, num_heads=2, agent_num=9
+            ),
+            **kwargs,
+        }
+    )
 
 
 def vit_test(**kwargs) -> VisionTransformer:
     """Test size: 16/4 -> 4x4 tokens, D 16, 3 blocks, 2 heads, MLP x2, 3 classes, 4 agents."""
-    return VisionTransformer(**{**dict(img_size=16, patch_size=4, in_chans=3, num_classes=3, embed_dim=16,
-                                       depth=3, num_heads=2, agent_num=4, mlp_ratio=2), **kwargs})
+    return VisionTransformer(
+        **{
+            **dict(
+                img_size=16,
+                patch_size=4,
+                in_chans=3,
+                num_classes=3,
+                embed_dim=16,
+                depth=3,
+                num_heads=2,
+                agent_num=4,
+                mlp_ratio=2,
+            ),
+            **kwargs,
+        }
+    )

@@ -7,11 +7,23 @@
 
 Details and measured timings: docs/data.md.
 """
+
 from mer.preprocess.config import PIPELINE_VERSION, PrepConfig
 from mer.preprocess.face import FaceNotFoundError, detect_face
 from mer.preprocess.flow import compute_flow
 from mer.preprocess.pipeline import PreparedSet, PrepError, prepare, prepare_pair, process_sample
 from mer.preprocess.strain import optical_strain
 
-__all__ = ["PrepConfig", "PreparedSet", "PrepError", "prepare", "prepare_pair", "process_sample",
-           "detect_face", "FaceNotFoundError", "compute_flow", "optical_strain", "PIPELINE_VERSION"]
+__all__ = [
+    "PrepConfig",
+    "PreparedSet",
+    "PrepError",
+    "prepare",
+    "prepare_pair",
+    "process_sample",
+    "detect_face",
+    "FaceNotFoundError",
+    "compute_flow",
+    "optical_strain",
+    "PIPELINE_VERSION",
+]

@@ -9,6 +9,7 @@ recomputes what is missing (temporary files of a writer killed outright are dele
 the next run). An unreadable entry (e.g. written by hand or truncated by a full disk) is
 reported, deleted and recomputed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,12 +40,23 @@ def sample_key(sample, cfg_dict: dict) -> str:
         apex_path = sample.frame_path(sample.apex)
     except ValueError:
         apex_path = ""
+
     def rel(p):
         return os.path.relpath(p, sample.root) if sample.root and p else p
+
     ident = {
         "version": PIPELINE_VERSION,
-        "sample": [sample.dataset, sample.subject, sample.clip, sample.onset, sample.apex, sample.offset,
-                   sample.apex_is_estimated, sample.cropped, len(sample.frames)],
+        "sample": [
+            sample.dataset,
+            sample.subject,
+            sample.clip,
+            sample.onset,
+            sample.apex,
+            sample.offset,
+            sample.apex_is_estimated,
+            sample.cropped,
+            len(sample.frames),
+        ],
         "files": [[rel(onset_path), *_stat(onset_path)], [rel(apex_path), *_stat(apex_path)]],
         "cfg": cfg_dict,
     }
@@ -69,13 +81,18 @@ class Cache:
                 meta = json.loads(str(z["meta"]))
                 own = str(z["key"]) if "key" in z.files else meta.get("cache_key")
         except Exception as e:  # corrupt entry: never serve it
-            warnings.warn(f"cache entry {p} is unreadable ({type(e).__name__}: {e}); recomputing it",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"cache entry {p} is unreadable ({type(e).__name__}: {e}); recomputing it", RuntimeWarning, stacklevel=2
+            )
             self._drop(p)
             return None
         if own != key:
-            warnings.warn(f"cache entry {p} belongs to another key ({str(own)[:12]}..., copied or moved "
-                          f"here?); not used: recomputing {key[:12]}...", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"cache entry {p} belongs to another key ({str(own)[:12]}..., copied or moved "
+                f"here?); not used: recomputing {key[:12]}...",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             self._drop(p)
             return None
         return face, regions, meta
@@ -106,8 +123,14 @@ class Cache:
     def save(self, key: str, face: np.ndarray, regions: np.ndarray, meta: dict) -> Path:
         """Write the entry atomically (complete or absent); it carries its own key, checked on load."""
         p = self.path(key)
-        atomic_write(p, lambda f: np.savez(f, face=face.astype(np.float32), regions=regions.astype(np.float32),
-                                           meta=np.array(json.dumps(meta, default=str)), key=np.array(key)))
+        atomic_write(
+            p,
+            lambda f: np.savez(
+                f,
+                face=face.astype(np.float32),
+                regions=regions.astype(np.float32),
+                meta=np.array(json.dumps(meta, default=str)),
+                key=np.array(key),
+            ),
+        )
         return p
-
-

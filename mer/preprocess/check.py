@@ -5,6 +5,7 @@ between); a damaged frame elsewhere would go unnoticed until another setting nee
 image file in every clip folder of the given samples (all of them, also outside onset..offset) with
 :func:`mer.data.images.read_image` and reports the ones that are empty, truncated or undecodable.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,10 @@ class FrameReport:
     def summary(self) -> str:
         if not self.bad:
             return f"checked {self.n_frames} frames in {self.n_clips} clip folders: all read completely"
-        return (f"checked {self.n_frames} frames in {self.n_clips} clip folders: {len(self.bad)} bad "
-                "(restore these files from the dataset's original archive):")
+        return (
+            f"checked {self.n_frames} frames in {self.n_clips} clip folders: {len(self.bad)} bad "
+            "(restore these files from the dataset's original archive):"
+        )
 
 
 def clip_frames(folder: Path) -> list[str]:
@@ -35,8 +38,9 @@ def clip_frames(folder: Path) -> list[str]:
         names = os.listdir(folder)
     except OSError:
         return []
-    return sorted(str(folder / n) for n in names
-                  if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXT)
+    return sorted(
+        str(folder / n) for n in names if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXT
+    )
 
 
 def check_frames(samples, *, workers: int = 1, progress: bool = True) -> FrameReport:
@@ -48,8 +52,13 @@ def check_frames(samples, *, workers: int = 1, progress: bool = True) -> FrameRe
     bad = []
     ex = ThreadPoolExecutor(max_workers=max(1, workers))
     try:
-        for path, why in tqdm(zip(frames, ex.map(check_image, frames), strict=True), total=len(frames), unit="frame",
-                              desc="check frames", disable=not progress):
+        for path, why in tqdm(
+            zip(frames, ex.map(check_image, frames), strict=True),
+            total=len(frames),
+            unit="frame",
+            desc="check frames",
+            disable=not progress,
+        ):
             if why is not None:
                 bad.append((path, why))
     finally:  # Ctrl-C: drop the queue instead of reading the remaining frames

@@ -1,4 +1,5 @@
 """PrepConfig: every parameter of the preprocessing pipeline (all of them key the cache)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -2,6 +2,7 @@
 
 Boxes are ``(x, y, w, h)`` in pixels of the image they were found in.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,9 @@ def _cascade(name: str = CASCADE) -> cv2.CascadeClassifier:
     path = os.path.join(cv2.data.haarcascades, name)
     clf = cv2.CascadeClassifier(path)
     if clf.empty():
-        raise RuntimeError(f"cannot load OpenCV's bundled face cascade {path}; reinstall "
-                           "opencv-contrib-python-headless<5")
+        raise RuntimeError(
+            f"cannot load OpenCV's bundled face cascade {path}; reinstall opencv-contrib-python-headless<5"
+        )
     return clf
 
 
@@ -59,8 +61,9 @@ def detect_face_how(image: np.ndarray, *, min_size_frac: float = 0.2):
     for name, eq, neighbours in ATTEMPTS:
         if eq and equalised is None:
             equalised = cv2.equalizeHist(grey)
-        faces = _cascade(name).detectMultiScale(equalised if eq else grey, scaleFactor=1.1,
-                                                minNeighbors=neighbours, minSize=(side, side))
+        faces = _cascade(name).detectMultiScale(
+            equalised if eq else grey, scaleFactor=1.1, minNeighbors=neighbours, minSize=(side, side)
+        )
         if len(faces):
             x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
             how = f"{name.replace('haarcascade_', '').replace('.xml', '')}{' equalised' if eq else ''} n{neighbours}"
@@ -95,6 +98,6 @@ def expand_box(box, image_shape, margin: float) -> tuple[int, int, int, int]:
 def crop_resize(image: np.ndarray, box, size: int) -> np.ndarray:
     """``image[box]`` resized to (size, size) (area interpolation when shrinking)."""
     x, y, w, h = box
-    crop = image[y:y + h, x:x + w]
+    crop = image[y : y + h, x : x + w]
     interp = cv2.INTER_AREA if w >= size else cv2.INTER_CUBIC
     return cv2.resize(crop, (size, size), interpolation=interp)

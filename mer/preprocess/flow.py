@@ -3,6 +3,7 @@
 Convention: ``flow[y, x] = (u, v)`` such that ``apex(x + u, y + v) ~ onset(x, y)``; u to the right, v
 downwards, in pixels of the input images.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -32,8 +33,9 @@ def compute_flow(onset: np.ndarray, apex: np.ndarray, method: str = "tvl1") -> n
         of = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
         flow = of.calc(a, b, None)
     elif method == "farneback":
-        flow = cv2.calcOpticalFlowFarneback(a, b, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3,
-                                            poly_n=5, poly_sigma=1.2, flags=0)
+        flow = cv2.calcOpticalFlowFarneback(
+            a, b, None, pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0
+        )
     else:
         raise ValueError(f"flow method must be one of {METHODS}, got {method!r}")
     return np.ascontiguousarray(flow, dtype=np.float32)

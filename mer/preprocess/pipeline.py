@@ -9,6 +9,7 @@ Units: u and v in pixels of the S x S output grid (flow computed at face_size, m
 S / face_size); strain dimensionless (computed at face_size). No dataset normalisation: the trainer
 normalises with training-fold statistics.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,10 +79,12 @@ def flow_maps(onset_crop: np.ndarray, apex_crop: np.ndarray, cfg: PrepConfig, re
         cx, cy, s = NOSE_ROOT
         half = max(1, int(round(s * F / 2)))
         x, y = int(round(cx * F)), int(round(cy * F))
-        ref = flow[y - half:y + half, x - half:x + half].reshape(-1, 2).mean(0)
+        ref = flow[y - half : y + half, x - half : x + half].reshape(-1, 2).mean(0)
         flow = flow - ref[None, None, :]
-        info["motion_compensation"] = {"subtracted": [float(ref[0]), float(ref[1])],
-                                       "window": [x - half, y - half, 2 * half, 2 * half]}
+        info["motion_compensation"] = {
+            "subtracted": [float(ref[0]), float(ref[1])],
+            "window": [x - half, y - half, 2 * half, 2 * half],
+        }
     u, v = flow[..., 0], flow[..., 1]
     strain = optical_strain(u, v)
     maps = np.stack([u, v, strain]).astype(np.float32)  # (3, F, F)
@@ -91,9 +94,15 @@ def flow_maps(onset_crop: np.ndarray, apex_crop: np.ndarray, cfg: PrepConfig, re
     points, used = region_points(apex_crop, region_source)
     boxes = window_boxes(points, F)
     regions = tile_regions(maps, boxes, cfg.size) * scale
-    info.update({"region_source": used, "region_points": points.round(2).tolist(),
-                 "region_boxes": {n: list(b) for n, b in zip(REGION_NAMES, boxes, strict=True)}, "flow": cfg.flow,
-                 "seconds_flow": round(t_flow, 4)})
+    info.update(
+        {
+            "region_source": used,
+            "region_points": points.round(2).tolist(),
+            "region_boxes": {n: list(b) for n, b in zip(REGION_NAMES, boxes, strict=True)},
+            "flow": cfg.flow,
+            "seconds_flow": round(t_flow, 4),
+        }
+    )
     return face.astype(np.float32), regions.astype(np.float32), info
 
 
@@ -114,7 +123,8 @@ def face_box_for(image: np.ndarray, cfg: PrepConfig, cropped: bool, what: str, f
     raise FaceNotFoundError(
         f"no face found in {tried} by OpenCV's Haar cascades (frontalface default/alt2). If the frames are "
         "already face crops, use PrepConfig(face='full') (CLI --face full; `mer predict`: --cropped); "
-        "otherwise check that they show a frontal face.")
+        "otherwise check that they show a frontal face."
+    )
 
 
 class _LazyFrame:
@@ -131,8 +141,13 @@ def process_sample(sample, cfg: PrepConfig, region_source: str):
     """(face, regions, meta) for one Sample (no cache)."""
     t0 = time.perf_counter()
     onset_img = read_image(sample.frames[0])
-    box, how = face_box_for(onset_img, cfg, sample.cropped, f"the onset frame {sample.frames[0]}",
-                            fallbacks=_LazyFrame(sample.frame_path(sample.apex), "apex frame"))
+    box, how = face_box_for(
+        onset_img,
+        cfg,
+        sample.cropped,
+        f"the onset frame {sample.frames[0]}",
+        fallbacks=_LazyFrame(sample.frame_path(sample.apex), "apex frame"),
+    )
     apex = sample.apex
     if sample.apex_is_estimated and cfg.smic_apex == "middle":
         apex = sample.onset + (sample.offset - sample.onset) // 2
@@ -146,10 +161,17 @@ def process_sample(sample, cfg: PrepConfig, region_source: str):
     on = to_grey(crop_resize(onset_img, box, cfg.face_size))
     ap = to_grey(crop_resize(apex_img, box, cfg.face_size))
     face, regions, info = flow_maps(on, ap, cfg, region_source)
-    meta = {"uid": sample.uid, "face_box": list(box), "face_source": how, "onset": sample.onset,
-            "apex": int(apex), "apex_is_estimated": sample.apex_is_estimated,
-            "frame_size": list(onset_img.shape[:2]), **info,
-            "seconds_total": round(time.perf_counter() - t0, 4)}
+    meta = {
+        "uid": sample.uid,
+        "face_box": list(box),
+        "face_source": how,
+        "onset": sample.onset,
+        "apex": int(apex),
+        "apex_is_estimated": sample.apex_is_estimated,
+        "frame_size": list(onset_img.shape[:2]),
+        **info,
+        "seconds_total": round(time.perf_counter() - t0, 4),
+    }
     return face, regions, meta
 
 
@@ -172,6 +194,7 @@ def prepare_pair(onset_img, apex_img, cfg: PrepConfig | None = None, *, cropped:
 
 
 # ----------------------------------------------------------------------------------------- batch
+
 
 @dataclass
 class PreparedSet:
@@ -210,10 +233,15 @@ class PreparedSet:
         """Write an .npz with face, regions, labels, sample ids and the config (for inspection/reuse)."""
         import json
 
-        np.savez(path, face=self.face, regions=self.regions, labels=self.labels,
-                 uid=np.array([s.uid for s in self.samples]),
-                 cfg=np.array(json.dumps(self.cfg.to_dict())),
-                 meta=np.array(json.dumps(self.meta, default=str)))
+        np.savez(
+            path,
+            face=self.face,
+            regions=self.regions,
+            labels=self.labels,
+            uid=np.array([s.uid for s in self.samples]),
+            cfg=np.array(json.dumps(self.cfg.to_dict())),
+            meta=np.array(json.dumps(self.meta, default=str)),
+        )
 
 
 def _init_worker():
@@ -260,8 +288,15 @@ def _work(sample, cfg: PrepConfig, region_source: str, cache_dir: str, key: str)
     return key, face, regions, meta
 
 
-def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prepared", *, workers: int = 1,
-            progress: bool = True, on_error: str = "raise") -> PreparedSet:
+def prepare(
+    samples,
+    cfg: PrepConfig | None = None,
+    cache_dir="~/.cache/mer/prepared",
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    on_error: str = "raise",
+) -> PreparedSet:
     """Prepare ``samples`` (list of mer.data.Sample) with ``cfg``, using and filling the cache.
 
     workers: processes for the samples not yet cached (1: in this process). on_error: 'raise' -> one
@@ -290,8 +325,13 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
             results[k] = hit
     todo = [(s, k) for s, k in zip(samples, keys, strict=True) if k not in results]
     errors: dict[str, str] = {}
-    bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"prepare ({cfg.flow})",
-               unit="sample", disable=not progress)
+    bar = tqdm(
+        total=len(samples),
+        initial=len(samples) - len(todo),
+        desc=f"prepare ({cfg.flow})",
+        unit="sample",
+        disable=not progress,
+    )
     try:
         if workers <= 1 or len(todo) <= 1:
             for s, k in todo:
@@ -305,8 +345,7 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
             # the children (seen in CI). Scripts calling prepare(workers>1) need an
             # `if __name__ == "__main__":` guard; MER_MP_START=fork|forkserver overrides.
             method = os.environ.get("MER_MP_START") or "spawn"
-            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
-                                     initializer=_init_worker)
+            ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_init_worker)
             try:
                 futs = [ex.submit(_work, s, cfg, source, str(cache.root), k) for s, k in todo]
                 for f in as_completed(futs):
@@ -322,13 +361,17 @@ def prepare(samples, cfg: PrepConfig | None = None, cache_dir="~/.cache/mer/prep
     if failed:
         if len(failed) == 1:  # one line
             msg = f"sample {failed[0][0].uid} (1 of {len(samples)}) could not be prepared: {failed[0][1]}"
-            fix, done = (" The others are cached. Fix it, or pass on_error='warn' to exclude it (it is "
-                         "counted)."), " Excluded (on_error='warn')."
+            fix, done = (
+                (" The others are cached. Fix it, or pass on_error='warn' to exclude it (it is counted)."),
+                " Excluded (on_error='warn').",
+            )
         else:
             lines = "\n".join(f"  - {s.uid}: {why}" for s, why in failed)
             msg = f"{len(failed)} of {len(samples)} sample(s) could not be prepared:\n{lines}"
-            fix, done = ("\nThe others are cached. Fix these, or pass on_error='warn' to exclude them (they "
-                         "are counted)."), "\nExcluded (on_error='warn')."
+            fix, done = (
+                ("\nThe others are cached. Fix these, or pass on_error='warn' to exclude them (they are counted)."),
+                "\nExcluded (on_error='warn').",
+            )
         if on_error == "raise":
             raise PrepError(msg + fix, failed)
         warnings.warn(msg + done, RuntimeWarning, stacklevel=2)

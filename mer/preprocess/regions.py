@@ -9,6 +9,7 @@ Points are (x, y) in pixels of the face crop (face_size x face_size). Sources:
 Tile layout (each S/2 x S/2): [[left eye, right eye], [left mouth corner, right mouth corner]]; "left"
 is image-left (the subject's right).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -58,8 +59,10 @@ def resolve_source(regions: str) -> str:
     if landmark_backend_available():
         return "landmarks"
     if regions == "landmarks":
-        raise RuntimeError("regions='landmarks' needs dlib and face_recognition_models (pip install dlib "
-                           "face_recognition_models; non-commercial model licence); use 'canonical' or 'auto'")
+        raise RuntimeError(
+            "regions='landmarks' needs dlib and face_recognition_models (pip install dlib "
+            "face_recognition_models; non-commercial model licence); use 'canonical' or 'auto'"
+        )
     return "canonical"
 
 
@@ -98,7 +101,8 @@ def tile_regions(maps: np.ndarray, boxes, out_size: int) -> np.ndarray:
     for k, (x, y, w, h) in enumerate(boxes):
         r, col = divmod(k, 2)
         for ch in range(c):
-            win = maps[ch, y:y + h, x:x + w]
-            out[ch, r * half:(r + 1) * half, col * half:(col + 1) * half] = cv2.resize(
-                win, (half, half), interpolation=cv2.INTER_AREA)
+            win = maps[ch, y : y + h, x : x + w]
+            out[ch, r * half : (r + 1) * half, col * half : (col + 1) * half] = cv2.resize(
+                win, (half, half), interpolation=cv2.INTER_AREA
+            )
     return out

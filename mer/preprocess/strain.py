@@ -6,6 +6,7 @@ with u_x = du/dx (x = column), u_y = du/dy (y = row). ``np.gradient(u)`` returns
 (u_y, u_x): the order is easy to get wrong, so it is spelled out here and tested against analytic fields.
 Strain is dimensionless (pixels per pixel): it does not change when flow and grid are rescaled together.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,4 +18,4 @@ def optical_strain(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float64)
     u_y, u_x = np.gradient(u)  # axis 0 = rows = y, axis 1 = columns = x
     v_y, v_x = np.gradient(v)
-    return np.sqrt(u_x ** 2 + v_y ** 2 + 0.5 * (u_y + v_x) ** 2).astype(np.float32)
+    return np.sqrt(u_x**2 + v_y**2 + 0.5 * (u_y + v_x) ** 2).astype(np.float32)

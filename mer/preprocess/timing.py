@@ -6,6 +6,7 @@ Times ``compute_flow`` alone and the whole per-sample arithmetic (flow + strain 
 smooth random texture moved by a sub-pixel shift (never on zeros), median of the repeats, one thread.
 Image reading and face detection come on top (Haar on a 280x320 frame: about 20 ms).
 """
+
 from __future__ import annotations
 
 import argparse

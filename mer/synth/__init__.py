@@ -10,10 +10,20 @@ Modules: ``config`` (SynthConfig, the Difficulty knob), ``identity`` (synthetic 
 (region mean flow + logistic regression, LOSO), ``calibrate`` (flow statistics against the real composite).
 Documentation: docs/synth.md.
 """
+
 from mer.synth.config import DIFFICULTY_NAMES, Difficulty, SynthConfig, parse_difficulty
 from mer.synth.contact import contact_sheet
 from mer.synth.generate import Summary, generate
 from mer.synth.plan import ClipPlan, make_plan
 
-__all__ = ["SynthConfig", "Difficulty", "DIFFICULTY_NAMES", "parse_difficulty", "generate", "Summary",
-           "make_plan", "ClipPlan", "contact_sheet"]
+__all__ = [
+    "SynthConfig",
+    "Difficulty",
+    "DIFFICULTY_NAMES",
+    "parse_difficulty",
+    "generate",
+    "Summary",
+    "make_plan",
+    "ClipPlan",
+    "contact_sheet",
+]

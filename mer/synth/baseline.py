@@ -11,6 +11,7 @@ regression (C=1), one fold per subject (68 folds on the composite), fitted on th
 It is deliberately simple: the synthetic data's difficulty is calibrated so that it lands clearly
 above chance and clearly below a real model (docs/synth.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,15 @@ import numpy as np
 CROP = 128
 # (x0, y0, x1, y1) as fractions of the face crop (Haar box + 10% margin)
 REGIONS = {
-    "brow_left": (0.18, 0.22, 0.45, 0.36), "brow_right": (0.55, 0.22, 0.82, 0.36),
-    "eye_left": (0.22, 0.35, 0.45, 0.47), "eye_right": (0.55, 0.35, 0.78, 0.47),
-    "cheek_left": (0.15, 0.48, 0.38, 0.65), "cheek_right": (0.62, 0.48, 0.85, 0.65),
+    "brow_left": (0.18, 0.22, 0.45, 0.36),
+    "brow_right": (0.55, 0.22, 0.82, 0.36),
+    "eye_left": (0.22, 0.35, 0.45, 0.47),
+    "eye_right": (0.55, 0.35, 0.78, 0.47),
+    "cheek_left": (0.15, 0.48, 0.38, 0.65),
+    "cheek_right": (0.62, 0.48, 0.85, 0.65),
     "nose": (0.42, 0.45, 0.58, 0.64),
-    "mouth_left": (0.27, 0.66, 0.45, 0.82), "mouth_right": (0.55, 0.66, 0.73, 0.82),
+    "mouth_left": (0.27, 0.66, 0.45, 0.82),
+    "mouth_right": (0.55, 0.66, 0.73, 0.82),
     "chin": (0.38, 0.82, 0.62, 0.95),
 }
 
@@ -37,7 +42,7 @@ def region_features(flow: np.ndarray) -> np.ndarray:
     S = flow.shape[0]
     out = []
     for x0, y0, x1, y1 in REGIONS.values():
-        patch = flow[int(y0 * S):int(y1 * S), int(x0 * S):int(x1 * S)]
+        patch = flow[int(y0 * S) : int(y1 * S), int(x0 * S) : int(x1 * S)]
         out += [float(patch[..., 0].mean()), float(patch[..., 1].mean())]
     return np.asarray(out, np.float32)
 
@@ -76,8 +81,9 @@ def load_composite(root: Path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)  # estimated apexes: expected here
-        return megc2019_composite(casme2=root / "casme2", samm=root / "samm", smic=root / "smic",
-                                  sample_list=root / "megc2019_composite.csv")
+        return megc2019_composite(
+            casme2=root / "casme2", samm=root / "samm", smic=root / "smic", sample_list=root / "megc2019_composite.csv"
+        )
 
 
 def loso_predict(X: np.ndarray, y: np.ndarray, groups: list) -> np.ndarray:
@@ -110,8 +116,7 @@ def run_baseline(root, flow_method: str = "dis", workers: int = 1, progress: boo
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(workers) as pool:
-            res = list(tqdm(pool.imap(_feat, jobs, chunksize=4), total=len(jobs), disable=not progress,
-                            desc="flow"))
+            res = list(tqdm(pool.imap(_feat, jobs, chunksize=4), total=len(jobs), disable=not progress, desc="flow"))
     else:
         res = [_feat(j) for j in tqdm(jobs, disable=not progress, desc="flow")]
     X = np.stack([r[0] for r in res])
@@ -124,24 +129,37 @@ def run_baseline(root, flow_method: str = "dis", workers: int = 1, progress: boo
     for ds in ("casme2", "samm", "smic"):
         m = np.array([s.dataset == ds for s in samples])
         per[ds] = uf1_uar(y[m], pred[m])
-    return {"n": len(samples), "subjects": len(set(groups)), "uf1": uf1, "uar": uar, "per_dataset": per,
-            "face_found": float(found.mean()), "flow": flow_method, "seconds": time.perf_counter() - t0}
+    return {
+        "n": len(samples),
+        "subjects": len(set(groups)),
+        "uf1": uf1,
+        "uar": uar,
+        "per_dataset": per,
+        "face_found": float(found.mean()),
+        "flow": flow_method,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mer.synth.baseline", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m mer.synth.baseline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("root", type=Path, help="output folder of `mer synth` (holds casme2/, samm/, smic/)")
     ap.add_argument("--flow", default="dis", choices=("dis", "farneback", "tvl1"), help="optical flow method")
     ap.add_argument("--workers", type=int, default=1, help="processes for the flow computation")
     args = ap.parse_args(argv)
     if not (args.root / "megc2019_composite.csv").is_file():
-        print(f"error: {args.root} has no megc2019_composite.csv; generate data first: "
-              f"mer synth --out {args.root}", file=sys.stderr)
+        print(
+            f"error: {args.root} has no megc2019_composite.csv; generate data first: mer synth --out {args.root}",
+            file=sys.stderr,
+        )
         return 2
     r = run_baseline(args.root, args.flow, args.workers)
-    print(f"baseline (region mean flow + logistic regression, LOSO {r['subjects']} subjects, {r['n']} samples, "
-          f"flow {r['flow']}): UF1 {r['uf1']:.3f}  UAR {r['uar']:.3f}  face found {r['face_found']:.1%}")
+    print(
+        f"baseline (region mean flow + logistic regression, LOSO {r['subjects']} subjects, {r['n']} samples, "
+        f"flow {r['flow']}): UF1 {r['uf1']:.3f}  UAR {r['uar']:.3f}  face found {r['face_found']:.1%}"
+    )
     for ds, (f, u) in r["per_dataset"].items():
         print(f"  {ds:7s} UF1 {f:.3f}  UAR {u:.3f}")
     print(f"({r['seconds']:.0f} s)")

@@ -23,6 +23,7 @@ pattern correlation between the sources. The synthetic maps' physical magnitudes
 pixels of the 28 grid) are reported too (no real counterpart). Writes calibration.json, calibration.md
 and calibration.png (class-mean maps and F maps).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,13 @@ def image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     med = np.median(f, axis=2, keepdims=True)
     dev = np.abs(f - med)
     sigma = 1.4826 * np.median(dev, axis=2) + 1e-6
-    return {"level": med[..., 0], "peak_z": dev.max(axis=2) / sigma, "active": (dev > ACTIVE).mean(axis=2),
-            "spread": f.std(axis=2), "affine_r2": affine_r2(x)}
+    return {
+        "level": med[..., 0],
+        "peak_z": dev.max(axis=2) / sigma,
+        "active": (dev > ACTIVE).mean(axis=2),
+        "spread": f.std(axis=2),
+        "affine_r2": affine_r2(x),
+    }
 
 
 def separability(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, np.ndarray]:
@@ -73,13 +79,13 @@ def separability(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> dict[str, 
     for k in classes:
         zk = z[y == k]
         mk = zk.mean(0)
-        between += len(zk) * mk ** 2
+        between += len(zk) * mk**2
         within += ((zk - mk) ** 2).sum(0)
     subj = np.zeros(x.shape[1:])
     for g in np.unique(groups):
         zg = z[groups == g]
         subj += len(zg) * zg.mean(0) ** 2
-    total = (z ** 2).sum(0) + 1e-12
+    total = (z**2).sum(0) + 1e-12
     F = (between / (len(classes) - 1)) / (within / (n - len(classes)) + 1e-12)
     return {"F": F, "class_eta2": between / total, "subject_eta2": subj / total}
 
@@ -111,12 +117,18 @@ def describe(x_minmax, y, datasets, subjects, x_raw=None) -> dict:
             if x_raw is not None:
                 r = np.asarray(x_raw, np.float64)[m]
                 row["raw_mean_abs"] = {c: round(float(np.abs(r[:, i]).mean()), 4) for i, c in enumerate(CHANNELS)}
-                row["raw_p99_abs"] = {c: round(float(np.percentile(np.abs(r[:, i]), 99)), 4)
-                                      for i, c in enumerate(CHANNELS)}
+                row["raw_p99_abs"] = {
+                    c: round(float(np.percentile(np.abs(r[:, i]), 99)), 4) for i, c in enumerate(CHANNELS)
+                }
             per[f"{d}/{cname}"] = row
     sep = separability(x_minmax, y, groups)
-    overall = {name: {c: round(float(np.median(v[:, i]) if name in medians else v[:, i].mean()), 3)
-                      for i, c in enumerate(CHANNELS)} for name, v in st.items()}
+    overall = {
+        name: {
+            c: round(float(np.median(v[:, i]) if name in medians else v[:, i].mean()), 3)
+            for i, c in enumerate(CHANNELS)
+        }
+        for name, v in st.items()
+    }
     for name, v in sep.items():
         overall[name] = {c: round(float(v[i].mean()), 4) for i, c in enumerate(CHANNELS)}
     return {"n": int(len(y)), "overall": overall, "per_dataset_class": per}
@@ -124,8 +136,11 @@ def describe(x_minmax, y, datasets, subjects, x_raw=None) -> dict:
 
 def compare_patterns(a: np.ndarray, b: np.ndarray) -> dict:
     """Pattern correlation of two (3, 3, S, S) class-mean map stacks, per class and channel."""
-    return {f"{CLASSES[k]}/{CHANNELS[c]}": round(float(np.corrcoef(a[k, c].ravel(), b[k, c].ravel())[0, 1]), 3)
-            for k in range(len(CLASSES)) for c in range(len(CHANNELS))}
+    return {
+        f"{CLASSES[k]}/{CHANNELS[c]}": round(float(np.corrcoef(a[k, c].ravel(), b[k, c].ravel())[0, 1]), 3)
+        for k in range(len(CLASSES))
+        for c in range(len(CHANNELS))
+    }
 
 
 def plot(sources: dict, path: Path) -> None:
@@ -157,8 +172,11 @@ def plot(sources: dict, path: Path) -> None:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("class-mean flow maps (per-image 0..255, centred on each image's median; shared colour scale "
-                 "per channel) and per-pixel class F", fontsize=7)
+    fig.suptitle(
+        "class-mean flow maps (per-image 0..255, centred on each image's median; shared colour scale "
+        "per channel) and per-pixel class F",
+        fontsize=7,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=72)
     plt.close(fig)
@@ -172,43 +190,62 @@ def _table(name: str, stats: dict, key: str) -> list[str]:
 
 
 def markdown(report: dict) -> str:
-    lines = ["# Synthetic vs real composite: flow-map statistics", "",
-             "Whole-face 28x28 flow images, per-image min-max 0..255 (the release's normalisation, applied to the "
-             "synthetic maps). Definitions: `python -m mer.synth.calibrate --help` / the module docstring.", "",
-             f"- command: `{report['command']}`", ""]
+    lines = [
+        "# Synthetic vs real composite: flow-map statistics",
+        "",
+        "Whole-face 28x28 flow images, per-image min-max 0..255 (the release's normalisation, applied to the "
+        "synthetic maps). Definitions: `python -m mer.synth.calibrate --help` / the module docstring.",
+        "",
+        f"- command: `{report['command']}`",
+        "",
+    ]
     keys = ["level", "peak_z", "active", "affine_r2", "F", "class_eta2", "subject_eta2"]
-    lines += ["| source | n | " + " | ".join(f"{k} (u / v / strain)" for k in keys) + " |",
-              "|---|---|" + "---|" * len(keys)]
+    lines += [
+        "| source | n | " + " | ".join(f"{k} (u / v / strain)" for k in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
     for name, s in report["sources"].items():
         o = s["overall"]
-        lines.append(f"| {name} | {s['n']} | " + " | ".join(
-            " / ".join(f"{o[k][c]:.3g}" for c in CHANNELS) for k in keys) + " |")
+        lines.append(
+            f"| {name} | {s['n']} | " + " | ".join(" / ".join(f"{o[k][c]:.3g}" for c in CHANNELS) for k in keys) + " |"
+        )
     for name, s in report["sources"].items():
         lines += ["", f"## {name}: per dataset and class", ""]
         per = s["per_dataset_class"]
         cols = ["level", "peak_z", "active", "affine_r2"]
         if "raw_mean_abs" in next(iter(per.values())):
             cols.append("raw_mean_abs")
-        lines += ["| dataset/class | n | " + " | ".join(f"{k} (u / v / strain)" for k in cols) + " |",
-                  "|---|---|" + "---|" * len(cols)]
+        lines += [
+            "| dataset/class | n | " + " | ".join(f"{k} (u / v / strain)" for k in cols) + " |",
+            "|---|---|" + "---|" * len(cols),
+        ]
         for group, row in per.items():
-            lines.append(f"| {group} | {row['n']} | " + " | ".join(
-                " / ".join(f"{row[k][c]:.3g}" for c in CHANNELS) for k in cols) + " |")
+            lines.append(
+                f"| {group} | {row['n']} | "
+                + " | ".join(" / ".join(f"{row[k][c]:.3g}" for c in CHANNELS) for k in cols)
+                + " |"
+            )
     if report.get("pattern_correlation"):
-        lines += ["", "## Class-mean map pattern correlation with the real composite", "",
-                  "| source | " + " | ".join(next(iter(report["pattern_correlation"].values()))) + " |",
-                  "|---|" + "---|" * 9]
+        lines += [
+            "",
+            "## Class-mean map pattern correlation with the real composite",
+            "",
+            "| source | " + " | ".join(next(iter(report["pattern_correlation"].values()))) + " |",
+            "|---|" + "---|" * 9,
+        ]
         for name, pc in report["pattern_correlation"].items():
             lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in pc.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mer.synth.calibrate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m mer.synth.calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--htnet-release", type=Path, required=True, metavar="PATH", help="the real composite")
-    ap.add_argument("--synth", type=Path, action="append", default=[], metavar="DIR",
-                    help="a `mer synth` output (repeatable)")
+    ap.add_argument(
+        "--synth", type=Path, action="append", default=[], metavar="DIR", help="a `mer synth` output (repeatable)"
+    )
     ap.add_argument("--flow", default="tvl1", help="optical flow of the synthetic preparation (tvl1)")
     ap.add_argument("--cache", default="~/.cache/mer/prepared", help="preprocessing cache")
     ap.add_argument("--workers", type=int, default=1, help="preprocessing processes")
@@ -220,14 +257,18 @@ def main(argv=None) -> int:
         real = release_features(args.htnet_release, ["flow"])
         synths = {}
         for d in args.synth:
-            fs = synth_features(d, ["flow"], flow=args.flow, cache_dir=args.cache, workers=args.workers,
-                                scale="raw", progress=False)
+            fs = synth_features(
+                d, ["flow"], flow=args.flow, cache_dir=args.cache, workers=args.workers, scale="raw", progress=False
+            )
             synths[f"synth d={fs.source.get('difficulty')} ({d.name})"] = fs
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = {"command": "python -m mer.synth.calibrate " + " ".join(sys.argv[1:] if argv is None else argv),
-              "sources": {}, "pattern_correlation": {}}
+    report = {
+        "command": "python -m mer.synth.calibrate " + " ".join(sys.argv[1:] if argv is None else argv),
+        "sources": {},
+        "pattern_correlation": {},
+    }
     plots = {}
     real_means = None
     for name, fs, raw in [("real", real, None)] + [(n, f, f.x["flow"]) for n, f in synths.items()]:

@@ -1,4 +1,5 @@
 """Generator configuration: the preset, the seed and the difficulty knob with everything it controls."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -19,8 +20,9 @@ def parse_difficulty(value: str | float) -> float:
         try:
             value = float(v)
         except ValueError:
-            raise ValueError(f"difficulty must be one of {sorted(DIFFICULTY_NAMES)} or a number in [0, 1], "
-                             f"got {value!r}") from None
+            raise ValueError(
+                f"difficulty must be one of {sorted(DIFFICULTY_NAMES)} or a number in [0, 1], got {value!r}"
+            ) from None
     d = float(value)
     if not 0.0 <= d <= 1.0:
         raise ValueError(f"difficulty must be in [0, 1] (easy=0.2, calibrated=0.4, medium=0.5, hard=0.8), got {d}")
@@ -79,7 +81,7 @@ class Difficulty:
         d = parse_difficulty(d)
         return cls(
             d=d,
-            amplitude_px=round(3.0 * 0.15 ** d, 4),
+            amplitude_px=round(3.0 * 0.15**d, 4),
             amplitude_spread=_lerp(0.15, 0.35, d),
             style_spread=_lerp(0.1, 0.45, d),
             habit_prob=_lerp(0.1, 0.8, d),

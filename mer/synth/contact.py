@@ -3,6 +3,7 @@
 One row per clip (by default one clip per class and dataset), read back from the files on disk with
 the true apex from ``synth_truth.csv``, so the sheet shows what a loader will see.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,10 +49,10 @@ def _flow_heat(go: np.ndarray, ga: np.ndarray) -> np.ndarray:
     H, W = go.shape
     box = detect_face(go) or (W // 4, H // 4, W // 2, H // 2)
     x, y, w, h = box
-    face = flow[y:y + h, x:x + w]
+    face = flow[y : y + h, x : x + w]
     rel = face - np.median(face.reshape(-1, 2), axis=0)
     mag = np.zeros((H, W), np.float32)
-    mag[y:y + h, x:x + w] = np.hypot(rel[..., 0], rel[..., 1])
+    mag[y : y + h, x : x + w] = np.hypot(rel[..., 0], rel[..., 1])
     return cv2.applyColorMap(np.clip(mag * 127, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)
 
 
@@ -78,13 +79,20 @@ def contact_sheet(root, out_png, *, per_cell: int = 1, gain: float = 8.0) -> Pat
         go, ga = cv2.cvtColor(onset, cv2.COLOR_BGR2GRAY), cv2.cvtColor(apex, cv2.COLOR_BGR2GRAY)
         diff = np.clip(128 + gain * (ga.astype(np.float32) - go.astype(np.float32)), 0, 255).astype(np.uint8)
         heat = _flow_heat(go, ga)
-        tiles = [cv2.resize(x if x.ndim == 3 else cv2.cvtColor(x, cv2.COLOR_GRAY2BGR), TILE,
-                            interpolation=cv2.INTER_AREA) for x in (onset, apex, diff, heat)]
+        tiles = [
+            cv2.resize(x if x.ndim == 3 else cv2.cvtColor(x, cv2.COLOR_GRAY2BGR), TILE, interpolation=cv2.INTER_AREA)
+            for x in (onset, apex, diff, heat)
+        ]
         info = np.full((TILE[1], INFO_W, 3), 255, np.uint8)
-        lines = [f"{r['dataset']} {r['subject']}", r["clip"], f"{r['emotion']} (label {r['label']})",
-                 f"AUs {r['aus']}", f"amp {float(r['amplitude_px']):.2f}px",
-                 f"frames {r['onset']}-{r['apex']}-{r['offset']}",
-                 "blink" if r["blink_start"] else "no blink"]
+        lines = [
+            f"{r['dataset']} {r['subject']}",
+            r["clip"],
+            f"{r['emotion']} (label {r['label']})",
+            f"AUs {r['aus']}",
+            f"amp {float(r['amplitude_px']):.2f}px",
+            f"frames {r['onset']}-{r['apex']}-{r['offset']}",
+            "blink" if r["blink_start"] else "no blink",
+        ]
         for i, t in enumerate(lines):
             cv2.putText(info, t, (6, 22 + 21 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         tiles[0] = _label(tiles[0], f"onset {r['onset']}")

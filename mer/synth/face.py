@@ -8,6 +8,7 @@ to the face, so optical flow can track it when the face moves.
 
 All images are float32 ``(H, W, 3)`` RGB in 0..1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -62,8 +63,9 @@ def _noise(rng: np.random.Generator, shape, sigma: float) -> np.ndarray:
     return n / (n.std() + 1e-6)
 
 
-def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
-                    center: tuple[float, float] | None = None) -> Portrait:
+def render_portrait(
+    ident: Identity, size: tuple[int, int] = (320, 280), center: tuple[float, float] | None = None
+) -> Portrait:
     """Render ``ident`` on a ``size`` = (width, height) canvas with the face centred at ``center``."""
     W, H = size
     rng = np.random.default_rng([ident.seed, 202])
@@ -126,7 +128,7 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
     lx, ly = ident.light
     L = np.array([lx, ly, 1.0], np.float32)
     L /= np.linalg.norm(L)
-    norm = np.sqrt(gx ** 2 + gy ** 2 + 1.0)
+    norm = np.sqrt(gx**2 + gy**2 + 1.0)
     lam = np.clip((-gx * L[0] - gy * L[1] + L[2]) / norm, 0, 1)
     shade = 0.32 + 0.78 * lam
     skin_tex = 1.0 + 0.035 * _noise(rng, (H, W), 0.8) + 0.04 * _noise(rng, (H, W), 3.0)
@@ -157,8 +159,8 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
     for s in (-1, 1):
         ecx = s * ex
         du = (U - ecx) / ew
-        upper = ey - eh * 1.15 * np.clip(1 - du ** 2, 0, None) ** 0.8
-        lower = ey + eh * 0.85 * np.clip(1 - du ** 2, 0, None) ** 0.9
+        upper = ey - eh * 1.15 * np.clip(1 - du**2, 0, None) ** 0.8
+        lower = ey + eh * 0.85 * np.clip(1 - du**2, 0, None) ** 0.9
         opening = _soft(np.maximum(upper - V, V - lower) * A, 1.0) * (np.abs(du) < 1)
         # open eye: sclera, iris, pupil, upper lid line and lashes
         lum = float(np.mean(skin))  # sclera in proportion to the skin: keeps the eye band darker than the cheeks
@@ -191,9 +193,9 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
         mw, lt = ident.mouth_w, ident.lip_th
         du = U / mw
         inside = np.abs(du) < 1
-        bow = np.clip(1 - du ** 2, 0, None)
-        up_lip = _soft(np.maximum((my - lt * 1.1 * bow ** 0.6) - V, V - my) * A, 1.2) * inside
-        lo_lip = _soft(np.maximum(my - V, V - (my + lt * 1.4 * bow ** 0.5)) * A, 1.2) * inside
+        bow = np.clip(1 - du**2, 0, None)
+        up_lip = _soft(np.maximum((my - lt * 1.1 * bow**0.6) - V, V - my) * A, 1.2) * inside
+        lo_lip = _soft(np.maximum(my - V, V - (my + lt * 1.4 * bow**0.5)) * A, 1.2) * inside
         _blend(target, ident.lip, np.clip(up_lip + lo_lip, 0, 1) * 0.9)
         line = _soft((np.abs(V - my) - 0.008) * A, 1.2) * (np.abs(du) < 1.03)
         _blend(target, np.asarray(ident.lip) * 0.35, line * 0.9)
@@ -222,8 +224,10 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
         out.append(np.clip(im, 0, 1).astype(np.float32))
 
     lm = {}
+
     def P(u, v):  # noqa: E306
         return (float(cx + A * u), float(cy + A * v))
+
     for side, s in (("l", -1), ("r", 1)):  # l: image left
         lm[f"eye_{side}"] = P(s * ex, ey)
         lm[f"upper_lid_{side}"] = P(s * ex, ey - eh)
@@ -240,5 +244,4 @@ def render_portrait(ident: Identity, size: tuple[int, int] = (320, 280),
     lm["lower_lip"] = P(0, my + ident.lip_th * 1.3)
     lm["chin"] = P(0, Bn * 0.85)
     lm["face_center"] = (float(cx), float(cy))
-    return Portrait(open=out[0], closed=out[1], landmarks=lm, unit=float(A),
-                    eye_boxes=(boxes[0], boxes[1]))
+    return Portrait(open=out[0], closed=out[1], landmarks=lm, unit=float(A), eye_boxes=(boxes[0], boxes[1]))

@@ -1,4 +1,5 @@
 """Writing a whole synthetic dataset: plan, render in worker processes, annotations, list, sidecars."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,10 @@ class Summary:
 
     def __str__(self) -> str:
         ds = ", ".join(f"{k} {v}" for k, v in self.per_dataset.items())
-        return (f"wrote {self.clips} clips ({ds}), {self.frames} frames, {self.bytes / 1e6:.1f} MB "
-                f"to {self.out} in {self.seconds:.1f} s")
+        return (
+            f"wrote {self.clips} clips ({ds}), {self.frames} frames, {self.bytes / 1e6:.1f} MB "
+            f"to {self.out} in {self.seconds:.1f} s"
+        )
 
 
 def _render_subject(args) -> tuple[int, int]:
@@ -71,15 +74,18 @@ def _render_subject(args) -> tuple[int, int]:
 def _check_out(out: Path, overwrite: bool) -> None:
     present = [n for n in OUTPUTS if (out / n).exists()]
     if present and not overwrite:
-        raise FileExistsError(f"{out} already holds generated data ({', '.join(present)}); pass "
-                              "overwrite=True (CLI: --overwrite) to replace it, or choose another --out")
+        raise FileExistsError(
+            f"{out} already holds generated data ({', '.join(present)}); pass "
+            "overwrite=True (CLI: --overwrite) to replace it, or choose another --out"
+        )
     for n in present:
         path = out / n
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def generate(cfg: SynthConfig, out: str | os.PathLike, *, workers: int = 0, overwrite: bool = False,
-             progress: bool = True) -> Summary:
+def generate(
+    cfg: SynthConfig, out: str | os.PathLike, *, workers: int = 0, overwrite: bool = False, progress: bool = True
+) -> Summary:
     """Write the dataset of ``cfg`` under ``out`` (created if needed).
 
     out/casme2, out/samm, out/smic: the three datasets in their native layouts; out/megc2019_composite.csv:
@@ -122,5 +128,11 @@ def generate(cfg: SynthConfig, out: str | os.PathLike, *, workers: int = 0, over
     write_list(out / LIST_NAME, list_rows(plans))
     seconds = time.perf_counter() - t0
     write_json(out / "synth_config.json", cfg.to_dict())
-    return Summary(out=out, clips=len(plans), frames=n_frames, bytes=n_bytes, seconds=seconds,
-                   per_dataset={ds: len(ps) for ds, ps in per.items()})
+    return Summary(
+        out=out,
+        clips=len(plans),
+        frames=n_frames,
+        bytes=n_bytes,
+        seconds=seconds,
+        per_dataset={ds: len(ps) for ds, ps in per.items()},
+    )

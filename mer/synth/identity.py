@@ -4,6 +4,7 @@ An :class:`Identity` is drawn from a seed; everything about a subject (how the f
 features are, how it tends to express) is a function of that seed, so a subject renders the same in
 every clip and every run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,12 +12,26 @@ from dataclasses import dataclass
 import numpy as np
 
 # skin albedo (RGB, 0..1) anchors from light to dark; an identity mixes two neighbours
-_SKIN = np.array([
-    [0.93, 0.80, 0.71], [0.88, 0.72, 0.60], [0.80, 0.62, 0.50], [0.70, 0.52, 0.40],
-    [0.60, 0.43, 0.32], [0.50, 0.35, 0.26],
-])
-_HAIR = np.array([[0.08, 0.06, 0.05], [0.20, 0.13, 0.08], [0.35, 0.24, 0.14], [0.12, 0.10, 0.10],
-                  [0.55, 0.42, 0.25], [0.45, 0.44, 0.43]])
+_SKIN = np.array(
+    [
+        [0.93, 0.80, 0.71],
+        [0.88, 0.72, 0.60],
+        [0.80, 0.62, 0.50],
+        [0.70, 0.52, 0.40],
+        [0.60, 0.43, 0.32],
+        [0.50, 0.35, 0.26],
+    ]
+)
+_HAIR = np.array(
+    [
+        [0.08, 0.06, 0.05],
+        [0.20, 0.13, 0.08],
+        [0.35, 0.24, 0.14],
+        [0.12, 0.10, 0.10],
+        [0.55, 0.42, 0.25],
+        [0.45, 0.44, 0.43],
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -28,43 +43,43 @@ class Identity:
     """
 
     seed: int
-    face_w: float          # face half-width in pixels
-    aspect: float          # face half-height / half-width
-    jaw: float             # 0..1 narrowing of the lower face
-    eye_dx: float          # eye centre distance from the midline
-    eye_y: float           # eye centre height (negative: above the face centre)
-    eye_w: float           # eye half-width
-    eye_h: float           # eye opening half-height
-    brow_y: float          # brow height above the eye centre
-    brow_th: float         # brow thickness
-    brow_arch: float       # brow curvature
-    nose_len: float        # nose tip height below the eye line
-    nose_w: float          # nostril half-spacing
-    mouth_y: float         # mouth centre height
-    mouth_w: float         # mouth half-width
-    lip_th: float          # lip thickness
-    hairline: float        # hairline height (negative: above the centre)
-    hair_volume: float     # how far hair extends beyond the face outline
+    face_w: float  # face half-width in pixels
+    aspect: float  # face half-height / half-width
+    jaw: float  # 0..1 narrowing of the lower face
+    eye_dx: float  # eye centre distance from the midline
+    eye_y: float  # eye centre height (negative: above the face centre)
+    eye_w: float  # eye half-width
+    eye_h: float  # eye opening half-height
+    brow_y: float  # brow height above the eye centre
+    brow_th: float  # brow thickness
+    brow_arch: float  # brow curvature
+    nose_len: float  # nose tip height below the eye line
+    nose_w: float  # nostril half-spacing
+    mouth_y: float  # mouth centre height
+    mouth_w: float  # mouth half-width
+    lip_th: float  # lip thickness
+    hairline: float  # hairline height (negative: above the centre)
+    hair_volume: float  # how far hair extends beyond the face outline
     skin: tuple[float, float, float]
     hair: tuple[float, float, float]
     lip: tuple[float, float, float]
     iris: tuple[float, float, float]
     shirt: tuple[float, float, float]
     background: tuple[float, float, float]
-    bg_pattern: int        # 0 plain gradient, 1 vertical panel edge, 2 blotches
+    bg_pattern: int  # 0 plain gradient, 1 vertical panel edge, 2 blotches
     glasses: bool
     mole: tuple[float, float] | None
-    stubble: float         # 0..1 darkening of the lower face
+    stubble: float  # 0..1 darkening of the lower face
     light: tuple[float, float]  # light direction (x, y) on the unit hemisphere
     # expression style (per-subject idiosyncrasies)
-    amp_scale: float       # multiplier of every AU amplitude
-    asym: float            # -1..1: left/right imbalance of bilateral AUs
-    habit_au: str          # an AU this subject shows a little in every clip ('' for none)
-    habit_amp: float       # its relative amplitude
-    proto_pref: int        # seed of the subject's preference over AU prototypes
-    blink_rate: float      # probability of a blink in a clip, before the difficulty's scaling
-    speed: float           # multiplier of the onset->apex duration
-    au_style: int          # seed of the subject's way of producing each AU (direction, place, spread)
+    amp_scale: float  # multiplier of every AU amplitude
+    asym: float  # -1..1: left/right imbalance of bilateral AUs
+    habit_au: str  # an AU this subject shows a little in every clip ('' for none)
+    habit_amp: float  # its relative amplitude
+    proto_pref: int  # seed of the subject's preference over AU prototypes
+    blink_rate: float  # probability of a blink in a clip, before the difficulty's scaling
+    speed: float  # multiplier of the onset->apex duration
+    au_style: int  # seed of the subject's way of producing each AU (direction, place, spread)
 
 
 def _pick(rng: np.random.Generator, table: np.ndarray) -> tuple[float, float, float]:
@@ -86,8 +101,7 @@ def make_identity(seed: int, *, style_spread: float = 0.3, habit_prob: float = 0
     """
     rng = np.random.default_rng([seed, 101])
     skin = _pick(rng, _SKIN)
-    lip = tuple(float(x) for x in np.clip(np.array(skin) * np.array([0.92, 0.62, 0.62]) *
-                                          rng.uniform(0.9, 1.05), 0, 1))
+    lip = tuple(float(x) for x in np.clip(np.array(skin) * np.array([0.92, 0.62, 0.62]) * rng.uniform(0.9, 1.05), 0, 1))
     habit = str(rng.choice(HABIT_AUS)) if rng.random() < habit_prob else ""
     bgc = rng.uniform(0.35, 0.85) * np.array([1.0, 1.0, 1.0]) + rng.uniform(-0.12, 0.12, 3)
     return Identity(
@@ -137,5 +151,9 @@ def au_style(ident: Identity, au: str, strength: float) -> tuple[float, float, f
     Returns (rotation radians, du, dv, spread multiplier)."""
     rng = np.random.default_rng([ident.au_style, int(au)])
     rot, du, dv, sp = rng.normal(0, 1, 4)
-    return (float(np.radians(30.0) * strength * rot), float(0.05 * strength * du),
-            float(0.05 * strength * dv), float(np.exp(0.2 * strength * sp)))
+    return (
+        float(np.radians(30.0) * strength * rot),
+        float(0.05 * strength * du),
+        float(0.05 * strength * dv),
+        float(np.exp(0.2 * strength * sp)),
+    )

@@ -5,6 +5,7 @@ random stream (seeded by the root seed and the clip's name), so nothing depends 
 on how rendering is split across workers. Annotations, the sample list and the ground-truth sidecar are
 written from the plan; the renderer only turns it into frames.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,16 +26,21 @@ LIST_PATH = Path(__file__).resolve().parent.parent / "data" / "lists" / "megc201
 
 # 3-class label -> native emotions with their shares (close to the real datasets' proportions)
 NATIVE = {
-    "casme2": {0: (("disgust", 0.6), ("repression", 0.28), ("fear", 0.04), ("sadness", 0.08)),
-               1: (("happiness", 1.0),), 2: (("surprise", 1.0),)},
-    "samm": {0: (("Anger", 0.62), ("Contempt", 0.13), ("Disgust", 0.1), ("Fear", 0.09), ("Sadness", 0.06)),
-             1: (("Happiness", 1.0),), 2: (("Surprise", 1.0),)},
+    "casme2": {
+        0: (("disgust", 0.6), ("repression", 0.28), ("fear", 0.04), ("sadness", 0.08)),
+        1: (("happiness", 1.0),),
+        2: (("surprise", 1.0),),
+    },
+    "samm": {
+        0: (("Anger", 0.62), ("Contempt", 0.13), ("Disgust", 0.1), ("Fear", 0.09), ("Sadness", 0.06)),
+        1: (("Happiness", 1.0),),
+        2: (("Surprise", 1.0),),
+    },
     "smic": {0: (("negative", 1.0),), 1: (("positive", 1.0),), 2: (("surprise", 1.0),)},
 }
 OTHERS = {"casme2": "others", "samm": "Other"}
 SMIC_FOLDER = {"ne": "negative", "po": "positive", "sur": "surprise"}
-MISMATCH_SOURCES = {"happiness": 1, "surprise": 2, "disgust": 0, "repression": 0, "anger": 0, "sadness": 0,
-                    "fear": 0}
+MISMATCH_SOURCES = {"happiness": 1, "surprise": 2, "disgust": 0, "repression": 0, "anger": 0, "sadness": 0, "fear": 0}
 SMIC_NEG_SOURCES = (("disgust", 0.4), ("anger", 0.2), ("sadness", 0.15), ("repression", 0.25))
 
 
@@ -73,9 +79,9 @@ class ClipPlan:
     gradient: tuple[float, float]
     seed: int
     identity_seed: int
-    level: float            # the difficulty in [0, 1] the clip was planned at
-    au_emotion: str         # the emotion whose AU prototypes the clip shows (differs from ``emotion``
-                            # for the share of mismatched clips, see Difficulty.mismatch)
+    level: float  # the difficulty in [0, 1] the clip was planned at
+    au_emotion: str  # the emotion whose AU prototypes the clip shows (differs from ``emotion``
+    # for the share of mismatched clips, see Difficulty.mismatch)
 
     @property
     def fps(self) -> int:
@@ -152,8 +158,17 @@ def _aus(rng, ident: Identity, lvl: Difficulty, emotion: str, label: int | None)
     return tuple(out)
 
 
-def plan_clip(cfg: SynthConfig, dataset: str, subject: str, clip: str, emotion: str, label: int | None,
-              in_list: bool, *, apex_annotated: bool = True) -> ClipPlan:
+def plan_clip(
+    cfg: SynthConfig,
+    dataset: str,
+    subject: str,
+    clip: str,
+    emotion: str,
+    label: int | None,
+    in_list: bool,
+    *,
+    apex_annotated: bool = True,
+) -> ClipPlan:
     """Draw one clip's expression, timing and nuisances from its own random stream."""
     lvl = cfg.level
     seed = stable_seed(cfg.seed, "clip", dataset, subject, clip)
@@ -164,8 +179,11 @@ def plan_clip(cfg: SynthConfig, dataset: str, subject: str, clip: str, emotion: 
     scale = cfg.durations
     rise = max(3, int(round(rng.uniform(60, 150) * ident.speed * fps / 1000 * scale)))
     fall = max(4, int(round(rng.uniform(100, 210) * fps / 1000 * scale)))
-    onset = {"casme2": int(rng.integers(10, 220)), "samm": int(rng.integers(500, 9000)),
-             "smic": int(rng.integers(1000, 300000))}[dataset]
+    onset = {
+        "casme2": int(rng.integers(10, 220)),
+        "samm": int(rng.integers(500, 9000)),
+        "smic": int(rng.integers(1000, 300000)),
+    }[dataset]
     apex, offset = onset + rise, onset + rise + fall
     if not apex_annotated and dataset != "smic":
         apex = onset + (offset - onset) // 2  # the loaders' convention is then exactly right
@@ -187,19 +205,48 @@ def plan_clip(cfg: SynthConfig, dataset: str, subject: str, clip: str, emotion: 
         blink = (start, length, round(float(rng.uniform(0.6, 1.0)), 4))
     ang = rng.uniform(0, 2 * np.pi)
     dmag = lvl.drift_px * rng.uniform(0.3, 1.0)
-    pose = (round(float(rng.uniform(-8, 8)), 3), round(float(rng.uniform(-6, 6)), 3),
-            round(float(rng.uniform(0.96, 1.04)), 4), round(float(rng.uniform(-3, 3)), 3))
-    drift = (round(float(dmag * np.cos(ang)), 4), round(float(dmag * np.sin(ang)), 4),
-             round(float(lvl.rotation_deg * rng.uniform(-1, 1)), 4))
+    pose = (
+        round(float(rng.uniform(-8, 8)), 3),
+        round(float(rng.uniform(-6, 6)), 3),
+        round(float(rng.uniform(0.96, 1.04)), 4),
+        round(float(rng.uniform(-3, 3)), 3),
+    )
+    drift = (
+        round(float(dmag * np.cos(ang)), 4),
+        round(float(dmag * np.sin(ang)), 4),
+        round(float(lvl.rotation_deg * rng.uniform(-1, 1)), 4),
+    )
     gain = round(float(lvl.illumination * rng.uniform(-1, 1)), 5)
-    gradient = (round(float(lvl.illumination * rng.uniform(-1, 1)), 5),
-                round(float(lvl.illumination * rng.uniform(-1, 1)), 5))
-    return ClipPlan(dataset=dataset, subject=subject, clip=clip, native_subject=native_subject(dataset, subject),
-                    native_clip=native_clip(dataset, clip), emotion=emotion, label=label, in_list=in_list,
-                    onset=onset, apex=apex, offset=offset, apex_noted=apex_noted,
-                    apex_annotated=apex_annotated and dataset != "smic", aus=aus,
-                    amplitude_px=round(amp, 4), blink=blink, pose=pose, drift=drift, gain=gain,
-                    gradient=gradient, seed=seed, identity_seed=iseed, level=lvl.d, au_emotion=au_emotion)
+    gradient = (
+        round(float(lvl.illumination * rng.uniform(-1, 1)), 5),
+        round(float(lvl.illumination * rng.uniform(-1, 1)), 5),
+    )
+    return ClipPlan(
+        dataset=dataset,
+        subject=subject,
+        clip=clip,
+        native_subject=native_subject(dataset, subject),
+        native_clip=native_clip(dataset, clip),
+        emotion=emotion,
+        label=label,
+        in_list=in_list,
+        onset=onset,
+        apex=apex,
+        offset=offset,
+        apex_noted=apex_noted,
+        apex_annotated=apex_annotated and dataset != "smic",
+        aus=aus,
+        amplitude_px=round(amp, 4),
+        blink=blink,
+        pose=pose,
+        drift=drift,
+        gain=gain,
+        gradient=gradient,
+        seed=seed,
+        identity_seed=iseed,
+        level=lvl.d,
+        au_emotion=au_emotion,
+    )
 
 
 def _native_emotion(cfg: SynthConfig, dataset: str, subject: str, clip: str, label: int) -> str:
@@ -229,8 +276,9 @@ def _extra_names(dataset: str, subject: str, taken: set[str], rng) -> str:
     raise RuntimeError(f"no free clip name for {dataset} {subject}")
 
 
-def _plans_from_rows(cfg: SynthConfig, rows, extras: dict[str, list[str]], n_excluded: int,
-                     no_apex: dict[str, int]) -> list[ClipPlan]:
+def _plans_from_rows(
+    cfg: SynthConfig, rows, extras: dict[str, list[str]], n_excluded: int, no_apex: dict[str, int]
+) -> list[ClipPlan]:
     """rows: (dataset, subject, clip, label) of the sample list; extras: dataset -> subjects that get
     one 'others' clip each (a subject may repeat); n_excluded: CASME II disgust clips left out of the
     list (as in the real composite); no_apex: dataset -> number of rows written without an apex."""
@@ -248,8 +296,9 @@ def _plans_from_rows(cfg: SynthConfig, rows, extras: dict[str, list[str]], n_exc
     c2_subjects = sorted({s for d, s, *_ in rows if d == "casme2"})
     for _ in range(n_excluded):
         subj = c2_subjects[int(rng.integers(len(c2_subjects)))]
-        specs.append(("casme2", subj, _extra_names("casme2", subj, taken[("casme2", subj)], rng), "disgust",
-                      None, False))
+        specs.append(
+            ("casme2", subj, _extra_names("casme2", subj, taken[("casme2", subj)], rng), "disgust", None, False)
+        )
     missing: set[tuple[str, str, str]] = set()
     for ds, k in no_apex.items():
         cand = [s for s in specs if s[0] == ds]
@@ -257,8 +306,16 @@ def _plans_from_rows(cfg: SynthConfig, rows, extras: dict[str, list[str]], n_exc
             missing.add(cand[int(i)][:3])
     plans = []
     for ds, subj, clip, emo, label, in_list in specs:
-        p = plan_clip(cfg, ds, subj, clip, _expression_emotion(cfg, ds, subj, clip, emo), label, in_list,
-                      apex_annotated=(ds, subj, clip) not in missing)
+        p = plan_clip(
+            cfg,
+            ds,
+            subj,
+            clip,
+            _expression_emotion(cfg, ds, subj, clip, emo),
+            label,
+            in_list,
+            apex_annotated=(ds, subj, clip) not in missing,
+        )
         plans.append(replace(p, emotion=emo))
     return plans
 
@@ -277,8 +334,7 @@ def tiny_rows() -> list[tuple[str, str, str, int]]:
 def make_plan(cfg: SynthConfig) -> list[ClipPlan]:
     """All clips of ``cfg``'s preset: the sample list's rows in its order, then the clips outside it."""
     if cfg.preset == "tiny":
-        return _plans_from_rows(cfg, tiny_rows(), {"casme2": ["sub01"], "samm": ["007"]}, 0,
-                                {"casme2": 1, "samm": 1})
+        return _plans_from_rows(cfg, tiny_rows(), {"casme2": ["sub01"], "samm": ["007"]}, 0, {"casme2": 1, "samm": 1})
     rows = read_list()
     rng = np.random.default_rng(stable_seed(cfg.seed, "others"))
     c2 = sorted({s for d, s, *_ in rows if d == "casme2"})

@@ -9,6 +9,7 @@ in one ``cv2.remap`` (bicubic), after blending the closed-eye portrait into the 
 blink (the upper lid sweeps down), then applies a smooth lighting change, sensor noise and 8-bit
 quantisation. All randomness comes from the clip's seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,11 @@ def expression_profile(plan: ClipPlan) -> np.ndarray:
     t = np.arange(plan.onset, plan.offset + 1, dtype=np.float64)
     rise = max(plan.apex - plan.onset, 1)
     fall = max(plan.offset - plan.apex, 1)
-    s = np.where(t <= plan.apex, np.sin(0.5 * np.pi * (t - plan.onset) / rise) ** 2,
-                 np.cos(0.5 * np.pi * (t - plan.apex) / fall) ** 2)
+    s = np.where(
+        t <= plan.apex,
+        np.sin(0.5 * np.pi * (t - plan.onset) / rise) ** 2,
+        np.cos(0.5 * np.pi * (t - plan.apex) / fall) ** 2,
+    )
     return s
 
 
@@ -131,8 +135,7 @@ class ClipRenderer:
             d = cv2.remap(self.D, qx, qy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             qx = qx - s * d[..., 0]
             qy = qy - s * d[..., 1]
-        img = cv2.remap(self._source(float(self.blink[i])), qx, qy, cv2.INTER_CUBIC,
-                        borderMode=cv2.BORDER_REFLECT)
+        img = cv2.remap(self._source(float(self.blink[i])), qx, qy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
         lk = float(self.light_path[i])
         light = 1.0 + lk * (p.gain + p.gradient[0] * self.Xn + p.gradient[1] * self.Yn)
         img *= light[..., None] if self.color else light

@@ -3,6 +3,7 @@
 Byte-for-byte reproducible: spreadsheets are re-packed with fixed zip timestamps and document dates,
 CSVs are written in plan order, JPEG/BMP encoding uses fixed parameters.
 """
+
 from __future__ import annotations
 
 import csv
@@ -48,8 +49,18 @@ def encode_frame(p: ClipPlan, img: np.ndarray, jpeg_quality: int) -> bytes:
     if p.dataset == "smic":
         ok, buf = cv2.imencode(".bmp", img)
     else:
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality),
-                                             cv2.IMWRITE_JPEG_OPTIMIZE, 0, cv2.IMWRITE_JPEG_PROGRESSIVE, 0])
+        ok, buf = cv2.imencode(
+            ".jpg",
+            img,
+            [
+                cv2.IMWRITE_JPEG_QUALITY,
+                int(jpeg_quality),
+                cv2.IMWRITE_JPEG_OPTIMIZE,
+                0,
+                cv2.IMWRITE_JPEG_PROGRESSIVE,
+                0,
+            ],
+        )
     if not ok:
         raise RuntimeError(f"could not encode a frame of {p.dataset} {p.subject}/{p.clip}")
     return buf.tobytes()
@@ -65,8 +76,9 @@ def _save_xlsx(wb, path: Path) -> None:
         for info in src.infolist():
             data = src.read(info.filename)
             if info.filename == "docProps/core.xml":
-                data = re.sub(rb"(<dcterms:(created|modified)[^>]*>)[^<]*(</dcterms)",
-                              rb"\g<1>2014-05-08T00:00:00Z\g<3>", data)
+                data = re.sub(
+                    rb"(<dcterms:(created|modified)[^>]*>)[^<]*(</dcterms)", rb"\g<1>2014-05-08T00:00:00Z\g<3>", data
+                )
             zi = zipfile.ZipInfo(info.filename, date_time=FIXED_DATE)
             zi.compress_type = zipfile.ZIP_DEFLATED
             zi.external_attr = 0o600 << 16
@@ -86,11 +98,33 @@ def write_casme2_xlsx(path: Path, plans: list[ClipPlan]) -> None:
     wb = Workbook()
     ws = wb.active
     ws.title = "Sheet1"
-    ws.append(["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
-               "Action Units", "Estimated Emotion"])
+    ws.append(
+        [
+            "Subject",
+            "Filename",
+            None,
+            "OnsetFrame",
+            "ApexFrame",
+            "OffsetFrame",
+            None,
+            "Action Units",
+            "Estimated Emotion",
+        ]
+    )
     for p in sorted(plans, key=lambda p: (int(p.subject[3:]), p.clip)):
-        ws.append([int(p.subject[3:]), p.native_clip, None, p.onset, p.apex_noted if p.apex_annotated else "/",
-                   p.offset, None, _au_cell(p.au_code), p.emotion])
+        ws.append(
+            [
+                int(p.subject[3:]),
+                p.native_clip,
+                None,
+                p.onset,
+                p.apex_noted if p.apex_annotated else "/",
+                p.offset,
+                None,
+                _au_cell(p.au_code),
+                p.emotion,
+            ]
+        )
     _save_xlsx(wb, path)
 
 
@@ -109,8 +143,22 @@ SAMM_NOTES = [
     "Frames are 200 fps greyscale.",
     None,
 ]
-OBJECTIVE = (("12", "I"), ("6", "I"), ("4", "II"), ("14", "III"), ("9", "IV"), ("10", "IV"), ("1", "V"),
-             ("2", "V"), ("5", "V"), ("26", "V"), ("15", "VI"), ("17", "VI"), ("7", "II"), ("24", "VII"))
+OBJECTIVE = (
+    ("12", "I"),
+    ("6", "I"),
+    ("4", "II"),
+    ("14", "III"),
+    ("9", "IV"),
+    ("10", "IV"),
+    ("1", "V"),
+    ("2", "V"),
+    ("5", "V"),
+    ("26", "V"),
+    ("15", "VI"),
+    ("17", "VI"),
+    ("7", "II"),
+    ("24", "VII"),
+)
 
 
 def objective_class(p: ClipPlan) -> str:
@@ -130,13 +178,39 @@ def write_samm_xlsx(path: Path, plans: list[ClipPlan]) -> None:
     ws.title = "FACS_Movement_Only"
     for note in SAMM_NOTES:
         ws.append([note])
-    ws.append(["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
-               "Duration", "Type", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"])
+    ws.append(
+        [
+            "Subject",
+            "Filename",
+            "Inducement Code",
+            "Onset Frame",
+            "Apex Frame",
+            "Offset Frame",
+            "Duration",
+            "Type",
+            "Action Units",
+            "Estimated Emotion",
+            "Objective Classes",
+            "Notes",
+        ]
+    )
     for p in sorted(plans, key=lambda p: (p.subject, p.clip)):
-        ws.append([int(p.subject), p.native_clip, int(p.clip.split("_")[1]), p.onset,
-                   p.apex_noted if p.apex_annotated else -1, p.offset, p.offset - p.onset + 1, "Micro",
-                   _au_cell(p.au_code), p.emotion, objective_class(p),
-                   None if p.apex_annotated else "apex not marked"])
+        ws.append(
+            [
+                int(p.subject),
+                p.native_clip,
+                int(p.clip.split("_")[1]),
+                p.onset,
+                p.apex_noted if p.apex_annotated else -1,
+                p.offset,
+                p.offset - p.onset + 1,
+                "Micro",
+                _au_cell(p.au_code),
+                p.emotion,
+                objective_class(p),
+                None if p.apex_annotated else "apex not marked",
+            ]
+        )
     _save_xlsx(wb, path)
 
 
@@ -148,10 +222,33 @@ def write_list(path: Path, rows: list[tuple[str, str, str, int]]) -> None:
         w.writerows(rows)
 
 
-TRUTH_COLUMNS = ["dataset", "subject", "clip", "native_subject", "native_clip", "emotion", "label", "in_list",
-                 "onset", "apex", "offset", "apex_noted", "apex_annotated", "aus", "au_roles", "amplitude_px",
-                 "blink_start", "blink_length", "blink_depth", "drift_dx", "drift_dy", "drift_rot_deg",
-                 "gain", "identity_seed", "clip_seed"]
+TRUTH_COLUMNS = [
+    "dataset",
+    "subject",
+    "clip",
+    "native_subject",
+    "native_clip",
+    "emotion",
+    "label",
+    "in_list",
+    "onset",
+    "apex",
+    "offset",
+    "apex_noted",
+    "apex_annotated",
+    "aus",
+    "au_roles",
+    "amplitude_px",
+    "blink_start",
+    "blink_length",
+    "blink_depth",
+    "drift_dx",
+    "drift_dy",
+    "drift_rot_deg",
+    "gain",
+    "identity_seed",
+    "clip_seed",
+]
 
 
 def write_truth(path: Path, plans: list[ClipPlan]) -> None:
@@ -162,11 +259,31 @@ def write_truth(path: Path, plans: list[ClipPlan]) -> None:
         w.writerow(TRUTH_COLUMNS)
         for p in plans:
             b = p.blink or ("", "", "")
-            w.writerow([p.dataset, p.subject, p.clip, p.native_subject, p.native_clip, p.emotion,
-                        "" if p.label is None else p.label, int(p.in_list), p.onset, p.apex, p.offset,
-                        p.apex_noted, int(p.apex_annotated), p.au_code,
-                        " ".join(f"{s}{a}:{role}:{rel:g}" for a, s, rel, role in p.aus), f"{p.amplitude_px:g}",
-                        *b, *p.drift, p.gain, p.identity_seed, p.seed])
+            w.writerow(
+                [
+                    p.dataset,
+                    p.subject,
+                    p.clip,
+                    p.native_subject,
+                    p.native_clip,
+                    p.emotion,
+                    "" if p.label is None else p.label,
+                    int(p.in_list),
+                    p.onset,
+                    p.apex,
+                    p.offset,
+                    p.apex_noted,
+                    int(p.apex_annotated),
+                    p.au_code,
+                    " ".join(f"{s}{a}:{role}:{rel:g}" for a, s, rel, role in p.aus),
+                    f"{p.amplitude_px:g}",
+                    *b,
+                    *p.drift,
+                    p.gain,
+                    p.identity_seed,
+                    p.seed,
+                ]
+            )
 
 
 def write_json(path: Path, obj) -> None:

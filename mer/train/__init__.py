@@ -13,11 +13,24 @@ Command line (docs/training.md has the options and the measurements behind the d
     mer evaluate runs/loso
     mer predict --checkpoint runs/loso/folds/000-casme2-sub01/model.pt --onset ONSET.jpg --apex APEX.jpg
 """
+
 from mer.train.config import ConfigMismatch, TrainConfig
 from mer.train.inputs import channel_stats, normalise, predict_proba
 from mer.train.loop import CHECKPOINT_FORMAT, FoldTask, TrainState, train_fold
 from mer.train.models import build_model
 from mer.train.runner import FoldFailure, run_training
 
-__all__ = ["TrainConfig", "ConfigMismatch", "FoldTask", "TrainState", "train_fold", "FoldFailure", "run_training",
-           "build_model", "channel_stats", "normalise", "predict_proba", "CHECKPOINT_FORMAT"]
+__all__ = [
+    "TrainConfig",
+    "ConfigMismatch",
+    "FoldTask",
+    "TrainState",
+    "train_fold",
+    "FoldFailure",
+    "run_training",
+    "build_model",
+    "channel_stats",
+    "normalise",
+    "predict_proba",
+    "CHECKPOINT_FORMAT",
+]

@@ -26,6 +26,7 @@ stream goes on from the first resumed fold's checkpoint RNG; a finished fold's `
 predictions, exactly; after a fall-back that leaves one fold an epoch behind the others, up to float
 rounding without dropout (and with other dropout draws with it).
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,9 @@ class StackedAdam:
     tensors does the update; the masked path takes over for good once a fold skips a step.
     """
 
-    def __init__(self, params: dict[str, Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+    def __init__(
+        self, params: dict[str, Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+    ):
         self.params, self.lr, self.betas, self.eps, self.weight_decay = params, lr, betas, eps, weight_decay
         self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
@@ -85,8 +87,8 @@ class StackedAdam:
         self.steps += active.to(torch.int64)
         t = self.steps.clamp(min=1).to(torch.float64)
         device = next(iter(self.params.values())).device
-        step_size = (self.lr / (1 - b1 ** t)).to(torch.float32).to(device)  # Adam's python floats, per fold
-        bc2_sqrt = torch.sqrt(1 - b2 ** t).to(torch.float32).to(device)
+        step_size = (self.lr / (1 - b1**t)).to(torch.float32).to(device)  # Adam's python floats, per fold
+        bc2_sqrt = torch.sqrt(1 - b2**t).to(torch.float32).to(device)
         on_all = active.to(device)
         for k, p in self.params.items():
             if p.grad is None:
@@ -105,8 +107,11 @@ class StackedAdam:
         """Every fold at the same step count: torch's own Adam on the stacked tensors (same update)."""
         step = float(self.steps[0]) + 1
         for k, p in self.params.items():
-            self._torch.state[p] = {"step": torch.tensor(step - 1), "exp_avg": self.exp_avg[k],
-                                    "exp_avg_sq": self.exp_avg_sq[k]}
+            self._torch.state[p] = {
+                "step": torch.tensor(step - 1),
+                "exp_avg": self.exp_avg[k],
+                "exp_avg_sq": self.exp_avg_sq[k],
+            }
         self._torch.step()
         self.steps += 1
 
@@ -119,8 +124,14 @@ class StackedAdam:
         """{param index: {"step", "exp_avg", "exp_avg_sq"}} of fold f (CPU), params ordered as ``names``."""
         if int(self.steps[f]) == 0:
             return {}
-        return {i: {"step": torch.tensor(float(self.steps[f])), "exp_avg": self.exp_avg[n][f].cpu().clone(),
-                    "exp_avg_sq": self.exp_avg_sq[n][f].cpu().clone()} for i, n in enumerate(names)}
+        return {
+            i: {
+                "step": torch.tensor(float(self.steps[f])),
+                "exp_avg": self.exp_avg[n][f].cpu().clone(),
+                "exp_avg_sq": self.exp_avg_sq[n][f].cpu().clone(),
+            }
+            for i, n in enumerate(names)
+        }
 
     def load_fold_state(self, f: int, names: list[str], state: dict) -> None:
         if not state:
@@ -151,13 +162,14 @@ def _pad(rows: list[Tensor], width: int | None = None) -> tuple[Tensor, Tensor]:
     out = rows[0].new_zeros((len(rows), width) + tuple(rows[0].shape[1:]))
     valid = torch.zeros((len(rows), width), device=rows[0].device)
     for f, r in enumerate(rows):
-        out[f, :len(r)] = r
-        valid[f, :len(r)] = 1.0
+        out[f, : len(r)] = r
+        valid[f, : len(r)] = 1.0
     return out, valid
 
 
-def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, position: int = 0,
-                        on_epoch_end=None) -> list[dict]:
+def train_folds_batched(
+    tasks: list[FoldTask], *, progress: bool = True, position: int = 0, on_epoch_end=None
+) -> list[dict]:
     """Train the folds of ``tasks`` together (same cfg); writes each fold's files like ``train_fold`` and
     returns their result dicts in ``tasks`` order. on_epoch_end(task, state) after each fold's epoch."""
     from tqdm.auto import tqdm
@@ -210,20 +222,28 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
         sel_x = [d.x_val if d.x_val is not None else d.x_sel for d in datas]
         sel_x = _pad([torch.from_numpy(x) for x in sel_x])[0].to(dev) if best is not None else None
         bs = cfg.batch_size
-        bar = tqdm(total=sum(cfg.epochs - s.epoch for s in states), desc=f"folds {tasks[0].index}-{tasks[-1].index}"
-                   f" (x{n_f})", unit="fold-epoch", leave=False, position=position, disable=not progress)
+        bar = tqdm(
+            total=sum(cfg.epochs - s.epoch for s in states),
+            desc=f"folds {tasks[0].index}-{tasks[-1].index} (x{n_f})",
+            unit="fold-epoch",
+            leave=False,
+            position=position,
+            disable=not progress,
+        )
         while True:
             on = [s.epoch < cfg.epochs and not s.stopped for s in states]
             if not any(on):
                 break
             te = time.perf_counter()
-            orders = [torch.from_numpy(epoch_order(d.y_fit, cfg, (cfg.seed, t.index), s.epoch)).to(dev) if a
-                      else None for d, t, s, a in zip(datas, tasks, states, on, strict=True)]
+            orders = [
+                torch.from_numpy(epoch_order(d.y_fit, cfg, (cfg.seed, t.index), s.epoch)).to(dev) if a else None
+                for d, t, s, a in zip(datas, tasks, states, on, strict=True)
+            ]
             n_steps = max(math.ceil(len(ys[f]) / bs) for f in range(n_f) if on[f])
             tot_loss, correct = torch.zeros(n_f, device=dev), torch.zeros(n_f, device=dev)
             base.train()
             for s in range(n_steps):
-                idx = [o[s * bs:(s + 1) * bs] if o is not None else o for o in orders]
+                idx = [o[s * bs : (s + 1) * bs] if o is not None else o for o in orders]
                 xb, valid = _pad([xs[f][i] if i is not None else xs[f][:0] for f, i in enumerate(idx)])
                 yb, _ = _pad([ys[f][i] if i is not None else ys[f][:0] for f, i in enumerate(idx)], xb.shape[1])
                 logits = run(params, buffers, xb)  # (F, B, K)
@@ -250,7 +270,7 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
                 score = None
                 if sel_prob is not None:
                     y_sel = d.y_val if d.x_val is not None else d.y_sel
-                    v = scores(y_sel, sel_prob[f, :len(y_sel)])
+                    v = scores(y_sel, sel_prob[f, : len(y_sel)])
                     prefix = "val_" if d.x_val is not None else "oracle_test_"
                     rec.update({prefix + k: x for k, x in v.items()})
                     score = (v["uf1"], -v["loss"]) if d.x_val is not None else (v["acc"],)
@@ -274,8 +294,11 @@ def train_folds_batched(tasks: list[FoldTask], *, progress: bool = True, positio
             chosen = select_epoch(models[f], st)
             prob = predict_proba(models[f], d.x_test)
             models[f].cpu()
-            results.append(write_fold(t, d, models[f], st, chosen, prob, seconds=wall / n_f, cpu_seconds=cpu / n_f,
-                                      prob_last=prob_last))
+            results.append(
+                write_fold(
+                    t, d, models[f], st, chosen, prob, seconds=wall / n_f, cpu_seconds=cpu / n_f, prob_last=prob_last
+                )
+            )
             discard_checkpoints(Path(t.fold_dir) / "last.pt")  # last.pt and last.prev.pt
     return results
 
@@ -308,4 +331,3 @@ def _checkpoint(task: FoldTask, model, params, best, adam: StackedAdam, f: int, 
     save_resume_point(Path(task.fold_dir) / "last.pt", model, opt, state)
     if state.best is not None:
         state.best["state_dict"] = None  # the stacked slices stay the live copy
-

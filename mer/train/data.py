@@ -1,11 +1,12 @@
 """The run's data: samples from the configured source, prepared (cached) into model inputs.
 
-    inputs = load_inputs(cfg)
-    inputs.x: (M, 3, S, S) float32, NOT normalised: u, v, strain of the face or of the tiled regions
-        (cfg.input), or for ``data='htnet-release:PATH'`` the release's images as it feeds them (raw 0-255,
-        cv2's BGR channel order: strain, v, u): its tiles (input 'regions') or whole flow images ('face')
-    inputs.y: (M,) int64 labels in {0, 1, 2}
+inputs = load_inputs(cfg)
+inputs.x: (M, 3, S, S) float32, NOT normalised: u, v, strain of the face or of the tiled regions
+    (cfg.input), or for ``data='htnet-release:PATH'`` the release's images as it feeds them (raw 0-255,
+    cv2's BGR channel order: strain, v, u): its tiles (input 'regions') or whole flow images ('face')
+inputs.y: (M,) int64 labels in {0, 1, 2}
 """
+
 from __future__ import annotations
 
 import warnings
@@ -52,7 +53,7 @@ class RunInputs:
 def release_root(cfg: TrainConfig) -> str | None:
     """PATH of ``data='htnet-release:PATH'``, else None."""
     if cfg.data is not None and cfg.data.startswith(RELEASE_PREFIX):
-        return cfg.data[len(RELEASE_PREFIX):]
+        return cfg.data[len(RELEASE_PREFIX) :]
     return None
 
 
@@ -68,7 +69,7 @@ def resolve_paths(cfg: TrainConfig) -> TrainConfig:
         v = getattr(cfg, name)
         if v is not None:
             prefix = RELEASE_PREFIX if name == "data" and v.startswith(RELEASE_PREFIX) else ""
-            kw[name] = prefix + str(Path(v[len(prefix):]).expanduser().resolve())
+            kw[name] = prefix + str(Path(v[len(prefix) :]).expanduser().resolve())
     if cfg.errata not in ("shipped", "none"):  # a table of the user's
         kw["errata"] = str(Path(cfg.errata).expanduser().resolve())
     kw["out"] = str(Path(cfg.out).expanduser().resolve())
@@ -80,10 +81,12 @@ def check_source(cfg: TrainConfig) -> None:
     rel = release_root(cfg)
     if rel is not None:
         if not Path(rel).is_dir():
-            raise DataSourceError(f"--data {cfg.data}: {rel} is not a folder; give a clone of the HTNet release "
-                                  "(wangzhifengharrison/HTNet) or a folder with its STSNet_whole_norm_u_v_os/, "
-                                  "combined_datasets_whole/, combined_3_class2_for_optical_flow.csv, "
-                                  "loso_test_lists.txt")
+            raise DataSourceError(
+                f"--data {cfg.data}: {rel} is not a folder; give a clone of the HTNet release "
+                "(wangzhifengharrison/HTNet) or a folder with its STSNet_whole_norm_u_v_os/, "
+                "combined_datasets_whole/, combined_3_class2_for_optical_flow.csv, "
+                "loso_test_lists.txt"
+            )
         return
     if cfg.data is not None:
         d = Path(cfg.data)
@@ -92,12 +95,15 @@ def check_source(cfg: TrainConfig) -> None:
         if missing:
             raise DataSourceError(
                 f"--data {d}: expected a `mer synth` output (casme2/, samm/, smic/, megc2019_composite.csv); "
-                f"missing: {', '.join(missing)}. Generate it with `mer synth --out {d}`.")
+                f"missing: {', '.join(missing)}. Generate it with `mer synth --out {d}`."
+            )
         return
     roots = {k: getattr(cfg, k) for k in ("casme2", "samm", "smic", "root") if getattr(cfg, k) is not None}
     if not roots:
-        raise DataSourceError("no data: pass --data DIR (a `mer synth` output), --casme2/--samm/--smic ROOTs, "
-                              "or --dataset NAME --root ROOT")
+        raise DataSourceError(
+            "no data: pass --data DIR (a `mer synth` output), --casme2/--samm/--smic ROOTs, "
+            "or --dataset NAME --root ROOT"
+        )
     missing = [f"--{k} {v}" for k, v in roots.items() if not Path(v).is_dir()]
     if cfg.sample_list is not None and not Path(cfg.sample_list).is_file():
         missing.append(f"--sample-list {cfg.sample_list}")
@@ -161,8 +167,11 @@ def _load_samples(cfg: TrainConfig, on_error: str) -> list:
 def _labelled(name: str, samples: list) -> list:
     keep = [s for s in samples if s.label is not None]
     if len(keep) < len(samples):
-        warnings.warn(f"{name}: {len(samples) - len(keep)} of {len(samples)} samples are outside the 3-class "
-                      "protocol (e.g. 'others') and are not used", stacklevel=3)
+        warnings.warn(
+            f"{name}: {len(samples) - len(keep)} of {len(samples)} samples are outside the 3-class "
+            "protocol (e.g. 'others') and are not used",
+            stacklevel=3,
+        )
     return keep
 
 
@@ -189,8 +198,7 @@ def load_release(cfg: TrainConfig) -> RunInputs:
     rel = _read_release(release_root(cfg))
     images = rel.tiles if cfg.input == "regions" else rel.flow
     x = np.ascontiguousarray(np.asarray(images, np.float32).transpose(0, 3, 1, 2))
-    samples = [SampleId(str(d), str(s), str(c))
-               for d, s, c in zip(rel.datasets, rel.subjects, rel.clips, strict=True)]
+    samples = [SampleId(str(d), str(s), str(c)) for d, s, c in zip(rel.datasets, rel.subjects, rel.clips, strict=True)]
     everything = np.arange(len(samples))
     folds = []
     for subject, test in rel.folds.items():
@@ -215,8 +223,9 @@ def load_inputs(cfg: TrainConfig, *, workers: int = 1, progress: bool = True) ->
     # samples the loader excluded (--on-error warn) are listed with those the preparation could not use
     ps.failed[:0] = [(_Excluded(where), why) for where, why in load_excluded]
     x = ps.face if cfg.input == "face" else ps.regions
-    return _checked(RunInputs(ps.samples, np.ascontiguousarray(x, np.float32), ps.labels.astype(np.int64),
-                              list(ps.failed)))
+    return _checked(
+        RunInputs(ps.samples, np.ascontiguousarray(x, np.float32), ps.labels.astype(np.int64), list(ps.failed))
+    )
 
 
 def _checked(inputs: RunInputs) -> RunInputs:

@@ -9,6 +9,7 @@ Backend: gloo (training runs on the CPU; the collectives only exchange small sta
 MER_DIST_BACKEND overrides. Without the torchrun
 environment (RANK/WORLD_SIZE unset) everything is a single process and these helpers do nothing.
 """
+
 from __future__ import annotations
 
 import os

@@ -20,6 +20,7 @@ yet, the new inputs are simply recorded (and the run's sample/fold lists rewritt
 Not seen: an edit that keeps a frame's size and modification time *and* whose preparation is served from
 the preprocessing cache (the cache is keyed by size and mtime too): ``touch`` the file, or clear the cache.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,9 +73,14 @@ def _files(sample) -> list:
 
 def fingerprint(samples, x: np.ndarray, y: np.ndarray) -> dict:
     """The record of a run's inputs: samples (objects with .uid), x (M, C, S, S) the model inputs, y (M,)."""
-    return {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "samples": [{"uid": s.uid, "label": int(t), "input": input_hash(xi), "files": _files(s)}
-                        for s, xi, t in zip(samples, x, y, strict=True)]}
+    return {
+        "format": FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "samples": [
+            {"uid": s.uid, "label": int(t), "input": input_hash(xi), "files": _files(s)}
+            for s, xi, t in zip(samples, x, y, strict=True)
+        ],
+    }
 
 
 def write_record(path, record: dict) -> None:
@@ -119,9 +125,14 @@ def compare(old: dict, new: dict) -> tuple[list[str], list[str], list[str], list
         if p.get("label") != r["label"]:
             what.append(f"label {p.get('label')} -> {r['label']}")
         if p.get("input") != r["input"]:
-            what.append("its prepared input differs" + (f" ({'; '.join(files)})" if files else
-                                                        " (its frames' sizes and dates are unchanged: "
-                                                        "the preprocessing gave other numbers)"))
+            what.append(
+                "its prepared input differs"
+                + (
+                    f" ({'; '.join(files)})"
+                    if files
+                    else " (its frames' sizes and dates are unchanged: the preprocessing gave other numbers)"
+                )
+            )
         if what:
             changed.append(f"{uid}: {', '.join(what)}")
         elif files:
@@ -166,8 +177,10 @@ def check_inputs(root, samples, x: np.ndarray, y: np.ndarray, *, notify=None) ->
 
     if not path.exists():
         if trained:
-            note(f"{root}: this run has {len(trained)} trained fold(s) but no record of their inputs (made before "
-                 f"mer recorded them): they cannot be checked against the current inputs; recording these now")
+            note(
+                f"{root}: this run has {len(trained)} trained fold(s) but no record of their inputs (made before "
+                f"mer recorded them): they cannot be checked against the current inputs; recording these now"
+            )
             write_record(path, new)
             return "unchecked"
         write_record(path, new)
@@ -178,22 +191,28 @@ def check_inputs(root, samples, x: np.ndarray, y: np.ndarray, *, notify=None) ->
             raise ValueError(f"format {old.get('format')!r}")
     except (OSError, ValueError) as e:
         if trained:
-            raise InputsChanged(f"{path} is unreadable ({e}), so the inputs of this run's {len(trained)} trained "
-                                "fold(s) cannot be checked; rerun with --force to train every fold on the "
-                                "current inputs") from None
+            raise InputsChanged(
+                f"{path} is unreadable ({e}), so the inputs of this run's {len(trained)} trained "
+                "fold(s) cannot be checked; rerun with --force to train every fold on the "
+                "current inputs"
+            ) from None
         write_record(path, new)
         return "recorded"
     changed, removed, added, files_only = compare(old, new)
     if not (changed or removed or added):
         if files_only:
-            note(f"{root}: the frames of {len(files_only)} sample(s) have new sizes or dates but give the same "
-                 f"prepared inputs ({_brief(files_only, 3)}): resuming")
+            note(
+                f"{root}: the frames of {len(files_only)} sample(s) have new sizes or dates but give the same "
+                f"prepared inputs ({_brief(files_only, 3)}): resuming"
+            )
             write_record(path, new)
             return "files-touched"
         return "same"
     if not trained:
-        note(f"{root}: the inputs changed since this run directory was made, before any fold was trained: "
-             "starting with the current inputs")
+        note(
+            f"{root}: the inputs changed since this run directory was made, before any fold was trained: "
+            "starting with the current inputs"
+        )
         for name in ("samples.csv", "folds.json", "excluded.json"):  # they describe no trained fold
             (root / name).unlink(missing_ok=True)
         write_record(path, new)
@@ -206,15 +225,18 @@ def check_inputs(root, samples, x: np.ndarray, y: np.ndarray, *, notify=None) ->
     if added:
         what.append(f"{len(added)} new ({_brief(added, 4)})")
     folds = _brief(trained, 6)
-    head = (f"{root}: the run's inputs changed since its folds were trained: {'; '.join(what)}. "
-            f"{len(trained)} fold(s) were trained on the old inputs ({folds}); merging them with folds trained "
-            "on the current ones would mix two data sets, so the run stops")
-    fix = ("Restore the original files to resume this run, or rerun with --force to delete it and train "
-           "every fold on the current inputs (each fold uses every sample, in training or as its test "
-           "subject, so none of the trained folds can be kept)")
+    head = (
+        f"{root}: the run's inputs changed since its folds were trained: {'; '.join(what)}. "
+        f"{len(trained)} fold(s) were trained on the old inputs ({folds}); merging them with folds trained "
+        "on the current ones would mix two data sets, so the run stops"
+    )
+    fix = (
+        "Restore the original files to resume this run, or rerun with --force to delete it and train "
+        "every fold on the current inputs (each fold uses every sample, in training or as its test "
+        "subject, so none of the trained folds can be kept)"
+    )
     log_event(root, head)
     if len(changed) == 1 and not removed and not added:
         raise InputsChanged(f"{head}. Changed: {changed[0]}. {fix}")
-    lines = [f"  - {c}" for c in changed[:30]] + ([f"  ... and {len(changed) - 30} more"] if len(changed) > 30
-                                                  else [])
+    lines = [f"  - {c}" for c in changed[:30]] + ([f"  ... and {len(changed) - 30} more"] if len(changed) > 30 else [])
     raise InputsChanged("\n".join([head + (":" if lines else "."), *lines, fix]))

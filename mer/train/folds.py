@@ -3,6 +3,7 @@
 Every split is by subject (dataset, subject) and built by :mod:`mer.protocols`, which checks that no
 subject is on both sides of a fold.
 """
+
 from __future__ import annotations
 
 import re
@@ -63,8 +64,9 @@ def build_folds(samples, protocol: str, *, kfold_seed: int = 0, loso_folds: list
             return {f.test_subjects: (sorted(f.test.tolist()), sorted(f.train.tolist())) for f in folds}
 
         if len(loso_folds) != len(split(loso_folds)) or split(loso_folds) != split(loso(samples)):
-            raise ValueError("the data source's LOSO folds are not exactly one fold per subject, trained on "
-                             "every other subject")
+            raise ValueError(
+                "the data source's LOSO folds are not exactly one fold per subject, trained on every other subject"
+            )
         return list(loso_folds)
     if p.kind == "kfold":
         return subject_kfold(samples, p.k, seed=kfold_seed)
@@ -81,8 +83,9 @@ def fold_dirname(index: int, fold: Fold) -> str:
     return f"{index:03d}-{safe}"
 
 
-def validation_split(train_idx: np.ndarray, subjects: list[tuple[str, str]], fraction: float,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    train_idx: np.ndarray, subjects: list[tuple[str, str]], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Split the training indices of a fold by subject into (fit, val).
 
     subjects: (dataset, subject) of every sample of the run. Whole subjects go to val (at least one, at

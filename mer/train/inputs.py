@@ -4,6 +4,7 @@ prediction and scores. Public: ``mer.esaat`` and ``mer.train.predict`` use these
     mean, std = channel_stats(x_fit)                # x (N, C, S, S) -> (C,), (C,) float64
     prob = predict_proba(model, normalise(x_test, mean, std))   # (N, NUM_CLASSES)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,7 +57,9 @@ def predict_proba(model, x: np.ndarray, batch: int = 256) -> np.ndarray:
     """(N, NUM_CLASSES) softmax probabilities of normalised inputs x (N, 3, S, S); the model is put in eval mode."""
     model.eval()
     device = next(model.parameters()).device
-    out = [F.softmax(model(torch.from_numpy(x[i:i + batch]).to(device)), dim=1).cpu() for i in range(0, len(x), batch)]
+    out = [
+        F.softmax(model(torch.from_numpy(x[i : i + batch]).to(device)), dim=1).cpu() for i in range(0, len(x), batch)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 

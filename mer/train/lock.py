@@ -14,6 +14,7 @@ every rank of that job stops. Run directories on a network file system: flock wo
 NFSv4 (Linux emulates it with POSIX locks); where the file system refuses locks, the pid in the file
 decides (a live process on this host, or any process on another host, counts as holding it).
 """
+
 from __future__ import annotations
 
 import errno
@@ -92,18 +93,21 @@ class RunLock:
                 os.close(fd)
                 raise RunLocked(self._refusal(old))
             if old:
-                self.taken_over = (f"run directory {self.root}: took over the lock left by {_describe(old)} "
-                                   "(that process is gone; its finished folds are kept, its interrupted fold "
-                                   "resumes from its checkpoint)")
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                    "command": self.command}
+                self.taken_over = (
+                    f"run directory {self.root}: took over the lock left by {_describe(old)} "
+                    "(that process is gone; its finished folds are kept, its interrupted fold "
+                    "resumes from its checkpoint)"
+                )
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": self.command}
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
             os.fsync(fd)
             self.fd = fd
             return self
-        raise RunLocked(f"run directory {self.root}: could not take {self.path} (it keeps being replaced); "
-                        "is another `mer train` starting there?")
+        raise RunLocked(
+            f"run directory {self.root}: could not take {self.path} (it keeps being replaced); "
+            "is another `mer train` starting there?"
+        )
 
     @staticmethod
     def _held_by_live(info: dict) -> bool:
@@ -114,9 +118,11 @@ class RunLock:
 
     def _refusal(self, info: dict) -> str:
         who = _describe(info) if info else "another process (no details recorded yet)"
-        return (f"run directory {self.root} is in use by another `mer train` ({who}; lock file {self.path}). "
-                "Wait for it to finish, stop it (its finished folds are kept, the interrupted fold resumes), "
-                "or choose another --out")
+        return (
+            f"run directory {self.root} is in use by another `mer train` ({who}; lock file {self.path}). "
+            "Wait for it to finish, stop it (its finished folds are kept, the interrupted fold resumes), "
+            "or choose another --out"
+        )
 
     def release(self) -> None:
         if self.fd is None:

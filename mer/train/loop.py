@@ -15,6 +15,7 @@ Resuming: ``last.pt`` (model, optimiser, torch RNG, history, best state) is writ
 ``numpy.random.default_rng([seed, fold, e])`` (``epoch_order``), so a resumed fold sees the same batches as
 an uninterrupted one and ends with the same weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -116,13 +117,22 @@ def prepare_fold(task: FoldTask) -> FoldArrays:
         y_fit = np.concatenate([y_fit, y_gen.astype(np.int64)])
     has_val, oracle = len(val) > 0, cfg.selection == "oracle-release"
     return FoldArrays(
-        fit=fit, val=val, test=test, x_fit=x_fit, y_fit=y_fit,
+        fit=fit,
+        val=val,
+        test=test,
+        x_fit=x_fit,
+        y_fit=y_fit,
         x_val=normalise(log.take("val", task.x, val), mean, std) if has_val else None,
         y_val=log.take("val", task.y, val) if has_val else None,
         x_sel=normalise(log.take("select", task.x, test), mean, std) if oracle else None,
         y_sel=log.take("select", task.y, test) if oracle else None,
         x_test=normalise(log.take("predict", task.x, test), mean, std),
-        mean=mean, std=std, n_real=n_real, n_generated=len(y_fit) - n_real, log=log)
+        mean=mean,
+        std=std,
+        n_real=n_real,
+        n_generated=len(y_fit) - n_real,
+        log=log,
+    )
 
 
 def _ddpm_samples(cfg: TrainConfig, x_fit: np.ndarray, y_fit: np.ndarray, task: FoldTask):
@@ -146,7 +156,7 @@ def epoch_order(y: np.ndarray, cfg: TrainConfig, order_key: tuple, epoch: int) -
 def fold_class_weights(data: FoldArrays, cfg: TrainConfig) -> torch.Tensor | None:
     """Cross-entropy class weights from the fold's *real* fit labels (generated samples do not change them,
     so an augmented and a plain run weight the classes alike)."""
-    return class_weight_vector(data.y_fit[:data.n_real], cfg.class_weights)
+    return class_weight_vector(data.y_fit[: data.n_real], cfg.class_weights)
 
 
 def is_better(score: tuple, best: dict | None, cfg: TrainConfig) -> bool:
@@ -183,8 +193,17 @@ def end_epoch(state: TrainState, rec: dict, score: tuple | None, cfg: TrainConfi
     return improved
 
 
-def train_epochs(model, opt, data: FoldArrays, cfg: TrainConfig, *, order_key: tuple, state: TrainState | None = None,
-                 on_epoch_end=None, bar=None) -> TrainState:
+def train_epochs(
+    model,
+    opt,
+    data: FoldArrays,
+    cfg: TrainConfig,
+    *,
+    order_key: tuple,
+    state: TrainState | None = None,
+    on_epoch_end=None,
+    bar=None,
+) -> TrainState:
     """Train from ``state`` (default: epoch 0) up to cfg.epochs, or until early stopping (selection 'val').
 
     Each epoch (minibatches in ``epoch_order``) appends a record (train loss/accuracy, validation or oracle
@@ -203,7 +222,7 @@ def train_epochs(model, opt, data: FoldArrays, cfg: TrainConfig, *, order_key: t
         order = torch.from_numpy(epoch_order(data.y_fit, cfg, order_key, state.epoch)).to(device)
         tot_loss, correct = 0.0, 0
         for s in range(0, n, bs):
-            b = order[s:s + bs]
+            b = order[s : s + bs]
             logits = model(xt[b])
             loss = F.cross_entropy(logits, yt[b], weight=weight, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -218,8 +237,9 @@ def train_epochs(model, opt, data: FoldArrays, cfg: TrainConfig, *, order_key: t
         if end_epoch(state, rec, score, cfg):
             state.best["state_dict"] = copy.deepcopy(model.state_dict())
         if bar is not None:
-            bar.set_postfix(loss=f"{rec['train_loss']:.3f}",
-                            **({"val_uf1": f"{rec['val_uf1']:.3f}"} if "val_uf1" in rec else {}))
+            bar.set_postfix(
+                loss=f"{rec['train_loss']:.3f}", **({"val_uf1": f"{rec['val_uf1']:.3f}"} if "val_uf1" in rec else {})
+            )
             bar.update()
         if on_epoch_end is not None:
             on_epoch_end(state)
@@ -271,15 +291,32 @@ def train_fold(task: FoldTask, *, progress: bool = True, position: int = 0, on_e
             if on_epoch_end is not None:
                 on_epoch_end(task, st)
 
-        with tqdm(total=cfg.epochs, initial=state.epoch, desc=f"fold {task.index} {task.name}", unit="epoch",
-                  leave=False, position=position, disable=not progress) as bar:
-            state = train_epochs(model, opt, data, cfg, order_key=(cfg.seed, task.index), state=state,
-                                 on_epoch_end=epoch_end, bar=bar)
+        with tqdm(
+            total=cfg.epochs,
+            initial=state.epoch,
+            desc=f"fold {task.index} {task.name}",
+            unit="epoch",
+            leave=False,
+            position=position,
+            disable=not progress,
+        ) as bar:
+            state = train_epochs(
+                model, opt, data, cfg, order_key=(cfg.seed, task.index), state=state, on_epoch_end=epoch_end, bar=bar
+            )
         prob_last = predict_proba(model, data.x_test) if cfg.selection == "oracle-release" else None
         chosen = select_epoch(model, state)
         prob = predict_proba(model, data.x_test)
-    result = write_fold(task, data, model, state, chosen, prob, seconds=time.perf_counter() - t0,
-                        cpu_seconds=time.process_time() - c0, prob_last=prob_last)
+    result = write_fold(
+        task,
+        data,
+        model,
+        state,
+        chosen,
+        prob,
+        seconds=time.perf_counter() - t0,
+        cpu_seconds=time.process_time() - c0,
+        prob_last=prob_last,
+    )
     discard_checkpoints(last)  # last.pt and last.prev.pt
     return result
 
@@ -297,38 +334,72 @@ def load_resume_point(path: Path, model, opt) -> TrainState:
     """Restore model, optimiser and torch RNG from ``last.pt`` if it exists; the state to continue from.
     A damaged ``last.pt`` falls back to ``last.prev.pt``, else to a fresh start, with a warning naming
     the file (mer.train.recovery)."""
+
     def apply(ck) -> TrainState:
         model.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
-        return TrainState(epoch=int(ck["epoch"]), history=ck["history"], best=ck["best"],
-                          stopped=ck.get("stopped", False))
+        return TrainState(
+            epoch=int(ck["epoch"]), history=ck["history"], best=ck["best"], stopped=ck.get("stopped", False)
+        )
 
     return resume(path, apply, model, opt) or TrainState()
 
 
 def save_resume_point(path: Path, model, opt, state: TrainState) -> None:
     """Write ``last.pt`` atomically; the previous one is kept as ``last.prev.pt`` (mer.train.recovery)."""
-    save_checkpoint(path, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                           "rng": torch.get_rng_state(), "history": state.history, "best": state.best,
-                           "epoch": state.epoch, "stopped": state.stopped})
+    save_checkpoint(
+        path,
+        {
+            "state_dict": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "rng": torch.get_rng_state(),
+            "history": state.history,
+            "best": state.best,
+            "epoch": state.epoch,
+            "stopped": state.stopped,
+        },
+    )
 
 
 def save_model(path: Path, task: FoldTask, data: FoldArrays, model, chosen: int) -> None:
     """model.pt: the evaluated weights with everything needed to rebuild and apply them (mer predict)."""
     cfg = task.cfg
-    atomic_torch_save(path, {
-        "format": CHECKPOINT_FORMAT, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-        "config": cfg.to_dict(),
-        "model": cfg.model, "model_kwargs": dict(cfg.model_kwargs), "image_size": int(task.x.shape[-1]),
-        "input": cfg.input, "prep": cfg.prep.to_dict(), "norm_mean": [float(v) for v in data.mean],
-        "norm_std": [float(v) for v in data.std], "labels": list(LABEL_NAMES), "fold": task.name,
-        "fold_index": task.index, "epoch": chosen, "selection": cfg.selection_label,
-        "valid_estimate": cfg.valid_estimate})
+    atomic_torch_save(
+        path,
+        {
+            "format": CHECKPOINT_FORMAT,
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "config": cfg.to_dict(),
+            "model": cfg.model,
+            "model_kwargs": dict(cfg.model_kwargs),
+            "image_size": int(task.x.shape[-1]),
+            "input": cfg.input,
+            "prep": cfg.prep.to_dict(),
+            "norm_mean": [float(v) for v in data.mean],
+            "norm_std": [float(v) for v in data.std],
+            "labels": list(LABEL_NAMES),
+            "fold": task.name,
+            "fold_index": task.index,
+            "epoch": chosen,
+            "selection": cfg.selection_label,
+            "valid_estimate": cfg.valid_estimate,
+        },
+    )
 
 
-def write_fold(task: FoldTask, data: FoldArrays, model, state: TrainState, chosen: int, prob: np.ndarray, *,
-               seconds: float, cpu_seconds: float, prob_last: np.ndarray | None = None) -> dict:
+def write_fold(
+    task: FoldTask,
+    data: FoldArrays,
+    model,
+    state: TrainState,
+    chosen: int,
+    prob: np.ndarray,
+    *,
+    seconds: float,
+    cpu_seconds: float,
+    prob_last: np.ndarray | None = None,
+) -> dict:
     """Write predictions.csv, history.json, model.pt and (last: the fold is finished) result.json.
     prob_last: with selection 'oracle-release', the last epoch's test probabilities (the same training
     evaluated with a fixed budget), written to predictions_last_epoch.csv."""
@@ -344,19 +415,33 @@ def write_fold(task: FoldTask, data: FoldArrays, model, state: TrainState, chose
         save_model(fdir / "model.pt", task, data, model, chosen)
     history = state.history
     result = {
-        "fold": task.name, "index": task.index, "dir": task.dirname,
+        "fold": task.name,
+        "index": task.index,
+        "dir": task.dirname,
         "test_subjects": sorted({"/".join(task.subjects[i]) for i in test}),
-        "n_fit": data.n_real, "n_generated": data.n_generated, "n_val": int(len(data.val)), "n_test": int(len(test)),
-        "epochs_run": len(history), "epoch_selected": chosen, "selection": cfg.selection_label,
-        "selection_mode": cfg.selection, "fold_batch": cfg.fold_batch,
-        "valid_estimate": cfg.valid_estimate, "oracle": not cfg.valid_estimate,
-        "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2),  # this process's CPU time (all threads)
+        "n_fit": data.n_real,
+        "n_generated": data.n_generated,
+        "n_val": int(len(data.val)),
+        "n_test": int(len(test)),
+        "epochs_run": len(history),
+        "epoch_selected": chosen,
+        "selection": cfg.selection_label,
+        "selection_mode": cfg.selection,
+        "fold_batch": cfg.fold_batch,
+        "valid_estimate": cfg.valid_estimate,
+        "oracle": not cfg.valid_estimate,
+        "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),  # this process's CPU time (all threads)
         "seconds_per_epoch": round(float(np.mean([h["seconds"] for h in history])) if history else 0.0, 3),
         "threads": torch.get_num_threads(),
         "test_acc": float((pred == y_test).mean()) if len(test) else None,
         "indices_used": data.log.as_dict(),
-        "split": {"train": np.asarray(task.train).tolist(), "fit": data.fit.tolist(), "val": data.val.tolist(),
-                  "test": test.tolist()},
+        "split": {
+            "train": np.asarray(task.train).tolist(),
+            "fit": data.fit.tolist(),
+            "val": data.val.tolist(),
+            "test": test.tolist(),
+        },
     }
     atomic_write_json(fdir / "result.json", result)
     return result

@@ -5,6 +5,7 @@
 
 Either way the model must map (B, 3, S, S) float32 to (B, 3) logits; checked on a dummy batch.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -42,13 +43,16 @@ def build_model(name: str, kwargs: dict, *, image_size: int, check: bool = True)
             try:
                 out = model(torch.zeros(2, 3, image_size, image_size))
             except Exception as e:
-                raise ModelError(f"model {name!r} does not accept (B, 3, {image_size}, {image_size}) inputs: "
-                                 f"{type(e).__name__}: {e}. Match --size to the model's image size or pass "
-                                 "--model-arg image_size=...") from e
+                raise ModelError(
+                    f"model {name!r} does not accept (B, 3, {image_size}, {image_size}) inputs: "
+                    f"{type(e).__name__}: {e}. Match --size to the model's image size or pass "
+                    "--model-arg image_size=..."
+                ) from e
             model.train(was)
         if tuple(out.shape) != (2, NUM_CLASSES):
-            raise ModelError(f"model {name!r} returned {tuple(out.shape)} for a batch of 2; expected (2, "
-                             f"{NUM_CLASSES}) logits")
+            raise ModelError(
+                f"model {name!r} returned {tuple(out.shape)} for a batch of 2; expected (2, {NUM_CLASSES}) logits"
+            )
     return model
 
 

@@ -1,9 +1,10 @@
 """Prediction with trained fold models: the training run's preprocessing, normalisation and model.
 
-    from mer.train.predict import load_checkpoint, predict_pair
-    model, meta = load_checkpoint("runs/demo/folds/000-casme2-sub01/model.pt")
-    probs = predict_pair([(model, meta)], "onset.jpg", "apex.jpg")    # {'negative': p0, 'positive': ..., ...}
+from mer.train.predict import load_checkpoint, predict_pair
+model, meta = load_checkpoint("runs/demo/folds/000-casme2-sub01/model.pt")
+probs = predict_pair([(model, meta)], "onset.jpg", "apex.jpg")    # {'negative': p0, 'positive': ..., ...}
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,10 @@ def checkpoint_paths(path) -> list[Path]:
         return [p / "model.pt"]
     found = sorted((p / "folds").glob("*/model.pt")) if p.is_dir() else []
     if not found:
-        raise PredictError(f"no checkpoint at {p}: give a fold's model.pt (RUNDIR/folds/<fold>/model.pt), a fold "
-                           "directory, or a finished run directory")
+        raise PredictError(
+            f"no checkpoint at {p}: give a fold's model.pt (RUNDIR/folds/<fold>/model.pt), a fold "
+            "directory, or a finished run directory"
+        )
     return found
 
 
@@ -55,8 +58,11 @@ def weights_mismatch(model: torch.nn.Module, state: dict) -> str | None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    shapes = [
+        f"{k} {tuple(getattr(state[k], 'shape', ()))} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)
+    ]
     parts = []
     for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)):
         if items:
@@ -71,19 +77,25 @@ def load_checkpoint(path) -> tuple[torch.nn.Module, dict]:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, damaged, or not a weights-only torch file
-        raise PredictError(f"cannot load checkpoint {path} ({_first_line(e)}): the file is damaged, truncated or "
-                           "not a torch checkpoint; use a fold's model.pt of a finished `mer train` run") from None
+        raise PredictError(
+            f"cannot load checkpoint {path} ({_first_line(e)}): the file is damaged, truncated or "
+            "not a torch checkpoint; use a fold's model.pt of a finished `mer train` run"
+        ) from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise PredictError(f"{path} is not a `mer train` checkpoint (format {CHECKPOINT_FORMAT})")
     missing = [k for k in CHECKPOINT_KEYS if k not in ck]
     if missing or not isinstance(ck["state_dict"], dict):
-        raise PredictError(f"{path} is a `mer train` checkpoint without {', '.join(missing) or 'its weights'}: "
-                           "damaged or edited; use the run's own model.pt")
+        raise PredictError(
+            f"{path} is a `mer train` checkpoint without {', '.join(missing) or 'its weights'}: "
+            "damaged or edited; use the run's own model.pt"
+        )
     model = build_model(ck["model"], dict(ck["model_kwargs"]), image_size=int(ck["image_size"]), check=False)
     why = weights_mismatch(model, ck["state_dict"])
     if why:
-        raise PredictError(f"{path} holds weights that do not fit its model {ck['model']!r}: {why} tensors. Foreign "
-                           "or edited weights; use the model.pt that `mer train` wrote with them")
+        raise PredictError(
+            f"{path} holds weights that do not fit its model {ck['model']!r}: {why} tensors. Foreign "
+            "or edited weights; use the model.pt that `mer train` wrote with them"
+        )
     model.load_state_dict(ck["state_dict"])
     model.eval()
     meta = {k: v for k, v in ck.items() if k != "state_dict"}
@@ -118,8 +130,9 @@ def choose_apex(frames: list[Path], apex: str | None) -> Path:
     try:
         i = int(apex)
     except ValueError:
-        raise PredictError(f"--apex-frame {apex!r} is neither a file of the clip nor a position "
-                           f"(0..{len(frames) - 1})") from None
+        raise PredictError(
+            f"--apex-frame {apex!r} is neither a file of the clip nor a position (0..{len(frames) - 1})"
+        ) from None
     if not 0 <= i < len(frames):
         raise PredictError(f"--apex-frame {i} is outside the clip's {len(frames)} frames")
     return frames[i]
@@ -135,8 +148,10 @@ def predict_pair(models: list, onset, apex, *, cropped: bool = False) -> dict:
 
     for _, meta in models:
         if str(meta.get("config", {}).get("data") or "").startswith("htnet-release:"):
-            raise PredictError(f"{meta['path']} was trained on the HTNet release's precomputed flow images; their "
-                               "preprocessing (the release's flow and landmarks) is not reproduced from frames here")
+            raise PredictError(
+                f"{meta['path']} was trained on the HTNet release's precomputed flow images; their "
+                "preprocessing (the release's flow and landmarks) is not reproduced from frames here"
+            )
     shapes = {}
     for what, p in (("onset", onset), ("apex", apex)):
         if isinstance(p, (str, Path)):
@@ -152,8 +167,10 @@ def predict_pair(models: list, onset, apex, *, cropped: bool = False) -> dict:
             shapes[what] = np.asarray(p).shape[:2]
     if shapes["onset"] != shapes["apex"]:
         (h0, w0), (h1, w1) = shapes["onset"], shapes["apex"]
-        raise PredictError(f"the onset image {onset} is {w0}x{h0} pixels but the apex image {apex} is {w1}x{h1}: "
-                           "give two frames of the same clip (same size)")
+        raise PredictError(
+            f"the onset image {onset} is {w0}x{h0} pixels but the apex image {apex} is {w1}x{h1}: "
+            "give two frames of the same clip (same size)"
+        )
     probs, cache = [], {}
     for model, meta in models:
         cfg = PrepConfig(**meta["prep"])

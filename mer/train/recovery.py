@@ -13,6 +13,7 @@ or, when neither loads, restarts from scratch. The warning says which; the run's
 Either way the fold's result is the one an uninterrupted run gives: a checkpoint holds the whole state
 (model, optimiser, RNG, history), and a fresh start is seeded like the first one.
 """
+
 from __future__ import annotations
 
 import copy
@@ -113,12 +114,18 @@ def resume(path, apply, model, opt):
             bad.append(f"{p} ({_first_line(e)}; kept as {damaged.name})")
             continue
         if bad:
-            notify(f"checkpoint {' and '.join(bad)} does not load: the fold resumes from the previous "
-                   f"checkpoint {p.name} (epoch {int(ck['epoch'])})", path=path)
+            notify(
+                f"checkpoint {' and '.join(bad)} does not load: the fold resumes from the previous "
+                f"checkpoint {p.name} (epoch {int(ck['epoch'])})",
+                path=path,
+            )
         return out
     if bad:
-        notify(f"checkpoint {' and '.join(bad)} does not load and there is no older good one: the fold "
-               "restarts from scratch (epoch 0)", path=path)
+        notify(
+            f"checkpoint {' and '.join(bad)} does not load and there is no older good one: the fold "
+            "restarts from scratch (epoch 0)",
+            path=path,
+        )
     return None
 
 
@@ -136,6 +143,5 @@ def fold_finished(root, dirname: str, test, labels: dict | None = None, *, model
     if problem is None:
         return True
     os.replace(d / "result.json", d / "result.json.damaged")
-    notify(f"fold {dirname} was finished but {problem}: training this fold again (the other folds are kept)",
-           root=root)
+    notify(f"fold {dirname} was finished but {problem}: training this fold again (the other folds are kept)", root=root)
     return False

@@ -1,22 +1,23 @@
 """The run directory: layout, config check, finished-fold bookkeeping.
 
-    RUNDIR/
-      config.json            the resolved TrainConfig (written first; a rerun must match it)
-      samples.csv            index, dataset, subject, clip, label of every sample of the run
-      folds.json             per fold: name, dir, train/test indices, test subjects
-      excluded.json          samples the preparation could not use (on_prep_error='warn'), with the reason
-      folds/<NNN-name>/
-        last.pt              resumable checkpoint (model, optimiser, RNG, history); removed when the fold ends
-        model.pt             the evaluated model: state_dict + config (torch.load(..., weights_only=True))
-        history.json         per-epoch train loss/accuracy (+ validation or oracle scores)
-        predictions.csv      dataset, subject, clip, label, pred, p0, p1, p2 of the held-out samples
-        predictions_last_epoch.csv   selection oracle-release only: the same at the last epoch
-        result.json          written last: the fold is finished (indices used, epoch selected, timings)
-      predictions.csv, metrics.json, megc_log.txt, summary.md, confusion_*.png, learning_curves.png
-      inputs.json            a fingerprint of every sample's input (mer.train.fingerprint): resume checks it
-      train.lock             held while a `mer train` runs here (mer.train.lock)
-      events.log             what went wrong and what was done about it (one timestamped line each)
+RUNDIR/
+  config.json            the resolved TrainConfig (written first; a rerun must match it)
+  samples.csv            index, dataset, subject, clip, label of every sample of the run
+  folds.json             per fold: name, dir, train/test indices, test subjects
+  excluded.json          samples the preparation could not use (on_prep_error='warn'), with the reason
+  folds/<NNN-name>/
+    last.pt              resumable checkpoint (model, optimiser, RNG, history); removed when the fold ends
+    model.pt             the evaluated model: state_dict + config (torch.load(..., weights_only=True))
+    history.json         per-epoch train loss/accuracy (+ validation or oracle scores)
+    predictions.csv      dataset, subject, clip, label, pred, p0, p1, p2 of the held-out samples
+    predictions_last_epoch.csv   selection oracle-release only: the same at the last epoch
+    result.json          written last: the fold is finished (indices used, epoch selected, timings)
+  predictions.csv, metrics.json, megc_log.txt, summary.md, confusion_*.png, learning_curves.png
+  inputs.json            a fingerprint of every sample's input (mer.train.fingerprint): resume checks it
+  train.lock             held while a `mer train` runs here (mer.train.lock)
+  events.log             what went wrong and what was done about it (one timestamped line each)
 """
+
 from __future__ import annotations
 
 import json
@@ -89,13 +90,18 @@ class RunDir:
                 old = self.read_config()
             except (ValueError, TypeError, json.JSONDecodeError) as e:
                 if not force:
-                    raise ConfigMismatch(f"{self.config_path} cannot be read as a TrainConfig ({e}); choose "
-                                         "another --out or pass --force to replace the run") from None
+                    raise ConfigMismatch(
+                        f"{self.config_path} cannot be read as a TrainConfig ({e}); choose "
+                        "another --out or pass --force to replace the run"
+                    ) from None
                 old = "unreadable"
-        elif self.root.exists() and any(p.name not in (LOCK_NAME, EVENTS_LOG) for p in self.root.iterdir()) \
-                and not force:
-            raise ConfigMismatch(f"{self.root} exists, is not empty and holds no config.json: not a run "
-                                 "directory. Choose another --out or pass --force to replace it")
+        elif (
+            self.root.exists() and any(p.name not in (LOCK_NAME, EVENTS_LOG) for p in self.root.iterdir()) and not force
+        ):
+            raise ConfigMismatch(
+                f"{self.root} exists, is not empty and holds no config.json: not a run "
+                "directory. Choose another --out or pass --force to replace it"
+            )
         state = "new"
         if old is not None and not force and not self.trained_folds():
             # nothing was trained under the saved config (e.g. its data failed to load, and the error said to
@@ -104,8 +110,11 @@ class RunDir:
             if diff:
                 import sys
 
-                print(f"notice: {self.root} holds no trained fold of its saved config; starting with the requested "
-                      f"one ({'; '.join(diff)})", file=sys.stderr)
+                print(
+                    f"notice: {self.root} holds no trained fold of its saved config; starting with the requested "
+                    f"one ({'; '.join(diff)})",
+                    file=sys.stderr,
+                )
                 self.clear()
                 old = None
         if old is not None:
@@ -116,7 +125,8 @@ class RunDir:
                     f"{self.root} holds a run with a different config (saved -> requested):\n  "
                     + "\n  ".join(lines)
                     + "\nRerun with the saved options to resume it, choose another --out, or pass --force "
-                    "to delete it and start afresh.")
+                    "to delete it and start afresh."
+                )
             if force:  # another config, or the same one started afresh (e.g. after its inputs changed)
                 self.clear()
                 state = "forced"

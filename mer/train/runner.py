@@ -7,6 +7,7 @@ sharded over torchrun ranks) -> merged predictions, pooled UF1/UAR, MEGC log, ta
 Rerunning the same config into the same directory skips finished folds and resumes an interrupted one
 from its last checkpoint; a different config raises ConfigMismatch unless ``force=True``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,13 +55,24 @@ def _init_worker(threads: int, shared: dict) -> None:
 
 def _task(cfg: TrainConfig, index: int, fold, rd: RunDir, shared: dict) -> FoldTask:
     name = fold_dirname(index, fold)
-    return FoldTask(cfg=cfg, index=index, name=fold.name, dirname=name, fold_dir=str(rd.fold_dir(name)),
-                    train=fold.train, test=fold.test, x=shared["x"], y=shared["y"],
-                    subjects=shared["subjects"], ids=shared["ids"])
+    return FoldTask(
+        cfg=cfg,
+        index=index,
+        name=fold.name,
+        dirname=name,
+        fold_dir=str(rd.fold_dir(name)),
+        train=fold.train,
+        test=fold.test,
+        x=shared["x"],
+        y=shared["y"],
+        subjects=shared["subjects"],
+        ids=shared["ids"],
+    )
 
 
-def _train_unit(cfg: TrainConfig, unit: list[tuple[int, object]], rd: RunDir, shared: dict, *, progress: bool,
-                on_epoch_end) -> list[dict]:
+def _train_unit(
+    cfg: TrainConfig, unit: list[tuple[int, object]], rd: RunDir, shared: dict, *, progress: bool, on_epoch_end
+) -> list[dict]:
     """Train one unit of work: a fold alone (fold_batch 1), or up to fold_batch folds together."""
     tasks = [_task(cfg, i, fold, rd, shared) for i, fold in unit]
     if cfg.fold_batch > 1:
@@ -99,8 +111,10 @@ def _collective(ctx, fn, *, main_only: bool = False):
 def _write_or_check(path: Path, text: str, what: str) -> None:
     if path.exists():
         if path.read_text() != text:
-            raise ConfigMismatch(f"{path}: the {what} differ from the saved run's (the data or protocol changed "
-                                 "although the config did not). Use another --out or --force.")
+            raise ConfigMismatch(
+                f"{path}: the {what} differ from the saved run's (the data or protocol changed "
+                "although the config did not). Use another --out or --force."
+            )
         return
     atomic_write_text(path, text)
 
@@ -115,9 +129,22 @@ def _samples_csv(samples, y) -> str:
 
 
 def _folds_json(folds) -> str:
-    return json.dumps([{"index": i, "name": f.name, "dir": fold_dirname(i, f), "train": f.train.tolist(),
-                        "test": f.test.tolist(), "test_subjects": ["/".join(s) for s in f.test_subjects]}
-                       for i, f in enumerate(folds)]) + "\n"
+    return (
+        json.dumps(
+            [
+                {
+                    "index": i,
+                    "name": f.name,
+                    "dir": fold_dirname(i, f),
+                    "train": f.train.tolist(),
+                    "test": f.test.tolist(),
+                    "test_subjects": ["/".join(s) for s in f.test_subjects],
+                }
+                for i, f in enumerate(folds)
+            ]
+        )
+        + "\n"
+    )
 
 
 def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on_epoch_end=None) -> dict | None:
@@ -150,32 +177,45 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
         if ctx.is_main and cfg.progress:
             print(f"run directory {rd.root} ({state}); selection: {cfg.selection_label}")
         prep_workers = cfg.prep_workers or max(cfg.workers, 1)
-        loaded = _collective(ctx, lambda: load_inputs(cfg, workers=prep_workers, progress=cfg.progress),
-                             main_only=True)
+        loaded = _collective(ctx, lambda: load_inputs(cfg, workers=prep_workers, progress=cfg.progress), main_only=True)
         if not ctx.is_main:  # every entry is cached now: a fast read
             loaded = load_inputs(cfg, workers=1, progress=False)
         samples, x, y = loaded.samples, loaded.x, loaded.y
         excluded = [{"uid": smp.uid, "reason": why} for smp, why in loaded.excluded]
         t_prep = time.perf_counter() - t0
         folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed, loso_folds=loaded.loso_folds)
-        _collective(ctx, lambda: (check_inputs(rd.root, samples, x, y),  # refuses folds trained on other inputs
-                                  _write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
-                                  _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds"),
-                                  _write_or_check(rd.root / "excluded.json", json.dumps(excluded, indent=1) + "\n",
-                                                  "excluded samples")),
-                    main_only=True)
-        shared = {"x": x, "y": y, "subjects": [(s.dataset, s.subject) for s in samples],
-                  "ids": [(s.dataset, s.subject, s.clip) for s in samples]}
+        _collective(
+            ctx,
+            lambda: (
+                check_inputs(rd.root, samples, x, y),  # refuses folds trained on other inputs
+                _write_or_check(rd.root / "samples.csv", _samples_csv(samples, y), "samples"),
+                _write_or_check(rd.root / "folds.json", _folds_json(folds), "folds"),
+                _write_or_check(rd.root / "excluded.json", json.dumps(excluded, indent=1) + "\n", "excluded samples"),
+            ),
+            main_only=True,
+        )
+        shared = {
+            "x": x,
+            "y": y,
+            "subjects": [(s.dataset, s.subject) for s in samples],
+            "ids": [(s.dataset, s.subject, s.clip) for s in samples],
+        }
         mine = shard(len(folds), ctx.rank, ctx.world)
         labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again
-        todo = [i for i in mine if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels,
-                                                     model=cfg.save_models)]
+        todo = [
+            i
+            for i in mine
+            if not fold_finished(rd.root, fold_dirname(i, folds[i]), folds[i].test, labels, model=cfg.save_models)
+        ]
         if cfg.progress:
             where = f"rank {ctx.rank}/{ctx.world}: " if ctx.active else ""
-            print(f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "
-                  f"of {len(mine)} already finished; prepared in {t_prep:.1f} s")
-        _collective(ctx, lambda: _run_folds(cfg, folds, todo, len(mine), rd, shared, ctx, on_fold_done, on_epoch_end,
-                                                tqdm))
+            print(
+                f"{where}{len(samples)} samples, {len(folds)} folds ({cfg.protocol}); {len(mine) - len(todo)} "
+                f"of {len(mine)} already finished; prepared in {t_prep:.1f} s"
+            )
+        _collective(
+            ctx, lambda: _run_folds(cfg, folds, todo, len(mine), rd, shared, ctx, on_fold_done, on_epoch_end, tqdm)
+        )
         if ctx.is_main:
             from mer.evaluation.report import write_report
 
@@ -189,18 +229,26 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
 
 
 def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch_end, tqdm) -> None:
-    bar = tqdm(total=n_mine, initial=n_mine - len(todo), desc="folds" + (f" (rank {ctx.rank})" if ctx.active else ""),
-               unit="fold", disable=not cfg.progress, position=0)
+    bar = tqdm(
+        total=n_mine,
+        initial=n_mine - len(todo),
+        desc="folds" + (f" (rank {ctx.rank})" if ctx.active else ""),
+        unit="fold",
+        disable=not cfg.progress,
+        position=0,
+    )
 
     def done(res):
         bar.update()
         if cfg.progress:
-            bar.write(f"  fold {res['index']:3d} {res['fold']:<20s} test acc {res['test_acc']:.3f} "
-                      f"(n={res['n_test']}), {res['epochs_run']} epochs, {res['seconds']:.1f} s")
+            bar.write(
+                f"  fold {res['index']:3d} {res['fold']:<20s} test acc {res['test_acc']:.3f} "
+                f"(n={res['n_test']}), {res['epochs_run']} epochs, {res['seconds']:.1f} s"
+            )
         if on_fold_done is not None:
             on_fold_done(res)
 
-    units = [[(i, folds[i]) for i in todo[k:k + cfg.fold_batch]] for k in range(0, len(todo), cfg.fold_batch)]
+    units = [[(i, folds[i]) for i in todo[k : k + cfg.fold_batch]] for k in range(0, len(todo), cfg.fold_batch)]
     try:
         if cfg.workers <= 1 or len(units) <= 1:
             if ctx.active:
@@ -214,8 +262,12 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            ex = ProcessPoolExecutor(max_workers=min(cfg.workers, len(units)), mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(_threads_for(cfg.workers), shared))
+            ex = ProcessPoolExecutor(
+                max_workers=min(cfg.workers, len(units)),
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(_threads_for(cfg.workers), shared),
+            )
             try:
                 futs = {ex.submit(_worker_run, cfg, unit, str(rd.root), on_epoch_end): unit for unit in units}
                 errors = []
@@ -227,8 +279,10 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch
                         names = ", ".join(f"{i} ({fold.name})" for i, fold in futs[f])
                         errors.append(f"fold {names}: {type(e).__name__}: {e}")
                 if errors:
-                    raise FoldFailure(f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
-                                      "\n  " + "\n  ".join(errors))
+                    raise FoldFailure(
+                        f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
+                        "\n  " + "\n  ".join(errors)
+                    )
             except BaseException:
                 # stop now: queued folds are cancelled and running ones killed (they resume from their
                 # last epoch checkpoint on the next run), so Ctrl-C does not wait for the folds in flight

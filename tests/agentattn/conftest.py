@@ -8,6 +8,7 @@ and float32 and compares the output, the input's gradient and every parameter's 
 - float32: ours against the float64 original at most 4x the float32 original's own error against it (plus
   a floor of 4 float32 ulps of the tensor's scale): the tolerance is fp32's own error, not a constant.
 """
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,7 @@ def randomise_biases_(module: torch.nn.Module, seed: int, std: float = 0.5) -> t
 def run_with_grads(module, inputs, call, seed=1234):
     """Output, d<out, W>/dinput for every floating input and d<out, W>/dparam (W fixed random)."""
     module.zero_grad(set_to_none=True)
-    xs = [x.detach().clone().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
-          for x in inputs]
+    xs = [x.detach().clone().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x for x in inputs]
     out = call(module, *xs)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.dtype)
     (out * w).sum().backward()

@@ -3,6 +3,7 @@ originals/agentsd.py) -> ``agentattn.convert.AgentSDAttention``: the two scales 
 term, the plain-attention fallback, cross-attention to 77 context tokens; outputs and every gradient in fp64
 (<= 1e-12) and fp32 (<= 4x fp32's own error).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -20,8 +21,9 @@ def _patched(originals, attn, k_scale2, k_shortcut):
     return attn
 
 
-@pytest.mark.parametrize("k_scale2,k_shortcut", [(0.3, 0.075), (1.0, 0.0), (0.5, 0.2)],
-                         ids=["default", "one_scale_no_shortcut", "other"])
+@pytest.mark.parametrize(
+    "k_scale2,k_shortcut", [(0.3, 0.075), (1.0, 0.0), (0.5, 0.2)], ids=["default", "one_scale_no_shortcut", "other"]
+)
 def test_agentsd_agent_path(originals, parity, k_scale2, k_shortcut):
     torch.manual_seed(0)
     base = originals.agentsd.CrossAttention(64, heads=4, dim_head=16)
@@ -60,8 +62,14 @@ def test_agentsd_cross_attention_with_agents_and_errors(originals):
     out = ours(x, agent=agent, context=ctx)
     heads = lambda t: t.reshape(2, t.shape[1], 2, 16).transpose(1, 2)  # noqa: E731
     with torch.no_grad():
-        ref = agent_attention_ref(heads(attn.to_q(x)), heads(attn.to_k(ctx)), heads(attn.to_v(ctx)),
-                                  heads(attn.to_q(agent)), scale=attn.scale, scale_query=attn.scale ** 0.3)
+        ref = agent_attention_ref(
+            heads(attn.to_q(x)),
+            heads(attn.to_k(ctx)),
+            heads(attn.to_v(ctx)),
+            heads(attn.to_q(agent)),
+            scale=attn.scale,
+            scale_query=attn.scale**0.3,
+        )
         want = attn.to_out(ref.transpose(1, 2).reshape(2, 64, 32))
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
     ours.k_shortcut = 0.075
@@ -82,6 +90,9 @@ def test_agentsd_wraps_every_transformer_block(originals):
     model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(BasicTransformerBlock(), BasicTransformerBlock()))
     names = cv.agentsd(model, k_scale2=0.5)
     assert names == ["1.0.attn1", "1.0.attn2", "1.1.attn1", "1.1.attn2"]
-    assert all(isinstance(getattr(b, a), cv.AgentSDAttention) and getattr(b, a).k_scale2 == 0.5
-               for b in model[1] for a in ("attn1", "attn2"))
+    assert all(
+        isinstance(getattr(b, a), cv.AgentSDAttention) and getattr(b, a).k_scale2 == 0.5
+        for b in model[1]
+        for a in ("attn1", "attn2")
+    )
     assert cv.agentsd(model) == []  # already wrapped

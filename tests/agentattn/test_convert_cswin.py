@@ -3,6 +3,7 @@
 stage's full-resolution window) and whole CSWinBlocks; ``get_v`` -> ``dwc``; outputs and every gradient in fp64
 (<= 1e-12) and fp32 (<= 4x fp32's own error).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -29,8 +30,18 @@ def test_agent_cswin_attention(originals, parity, idx, fused):
 @pytest.mark.parametrize("last_stage", [False, True], ids=["two_branches", "last_stage"])
 def test_agent_cswin_block(originals, parity, last_stage):
     torch.manual_seed(3)
-    make = lambda: originals.agent_cswin.CSWinBlock(64, 14, num_heads=4, split_size=7 if not last_stage else 14,  # noqa: E731
-                                                   agent_num=9, attn_type="A", last_stage=last_stage)
+
+    def make():
+        return originals.agent_cswin.CSWinBlock(
+            64,
+            14,
+            num_heads=4,
+            split_size=7 if not last_stage else 14,
+            agent_num=9,
+            attn_type="A",
+            last_stage=last_stage,
+        )
+
     orig = parity.randomise(make(), seed=4)
     ours = make()
     ours.load_state_dict(orig.state_dict())

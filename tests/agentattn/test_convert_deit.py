@@ -2,6 +2,7 @@
 -> ``agentattn.convert``: the attention module and a whole AgentBlock, strict state-dict loading, outputs and every
 gradient in fp64 (<= 1e-12) and fp32 (<= 4x fp32's own error), fused and reference paths.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -13,9 +14,14 @@ from agentattn import convert as cv
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
-@pytest.mark.parametrize("cfg", [dict(dim=192, num_heads=3, agent_num=49, window=14),   # DeiT-T
-                                 dict(dim=64, num_heads=2, agent_num=16, window=7, qkv_bias=True)],
-                         ids=["deit_t", "small_qkv_bias"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(dim=192, num_heads=3, agent_num=49, window=14),  # DeiT-T
+        dict(dim=64, num_heads=2, agent_num=16, window=7, qkv_bias=True),
+    ],
+    ids=["deit_t", "small_qkv_bias"],
+)
 def test_agent_deit_attention(originals, parity, cfg, fused):
     torch.manual_seed(0)
     orig = parity.randomise(originals.agent_deit.AgentAttention(**cfg), seed=1)

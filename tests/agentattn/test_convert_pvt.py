@@ -4,6 +4,7 @@ sr_ratio 1 and > 1 (keys and values spatially reduced: M != N), a PVT stage with
 variant's ``downstream_agent_shape``; outputs and every gradient in fp64 (<= 1e-12) and fp32 (<= 4x fp32's
 own error).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -18,12 +19,14 @@ def _pvt_call(H, W):
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
-@pytest.mark.parametrize("sr_ratio,agent_num,side", [(1, 9, 8), (2, 16, 8), (4, 9, 16), (8, 9, 16)],
-                         ids=["sr1", "sr2", "sr4", "sr8"])
+@pytest.mark.parametrize(
+    "sr_ratio,agent_num,side", [(1, 9, 8), (2, 16, 8), (4, 9, 16), (8, 9, 16)], ids=["sr1", "sr2", "sr4", "sr8"]
+)
 def test_agent_pvt_attention(originals, parity, sr_ratio, agent_num, side, fused):
     torch.manual_seed(0)
-    orig = originals.agent_pvt.AgentAttention(64, side * side, num_heads=2, qkv_bias=True, sr_ratio=sr_ratio,
-                                              agent_num=agent_num)
+    orig = originals.agent_pvt.AgentAttention(
+        64, side * side, num_heads=2, qkv_bias=True, sr_ratio=sr_ratio, agent_num=agent_num
+    )
     parity.randomise(orig, seed=1)
     ours = cv.from_original(orig)
     assert ours.sr_ratio == sr_ratio and ours.fused
@@ -44,8 +47,9 @@ def test_agent_pvt_stage_sr8(originals, parity):
         def __init__(self):
             super().__init__()
             self.patch_embed = P.PatchEmbed(img_size=64, patch_size=4, in_chans=3, embed_dim=64)
-            self.blocks = torch.nn.ModuleList([P.Block(64, 256, num_heads=1, mlp_ratio=8, qkv_bias=True, sr_ratio=8,
-                                                       agent_num=9) for _ in range(2)])
+            self.blocks = torch.nn.ModuleList(
+                [P.Block(64, 256, num_heads=1, mlp_ratio=8, qkv_bias=True, sr_ratio=8, agent_num=9) for _ in range(2)]
+            )
 
         def forward(self, img):
             x, (H, W) = self.patch_embed(img)
@@ -67,8 +71,9 @@ def test_detection_pvt_downstream_agent_shape(originals, parity, shape):
     """Agents pooled to ``downstream_agent_shape`` while the biases are sized for the trained 3x3 grid (interpolated
     over the agent grid), a 5x5 depthwise kernel, another scale exponent, and a feature map larger than the window."""
     torch.manual_seed(6)
-    orig = originals.agent_pvt_detection.AgentAttention(48, 36, num_heads=2, qkv_bias=True, kernel_size=5, agent_num=9,
-                                                        downstream_agent_shape=shape, scale=-0.4)
+    orig = originals.agent_pvt_detection.AgentAttention(
+        48, 36, num_heads=2, qkv_bias=True, kernel_size=5, agent_num=9, downstream_agent_shape=shape, scale=-0.4
+    )
     parity.randomise(orig, seed=7)
     ours = cv.from_original(orig)
     assert ours.agent_grid == shape and ours.bias_agent_grid == (3, 3)

@@ -3,6 +3,7 @@
 block passes its shifted-window mask, which the authors' agent attention ignores; ours does the same only when
 converted, ``ignore_mask=True``). Outputs and every gradient in fp64 (<= 1e-12) and fp32 (<= 4x fp32's own error).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,18 @@ def test_agent_swin_block(originals, parity, shift):
     windows and the block's -100 mask between regions, which the agent attention drops, as the original)."""
     S = originals.agent_swin
     torch.manual_seed(3)
-    make = lambda: S.SwinTransformerBlock(96, (14, 14), num_heads=3, window_size=7, shift_size=shift,  # noqa: E731
-                                          agent_num=16, attn_type="A")
+
+    def make():
+        return S.SwinTransformerBlock(
+            96,
+            (14, 14),
+            num_heads=3,
+            window_size=7,
+            shift_size=shift,
+            agent_num=16,
+            attn_type="A",
+        )
+
     orig = parity.randomise(make(), seed=4)
     assert (orig.attn_mask is not None) == (shift > 0)
     ours = make()

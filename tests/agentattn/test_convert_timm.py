@@ -7,6 +7,7 @@ timm itself imports torchvision (not installable beside the CPU torch here), so 
 timm's VisionTransformer in originals/timm_vit.py (its header says what was kept); ``test_real_timm`` runs on
 ``timm.create_model`` where timm is importable.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -26,8 +27,10 @@ def _deit_tiny(originals, **kw):
 
 def test_weights_carried_over_and_agent_parameters_initialised_as_the_authors(originals):
     model = _deit_tiny(originals)
-    before = [(b.attn.qkv.weight.clone(), b.attn.qkv.bias.clone(), b.attn.proj.weight.clone(), b.attn.proj.bias.clone())
-              for b in model.blocks]
+    before = [
+        (b.attn.qkv.weight.clone(), b.attn.qkv.bias.clone(), b.attn.proj.weight.clone(), b.attn.proj.bias.clone())
+        for b in model.blocks
+    ]
     names = cv.timm_vit(model, agent_num=49)
     assert names == [f"blocks.{i}.attn" for i in range(12)]
     biases = []
@@ -49,8 +52,9 @@ def test_converted_block_is_the_authors_agent_deit_block(originals, parity):
     model = _deit_tiny(originals)
     cv.timm_vit(model, agent_num=49)
     ours = parity.randomise(model.blocks[3], seed=1)
-    orig = originals.agent_deit.AgentBlock(192, num_heads=3, qkv_bias=True, agent_num=49, window=14,
-                                           norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    orig = originals.agent_deit.AgentBlock(
+        192, num_heads=3, qkv_bias=True, agent_num=49, window=14, norm_layer=partial(nn.LayerNorm, eps=1e-6)
+    )
     orig.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(2, 197, 192, generator=torch.Generator().manual_seed(2))
     parity.check(orig, ours, [x])
@@ -89,9 +93,12 @@ def test_dynamic_img_size_non_square(originals):
     assert model.blocks[0].attn.grid_hint == (14, 14) and torch.isfinite(out2).all()
 
 
-@pytest.mark.parametrize("what,kw,msg", [
-    ("qk_norm", dict(qk_norm=True), "q_norm has no counterpart"),
-])
+@pytest.mark.parametrize(
+    "what,kw,msg",
+    [
+        ("qk_norm", dict(qk_norm=True), "q_norm has no counterpart"),
+    ],
+)
 def test_refusals(originals, what, kw, msg):
     model = _deit_tiny(originals, **kw)
     with pytest.raises(ValueError, match=f"blocks.0.attn: {msg}"):
@@ -101,9 +108,11 @@ def test_refusals(originals, what, kw, msg):
 
 def test_refusals_gate_and_proj_bias(originals):
     T = originals.timm_vit
-    for attn, msg in ((T.Attention(64, 2, gated=True), "gate has no counterpart"),
-                      (T.Attention(64, 2, proj_bias=False), "proj_bias=False is not supported"),
-                      (T.Attention(64, 2, attn_head_dim=16), "attention width 32 != embed dim 64")):
+    for attn, msg in (
+        (T.Attention(64, 2, gated=True), "gate has no counterpart"),
+        (T.Attention(64, 2, proj_bias=False), "proj_bias=False is not supported"),
+        (T.Attention(64, 2, attn_head_dim=16), "attention width 32 != embed dim 64"),
+    ):
         model = _deit_tiny(originals)
         model.blocks[0].attn = attn
         with pytest.raises(ValueError, match=msg):

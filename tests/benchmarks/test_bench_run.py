@@ -4,6 +4,7 @@ One subprocess runs ``--tiny`` (the ``--quick`` layout at test sizes) with the r
 models suites plus two extra suites from a temporary directory: one that raises (must be reported as
 failed, the run must go on) and one CUDA-only suite (must be skipped on CPU with a note).
 """
+
 from __future__ import annotations
 
 import copy
@@ -46,8 +47,17 @@ def tiny_run(tmp_path_factory):
     (extra / "fake_gpu.py").write_text(GPU_ONLY)
     out = tmp / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(BENCH / "run.py"), "--tiny", "--only", "attention_sweep,models,boom,fake_gpu",
-           "--suite-path", str(extra), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(BENCH / "run.py"),
+        "--tiny",
+        "--only",
+        "attention_sweep,models,boom,fake_gpu",
+        "--suite-path",
+        str(extra),
+        "--out",
+        str(out),
+    ]
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     files = sorted(out.glob("*"))
     js = [f for f in files if f.suffix == ".json"]
@@ -95,8 +105,11 @@ def test_sweep_rows_are_checked_and_timed(tiny_run):
         assert r["median_ms"] > 0 and r["gflops_s"] > 0 and r["peak_mem_mb"] >= 0
         if r["impl"] in ("agent_fused", "agent_sdpa2", "softmax_sdpa"):
             assert r["check_rel_err"] is not None and r["check_rel_err"] < 2e-4
-        want = (8 * r["B"] * r["H"] * r["N"] * r["n"] * r["d"] if r["family"] == "agent"
-                else 4 * r["B"] * r["H"] * r["N"] ** 2 * r["d"]) * (3 if r["pass"] == "fwd_bwd" else 1)
+        want = (
+            8 * r["B"] * r["H"] * r["N"] * r["n"] * r["d"]
+            if r["family"] == "agent"
+            else 4 * r["B"] * r["H"] * r["N"] ** 2 * r["d"]
+        ) * (3 if r["pass"] == "fwd_bwd" else 1)
         assert r["flops"] == want
     # the fused op keeps no (N x n) tensor for backward: it saves less than the eager composition
     saved = {(r["impl"], r["N"]): r["saved_mb"] for r in rows if r["pass"] == "fwd_bwd" and r["family"] == "agent"}
@@ -142,15 +155,23 @@ def test_validator_rejects_bad_documents(tiny_run):
 def test_crossover_interpolation():
     def row(impl, N, ms):
         fam = "agent" if impl.startswith("agent") else "softmax"
-        return {"impl": impl, "family": fam, "pass": "fwd", "N": N, "n": 49 if fam == "agent" else None, "d": 64,
-                "status": "ok", "median_ms": ms}
+        return {
+            "impl": impl,
+            "family": fam,
+            "pass": "fwd",
+            "N": N,
+            "n": 49 if fam == "agent" else None,
+            "d": 64,
+            "status": "ok",
+            "median_ms": ms,
+        }
 
     # agent 1 ms flat; softmax 0.25, 0.5, 2, 8 ms at N = 100, 200, 400, 800: log-ratio -0.69 at 200, +0.69 at 400
     rows = [row("agent_fused", N, 1.0) for N in (100, 200, 400, 800)]
     rows += [row("softmax_sdpa", N, ms) for N, ms in ((100, 0.25), (200, 0.5), (400, 2.0), (800, 8.0))]
     (x,) = sweep.crossovers(rows)
     assert x["stat"] == "median"
-    assert x["first_faster_N"] == 400 and x["crossover_N"] == round(2 ** 0.5 * 200) and x["ratio_at_max_N"] == 8.0
+    assert x["first_faster_N"] == 400 and x["crossover_N"] == round(2**0.5 * 200) and x["ratio_at_max_N"] == 8.0
     # a later loss moves the crossover past it; never faster -> None
     rows2 = [r if not (r["impl"] == "softmax_sdpa" and r["N"] == 800) else dict(r, median_ms=0.9) for r in rows]
     (y,) = sweep.crossovers(rows2)

@@ -1,5 +1,6 @@
 """benchmarks/count_instructions.py: the callgrind_annotate summary it reports (the valgrind run itself takes
 minutes and is a development tool, not run here)."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """mer.io: atomic writes leave the old file on failure; the predictions CSV round-trips."""
+
 import json
 
 import numpy as np

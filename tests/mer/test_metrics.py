@@ -1,4 +1,5 @@
 """UF1/UAR against scikit-learn, absent classes, per-dataset shares, the MEGC log."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,9 +22,9 @@ def test_equals_sklearn_on_random_predictions(seed):
     n = int(rng.integers(1, 40))
     yt, yp = rng.integers(0, 3, n), rng.integers(0, 3, n)
     if seed % 3 == 0:
-        yt[yt == 2] = 0          # class 2 absent from the truth
+        yt[yt == 2] = 0  # class 2 absent from the truth
     if seed % 4 == 0:
-        yp[yp == 1] = 2          # class 1 never predicted
+        yp[yp == 1] = 2  # class 1 never predicted
     if seed % 5 == 0:
         yt[:], yp[yp == 0] = 1, 1  # one class only in the truth
     np.testing.assert_allclose(uf1_uar(yt, yp), _sk(yt, yp), rtol=0, atol=1e-12)
@@ -66,11 +67,21 @@ def _s(db, subj, clip, label):
 
 
 def test_megc_log(tmp_path):
-    samples = [_s("casme2", "sub01", "EP02_01f", 1), _s("casme2", "sub01", "EP19_05f", 0),
-               _s("smic", "s01", "s01_ne_01", 0), _s("casme2", "sub02", "EP01_11f", 2)]
+    samples = [
+        _s("casme2", "sub01", "EP02_01f", 1),
+        _s("casme2", "sub01", "EP19_05f", 0),
+        _s("smic", "s01", "s01_ne_01", 0),
+        _s("casme2", "sub02", "EP01_11f", 2),
+    ]
     assert megc_log_lines(samples, [1, 2, 0, 2]) == [
-        "casme2 sub01", "EP02_01f 1 1", "EP19_05f 0 2", "smic s01", "s01_ne_01 0 0", "casme2 sub02",
-        "EP01_11f 2 2"]
+        "casme2 sub01",
+        "EP02_01f 1 1",
+        "EP19_05f 0 2",
+        "smic s01",
+        "s01_ne_01 0 0",
+        "casme2 sub02",
+        "EP01_11f 2 2",
+    ]
     p = write_megc_log(tmp_path / "log" / "megc.txt", samples, [0, 0, 0, 0])
     assert p.read_text().splitlines()[1] == "EP02_01f 1 0"
     with pytest.raises(ValueError, match="predictions"):

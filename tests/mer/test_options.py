@@ -1,4 +1,5 @@
 """mer.options: a config dataclass's fields make its command line; parsing gives the dataclass back."""
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,44 @@ def test_defaults_round_trip():
 
 
 def test_every_kind_of_option():
-    d = parse(["--epochs", "5", "--lr", "0.5", "--mode", "val", "--name", "x", "--limit", "none", "--flag",
-               "--no-on", "--extra-arg", "a=1", "--extra-arg", "b=[1,2]", "--extra-arg", "c=text", "--sizes", "4,5,6",
-               "--steps", "9"])
-    assert d == Demo(epochs=5, lr=0.5, mode="val", name="x", limit=None, flag=True, on=False,
-                     extra={"a": 1, "b": (1, 2), "c": "text"}, sizes=(4, 5, 6), inner=Inner(9))
+    d = parse(
+        [
+            "--epochs",
+            "5",
+            "--lr",
+            "0.5",
+            "--mode",
+            "val",
+            "--name",
+            "x",
+            "--limit",
+            "none",
+            "--flag",
+            "--no-on",
+            "--extra-arg",
+            "a=1",
+            "--extra-arg",
+            "b=[1,2]",
+            "--extra-arg",
+            "c=text",
+            "--sizes",
+            "4,5,6",
+            "--steps",
+            "9",
+        ]
+    )
+    assert d == Demo(
+        epochs=5,
+        lr=0.5,
+        mode="val",
+        name="x",
+        limit=None,
+        flag=True,
+        on=False,
+        extra={"a": 1, "b": (1, 2), "c": "text"},
+        sizes=(4, 5, 6),
+        inner=Inner(9),
+    )
     assert parse(["--limit", "0.25"]).limit == 0.25
 
 
@@ -86,11 +120,31 @@ def test_train_config_is_its_command_line():
     assert with_option == {f.name for f in fields(TrainConfig)} - {"prep"}
     cfg = config_from_args(build_parser().parse_args(["train", "--out", "o", "--preset", "release", "--epochs", "3"]))
     assert cfg == TrainConfig.from_preset("release", epochs=3, out="o")
-    cfg = config_from_args(build_parser().parse_args(
-        ["train", "--out", "o", "--selection", "val", "--model-arg", "dropout=0.1", "--no-deterministic", "--cache",
-         "c", "--flow", "dis"]))
+    cfg = config_from_args(
+        build_parser().parse_args(
+            [
+                "train",
+                "--out",
+                "o",
+                "--selection",
+                "val",
+                "--model-arg",
+                "dropout=0.1",
+                "--no-deterministic",
+                "--cache",
+                "c",
+                "--flow",
+                "dis",
+            ]
+        )
+    )
     assert (cfg.selection, cfg.model_kwargs, cfg.deterministic, cfg.cache_dir, cfg.prep.flow) == (
-        "val", {"dropout": 0.1}, False, "c", "dis")
+        "val",
+        {"dropout": 0.1},
+        False,
+        "c",
+        "dis",
+    )
 
 
 def test_prune_and_augment_command_lines_are_their_configs():
@@ -101,8 +155,25 @@ def test_prune_and_augment_command_lines_are_their_configs():
     p = build_parser()
     args = p.parse_args(["prune", "--run", "r", "--remove", "2"])
     assert options_from_args(ESAATConfig, args) == ESAATConfig(remove=2)
-    got = options_from_args(ESAATConfig, p.parse_args(["prune", "--run", "r", "--budget", "0.8", "--no-convert",
-                                                       "--epochs", "4", "--fade-epochs", "1", "--calib", "8"]))
+    got = options_from_args(
+        ESAATConfig,
+        p.parse_args(
+            [
+                "prune",
+                "--run",
+                "r",
+                "--budget",
+                "0.8",
+                "--no-convert",
+                "--epochs",
+                "4",
+                "--fade-epochs",
+                "1",
+                "--calib",
+                "8",
+            ]
+        ),
+    )
     assert got == ESAATConfig(budget=0.8, convert=False, calib_size=8, finetune=FinetuneConfig(epochs=4, fade_epochs=1))
     with pytest.raises(SystemExit):  # exactly one of --remove / --budget / --flops-budget
         p.parse_args(["prune", "--run", "r", "--remove", "1", "--budget", "0.5"])

@@ -1,4 +1,5 @@
 """Splitters: no subject on both sides of any fold; every sample tested exactly once (LOSO, K-fold)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,8 +69,11 @@ def test_cross_dataset():
 def test_check_folds_catches_leakage():
     samples = _samples(0)
     i = next(j for j, s in enumerate(samples) if s.subject == "sub01")
-    k = next(j for j, s in enumerate(samples) if s.subject == "sub01" and j != i) if sum(
-        s.subject == "sub01" for s in samples) > 1 else i
+    k = (
+        next(j for j, s in enumerate(samples) if s.subject == "sub01" and j != i)
+        if sum(s.subject == "sub01" for s in samples) > 1
+        else i
+    )
     bad = Fold("bad", np.array([i]), np.array([k]), ())
     with pytest.raises(AssertionError, match="both"):
         check_folds([bad], samples)

@@ -1,4 +1,5 @@
 """scripts/ablation.py on finished run directories (no training): which scores go into which column."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,13 +26,28 @@ def scores(uf1: float) -> dict:
 
 def fake_run(out: Path, release: Path, seed: int, honest: float, oracle: float, **config) -> None:
     out.mkdir(parents=True)
-    cfg = {"data": f"htnet-release:{release}", "protocol": "loso", "epochs": 35, "seed": seed,
-           "model": "htnet_small_lape", "augment": "none", "input": "face", "selection": "oracle-release",
-           "lr": 3e-4, **config}
+    cfg = {
+        "data": f"htnet-release:{release}",
+        "protocol": "loso",
+        "epochs": 35,
+        "seed": seed,
+        "model": "htnet_small_lape",
+        "augment": "none",
+        "input": "face",
+        "selection": "oracle-release",
+        "lr": 3e-4,
+        **config,
+    }
     (out / "config.json").write_text(json.dumps(cfg))
-    m = {"oracle": True, "selection": "oracle", "folds": 68, "folds_finished": 68, "scores": scores(oracle),
-         "last_epoch": {"selection": "fixed budget", "scores": scores(honest)},
-         "timing": {"fold_seconds_mean": 20.0, "fold_cpu_seconds_mean": 40.0 + seed}}
+    m = {
+        "oracle": True,
+        "selection": "oracle",
+        "folds": 68,
+        "folds_finished": 68,
+        "scores": scores(oracle),
+        "last_epoch": {"selection": "fixed budget", "scores": scores(honest)},
+        "timing": {"fold_seconds_mean": 20.0, "fold_cpu_seconds_mean": 40.0 + seed},
+    }
     (out / "metrics.json").write_text(json.dumps(m))
 
 
@@ -42,9 +58,28 @@ def test_honest_columns_are_the_last_epoch_and_oracle_ones_the_test_selection(ab
         fake_run(tmp_path / "out" / f"lape-s{seed}", release, seed, h, o)
     # the runs were written with an absolute path; the table is asked for with a relative one
     monkeypatch.chdir(tmp_path)
-    ablation.main(["--data", "htnet-release:release", "--out", str(tmp_path / "out"), "--configs", "lape",
-                   "--seeds", "0,1", "--protocol", "loso", "--epochs", "35", "--lr", "3e-4", "--input", "face",
-                   "--selection", "oracle-release"])
+    ablation.main(
+        [
+            "--data",
+            "htnet-release:release",
+            "--out",
+            str(tmp_path / "out"),
+            "--configs",
+            "lape",
+            "--seeds",
+            "0,1",
+            "--protocol",
+            "loso",
+            "--epochs",
+            "35",
+            "--lr",
+            "3e-4",
+            "--input",
+            "face",
+            "--selection",
+            "oracle-release",
+        ]
+    )
     table = (tmp_path / "out" / "ablation.md").read_text()
     row = next(ln for ln in table.splitlines() if ln.startswith("| lape |")).split(" | ")
     assert row[2:4] == ["0.620 ± 0.028", "0.610 ± 0.028"]  # honest UF1 / UAR: mean ± sample std
@@ -61,18 +96,55 @@ def test_a_reused_run_with_other_settings_is_refused(ablation, tmp_path):
     release.mkdir()
     fake_run(tmp_path / "out" / "lape-s0", release, 0, 0.6, 0.8, lr=1e-3)
     with pytest.raises(SystemExit, match=r"other settings \(lr: 0.001, asked 0.0003\)"):
-        ablation.main(["--data", f"htnet-release:{release}", "--out", str(tmp_path / "out"), "--configs", "lape",
-                       "--seeds", "0", "--protocol", "loso", "--epochs", "35", "--lr", "3e-4", "--input", "face",
-                       "--selection", "oracle-release"])
+        ablation.main(
+            [
+                "--data",
+                f"htnet-release:{release}",
+                "--out",
+                str(tmp_path / "out"),
+                "--configs",
+                "lape",
+                "--seeds",
+                "0",
+                "--protocol",
+                "loso",
+                "--epochs",
+                "35",
+                "--lr",
+                "3e-4",
+                "--input",
+                "face",
+                "--selection",
+                "oracle-release",
+            ]
+        )
 
 
 def test_only_finished_tabulates_what_is_there_and_trains_nothing(ablation, tmp_path):
     release = tmp_path / "release"
     release.mkdir()
     fake_run(tmp_path / "out" / "lape-s2", release, 2, 0.6, 0.8)
-    args = ["--data", f"htnet-release:{release}", "--out", str(tmp_path / "out"), "--configs", "htnet,lape",
-            "--seeds", "0,1,2", "--protocol", "loso", "--epochs", "35", "--lr", "3e-4", "--input", "face",
-            "--selection", "oracle-release", "--only-finished"]
+    args = [
+        "--data",
+        f"htnet-release:{release}",
+        "--out",
+        str(tmp_path / "out"),
+        "--configs",
+        "htnet,lape",
+        "--seeds",
+        "0,1,2",
+        "--protocol",
+        "loso",
+        "--epochs",
+        "35",
+        "--lr",
+        "3e-4",
+        "--input",
+        "face",
+        "--selection",
+        "oracle-release",
+        "--only-finished",
+    ]
     ablation.main(args)
     table = (tmp_path / "out" / "ablation.md").read_text()
     assert "| lape |" in table and "| htnet |" not in table

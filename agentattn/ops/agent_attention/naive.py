@@ -13,6 +13,7 @@ NaN and infinity follow IEEE arithmetic through this composition: a NaN in a sco
 softmax row NaN, a row of -inf scores gives NaN (0/0), and a NaN in V spreads through the products. Every
 fast path is tested to give the same non-finite pattern (tests/agentattn/ops/test_agent_attention_nan.py).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,16 @@ Tensor = torch.Tensor
 
 
 def agent_attention_ref(
-    q: Tensor, k: Tensor, v: Tensor, agents: Tensor,
-    bias_agent: Tensor | None = None, bias_query: Tensor | None = None,
-    scale: float | None = None, *, attn_drop: float = 0.0, training: bool = False,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    agents: Tensor,
+    bias_agent: Tensor | None = None,
+    bias_query: Tensor | None = None,
+    scale: float | None = None,
+    *,
+    attn_drop: float = 0.0,
+    training: bool = False,
     scale_query: float | None = None,
 ) -> Tensor:
     """Eager composition, as the reference module computes it.
@@ -53,8 +61,13 @@ def agent_attention_ref(
 
 
 def agent_attention_ref_stats(
-    q: Tensor, k: Tensor, v: Tensor, agents: Tensor,
-    bias_agent: Tensor | None, bias_query: Tensor | None, scale: float,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    agents: Tensor,
+    bias_agent: Tensor | None,
+    bias_query: Tensor | None,
+    scale: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The fused op's full forward contract: (out, agent_v, lse_agent, lse_query).
 
@@ -67,7 +80,7 @@ def agent_attention_ref_stats(
     if bias_agent is not None:
         s1 = s1 + bias_agent.to(stat_dtype)
     lse1 = torch.logsumexp(s1, dim=-1)
-    agent_v = (torch.exp(s1 - lse1[..., None]) @ v.to(stat_dtype))
+    agent_v = torch.exp(s1 - lse1[..., None]) @ v.to(stat_dtype)
     s2 = (q.to(stat_dtype) * scale) @ agents.to(stat_dtype).transpose(-2, -1)
     if bias_query is not None:
         s2 = s2 + bias_query.to(stat_dtype)
@@ -77,8 +90,13 @@ def agent_attention_ref_stats(
 
 
 def agent_attention_sdpa(
-    q: Tensor, k: Tensor, v: Tensor, agents: Tensor,
-    bias_agent: Tensor | None = None, bias_query: Tensor | None = None, scale: float | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    agents: Tensor,
+    bias_agent: Tensor | None = None,
+    bias_query: Tensor | None = None,
+    scale: float | None = None,
 ) -> Tensor:
     """The same operator as two calls of ``F.scaled_dot_product_attention`` with float masks."""
     s = q.shape[-1] ** -0.5 if scale is None else scale

@@ -6,6 +6,7 @@ returns ``(out, agent_v, lse_agent, lse_query)`` and ``agentattn::agent_attentio
 probabilities from those statistics. Without the compiled extension, every call runs the reference
 composition in ``naive.py`` (one warning per process).
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,10 @@ def check_inputs(q: Tensor, k: Tensor, v: Tensor, agents: Tensor) -> None:
     if agents.shape[2] == 0:
         raise ValueError("agents must hold at least one agent token (n >= 1), got n = 0")
     if d == 0:
-        raise ValueError(f"q, k, v and agents need a head dim d >= 1, got d = 0 (q {_shape(q)}); check the "
-                         "head split (dim // num_heads)")
+        raise ValueError(
+            f"q, k, v and agents need a head dim d >= 1, got d = 0 (q {_shape(q)}); check the "
+            "head split (dim // num_heads)"
+        )
     for name, t in (("k", k), ("v", v), ("agents", agents)):
         if t.dtype != q.dtype:
             raise ValueError(f"{name} dtype {t.dtype} differs from q dtype {q.dtype}; cast them to one dtype")
@@ -119,8 +122,9 @@ def _all_finite(*tensors: Tensor | None) -> bool:
     return total is None or bool(torch.isfinite(total))
 
 
-def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None,
-             s: float) -> Tensor | None:
+def _cpu_cpp(
+    q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None, s: float
+) -> Tensor | None:
     """The C++ CPU kernel, or None where it cannot give the reference's result (the caller then runs the
     reference composition). Interim routing until the restructured CPU kernel handles these itself
     (docs/agent_attention.md, "CPU kernel: routed cases", lists what remains for it):
@@ -150,9 +154,15 @@ def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None,
 
 
 def agent_attention(
-    q: Tensor, k: Tensor, v: Tensor, agents: Tensor,
-    bias_agent: Tensor | None = None, bias_query: Tensor | None = None,
-    scale: float | None = None, backend: str | None = None, scale_query: float | None = None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    agents: Tensor,
+    bias_agent: Tensor | None = None,
+    bias_query: Tensor | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+    scale_query: float | None = None,
 ) -> Tensor:
     """Agent attention ``softmax(s2 Q Aᵀ + B2) · softmax(s A Kᵀ + B1) · V``.
 
@@ -216,15 +226,24 @@ def _register() -> None:
         B, H, N, d = q.shape
         n = agents.shape[2]
         sd = stat_dtype(q)
-        return (torch.empty_like(q), q.new_empty((B, H, n, d)),
-                q.new_empty((B, H, n), dtype=sd), q.new_empty((B, H, N), dtype=sd))
+        return (
+            torch.empty_like(q),
+            q.new_empty((B, H, n, d)),
+            q.new_empty((B, H, n), dtype=sd),
+            q.new_empty((B, H, N), dtype=sd),
+        )
 
     @torch.library.register_fake(bwd)
     def _bwd_fake(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_a, lse_q, scale):
         # a missing bias gets an empty gradient; two distinct tensors, as the kernels return (no aliasing)
-        return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(agents),
-                torch.empty_like(bias_agent) if bias_agent is not None else q.new_empty((0,)),
-                torch.empty_like(bias_query) if bias_query is not None else q.new_empty((0,)))
+        return (
+            torch.empty_like(q),
+            torch.empty_like(k),
+            torch.empty_like(v),
+            torch.empty_like(agents),
+            torch.empty_like(bias_agent) if bias_agent is not None else q.new_empty((0,)),
+            torch.empty_like(bias_query) if bias_query is not None else q.new_empty((0,)),
+        )
 
     def setup_context(ctx, inputs, output):
         q, k, v, agents, bias_agent, bias_query, scale = inputs

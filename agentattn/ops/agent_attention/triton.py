@@ -18,6 +18,7 @@ Partial dA / dV_A / stage-1 softmax states of the splits are reduced in a fixed 
 Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` (set before ``import triton``) also on CPU tensors,
 which is how the CPU test suite checks it. Nothing here touches a GPU at import time.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,10 @@ def _bias_strides(bias: Tensor | None, B: int, H: int) -> tuple[int, int]:
 
 def _check(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None) -> None:
     if q.device.type != "cuda" and not _INTERPRET:
-        raise ValueError(f"the Triton backend needs CUDA tensors (got {q.device}); set TRITON_INTERPRET=1 "
-                         "before importing triton to run it on CPU for testing")
+        raise ValueError(
+            f"the Triton backend needs CUDA tensors (got {q.device}); set TRITON_INTERPRET=1 "
+            "before importing triton to run it on CPU for testing"
+        )
     if q.dtype not in _SUPPORTED:
         raise ValueError(f"the Triton backend supports fp16, bf16 and fp32, got {q.dtype}")
     if q.shape[-1] > _D_MAX:
@@ -75,13 +78,20 @@ def _check(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b
     B, H, N, d = q.shape
     M, n = k.shape[2], agents.shape[2]
     if k.shape != (B, H, M, d) or v.shape != k.shape:
-        raise ValueError(f"k and v must be (B, H, M, d) = ({B}, {H}, M, {d}), got {tuple(k.shape)} and "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"k and v must be (B, H, M, d) = ({B}, {H}, M, {d}), got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
     for name, t, rc in (("bias_agent", b1, (n, M)), ("bias_query", b2, (N, n))):
-        if t is not None and (t.dim() != 4 or t.shape[0] not in (1, B) or t.shape[1] not in (1, H)
-                              or tuple(t.shape[2:]) != rc or t.dtype != q.dtype):
-            raise ValueError(f"{name} must be ({{1,{B}}}, {{1,{H}}}, {rc[0]}, {rc[1]}) in {q.dtype}, "
-                             f"got {tuple(t.shape)} {t.dtype}")
+        if t is not None and (
+            t.dim() != 4
+            or t.shape[0] not in (1, B)
+            or t.shape[1] not in (1, H)
+            or tuple(t.shape[2:]) != rc
+            or t.dtype != q.dtype
+        ):
+            raise ValueError(
+                f"{name} must be ({{1,{B}}}, {{1,{H}}}, {rc[0]}, {rc[1]}) in {q.dtype}, got {tuple(t.shape)} {t.dtype}"
+            )
 
 
 def _stage2_configs() -> list:
@@ -89,8 +99,12 @@ def _stage2_configs() -> list:
     autotuner cannot benchmark), a small grid on a GPU."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 64}, num_warps=4)]
-    return [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
-            for bm in (32, 64, 128) for w in (4, 8) for s in (1, 2)]
+    return [
+        triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=s)
+        for bm in (32, 64, 128)
+        for w in (4, 8)
+        for s in (1, 2)
+    ]
 
 
 _stage2_fwd_tuned = triton.autotune(configs=_stage2_configs(), key=["N", "n", "D", "HAS_B2", "LOWP"])(_stage2_fwd)
@@ -109,8 +123,9 @@ def _warps(block_a: int, block_d: int) -> int:
     return 8 if block_a * block_d >= 64 * 64 else 4
 
 
-def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None,
-            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def forward(
+    q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the forward kernels. Returns (out (B,H,N,d), agent_v (B,H,n,d), lse_agent (B,H,n) fp32,
     lse_query (B,H,N) fp32)."""
     _check(q, k, v, agents, b1, b2)
@@ -131,22 +146,65 @@ def forward(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, 
     s1b, s1h = _bias_strides(b1, B, H)
     dummy = q  # stands in for an absent bias pointer (never read: HAS_B* is False)
     _stage1_fwd_split[(S, BH)](
-        agents, k, v, b1 if b1 is not None else dummy, m_part, l_part, acc_part,
-        scale, H, M, n, d, s1b, s1h, per, S,
-        HAS_B1=b1 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+        agents,
+        k,
+        v,
+        b1 if b1 is not None else dummy,
+        m_part,
+        l_part,
+        acc_part,
+        scale,
+        H,
+        M,
+        n,
+        d,
+        s1b,
+        s1h,
+        per,
+        S,
+        HAS_B1=b1 is not None,
+        LOWP=lowp,
+        BLOCK_A=BLOCK_A,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D,
         num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     agent_v = torch.empty((B, H, n, d), device=q.device, dtype=q.dtype)
     lse1 = torch.empty((B, H, n), **f32)
-    _stage1_fwd_reduce[(BH,)](m_part, l_part, acc_part, agent_v, lse1, n, d, S,
-                              BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D))
+    _stage1_fwd_reduce[(BH,)](
+        m_part,
+        l_part,
+        acc_part,
+        agent_v,
+        lse1,
+        n,
+        d,
+        S,
+        BLOCK_A=BLOCK_A,
+        BLOCK_D=BLOCK_D,
+        num_warps=_warps(BLOCK_A, BLOCK_D),
+    )
     out = torch.empty_like(q)
     lse2 = torch.empty((B, H, N), **f32)
     s2b, s2h = _bias_strides(b2, B, H)
     _stage2_fwd_tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), BH)](
-        q, agents, agent_v, b2 if b2 is not None else dummy, out, lse2,
-        scale, H, N, n, d, s2b, s2h,
-        HAS_B2=b2 is not None, LOWP=lowp, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D,
+        q,
+        agents,
+        agent_v,
+        b2 if b2 is not None else dummy,
+        out,
+        lse2,
+        scale,
+        H,
+        N,
+        n,
+        d,
+        s2b,
+        s2h,
+        HAS_B2=b2 is not None,
+        LOWP=lowp,
+        BLOCK_A=BLOCK_A,
+        BLOCK_D=BLOCK_D,
     )
     return out, agent_v, lse1, lse2
 
@@ -160,9 +218,20 @@ def _bias_grad_buffer(bias: Tensor | None, B: int, H: int) -> tuple[Tensor | Non
     return torch.empty_like(bias), False
 
 
-def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None,
-             b2: Tensor | None, out: Tensor, agent_v: Tensor, lse1: Tensor, lse2: Tensor,
-             scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def backward(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    agents: Tensor,
+    b1: Tensor | None,
+    b2: Tensor | None,
+    out: Tensor,
+    agent_v: Tensor,
+    lse1: Tensor,
+    lse2: Tensor,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Launch the backward kernels (probabilities recomputed from lse). Returns
     (dq, dk, dv, dagents, dbias_agent, dbias_query); an absent bias's gradient is an empty tensor."""
     _check(q, k, v, agents, b1, b2)
@@ -187,11 +256,33 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
     dva_part = torch.empty((BH, S2, BLOCK_A, BLOCK_D), **f32)
     s2b, s2h = _bias_strides(b2, B, H)
     _stage2_bwd[(S2, BH)](
-        q, agents, agent_v, b2 if b2 is not None else dummy, out, grad_out, lse2, dq,
-        db2 if db2 is not None else dummy, da2, dva_part,
-        scale, H, N, n, d, s2b, s2h, per2, S2,
-        HAS_B2=b2 is not None, B2_ATOMIC=atomic2, LOWP=lowp,
-        BLOCK_M=BLOCK_M, BLOCK_A=BLOCK_A, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
+        q,
+        agents,
+        agent_v,
+        b2 if b2 is not None else dummy,
+        out,
+        grad_out,
+        lse2,
+        dq,
+        db2 if db2 is not None else dummy,
+        da2,
+        dva_part,
+        scale,
+        H,
+        N,
+        n,
+        d,
+        s2b,
+        s2h,
+        per2,
+        S2,
+        HAS_B2=b2 is not None,
+        B2_ATOMIC=atomic2,
+        LOWP=lowp,
+        BLOCK_M=BLOCK_M,
+        BLOCK_A=BLOCK_A,
+        BLOCK_D=BLOCK_D,
+        num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     dva = dva_part.sum(1).contiguous()  # (BH, BLOCK_A, BLOCK_D) fp32, padding rows/cols are zero
     # stage 1 backward over key blocks, upstream gradient dV_A
@@ -202,11 +293,33 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
     da1 = torch.empty((BH, S1, BLOCK_A, BLOCK_D), **f32)
     s1b, s1h = _bias_strides(b1, B, H)
     _stage1_bwd[(S1, BH)](
-        agents, k, v, agent_v, b1 if b1 is not None else dummy, lse1, dva, dk, dv,
-        db1 if db1 is not None else dummy, da1,
-        scale, H, M, n, d, s1b, s1h, per1, S1,
-        HAS_B1=b1 is not None, B1_ATOMIC=atomic1, LOWP=lowp,
-        BLOCK_A=BLOCK_A, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, num_warps=_warps(BLOCK_A, BLOCK_D),
+        agents,
+        k,
+        v,
+        agent_v,
+        b1 if b1 is not None else dummy,
+        lse1,
+        dva,
+        dk,
+        dv,
+        db1 if db1 is not None else dummy,
+        da1,
+        scale,
+        H,
+        M,
+        n,
+        d,
+        s1b,
+        s1h,
+        per1,
+        S1,
+        HAS_B1=b1 is not None,
+        B1_ATOMIC=atomic1,
+        LOWP=lowp,
+        BLOCK_A=BLOCK_A,
+        BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D,
+        num_warps=_warps(BLOCK_A, BLOCK_D),
     )
     da = (da2.sum(1) + da1.sum(1))[:, :n, :d].reshape(B, H, n, d).to(q.dtype)
     db1 = q.new_empty((0,)) if db1 is None else db1.to(q.dtype)  # distinct empties: outputs may not alias
@@ -216,8 +329,9 @@ def backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, 
 
 # ------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("agentattn_triton::fwd", mutates_args=())
-def _fwd_op(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None,
-            bias_query: Tensor | None, scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _fwd_op(
+    q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None, bias_query: Tensor | None, scale: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return forward(q, k, v, agents, bias_agent, bias_query, scale)
 
 
@@ -225,22 +339,42 @@ def _fwd_op(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor 
 def _(q, k, v, agents, bias_agent, bias_query, scale):
     B, H, N, d = q.shape
     n = agents.shape[2]
-    return (torch.empty_like(q), q.new_empty((B, H, n, d)), q.new_empty((B, H, n), dtype=torch.float32),
-            q.new_empty((B, H, N), dtype=torch.float32))
+    return (
+        torch.empty_like(q),
+        q.new_empty((B, H, n, d)),
+        q.new_empty((B, H, n), dtype=torch.float32),
+        q.new_empty((B, H, N), dtype=torch.float32),
+    )
 
 
 @torch.library.custom_op("agentattn_triton::bwd", mutates_args=())
-def _bwd_op(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None,
-            bias_query: Tensor | None, out: Tensor, agent_v: Tensor, lse_agent: Tensor, lse_query: Tensor,
-            scale: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _bwd_op(
+    grad_out: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    agents: Tensor,
+    bias_agent: Tensor | None,
+    bias_query: Tensor | None,
+    out: Tensor,
+    agent_v: Tensor,
+    lse_agent: Tensor,
+    lse_query: Tensor,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return backward(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_agent, lse_query, scale)
 
 
 @_bwd_op.register_fake
 def _(grad_out, q, k, v, agents, bias_agent, bias_query, out, agent_v, lse_agent, lse_query, scale):
-    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(agents),
-            torch.empty_like(bias_agent) if bias_agent is not None else q.new_empty((0,)),
-            torch.empty_like(bias_query) if bias_query is not None else q.new_empty((0,)))
+    return (
+        torch.empty_like(q),
+        torch.empty_like(k),
+        torch.empty_like(v),
+        torch.empty_like(agents),
+        torch.empty_like(bias_agent) if bias_agent is not None else q.new_empty((0,)),
+        torch.empty_like(bias_query) if bias_query is not None else q.new_empty((0,)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -252,16 +386,18 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, _g_agent_v, _g_lse1, _g_lse2):
     q, k, v, agents, b1, b2, out, agent_v, lse1, lse2 = ctx.saved_tensors
-    dq, dk, dv, da, db1, db2 = _bwd_op(grad_out.contiguous(), q, k, v, agents, b1, b2, out, agent_v,
-                                       lse1, lse2, ctx.scale)
+    dq, dk, dv, da, db1, db2 = _bwd_op(
+        grad_out.contiguous(), q, k, v, agents, b1, b2, out, agent_v, lse1, lse2, ctx.scale
+    )
     return dq, dk, dv, da, (db1 if b1 is not None else None), (db2 if b2 is not None else None), None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def agent_attention_triton(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None,
-                           bias_query: Tensor | None, scale: float) -> Tensor:
+def agent_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor, agents: Tensor, bias_agent: Tensor | None, bias_query: Tensor | None, scale: float
+) -> Tensor:
     """Agent attention on the Triton kernels, differentiable.
 
     q (B, H, N, d); k, v (B, H, M, d); agents (B, H, n, d); bias_agent (Bb, Hb, n, M) / bias_query (Bb, Hb, N, n)

@@ -16,6 +16,7 @@ so they need no masks. Biases are contiguous (Bb, Hb, rows, cols); their batch/h
 broadcast. Accumulation is always fp32; with ``LOWP`` the dot operands are cast to the input dtype
 (fp16/bf16 tensor cores), else ``tl.dot`` runs in IEEE fp32.
 """
+
 from __future__ import annotations
 
 import triton
@@ -27,10 +28,27 @@ from agentattn.ops.triton_common import mm as _mm
 # ------------------------------------------------------------------------------------------ forward
 @triton.jit
 def _stage1_fwd_split(
-    A, K, V, B1, M_PART, L_PART, ACC_PART,
-    scale, H, M, n, D, b1_sb, b1_sh, TILES_PER_SPLIT, SPLITS,
-    HAS_B1: tl.constexpr, LOWP: tl.constexpr,
-    BLOCK_A: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    A,
+    K,
+    V,
+    B1,
+    M_PART,
+    L_PART,
+    ACC_PART,
+    scale,
+    H,
+    M,
+    n,
+    D,
+    b1_sb,
+    b1_sh,
+    TILES_PER_SPLIT,
+    SPLITS,
+    HAS_B1: tl.constexpr,
+    LOWP: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Program (split, bh): online softmax of the n agent rows over its range of the M keys; writes the
     partial row max, row sum and unnormalised P1 V accumulator of that split."""
@@ -42,8 +60,12 @@ def _stage1_fwd_split(
     offs_d = tl.arange(0, BLOCK_D)
     mask_a = offs_a < n
     mask_d = offs_d < D
-    a = tl.load(A + bh * n * D + offs_a[:, None] * D + offs_d[None, :],
-                mask=mask_a[:, None] & mask_d[None, :], other=0.0).to(tl.float32) * scale
+    a = (
+        tl.load(
+            A + bh * n * D + offs_a[:, None] * D + offs_d[None, :], mask=mask_a[:, None] & mask_d[None, :], other=0.0
+        ).to(tl.float32)
+        * scale
+    )
     m_i = tl.full([BLOCK_A], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_A], tl.float32)
     acc = tl.zeros([BLOCK_A, BLOCK_D], tl.float32)
@@ -56,8 +78,11 @@ def _stage1_fwd_split(
         k = tl.load(K + kv + offs_n[:, None] * D + offs_d[None, :], mask=mask_nd, other=0.0)
         s = _mm(a, tl.trans(k), K, LOWP)
         if HAS_B1:
-            s += tl.load(B1 + b * b1_sb + h * b1_sh + offs_a[:, None] * M + offs_n[None, :],
-                         mask=mask_a[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            s += tl.load(
+                B1 + b * b1_sb + h * b1_sh + offs_a[:, None] * M + offs_n[None, :],
+                mask=mask_a[:, None] & mask_n[None, :],
+                other=0.0,
+            ).to(tl.float32)
         s = tl.where(mask_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: p = 0, not NaN
@@ -75,8 +100,16 @@ def _stage1_fwd_split(
 
 @triton.jit
 def _stage1_fwd_reduce(
-    M_PART, L_PART, ACC_PART, VA, LSE1, n, D, SPLITS,
-    BLOCK_A: tl.constexpr, BLOCK_D: tl.constexpr,
+    M_PART,
+    L_PART,
+    ACC_PART,
+    VA,
+    LSE1,
+    n,
+    D,
+    SPLITS,
+    BLOCK_A: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Program bh: combines the SPLITS partial softmax states into V_A (n x d) and lse1 (n)."""
     bh = tl.program_id(0).to(tl.int64)
@@ -99,17 +132,34 @@ def _stage1_fwd_reduce(
         m = m_new
     mask_a = offs_a < n
     va = acc / l[:, None]
-    tl.store(VA + bh * n * D + offs_a[:, None] * D + offs_d[None, :], va.to(VA.dtype.element_ty),
-             mask=mask_a[:, None] & (offs_d[None, :] < D))
+    tl.store(
+        VA + bh * n * D + offs_a[:, None] * D + offs_d[None, :],
+        va.to(VA.dtype.element_ty),
+        mask=mask_a[:, None] & (offs_d[None, :] < D),
+    )
     tl.store(LSE1 + bh * n + offs_a, m + tl.log(l), mask=mask_a)
 
 
 @triton.jit
 def _stage2_fwd(
-    Q, A, VA, B2, O, LSE2,
-    scale, H, N, n, D, b2_sb, b2_sh,
-    HAS_B2: tl.constexpr, LOWP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q,
+    A,
+    VA,
+    B2,
+    O,
+    LSE2,
+    scale,
+    H,
+    N,
+    n,
+    D,
+    b2_sb,
+    b2_sh,
+    HAS_B2: tl.constexpr,
+    LOWP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Program (row block, bh): BLOCK_M query rows against all n agents; A and V_A stay in registers."""
     pid_m = tl.program_id(0)
@@ -129,8 +179,11 @@ def _stage2_fwd(
     q = tl.load(Q + bh * N * D + offs_m[:, None] * D + offs_d[None, :], mask=mask_md, other=0.0)
     s = _mm(q.to(tl.float32) * scale, tl.trans(a), Q, LOWP)
     if HAS_B2:
-        s += tl.load(B2 + b * b2_sb + h * b2_sh + offs_m[:, None] * n + offs_a[None, :],
-                     mask=mask_m[:, None] & mask_a[None, :], other=0.0).to(tl.float32)
+        s += tl.load(
+            B2 + b * b2_sb + h * b2_sh + offs_m[:, None] * n + offs_a[None, :],
+            mask=mask_m[:, None] & mask_a[None, :],
+            other=0.0,
+        ).to(tl.float32)
     s = tl.where(mask_a[None, :], s, float("-inf"))
     m = tl.max(s, 1)
     p = tl.exp(s - m[:, None])
@@ -144,10 +197,32 @@ def _stage2_fwd(
 # ----------------------------------------------------------------------------------------- backward
 @triton.jit
 def _stage2_bwd(
-    Q, A, VA, B2, O, DO, LSE2, DQ, DB2, DA_PART, DVA_PART,
-    scale, H, N, n, D, b2_sb, b2_sh, TILES_PER_SPLIT, SPLITS,
-    HAS_B2: tl.constexpr, B2_ATOMIC: tl.constexpr, LOWP: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_D: tl.constexpr,
+    Q,
+    A,
+    VA,
+    B2,
+    O,
+    DO,
+    LSE2,
+    DQ,
+    DB2,
+    DA_PART,
+    DVA_PART,
+    scale,
+    H,
+    N,
+    n,
+    D,
+    b2_sb,
+    b2_sh,
+    TILES_PER_SPLIT,
+    SPLITS,
+    HAS_B2: tl.constexpr,
+    B2_ATOMIC: tl.constexpr,
+    LOWP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Program (split, bh) over TILES_PER_SPLIT query row blocks: P2 recomputed from lse2;
     dS2 = P2 (dO V_Aᵀ - rowsum(dO O)); writes dQ, dB2 (atomic fp32 add when the bias is broadcast) and
@@ -200,10 +275,32 @@ def _stage2_bwd(
 
 @triton.jit
 def _stage1_bwd(
-    A, K, V, VA, B1, LSE1, DVA, DK, DV, DB1, DA_PART,
-    scale, H, M, n, D, b1_sb, b1_sh, TILES_PER_SPLIT, SPLITS,
-    HAS_B1: tl.constexpr, B1_ATOMIC: tl.constexpr, LOWP: tl.constexpr,
-    BLOCK_A: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    A,
+    K,
+    V,
+    VA,
+    B1,
+    LSE1,
+    DVA,
+    DK,
+    DV,
+    DB1,
+    DA_PART,
+    scale,
+    H,
+    M,
+    n,
+    D,
+    b1_sb,
+    b1_sh,
+    TILES_PER_SPLIT,
+    SPLITS,
+    HAS_B1: tl.constexpr,
+    B1_ATOMIC: tl.constexpr,
+    LOWP: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """Program (split, bh) over TILES_PER_SPLIT key blocks, upstream gradient dV_A (fp32, padded
     (BH, BLOCK_A, BLOCK_D)): P1 recomputed from lse1; dV = P1ᵀ dV_A, dS1 = P1 (dV_A Vᵀ - rowsum(dV_A V_A)),

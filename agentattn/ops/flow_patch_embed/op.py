@@ -10,6 +10,7 @@ need_dweight) -> (dx, dweight, dbias, dpos)`` (gradients not asked for are empty
 keeps no state: the backward re-gathers the patches from x. Without the compiled extension every call
 runs the reference in ``naive.py`` (one warning per process).
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ def check_inputs(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | N
     """Raise a ``ValueError`` naming the argument, the expected and the actual shape/dtype/device."""
     for name, t in (("x", x), ("weight", weight), ("bias", bias), ("pos", pos)):
         if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor{' or None' if name in ('bias', 'pos') else ''}, "
-                            f"got {type(t).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor{' or None' if name in ('bias', 'pos') else ''}, got {type(t).__name__}"
+            )
     if x.dim() != 4:
         raise ValueError(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
     B, C, H, W = x.shape
@@ -74,7 +76,8 @@ def _available(device_type: str) -> list:
         elif device_type == "cuda":
             avail = _ext.device_backends("cuda")
             has = _ext.has_ext() and torch._C._dispatch_has_kernel_for_dispatch_key(
-                "agentattn::flow_patch_embed_fwd", "CUDA")
+                "agentattn::flow_patch_embed_fwd", "CUDA"
+            )
             _AVAIL[device_type] = [b for b in avail if b != "cuda" or has]
         else:
             _AVAIL[device_type] = ["reference"]
@@ -87,8 +90,15 @@ def resolve_backend(device: torch.device, backend: str | None) -> str:
     return _ext.choose_backend("flow_patch_embed", device.type, backend, _available(device.type))
 
 
-def flow_patch_embed(x: Tensor, weight: Tensor, bias: Tensor | None = None, pos: Tensor | None = None,
-                     patch_size: int | None = None, flatten: bool = False, backend: str | None = None) -> Tensor:
+def flow_patch_embed(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    pos: Tensor | None = None,
+    patch_size: int | None = None,
+    flatten: bool = False,
+    backend: str | None = None,
+) -> Tensor:
     """Patch projection + bias + absolute position embedding in one op.
 
     Args:
@@ -152,10 +162,12 @@ def _register() -> None:
 
     @torch.library.register_fake(bwd)
     def _bwd_fake(grad_out, x, weight, bias, pos, patch_size, flatten, need_dx, need_dweight):
-        return (torch.empty_like(x) if need_dx else x.new_empty((0,)),
-                torch.empty_like(weight) if need_dweight else x.new_empty((0,)),
-                torch.empty_like(bias) if bias is not None else x.new_empty((0,)),
-                torch.empty_like(pos) if pos is not None else x.new_empty((0,)))
+        return (
+            torch.empty_like(x) if need_dx else x.new_empty((0,)),
+            torch.empty_like(weight) if need_dweight else x.new_empty((0,)),
+            torch.empty_like(bias) if bias is not None else x.new_empty((0,)),
+            torch.empty_like(pos) if pos is not None else x.new_empty((0,)),
+        )
 
     def setup_context(ctx, inputs, output):
         x, weight, bias, pos, patch_size, flatten = inputs
@@ -171,9 +183,16 @@ def _register() -> None:
         b = x.new_empty((D,)) if ctx.has_bias else None
         q = x.new_empty((D, x.shape[2] // ctx.patch_size, x.shape[3] // ctx.patch_size)) if ctx.has_pos else None
         dx, dw, db, dp = torch.ops.agentattn.flow_patch_embed_bwd(
-            grad_out.contiguous(), x, weight, b, q, ctx.patch_size, ctx.flatten, bool(need[0]), bool(need[1]))
-        return (dx if need[0] else None, dw if need[1] else None, db if ctx.has_bias and need[2] else None,
-                dp if ctx.has_pos and need[3] else None, None, None)
+            grad_out.contiguous(), x, weight, b, q, ctx.patch_size, ctx.flatten, bool(need[0]), bool(need[1])
+        )
+        return (
+            dx if need[0] else None,
+            dw if need[1] else None,
+            db if ctx.has_bias and need[2] else None,
+            dp if ctx.has_pos and need[3] else None,
+            None,
+            None,
+        )
 
     torch.library.register_autograd(fwd, backward, setup_context=setup_context)
 
@@ -183,8 +202,20 @@ def _register() -> None:
 
     # backward: one product of the forward's size per gradient asked for (dx: dY·W, dweight: dYᵀ·cols)
     @register_flop_formula(torch.ops.agentattn.flow_patch_embed_bwd)
-    def _bwd_flops(g_shape, x_shape, w_shape, b_shape, p_shape, patch_size, flatten, need_dx, need_dweight,
-                   *args, out_shape=None, **kwargs) -> int:
+    def _bwd_flops(
+        g_shape,
+        x_shape,
+        w_shape,
+        b_shape,
+        p_shape,
+        patch_size,
+        flatten,
+        need_dx,
+        need_dweight,
+        *args,
+        out_shape=None,
+        **kwargs,
+    ) -> int:
         return (int(need_dx) + int(need_dweight)) * flops_forward(x_shape, w_shape)
 
 

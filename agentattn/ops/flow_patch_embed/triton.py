@@ -16,6 +16,7 @@ are plain reductions of grad_out (``sum`` over the batch, then over positions).
 Runs on CUDA tensors; with ``TRITON_INTERPRET=1`` (set before ``import triton``) also on CPU tensors,
 which is how the CPU test suite checks it. Nothing here touches a GPU at import time.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,10 @@ def _blocks(D: int, K: int) -> tuple[int, int, int]:
 
 def _check(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, p: int) -> None:
     if x.device.type != "cuda" and not _INTERPRET:
-        raise ValueError(f"the Triton backend needs CUDA tensors (got {x.device}); set TRITON_INTERPRET=1 "
-                         "before importing triton to run it on CPU for testing")
+        raise ValueError(
+            f"the Triton backend needs CUDA tensors (got {x.device}); set TRITON_INTERPRET=1 "
+            "before importing triton to run it on CPU for testing"
+        )
     if x.dtype not in _SUPPORTED:
         raise ValueError(f"the Triton backend supports fp16, bf16 and fp32, got {x.dtype}")
     from agentattn.ops.flow_patch_embed.op import check_inputs
@@ -65,8 +68,9 @@ def _geometry(x: Tensor, weight: Tensor, p: int) -> tuple:
     return B, C, H, W, D, gh, gw, gh * gw, C * p * p
 
 
-def forward(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int,
-            flatten: bool) -> Tensor:
+def forward(
+    x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int, flatten: bool
+) -> Tensor:
     """Launch the forward kernel. Returns (B, D, H/p, W/p), or (B, L, D) when ``flatten``."""
     p = int(patch_size)
     _check(x, weight, bias, pos, p)
@@ -80,17 +84,43 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, 
         return out
     BM, BN, BK = _blocks(D, K)
     _fwd_kernel[(triton.cdiv(ntok, BM), triton.cdiv(D, BN))](
-        x, weight, bias if bias is not None else x, pos if pos is not None else x, out,
-        ntok, C, H, W, gw, L, D, K,
-        P=p, HAS_BIAS=bias is not None, HAS_POS=pos is not None, FLATTEN=bool(flatten), LOWP=_lowp(x),
-        BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=4,
+        x,
+        weight,
+        bias if bias is not None else x,
+        pos if pos is not None else x,
+        out,
+        ntok,
+        C,
+        H,
+        W,
+        gw,
+        L,
+        D,
+        K,
+        P=p,
+        HAS_BIAS=bias is not None,
+        HAS_POS=pos is not None,
+        FLATTEN=bool(flatten),
+        LOWP=_lowp(x),
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
+        num_warps=4,
     )
     return out
 
 
-def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None,
-             patch_size: int, flatten: bool, need_dx: bool,
-             need_dweight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def backward(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    pos: Tensor | None,
+    patch_size: int,
+    flatten: bool,
+    need_dx: bool,
+    need_dweight: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Launch the backward kernels. Returns (dx, dweight, dbias, dpos); a gradient not asked for (or of
     an absent bias/pos) is an empty tensor."""
     p = int(patch_size)
@@ -106,8 +136,24 @@ def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, p
         dx = torch.empty_like(x)
         if dx.numel():
             _bwd_dx_kernel[(triton.cdiv(ntok, BM), triton.cdiv(K, BK))](
-                grad_out, weight, dx, ntok, C, H, W, gw, L, D, K,
-                P=p, FLATTEN=bool(flatten), LOWP=lowp, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=4,
+                grad_out,
+                weight,
+                dx,
+                ntok,
+                C,
+                H,
+                W,
+                gw,
+                L,
+                D,
+                K,
+                P=p,
+                FLATTEN=bool(flatten),
+                LOWP=lowp,
+                BLOCK_M=BM,
+                BLOCK_N=BN,
+                BLOCK_K=BK,
+                num_warps=4,
             )
     dw = empty()
     if need_dweight:
@@ -119,8 +165,25 @@ def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, p
         part = torch.zeros((splits, D, K), device=x.device, dtype=torch.float32)
         if tiles:
             _bwd_dweight_kernel[(triton.cdiv(D, BN), triton.cdiv(K, BK), splits)](
-                x, grad_out, part, ntok, C, H, W, gw, L, D, K, per,
-                P=p, FLATTEN=bool(flatten), LOWP=lowp, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=4,
+                x,
+                grad_out,
+                part,
+                ntok,
+                C,
+                H,
+                W,
+                gw,
+                L,
+                D,
+                K,
+                per,
+                P=p,
+                FLATTEN=bool(flatten),
+                LOWP=lowp,
+                BLOCK_M=BM,
+                BLOCK_N=BN,
+                BLOCK_K=BK,
+                num_warps=4,
             )
         dw = part.sum(0).reshape(weight.shape).to(x.dtype)
     dpos = empty()
@@ -137,8 +200,9 @@ def backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, p
 
 # ------------------------------------------------------------------------------------- custom ops
 @torch.library.custom_op("agentattn_triton::flow_patch_embed_fwd", mutates_args=())
-def _fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int,
-            flatten: bool) -> Tensor:
+def _fwd_op(
+    x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int, flatten: bool
+) -> Tensor:
     return forward(x, weight, bias, pos, patch_size, flatten)
 
 
@@ -150,17 +214,28 @@ def _(x, weight, bias, pos, patch_size, flatten):
 
 
 @torch.library.custom_op("agentattn_triton::flow_patch_embed_bwd", mutates_args=())
-def _bwd_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None,
-            patch_size: int, flatten: bool, need_dx: bool, need_dweight: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _bwd_op(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    pos: Tensor | None,
+    patch_size: int,
+    flatten: bool,
+    need_dx: bool,
+    need_dweight: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return backward(grad_out, x, weight, bias, pos, patch_size, flatten, need_dx, need_dweight)
 
 
 @_bwd_op.register_fake
 def _(grad_out, x, weight, bias, pos, patch_size, flatten, need_dx, need_dweight):
-    return (torch.empty_like(x) if need_dx else x.new_empty((0,)),
-            torch.empty_like(weight) if need_dweight else x.new_empty((0,)),
-            torch.empty_like(bias) if bias is not None else x.new_empty((0,)),
-            torch.empty_like(pos) if pos is not None else x.new_empty((0,)))
+    return (
+        torch.empty_like(x) if need_dx else x.new_empty((0,)),
+        torch.empty_like(weight) if need_dweight else x.new_empty((0,)),
+        torch.empty_like(bias) if bias is not None else x.new_empty((0,)),
+        torch.empty_like(pos) if pos is not None else x.new_empty((0,)),
+    )
 
 
 def _setup_context(ctx, inputs, output):
@@ -172,17 +247,25 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, weight, bias, pos = ctx.saved_tensors
     need = ctx.needs_input_grad
-    dx, dw, db, dp = _bwd_op(grad_out.contiguous(), x, weight, bias, pos, ctx.patch_size, ctx.flatten,
-                             bool(need[0]), bool(need[1]))
-    return (dx if need[0] else None, dw if need[1] else None, db if bias is not None and need[2] else None,
-            dp if pos is not None and need[3] else None, None, None)
+    dx, dw, db, dp = _bwd_op(
+        grad_out.contiguous(), x, weight, bias, pos, ctx.patch_size, ctx.flatten, bool(need[0]), bool(need[1])
+    )
+    return (
+        dx if need[0] else None,
+        dw if need[1] else None,
+        db if bias is not None and need[2] else None,
+        dp if pos is not None and need[3] else None,
+        None,
+        None,
+    )
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def flow_patch_embed_triton(x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None,
-                            patch_size: int, flatten: bool = False) -> Tensor:
+def flow_patch_embed_triton(
+    x: Tensor, weight: Tensor, bias: Tensor | None, pos: Tensor | None, patch_size: int, flatten: bool = False
+) -> Tensor:
     """Flow-patch embedding on the Triton kernels, differentiable.
 
     x (B, C, H, W); weight (D, C, p, p); bias (D) or None; pos (D, H/p, W/p) or None.

@@ -4,6 +4,7 @@ one-line errors; torch.jit.trace and torch.export on the fused path.
 
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/modules/test_agent_attention_hosts.py``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,20 +38,27 @@ def test_host_call_signatures_agree():
     m = _module()
     x = torch.randn(2, 24, 32, generator=torch.Generator().manual_seed(2))
     want = m(x)
-    for got in (m(x, attn_mask=None, is_causal=False),   # timm Block
-                m(x, mask=None),                          # Swin
-                m(x, 4, 6),                               # PVT: attn(x, H, W)
-                m(x, hw=(4, 6)), m(x, (4, 6))):           # HTNet: hw keyword or positional
+    for got in (
+        m(x, attn_mask=None, is_causal=False),  # timm Block
+        m(x, mask=None),  # Swin
+        m(x, 4, 6),  # PVT: attn(x, H, W)
+        m(x, hw=(4, 6)),
+        m(x, (4, 6)),
+    ):  # HTNet: hw keyword or positional
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(attn_mask=torch.zeros(24, 24)), "cannot apply an attention mask"),
-    (dict(mask=torch.zeros(1, 24, 24)), "cannot apply an attention mask"),
-    (dict(is_causal=True), "cannot be causal"),
-    (dict(H=4), "pass the grid either as forward"),
-    (dict(H=4, W=6, hw=(4, 6)), "pass the grid either as forward"),
-], ids=["timm_attn_mask", "swin_mask", "is_causal", "half_grid", "grid_twice"])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(attn_mask=torch.zeros(24, 24)), "cannot apply an attention mask"),
+        (dict(mask=torch.zeros(1, 24, 24)), "cannot apply an attention mask"),
+        (dict(is_causal=True), "cannot be causal"),
+        (dict(H=4), "pass the grid either as forward"),
+        (dict(H=4, W=6, hw=(4, 6)), "pass the grid either as forward"),
+    ],
+    ids=["timm_attn_mask", "swin_mask", "is_causal", "half_grid", "grid_twice"],
+)
 def test_what_cannot_be_honoured_is_refused(kw, msg):
     m = _module()
     with pytest.raises(ValueError, match=msg) as e:
@@ -59,11 +67,11 @@ def test_what_cannot_be_honoured_is_refused(kw, msg):
 
 
 def test_grid_worked_out_from_the_token_count():
-    assert infer_grid(24, (4, 6)) == (4, 6)          # the window
-    assert infer_grid(96, (4, 6)) == (8, 12)         # the window's aspect ratio, twice the size
-    assert infer_grid(63, (14, 18)) == (7, 9)        # (14, 18) ~ 7:9
-    assert infer_grid(49, (4, 6)) == (7, 7)          # else a square
-    assert infer_grid(30, (4, 6)) is None            # else the caller must say hw
+    assert infer_grid(24, (4, 6)) == (4, 6)  # the window
+    assert infer_grid(96, (4, 6)) == (8, 12)  # the window's aspect ratio, twice the size
+    assert infer_grid(63, (14, 18)) == (7, 9)  # (14, 18) ~ 7:9
+    assert infer_grid(49, (4, 6)) == (7, 7)  # else a square
+    assert infer_grid(30, (4, 6)) is None  # else the caller must say hw
     m = _module(num_prefix_tokens=1)
     x = torch.randn(2, 1 + 8 * 12, 32, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(m(x), m(x, hw=(8, 12)), rtol=0, atol=0)
@@ -88,7 +96,7 @@ def test_cross_attention_module_matches_its_composition(fused):
     agents = F.adaptive_avg_pool2d(q[:, 1:].reshape(2, 4, 6, 32).permute(0, 3, 1, 2), (2, 2)).flatten(2).transpose(1, 2)
     heads = lambda t: t.reshape(2, t.shape[1], 2, 16).transpose(1, 2)  # noqa: E731
     _, b2 = m.position_biases(4, 6)
-    ref = agent_attention_ref(heads(q), heads(k), heads(v), heads(agents), None, b2, 16 ** -0.5)
+    ref = agent_attention_ref(heads(q), heads(k), heads(v), heads(agents), None, b2, 16**-0.5)
     want = m.proj(ref.transpose(1, 2).reshape(2, 25, 32))
     torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
     (gx,) = torch.autograd.grad(out.sum(), x)
@@ -101,23 +109,27 @@ def test_cross_attention_module_matches_its_composition(fused):
 
 
 # -------------------------------------------------------------------------------------- construction
-@pytest.mark.parametrize("kw,msg", [
-    (dict(agent_num=0), r"agent_num must be >= 1"),
-    (dict(agent_num=(0, 3)), r"agent_num must be positive"),
-    (dict(window=0), r"window must be positive"),
-    (dict(window=(4, -1)), r"window must be positive"),
-    (dict(num_heads=0), r"num_heads must be a positive int, got 0"),
-    (dict(num_prefix_tokens=-1), r"num_prefix_tokens must be an int >= 0"),
-    (dict(dim=0), r"dim must be a positive int, got 0"),            # d = 0
-    (dict(dim=30, num_heads=4), r"dim=30 must be divisible by num_heads=4"),
-    (dict(sr_ratio=0), r"sr_ratio must be a positive int"),
-    (dict(sr_ratio=8, window=4), r"window=\(4, 4\) is smaller than sr_ratio=8"),
-    (dict(sr_ratio=2, num_prefix_tokens=1), r"sr_ratio=2 reduces a pure grid"),
-    (dict(sr_ratio=2, context_dim=8), r"exclude each other"),
-    (dict(dwc_kernel=4), r"dwc_kernel must be odd"),
-    (dict(context_dim=0), r"context_dim must be a positive int or None"),
-    (dict(bias_agent_grid=9, num_prefix_tokens=1), r"bias_agent_grid .* needs num_prefix_tokens=0"),
-], ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(agent_num=0), r"agent_num must be >= 1"),
+        (dict(agent_num=(0, 3)), r"agent_num must be positive"),
+        (dict(window=0), r"window must be positive"),
+        (dict(window=(4, -1)), r"window must be positive"),
+        (dict(num_heads=0), r"num_heads must be a positive int, got 0"),
+        (dict(num_prefix_tokens=-1), r"num_prefix_tokens must be an int >= 0"),
+        (dict(dim=0), r"dim must be a positive int, got 0"),  # d = 0
+        (dict(dim=30, num_heads=4), r"dim=30 must be divisible by num_heads=4"),
+        (dict(sr_ratio=0), r"sr_ratio must be a positive int"),
+        (dict(sr_ratio=8, window=4), r"window=\(4, 4\) is smaller than sr_ratio=8"),
+        (dict(sr_ratio=2, num_prefix_tokens=1), r"sr_ratio=2 reduces a pure grid"),
+        (dict(sr_ratio=2, context_dim=8), r"exclude each other"),
+        (dict(dwc_kernel=4), r"dwc_kernel must be odd"),
+        (dict(context_dim=0), r"context_dim must be a positive int or None"),
+        (dict(bias_agent_grid=9, num_prefix_tokens=1), r"bias_agent_grid .* needs num_prefix_tokens=0"),
+    ],
+    ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) if isinstance(v, dict) else None,
+)
 def test_constructor_errors_are_one_line(kw, msg):
     kw = dict(dict(dim=32, num_heads=2, agent_num=4, window=4), **kw)
     with pytest.raises(ValueError, match=msg) as e:

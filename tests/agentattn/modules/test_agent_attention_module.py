@@ -5,6 +5,7 @@ on the same instance (argument, attribute), state_dict round trip, errors.
 
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/modules/test_agent_attention_module.py``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,12 +29,13 @@ class RefAgentDeiTAttention(nn.Module):
     window x window grid; per-batch ``.repeat`` of the biases as in the original. The only generalisation
     (for the rectangular test): ``window`` may be (h, w) and ``pool`` an (ah, aw) agent grid."""
 
-    def __init__(self, dim, num_heads=8, qkv_bias=False, attn_drop=0., proj_drop=0., agent_num=49, window=14,
-                 agent_grid=None):
+    def __init__(
+        self, dim, num_heads=8, qkv_bias=False, attn_drop=0.0, proj_drop=0.0, agent_num=49, window=14, agent_grid=None
+    ):
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -50,16 +52,24 @@ class RefAgentDeiTAttention(nn.Module):
         self.wa_bias = nn.Parameter(torch.zeros(1, num_heads, 1, ww, agent_num))
         self.ac_bias = nn.Parameter(torch.zeros(1, num_heads, agent_num, 1))
         self.ca_bias = nn.Parameter(torch.zeros(1, num_heads, 1, agent_num))
-        for p in (self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias,
-                  self.ac_bias, self.ca_bias):
-            nn.init.trunc_normal_(p, std=.02)
+        for p in (
+            self.an_bias,
+            self.na_bias,
+            self.ah_bias,
+            self.aw_bias,
+            self.ha_bias,
+            self.wa_bias,
+            self.ac_bias,
+            self.ca_bias,
+        ):
+            nn.init.trunc_normal_(p, std=0.02)
         self.softmax = nn.Softmax(dim=-1)
-        pool_size = int(agent_num ** 0.5)
+        pool_size = int(agent_num**0.5)
         self.pool = nn.AdaptiveAvgPool2d(output_size=agent_grid or (pool_size, pool_size))
 
     def forward(self, x):
         b, n, c = x.shape
-        h, w = (int(n ** 0.5), int(n ** 0.5)) if isinstance(self.window, int) else self.window
+        h, w = (int(n**0.5), int(n**0.5)) if isinstance(self.window, int) else self.window
         num_heads = self.num_heads
         head_dim = c // num_heads
         qkv = self.qkv(x).reshape(b, n, 3, c).permute(2, 0, 1, 3)
@@ -70,7 +80,7 @@ class RefAgentDeiTAttention(nn.Module):
         v = v.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
         agent_tokens = agent_tokens.reshape(b, self.agent_num, num_heads, head_dim).permute(0, 2, 1, 3)
 
-        position_bias1 = F.interpolate(self.an_bias, size=(h, w), mode='bilinear')
+        position_bias1 = F.interpolate(self.an_bias, size=(h, w), mode="bilinear")
         position_bias1 = position_bias1.reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias2 = (self.ah_bias + self.aw_bias).reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias = position_bias1 + position_bias2
@@ -79,7 +89,7 @@ class RefAgentDeiTAttention(nn.Module):
         agent_attn = self.attn_drop(agent_attn)
         agent_v = agent_attn @ v
 
-        agent_bias1 = F.interpolate(self.na_bias, size=(h, w), mode='bilinear')
+        agent_bias1 = F.interpolate(self.na_bias, size=(h, w), mode="bilinear")
         agent_bias1 = agent_bias1.reshape(1, num_heads, self.agent_num, -1).permute(0, 1, 3, 2).repeat(b, 1, 1, 1)
         agent_bias2 = (self.ha_bias + self.wa_bias).reshape(1, num_heads, -1, self.agent_num).repeat(b, 1, 1, 1)
         agent_bias = agent_bias1 + agent_bias2
@@ -103,14 +113,14 @@ class RefAgentPVTAttention(nn.Module):
     def __init__(self, dim, num_patches, num_heads=8, qkv_bias=False, agent_num=49):
         super().__init__()
         self.dim = dim
-        self.window_size = (int(num_patches ** 0.5), int(num_patches ** 0.5))
+        self.window_size = (int(num_patches**0.5), int(num_patches**0.5))
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(0.)
+        self.attn_drop = nn.Dropout(0.0)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(0.)
+        self.proj_drop = nn.Dropout(0.0)
         self.agent_num = agent_num
         self.dwc = nn.Conv2d(in_channels=dim, out_channels=dim, kernel_size=(3, 3), padding=1, groups=dim)
         ws = self.window_size
@@ -121,8 +131,8 @@ class RefAgentPVTAttention(nn.Module):
         self.ha_bias = nn.Parameter(torch.zeros(1, num_heads, ws[0], 1, agent_num))
         self.wa_bias = nn.Parameter(torch.zeros(1, num_heads, 1, ws[1], agent_num))
         for p in (self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias):
-            nn.init.trunc_normal_(p, std=.02)
-        pool_size = int(agent_num ** 0.5)
+            nn.init.trunc_normal_(p, std=0.02)
+        pool_size = int(agent_num**0.5)
         self.pool = nn.AdaptiveAvgPool2d(output_size=(pool_size, pool_size))
         self.softmax = nn.Softmax(dim=-1)
 
@@ -138,12 +148,12 @@ class RefAgentPVTAttention(nn.Module):
         k = k.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
         v = v.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
         agent_tokens = agent_tokens.reshape(b, self.agent_num, num_heads, head_dim).permute(0, 2, 1, 3)
-        position_bias1 = F.interpolate(self.an_bias, size=self.window_size, mode='bilinear')
+        position_bias1 = F.interpolate(self.an_bias, size=self.window_size, mode="bilinear")
         position_bias1 = position_bias1.reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias2 = (self.ah_bias + self.aw_bias).reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         agent_attn = self.softmax((agent_tokens * self.scale) @ k.transpose(-2, -1) + position_bias1 + position_bias2)
         agent_v = self.attn_drop(agent_attn) @ v
-        agent_bias1 = F.interpolate(self.na_bias, size=self.window_size, mode='bilinear')
+        agent_bias1 = F.interpolate(self.na_bias, size=self.window_size, mode="bilinear")
         agent_bias1 = agent_bias1.reshape(1, num_heads, self.agent_num, -1).permute(0, 1, 3, 2).repeat(b, 1, 1, 1)
         agent_bias2 = (self.ha_bias + self.wa_bias).reshape(1, num_heads, -1, self.agent_num).repeat(b, 1, 1, 1)
         q_attn = self.softmax((q * self.scale) @ agent_tokens.transpose(-2, -1) + agent_bias1 + agent_bias2)
@@ -172,8 +182,11 @@ def _out_and_grads(module, x, *args, **kwargs):
     out = module(x, *args, **kwargs)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(1234), dtype=out.dtype)
     (out * w).sum().backward()
-    grads = {name.removeprefix("_orig_mod."): p.grad.detach().clone()  # (torch.compile wrapper prefix)
-             for name, p in module.named_parameters() if p.grad is not None}
+    grads = {
+        name.removeprefix("_orig_mod."): p.grad.detach().clone()  # (torch.compile wrapper prefix)
+        for name, p in module.named_parameters()
+        if p.grad is not None
+    }
     grads["<x>"] = x.grad
     return out.detach(), grads
 
@@ -217,12 +230,20 @@ def test_parameter_names_and_shapes_match_the_spec():
     C, H, n, win = 48, 3, 16, 5
     m = AgentAttention(C, num_heads=H, qkv_bias=True, agent_num=n, window=win, num_prefix_tokens=1)
     want = {
-        "qkv.weight": (3 * C, C), "qkv.bias": (3 * C,), "proj.weight": (C, C), "proj.bias": (C,),
-        "dwc.weight": (C, 1, 3, 3), "dwc.bias": (C,),
-        "an_bias": (H, n, 7, 7), "na_bias": (H, n, 7, 7),
-        "ah_bias": (1, H, n, win, 1), "aw_bias": (1, H, n, 1, win),
-        "ha_bias": (1, H, win, 1, n), "wa_bias": (1, H, 1, win, n),
-        "ac_bias": (1, H, n, 1), "ca_bias": (1, H, 1, n),
+        "qkv.weight": (3 * C, C),
+        "qkv.bias": (3 * C,),
+        "proj.weight": (C, C),
+        "proj.bias": (C,),
+        "dwc.weight": (C, 1, 3, 3),
+        "dwc.bias": (C,),
+        "an_bias": (H, n, 7, 7),
+        "na_bias": (H, n, 7, 7),
+        "ah_bias": (1, H, n, win, 1),
+        "aw_bias": (1, H, n, 1, win),
+        "ha_bias": (1, H, win, 1, n),
+        "wa_bias": (1, H, 1, win, n),
+        "ac_bias": (1, H, n, 1),
+        "ca_bias": (1, H, 1, n),
     }
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == want
     ref = RefAgentDeiTAttention(C, num_heads=H, qkv_bias=True, agent_num=n, window=win)
@@ -235,16 +256,23 @@ def test_parameter_names_and_shapes_match_the_spec():
 
 def test_biases_are_truncated_normal_std_002():
     m = AgentAttention(64, num_heads=4, agent_num=49, window=14, num_prefix_tokens=1)
-    allb = torch.cat([p.detach().flatten() for name, p in m.named_parameters()
-                      if name.endswith("_bias") and p.dim() >= 4])
+    allb = torch.cat(
+        [p.detach().flatten() for name, p in m.named_parameters() if name.endswith("_bias") and p.dim() >= 4]
+    )
     assert allb.numel() > 10000
     assert 0.018 < allb.std().item() < 0.022 and allb.abs().max().item() <= 2.0
     assert abs(allb.mean().item()) < 2e-3
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
-@pytest.mark.parametrize("cfg", [dict(dim=64, num_heads=4, agent_num=16, window=6, qkv_bias=True),
-                                 dict(dim=192, num_heads=3, agent_num=49, window=14)], ids=["small", "deit-t"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(dim=64, num_heads=4, agent_num=16, window=6, qkv_bias=True),
+        dict(dim=192, num_heads=3, agent_num=49, window=14),
+    ],
+    ids=["small", "deit-t"],
+)
 def test_reference_deit_state_dict_loads_strict_with_same_outputs_and_grads(cfg, fused):
     if fused and not agentattn.backends()["extension"]:
         pytest.skip("agentattn._C not loaded")
@@ -456,8 +484,9 @@ def test_module_compiles_fullgraph():
 # ------------------------------------------------------------------------------------ round trip
 def test_state_dict_round_trip(tmp_path):
     torch.manual_seed(20)
-    m = _randomise_(AgentAttention(24, num_heads=3, qkv_bias=True, agent_num=(2, 2), window=(4, 3),
-                                   num_prefix_tokens=1), seed=21).eval()
+    m = _randomise_(
+        AgentAttention(24, num_heads=3, qkv_bias=True, agent_num=(2, 2), window=(4, 3), num_prefix_tokens=1), seed=21
+    ).eval()
     x = torch.randn(2, 13, 24, generator=torch.Generator().manual_seed(22))
     path = tmp_path / "attn.pt"
     torch.save(m.state_dict(), path)
@@ -487,8 +516,11 @@ def test_module_errors():
         m(torch.randn(2, 13, 16))
     with pytest.raises(ValueError, match=r"x must be \(B, tokens, C=32\), got \(13, 32\)"):
         m(torch.randn(13, 32))
-    with pytest.raises(ValueError, match=r"x has 12 tokens: num_prefix_tokens=1 plus no grid of the window's shape "
-                                         r"\(3, 4\) or a square; pass hw"):
+    with pytest.raises(
+        ValueError,
+        match=r"x has 12 tokens: num_prefix_tokens=1 plus no grid of the window's shape "
+        r"\(3, 4\) or a square; pass hw",
+    ):
         m(torch.randn(2, 12, 32))
     with pytest.raises(ValueError, match=r"x has 12 tokens but the layout needs .* = 1 \+ 3\*4 = 13; pass hw"):
         m(torch.randn(2, 12, 32), hw=(3, 4))

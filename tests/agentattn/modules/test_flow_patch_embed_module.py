@@ -1,6 +1,7 @@
 """agentattn.FlowPatchEmbed: parameters and init (LAPE, truncated normal std 0.02), fused vs reference on
 the same instance, bicubic resize of the position embedding for other grids, loading plain conv and
 HTNet (rearrange + 1x1 conv) patch-embedding weights, errors."""
+
 import math
 
 import pytest

@@ -8,6 +8,7 @@ for backward; the ValueErrors; hypothesis-drawn shapes; backend selection and th
 
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/ops/test_agent_attention_cpu.py``.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -99,14 +100,14 @@ class _OpsCalled(TorchDispatchMode):
 
 # cases: B, H, N, n, d, bias_agent shape, bias_query shape (None = no bias)
 CASES = [
-    (2, 3, 49, 9, 32, (1, 3, 9, 49), (1, 3, 49, 9)),          # 7x7 grid, biases shared over the batch
-    (2, 2, 196, 16, 48, (1, 1, 16, 196), (2, 2, 196, 16)),    # d = 48; b1 shared by all, b2 full
-    (2, 3, 197, 49, 64, (1, 3, 49, 197), (1, 3, 197, 49)),    # DeiT-T: 14x14 grid + class token
-    (3, 1, 197, 16, 48, (3, 1, 16, 197), None),               # full bias_agent only
-    (2, 2, 49, 49, 64, None, (2, 1, 49, 49)),                 # n == N; b2 broadcast over heads
-    (1, 2, 196, 9, 32, (2, 9, 196), (2, 1, 9)),               # 3-D biases; bias_query shared by all rows
+    (2, 3, 49, 9, 32, (1, 3, 9, 49), (1, 3, 49, 9)),  # 7x7 grid, biases shared over the batch
+    (2, 2, 196, 16, 48, (1, 1, 16, 196), (2, 2, 196, 16)),  # d = 48; b1 shared by all, b2 full
+    (2, 3, 197, 49, 64, (1, 3, 49, 197), (1, 3, 197, 49)),  # DeiT-T: 14x14 grid + class token
+    (3, 1, 197, 16, 48, (3, 1, 16, 197), None),  # full bias_agent only
+    (2, 2, 49, 49, 64, None, (2, 1, 49, 49)),  # n == N; b2 broadcast over heads
+    (1, 2, 196, 9, 32, (2, 9, 196), (2, 1, 9)),  # 3-D biases; bias_query shared by all rows
     (1, 1, 3136, 49, 32, (1, 1, 49, 3136), (1, 1, 3136, 49)),  # Swin-T stage 1 token count (tiny B, H)
-    (1, 2, 3136, 9, 32, None, None),                          # Swin-T stage 1, n = 9, no biases
+    (1, 2, 3136, 9, 32, None, None),  # Swin-T stage 1, n = 9, no biases
 ]
 
 
@@ -174,8 +175,9 @@ def test_fp64_matches_reference(case, poisoned):
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-11)
     for name, x, y in zip(GRAD_NAMES, grads, ref_grads, strict=True):
         if y is not None:
-            torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()),
-                                       msg=lambda m: f"d{name}: {m}")
+            torch.testing.assert_close(
+                x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()), msg=lambda m: f"d{name}: {m}"
+            )
 
 
 def fp32_bound(plain: float) -> float:
@@ -197,22 +199,24 @@ def test_fp32_matches_fp64_reference(case, poisoned):
     B, H, N, n, d, b1s, b2s = case
     inputs = _make(*case, seed=1)
     g = _grad_out((B, H, N, d), seed=7)
-    scale = 0.6 * d ** -0.5  # a non-default scale
+    scale = 0.6 * d**-0.5  # a non-default scale
     ref_out, ref_grads = _reference(inputs, g, scale=scale)
     plain_out, plain_grads = _run(agent_attention_ref, inputs, g, torch.float32, scale=scale)
     out, grads = _run(agentattn.agent_attention, inputs, g, torch.float32, scale=scale, backend="cpp")
     assert out.dtype == torch.float32
     _check_grad_shapes(grads, inputs)
-    for name, x, p, r in zip(("out",) + GRAD_NAMES, [out] + grads, [plain_out] + plain_grads, [ref_out] + ref_grads,
-                             strict=True):
+    for name, x, p, r in zip(
+        ("out",) + GRAD_NAMES, [out] + grads, [plain_out] + plain_grads, [ref_out] + ref_grads, strict=True
+    ):
         if r is None:
             continue
         assert torch.isfinite(x).all(), name
         top = r.abs().max().item()
         err = (x.double() - r).abs().max().item() / top
         plain = (p.double() - r).abs().max().item() / top
-        assert err <= fp32_bound(plain), (f"{name}: {err / EPS32:.1f} eps vs plain fp32 composition "
-                                          f"{plain / EPS32:.1f} eps")
+        assert err <= fp32_bound(plain), (
+            f"{name}: {err / EPS32:.1f} eps vs plain fp32 composition {plain / EPS32:.1f} eps"
+        )
 
 
 @pytest.fixture
@@ -226,9 +230,15 @@ def three_threads():
 
 
 @needs_ext
-@pytest.mark.parametrize("case", [(3, 2, 197, 16, 48, (1, 1, 16, 197), (1, 2, 197, 16)),
-                                  (2, 3, 300, 9, 32, (2, 1, 9, 300), (1, 1, 300, 9)),
-                                  (1, 1, 3136, 49, 32, (1, 1, 49, 3136), (1, 1, 3136, 49))], ids=_case_id)
+@pytest.mark.parametrize(
+    "case",
+    [
+        (3, 2, 197, 16, 48, (1, 1, 16, 197), (1, 2, 197, 16)),
+        (2, 3, 300, 9, 32, (2, 1, 9, 300), (1, 1, 300, 9)),
+        (1, 1, 3136, 49, 32, (1, 1, 49, 3136), (1, 1, 3136, 49)),
+    ],
+    ids=_case_id,
+)
 def test_multithreaded_matches_reference(case, three_threads, poisoned):
     """The parallel paths (tasks split over threads, per-thread partial sums of broadcast bias gradients,
     row blocks of one (b, h)) run only with more than one thread; the other tests use OMP_NUM_THREADS=1."""
@@ -240,20 +250,21 @@ def test_multithreaded_matches_reference(case, three_threads, poisoned):
     out, grads = _run(agentattn.agent_attention, inputs, g, torch.float64, backend="cpp")
     torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-11)
     for name, x, y in zip(GRAD_NAMES, grads, ref_grads, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()),
-                                   msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(
+            x, y, rtol=1e-9, atol=1e-10 * (1 + y.abs().max().item()), msg=lambda m: f"d{name}: {m}"
+        )
 
 
 # float32 forward paths: two score layouts (token-major: agents padded to 8 in the lanes, the default when
 # n % 8 == 0; agent-major: tokens in the lanes, K/Q tiles packed transposed, the default otherwise), batch
 # groups sharing the bias tiles (biases with batch dim 1), key chunks + merge (few slices), 1 and 3 threads.
 FWD_PATH_CASES = [
-    (5, 3, 200, 9, 32, (1, 3, 9, 200), (1, 3, 200, 9)),     # shared biases: batch groups, 5 not a multiple
+    (5, 3, 200, 9, 32, (1, 3, 9, 200), (1, 3, 200, 9)),  # shared biases: batch groups, 5 not a multiple
     (4, 2, 197, 49, 64, (1, 1, 49, 197), (1, 2, 197, 49)),  # b1 shared by all heads too
     (3, 2, 130, 25, 32, (3, 2, 25, 130), (1, 2, 130, 25)),  # full b1: one slice per task
-    (2, 2, 301, 16, 40, None, (1, 2, 301, 16)),             # n % 8 == 0; d = 40 (32 + 8 lanes)
-    (1, 1, 3136, 9, 32, (1, 1, 9, 3136), None),             # one slice: key chunks on threads, merged
-    (2, 1, 77, 3, 24, (1, 1, 3, 77), (2, 1, 77, 3)),        # n < 8; N not a multiple of 8
+    (2, 2, 301, 16, 40, None, (1, 2, 301, 16)),  # n % 8 == 0; d = 40 (32 + 8 lanes)
+    (1, 1, 3136, 9, 32, (1, 1, 9, 3136), None),  # one slice: key chunks on threads, merged
+    (2, 1, 77, 3, 24, (1, 1, 3, 77), (2, 1, 77, 3)),  # n < 8; N not a multiple of 8
 ]
 
 
@@ -271,7 +282,7 @@ def test_fp32_forward_paths_match_reference(case, threads, layout, poisoned):
     try:
         B, H, N, n, d, _, _ = case
         inputs = _make(*case, seed=31)
-        scale = d ** -0.5
+        scale = d**-0.5
         ref = agent_attention_ref_stats(*inputs, scale)
         x32 = [None if t is None else t.float().contiguous() for t in inputs]
         plain = agent_attention_ref_stats(*x32, scale)
@@ -284,8 +295,9 @@ def test_fp32_forward_paths_match_reference(case, threads, layout, poisoned):
         top = r.abs().max().item()
         err = (x.double() - r).abs().max().item() / top
         base = (p.double() - r).abs().max().item() / top
-        assert err <= fp32_bound(base), (f"{name}: {err / EPS32:.1f} eps, plain {base / EPS32:.1f} eps "
-                                         f"({layout}, {threads} threads)")
+        assert err <= fp32_bound(base), (
+            f"{name}: {err / EPS32:.1f} eps, plain {base / EPS32:.1f} eps ({layout}, {threads} threads)"
+        )
 
 
 @needs_ext
@@ -309,15 +321,15 @@ def test_noncontiguous_inputs_and_grad(poisoned):
     gen = torch.Generator().manual_seed(11)
     qkv = torch.randn(B, N, 3, H, d, generator=gen, dtype=torch.float64)
     a_big = torch.randn(B, H, 2 * n, d + 3, generator=gen, dtype=torch.float64)
-    b1_t = torch.randn(1, H, N, n, generator=gen, dtype=torch.float64)   # bias_agent = b1_t.transpose(-2, -1)
-    b2_t = torch.randn(H, n, N, generator=gen, dtype=torch.float64)      # bias_query = b2_t.transpose(-2, -1)
+    b1_t = torch.randn(1, H, N, n, generator=gen, dtype=torch.float64)  # bias_agent = b1_t.transpose(-2, -1)
+    b2_t = torch.randn(H, n, N, generator=gen, dtype=torch.float64)  # bias_query = b2_t.transpose(-2, -1)
     g_row = torch.randn(1, 1, N, d, generator=gen, dtype=torch.float64)
 
     def build(dtype):
         leaves = [t.to(dtype).clone().requires_grad_() for t in (qkv, a_big, b1_t, b2_t)]
         x, ab, t1, t2 = leaves
         q, k, v = (x[:, :, i].permute(0, 2, 1, 3) for i in range(3))
-        args = (q, k, v, ab[:, :, ::2, 1:d + 1], t1.transpose(-2, -1), t2.transpose(-2, -1))
+        args = (q, k, v, ab[:, :, ::2, 1 : d + 1], t1.transpose(-2, -1), t2.transpose(-2, -1))
         assert not any(t.is_contiguous() for t in args)
         return leaves, args
 
@@ -329,8 +341,9 @@ def test_noncontiguous_inputs_and_grad(poisoned):
     out.backward(g_row.expand(B, H, N, d))
     torch.testing.assert_close(out, out_r.detach(), rtol=1e-10, atol=1e-10)
     for name, x, y in zip(("qkv", "agents", "bias_agent", "bias_query"), leaves, leaves_r, strict=True):
-        torch.testing.assert_close(x.grad, y.grad, rtol=1e-10, atol=1e-10 * y.grad.abs().max().item(),
-                                   msg=lambda m: f"d{name}: {m}")
+        torch.testing.assert_close(
+            x.grad, y.grad, rtol=1e-10, atol=1e-10 * y.grad.abs().max().item(), msg=lambda m: f"d{name}: {m}"
+        )
     # float32: within fp32_bound of the plain fp32 composition's error on the same strided inputs
     leaves_p, args_p = build(torch.float32)
     out_p = agent_attention_ref(*args_p)
@@ -340,8 +353,8 @@ def test_noncontiguous_inputs_and_grad(poisoned):
     out.backward(g_row.float().expand(B, H, N, d))
     got = [("out", out.detach(), out_p.detach(), out_r.detach())] + [
         (f"d{name}", x.grad, p.grad, y.grad)
-        for name, x, p, y in zip(("qkv", "agents", "bias_agent", "bias_query"), leaves, leaves_p, leaves_r,
-                                 strict=True)]
+        for name, x, p, y in zip(("qkv", "agents", "bias_agent", "bias_query"), leaves, leaves_p, leaves_r, strict=True)
+    ]
     for name, x, p, r in got:
         top = r.abs().max().item()
         err = (x.double() - r).abs().max().item() / top
@@ -417,8 +430,11 @@ def test_broadcast_bias_gradients_are_reproducible_with_threads():
 
 # ----------------------------------------------------------------------------------- autograd checks
 @needs_ext
-@pytest.mark.parametrize("b1s,b2s", [((1, 2, 3, 7), (2, 1, 7, 3)), (None, None), ((3, 7), (1, 1, 7, 1))],
-                         ids=["broadcast", "none", "low-rank-broadcast"])
+@pytest.mark.parametrize(
+    "b1s,b2s",
+    [((1, 2, 3, 7), (2, 1, 7, 3)), (None, None), ((3, 7), (1, 1, 7, 1))],
+    ids=["broadcast", "none", "low-rank-broadcast"],
+)
 def test_gradcheck_fp64(b1s, b2s):
     inputs = _make(2, 2, 7, 3, 5, b1s, b2s, seed=4)
     xs = tuple(None if t is None else t.requires_grad_() for t in inputs)
@@ -427,8 +443,9 @@ def test_gradcheck_fp64(b1s, b2s):
 
 
 @needs_ext
-@pytest.mark.parametrize("dtype,biases", [(torch.float32, True), (torch.float64, False)],
-                         ids=["fp32-biases", "fp64-no-bias"])
+@pytest.mark.parametrize(
+    "dtype,biases", [(torch.float32, True), (torch.float64, False)], ids=["fp32-biases", "fp64-no-bias"]
+)
 def test_opcheck(dtype, biases):
     q, k, v, a, b1, b2 = _make(2, 2, 11, 3, 8, (1, 2, 3, 11) if biases else None, (2, 2, 11, 3) if biases else None)
     args = [None if t is None else t.to(dtype).requires_grad_() for t in (q, k, v, a, b1, b2)]
@@ -439,8 +456,11 @@ def test_opcheck(dtype, biases):
     with torch.no_grad():
         out, agent_v, l1, l2 = torch.ops.agentattn.agent_attention_fwd(*args, 0.3)
     plain = [None if t is None else t.detach() for t in args]
-    torch.library.opcheck(torch.ops.agentattn.agent_attention_bwd.default,
-                          (torch.ones_like(out), *plain, out, agent_v, l1, l2, 0.3), test_utils=utils)
+    torch.library.opcheck(
+        torch.ops.agentattn.agent_attention_bwd.default,
+        (torch.ones_like(out), *plain, out, agent_v, l1, l2, 0.3),
+        test_utils=utils,
+    )
 
 
 @needs_ext
@@ -460,14 +480,20 @@ def test_torch_compile_fullgraph(backend):
 def test_backend_query_is_marked_constant_for_dynamo_without_importing_it():
     """op.py marks its availability query the way torch.compiler.assume_constant_result does, and importing
     agentattn does not import torch._dynamo (seconds of start-up)."""
+
     def probe():
         return 1
 
     assert torch.compiler.assume_constant_result(probe) is probe
     marks = {k: v for k, v in vars(probe).items()}
     assert marks and all(getattr(aa_op._available, k, None) == v for k, v in marks.items()), marks
-    res = subprocess.run([sys.executable, "-c", "import sys, agentattn; print('torch._dynamo' in sys.modules)"],
-                         env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", "import sys, agentattn; print('torch._dynamo' in sys.modules)"],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.stdout.strip() == "False", res.stdout + res.stderr
 
 
@@ -500,8 +526,9 @@ def test_compiled_graph_calls_the_fused_op():
 @needs_ext
 def test_flop_counter_uses_registered_formula():
     B, H, N, n, d = 2, 3, 40, 9, 16
-    q, k, v, a, b1, b2 = (None if t is None else t.float().requires_grad_()
-                          for t in _make(B, H, N, n, d, (1, 3, 9, 40), None))
+    q, k, v, a, b1, b2 = (
+        None if t is None else t.float().requires_grad_() for t in _make(B, H, N, n, d, (1, 3, 9, 40), None)
+    )
     with FlopCounterMode(display=False) as fc:
         out = agentattn.agent_attention(q, k, v, a, b1, b2, backend="cpp")
         out.backward(torch.ones_like(out))
@@ -564,20 +591,32 @@ ERROR_CASES = [
     ("k-shape", _with(1, lambda a: a[1][..., :4]), r"k must be \(B, H, M, d\) = \(2, 3, M, 8\) .*got \(2, 3, 16, 4\)"),
     ("v-shape", _with(2, lambda a: a[2][:, :, :15]), r"v must have k's shape .*\(2, 3, 16, 8\), got \(2, 3, 15, 8\)"),
     ("agents-rank", _with(3, lambda a: a[3][0]), r"agents must be 4-D \(B, H, n, d\), got shape \(3, 4, 8\)"),
-    ("agents-d", _with(3, lambda a: a[3][..., :6]),
-     r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(2, 3, 4, 6\)"),
+    (
+        "agents-d",
+        _with(3, lambda a: a[3][..., :6]),
+        r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(2, 3, 4, 6\)",
+    ),
     ("agents-B", _with(3, lambda a: a[3][:1]), r"agents must be \(B, H, n, d\) = \(2, 3, n, 8\), got \(1, 3, 4, 8\)"),
     ("agents-empty", _with(3, lambda a: a[3][:, :, :0]), r"agents must hold at least one agent token"),
     ("d-zero", lambda a: [t[..., :0] for t in a[:4]] + [None, None], r"need a head dim d >= 1, got d = 0"),
     ("k-dtype", _with(1, lambda a: a[1].float()), r"k dtype torch.float32 differs from q dtype torch.float64"),
     ("int-dtype", lambda a: [t.int() for t in a[:4]] + [None, None], r"q must be a floating-point tensor.*torch.int32"),
     ("v-device", _with(2, lambda a: a[2].to("meta")), r"v is on meta but q is on cpu"),
-    ("bias_agent-shape", _with(4, lambda a: a[4][:, :, :3]),
-     r"bias_agent must be broadcastable to \(B, H, rows, cols\) = \(2, 3, 4, 16\), got \(1, 3, 3, 16\)"),
-    ("bias_agent-swapped", _with(4, lambda a: a[5]),
-     r"bias_agent must be broadcastable to \(B, H, rows, cols\) = \(2, 3, 4, 16\), got \(1, 3, 16, 4\)"),
-    ("bias_query-rank", _with(5, lambda a: a[5][None]),
-     r"bias_query must be broadcastable to \(2, 3, 16, 4\), got 5-D"),
+    (
+        "bias_agent-shape",
+        _with(4, lambda a: a[4][:, :, :3]),
+        r"bias_agent must be broadcastable to \(B, H, rows, cols\) = \(2, 3, 4, 16\), got \(1, 3, 3, 16\)",
+    ),
+    (
+        "bias_agent-swapped",
+        _with(4, lambda a: a[5]),
+        r"bias_agent must be broadcastable to \(B, H, rows, cols\) = \(2, 3, 4, 16\), got \(1, 3, 16, 4\)",
+    ),
+    (
+        "bias_query-rank",
+        _with(5, lambda a: a[5][None]),
+        r"bias_query must be broadcastable to \(2, 3, 16, 4\), got 5-D",
+    ),
     ("bias_query-device", _with(5, lambda a: a[5].to("meta")), r"bias_query is on meta but q is on cpu"),
     ("bias_agent-dtype", _with(4, lambda a: a[4].long()), r"bias_agent must be floating point, got torch.int64"),
 ]
@@ -607,15 +646,29 @@ _BIAS_KINDS = ["none", "1,1", "1,H", "B,1", "B,H", "rows-bcast"]
 
 
 def _bias_shape(kind, B, H, rows, cols):
-    return {"none": None, "1,1": (1, 1, rows, cols), "1,H": (1, H, rows, cols), "B,1": (B, 1, rows, cols),
-            "B,H": (B, H, rows, cols), "rows-bcast": (H, 1, cols)}[kind]
+    return {
+        "none": None,
+        "1,1": (1, 1, rows, cols),
+        "1,H": (1, H, rows, cols),
+        "B,1": (B, 1, rows, cols),
+        "B,H": (B, H, rows, cols),
+        "rows-bcast": (H, 1, cols),
+    }[kind]
 
 
 @needs_ext
 @settings(max_examples=12, deadline=None, derandomize=True)
-@given(B=st.integers(1, 2), H=st.integers(1, 3), N=st.integers(1, 150), n=st.integers(1, 20), d=st.integers(1, 40),
-       k1=st.sampled_from(_BIAS_KINDS), k2=st.sampled_from(_BIAS_KINDS), scale=st.floats(0.05, 2.0),
-       seed=st.integers(0, 2**16))
+@given(
+    B=st.integers(1, 2),
+    H=st.integers(1, 3),
+    N=st.integers(1, 150),
+    n=st.integers(1, 20),
+    d=st.integers(1, 40),
+    k1=st.sampled_from(_BIAS_KINDS),
+    k2=st.sampled_from(_BIAS_KINDS),
+    scale=st.floats(0.05, 2.0),
+    seed=st.integers(0, 2**16),
+)
 def test_hypothesis_shapes_fp64(B, H, N, n, d, k1, k2, scale, seed):
     inputs = _make(B, H, N, n, d, _bias_shape(k1, B, H, n, N), _bias_shape(k2, B, H, N, n), seed=seed)
     g = _grad_out((B, H, N, d), seed=seed + 1)
@@ -625,8 +678,9 @@ def test_hypothesis_shapes_fp64(B, H, N, n, d, k1, k2, scale, seed):
     torch.testing.assert_close(out, ref_out, rtol=1e-9, atol=1e-10)
     for name, x, y in zip(GRAD_NAMES, grads, ref_grads, strict=True):
         if y is not None:
-            torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10 * (1 + y.abs().max().item()),
-                                       msg=lambda m: f"d{name}: {m}")
+            torch.testing.assert_close(
+                x, y, rtol=1e-8, atol=1e-10 * (1 + y.abs().max().item()), msg=lambda m: f"d{name}: {m}"
+            )
 
 
 # ----------------------------------------------------------------------------- backends and fallback

@@ -10,6 +10,7 @@ that names the ISA and the CPU (``pytest -rs`` lists them), never passed silentl
 
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q -rs tests/agentattn/ops/test_agent_attention_cpu_isa.py``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -93,11 +94,11 @@ def threads(request):
 
 # B, H, N, n, d, bias_agent shape, bias_query shape (None = no bias)
 CASES = [
-    (6, 2, 49, 9, 16, (1, 2, 9, 49), (1, 2, 49, 9)),          # mer's HTNet blocks: 7x7 tokens, d = 16
-    (2, 2, 197, 16, 40, (1, 1, 16, 197), (2, 2, 197, 16)),    # d = 40: a half vector at 16 lanes
-    (3, 2, 130, 25, 32, (3, 2, 25, 130), None),               # full bias_agent; no tile is full
+    (6, 2, 49, 9, 16, (1, 2, 9, 49), (1, 2, 49, 9)),  # mer's HTNet blocks: 7x7 tokens, d = 16
+    (2, 2, 197, 16, 40, (1, 1, 16, 197), (2, 2, 197, 16)),  # d = 40: a half vector at 16 lanes
+    (3, 2, 130, 25, 32, (3, 2, 25, 130), None),  # full bias_agent; no tile is full
     (1, 1, 1100, 49, 32, (1, 1, 49, 1100), (1, 1, 1100, 49)),  # one slice: key chunks on threads, merged
-    (2, 1, 77, 3, 24, None, (2, 1, 77, 3)),                   # n < 8, d = 24
+    (2, 1, 77, 3, 24, None, (2, 1, 77, 3)),  # n < 8, d = 24
 ]
 
 
@@ -127,8 +128,10 @@ def _references(case):
     """(fp64 reference, plain fp32 composition) outputs and gradients for one case."""
     xs, go = _inputs(case, seed=5)
     scale = 0.6 * case[4] ** -0.5
-    return (_grads(agent_attention_ref, xs, go, torch.float64, scale=scale),
-            _grads(agent_attention_ref, xs, go, torch.float32, scale=scale))
+    return (
+        _grads(agent_attention_ref, xs, go, torch.float64, scale=scale),
+        _grads(agent_attention_ref, xs, go, torch.float32, scale=scale),
+    )
 
 
 @pytest.mark.usefixtures("poisoned")
@@ -146,8 +149,10 @@ def test_isa_path_matches_fp64_reference(case, isa, layout, threads):
         top = r.abs().max().item()
         err = (x.double() - r).abs().max().item() / top
         base = (p.double() - r).abs().max().item() / top
-        assert err <= fp32_bound(base), (f"{name} ({isa}, {layout}, {threads} threads): error {err / EPS32:.1f} eps, "
-                                         f"plain fp32 {base / EPS32:.1f} eps")
+        assert err <= fp32_bound(base), (
+            f"{name} ({isa}, {layout}, {threads} threads): error {err / EPS32:.1f} eps, "
+            f"plain fp32 {base / EPS32:.1f} eps"
+        )
 
 
 def test_default_isa_is_the_best_the_cpu_supports():
@@ -157,8 +162,10 @@ def test_default_isa_is_the_best_the_cpu_supports():
         assert torch.ops.agentattn.cpu_isa() == usable[0]
     assert agentattn.backends()["cpu_isa"] == torch.ops.agentattn.cpu_isa()
     assert agentattn.backends()["cpu_isas"] == usable
-    print(f"\nCPU kernel ISAs on {cpu_model()}: in use {torch.ops.agentattn.cpu_isa()}, runnable {usable}, "
-          f"compiled {list(torch.ops.agentattn.cpu_isas(False))}")
+    print(
+        f"\nCPU kernel ISAs on {cpu_model()}: in use {torch.ops.agentattn.cpu_isa()}, runnable {usable}, "
+        f"compiled {list(torch.ops.agentattn.cpu_isas(False))}"
+    )
 
 
 _ENV_CHECK = """

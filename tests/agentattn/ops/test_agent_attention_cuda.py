@@ -5,6 +5,7 @@ the fp64 reference; in fp16/bf16 the kernel's error must be at most 2x (plus a s
 the plain PyTorch composition computed in the same dtype (flash-attention's rule). fp32 is held to a
 fixed tight tolerance (the kernels accumulate in fp32 with IEEE products).
 """
+
 import pytest
 import torch
 
@@ -19,20 +20,22 @@ pytestmark = [
 
 def _backends():
     avail = agentattn.backends()["cuda"]
-    return [pytest.param(b, marks=pytest.mark.skipif(b not in avail, reason=f"{b} backend not built/installed"))
-            for b in ("cuda", "triton")]
+    return [
+        pytest.param(b, marks=pytest.mark.skipif(b not in avail, reason=f"{b} backend not built/installed"))
+        for b in ("cuda", "triton")
+    ]
 
 
 BACKENDS = _backends()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [
     # B, H, N, n, d, bias_agent lead dims, bias_query lead dims
-    (2, 3, 197, 49, 64, (1, 3), (1, 3)),     # DeiT-T-like, biases shared over the batch
-    (1, 2, 3136, 9, 32, (1, 2), (1, 2)),     # Swin stage-1-like, small B*H: many N splits
-    (2, 2, 49, 16, 48, None, None),          # no biases, d = 48
-    (1, 2, 100, 5, 80, (1, 1), (1, 2)),      # n = 5, d = 80, biases broadcast over batch and head
-    (2, 1, 333, 64, 96, (2, 1), (2, 1)),     # full biases (written without atomics), d = 96
-    (1, 1, 77, 81, 128, None, (1, 1)),       # n = 81 (> 64), d = 128
+    (2, 3, 197, 49, 64, (1, 3), (1, 3)),  # DeiT-T-like, biases shared over the batch
+    (1, 2, 3136, 9, 32, (1, 2), (1, 2)),  # Swin stage-1-like, small B*H: many N splits
+    (2, 2, 49, 16, 48, None, None),  # no biases, d = 48
+    (1, 2, 100, 5, 80, (1, 1), (1, 2)),  # n = 5, d = 80, biases broadcast over batch and head
+    (2, 1, 333, 64, 96, (2, 1), (2, 1)),  # full biases (written without atomics), d = 96
+    (1, 1, 77, 81, 128, None, (1, 1)),  # n = 81 (> 64), d = 128
 ]
 
 
@@ -70,8 +73,8 @@ def test_matches_fp64_reference(shape, dtype, backend):
     inputs = _inputs(shape)
     d = shape[4]
     grad = torch.randn(shape[0], shape[1], shape[2], d, device="cuda", dtype=torch.float64)
-    ref = _run(lambda *x: agent_attention_ref(*x, d ** -0.5), inputs, torch.float64, grad)
-    plain = _run(lambda *x: agent_attention_ref(*x, d ** -0.5), inputs, dtype, grad)
+    ref = _run(lambda *x: agent_attention_ref(*x, d**-0.5), inputs, torch.float64, grad)
+    plain = _run(lambda *x: agent_attention_ref(*x, d**-0.5), inputs, dtype, grad)
     got = _run(lambda *x: agentattn.agent_attention(*x, backend=backend), inputs, dtype, grad)
     names = ["out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query"]
     for name, r, p, g in zip(names, ref, plain, got, strict=True):
@@ -143,8 +146,14 @@ def test_keys_of_their_own_count(N, M, backend):
     B, H, n, d = 2, 2, 9, 32
     g = torch.Generator(device="cuda").manual_seed(1)
     mk = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
-    inputs = [mk(B, H, N, d), mk(B, H, M, d), mk(B, H, M, d), mk(B, H, n, d),
-              0.5 * mk(1, H, n, M), 0.5 * mk(1, H, N, n)]
+    inputs = [
+        mk(B, H, N, d),
+        mk(B, H, M, d),
+        mk(B, H, M, d),
+        mk(B, H, n, d),
+        0.5 * mk(1, H, n, M),
+        0.5 * mk(1, H, N, n),
+    ]
     grad = mk(B, H, N, d)
     ref = _run(lambda *x: agent_attention_ref(*x, 0.3), inputs, torch.float64, grad)
     got = _run(lambda *x: agentattn.agent_attention(*x, scale=0.3, backend=backend), inputs, torch.float32, grad)
@@ -153,8 +162,19 @@ def test_keys_of_their_own_count(N, M, backend):
         assert (x - r).abs().max().item() <= 1e-4 * max(1.0, r.abs().max().item()), name
 
 
-POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan", "k_inf",
-           "bias_agent_row_neginf", "bias_query_row_neginf", "bias_agent_tile_neginf", "grad_out_nan"]
+POISONS = [
+    "q_nan",
+    "k_nan",
+    "v_nan",
+    "agents_nan",
+    "bias_agent_nan",
+    "bias_query_nan",
+    "k_inf",
+    "bias_agent_row_neginf",
+    "bias_query_row_neginf",
+    "bias_agent_tile_neginf",
+    "grad_out_nan",
+]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -187,5 +207,10 @@ def test_poisoned_input_gives_the_reference_pattern(N, M, poison, backend):
         assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs ({backend}, {poison})"
         fin = torch.isfinite(x)
         if fin.any():  # and the reference's values elsewhere
-            torch.testing.assert_close(x[fin], r64[fin], rtol=1e-4, atol=2e-5 * (1 + r64[fin].abs().max().item()),
-                                       msg=lambda m, nm=nm: f"{nm} ({backend}, {poison}): {m}")
+            torch.testing.assert_close(
+                x[fin],
+                r64[fin],
+                rtol=1e-4,
+                atol=2e-5 * (1 + r64[fin].abs().max().item()),
+                msg=lambda m, nm=nm: f"{nm} ({backend}, {poison}): {m}",
+            )

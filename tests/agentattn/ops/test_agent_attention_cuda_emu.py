@@ -8,6 +8,7 @@ test_agent_attention_cuda.py does that. Shared memory and every output start as 
 Also: keys/values with their own token count (M != N), and each input poisoned with NaN/inf in turn (the
 reference composition's non-finite pattern in the output and all gradients).
 """
+
 import ctypes
 import re
 import shutil
@@ -51,9 +52,22 @@ def lib(tmp_path_factory):
     d = tmp_path_factory.mktemp("cuda_emu")
     (d / "agent_attention_emu.cpp").write_text(src)
     so = d / "agent_attention_emu.so"
-    cmd = ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{EMU / 'stub'}", f"-I{ROOT / 'csrc'}",
-           "-include", str(EMU / "stub" / "emu.h"), str(d / "agent_attention_emu.cpp"), str(EMU / "emu_api.cpp"),
-           "-o", str(so)]
+    cmd = [
+        "g++",
+        "-std=c++20",
+        "-O1",
+        "-fPIC",
+        "-shared",
+        "-pthread",
+        f"-I{EMU / 'stub'}",
+        f"-I{ROOT / 'csrc'}",
+        "-include",
+        str(EMU / "stub" / "emu.h"),
+        str(d / "agent_attention_emu.cpp"),
+        str(EMU / "emu_api.cpp"),
+        "-o",
+        str(so),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return ctypes.CDLL(str(so))
@@ -90,8 +104,20 @@ def _emu_run(lib, case, ins, grad, s):
     nan = lambda *shape: torch.full(shape, float("nan"))  # noqa: E731
     out, va, l1, l2 = nan(B, H, N, d), nan(B, H, n, d), nan(B, H, n), nan(B, H, N)
     splits = (ctypes.c_int * 2)()
-    common = [B, H, N, M, n, d, ctypes.c_float(s), sms, *map(_ptr, f32[:5]), *_strides(f32[4]), _ptr(f32[5]),
-              *_strides(f32[5])]
+    common = [
+        B,
+        H,
+        N,
+        M,
+        n,
+        d,
+        ctypes.c_float(s),
+        sms,
+        *map(_ptr, f32[:5]),
+        *_strides(f32[4]),
+        _ptr(f32[5]),
+        *_strides(f32[5]),
+    ]
     assert lib.emu_forward(*common, _ptr(out), _ptr(va), _ptr(l1), _ptr(l2), splits) == 0
     dq, dk, dv, da = nan(B, H, N, d), nan(B, H, M, d), nan(B, H, M, d), nan(B, H, n, d)
 
@@ -103,8 +129,22 @@ def _emu_run(lib, case, ins, grad, s):
 
     (db1, at1), (db2, at2) = bias_grad(f32[4]), bias_grad(f32[5])
     grad32 = grad.float().contiguous()  # kept alive: ctypes gets only its data pointer
-    rc = lib.emu_backward(*common, _ptr(out), _ptr(va), _ptr(l1), _ptr(l2), _ptr(grad32), _ptr(dq), _ptr(dk),
-                          _ptr(dv), _ptr(da), _ptr(db1), at1, _ptr(db2), at2)
+    rc = lib.emu_backward(
+        *common,
+        _ptr(out),
+        _ptr(va),
+        _ptr(l1),
+        _ptr(l2),
+        _ptr(grad32),
+        _ptr(dq),
+        _ptr(dk),
+        _ptr(dv),
+        _ptr(da),
+        _ptr(db1),
+        at1,
+        _ptr(db2),
+        at2,
+    )
     assert rc == 0
     return (out, va, l1, l2), (dq, dk, dv, da, db1, db2), (splits[0], splits[1])
 
@@ -117,8 +157,9 @@ def test_emulated_cuda_kernels_match_reference(lib, case):
     stats, grads, splits = _emu_run(lib, case, ins, grad, s)
     M = ins[1].shape[2]
     assert splits[0] > 1 and splits[1] > 1 or sms == 1 or min(N, M) <= 32  # the split paths are exercised
-    for name, x, y in zip(("out", "agent_v", "lse_agent", "lse_query"), stats,
-                          agent_attention_ref_stats(*ins, s), strict=True):
+    for name, x, y in zip(
+        ("out", "agent_v", "lse_agent", "lse_query"), stats, agent_attention_ref_stats(*ins, s), strict=True
+    ):
         torch.testing.assert_close(x.double(), y, rtol=1e-5, atol=1e-5, msg=name)
     xs = [None if t is None else t.clone().requires_grad_() for t in ins]
     agent_attention_ref(*xs, s).backward(grad)
@@ -127,8 +168,20 @@ def test_emulated_cuda_kernels_match_reference(lib, case):
             torch.testing.assert_close(x.double(), y.grad, rtol=1e-4, atol=2e-5, msg=f"d{name}")
 
 
-POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan", "k_inf", "agents_inf",
-           "bias_agent_row_neginf", "bias_query_row_neginf", "bias_agent_tile_neginf", "grad_out_nan"]
+POISONS = [
+    "q_nan",
+    "k_nan",
+    "v_nan",
+    "agents_nan",
+    "bias_agent_nan",
+    "bias_query_nan",
+    "k_inf",
+    "agents_inf",
+    "bias_agent_row_neginf",
+    "bias_query_row_neginf",
+    "bias_agent_tile_neginf",
+    "grad_out_nan",
+]
 
 
 POISON_CASES = [  # small (the emulation runs a thread per CUDA thread), several key tiles and splits each
@@ -165,10 +218,12 @@ def test_emulated_cuda_kernels_poisoned_input_gives_the_reference_pattern(lib, c
 
     r32, r64 = ref(torch.float32), ref(torch.float64)
     for nm, x, r, r6 in zip(("out",) + tuple("d" + g for g in GRAD_NAMES), [out, *grads], r32, r64, strict=True):
-        assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN at {int(torch.isnan(x).sum())}, " \
-            f"reference at {int(torch.isnan(r).sum())}"
+        assert torch.equal(torch.isnan(x), torch.isnan(r)), (
+            f"{nm}: NaN at {int(torch.isnan(x).sum())}, reference at {int(torch.isnan(r).sum())}"
+        )
         assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs"
         fin = torch.isfinite(x)
         if fin.any():
-            torch.testing.assert_close(x[fin].double(), r6[fin], rtol=1e-4,
-                                       atol=2e-5 * (1 + r6[fin].abs().max().item()), msg=nm)
+            torch.testing.assert_close(
+                x[fin].double(), r6[fin], rtol=1e-4, atol=2e-5 * (1 + r6[fin].abs().max().item()), msg=nm
+            )

@@ -7,6 +7,7 @@ The Triton and (emulated) CUDA kernels are checked for M != N in test_agent_atte
 test_agent_attention_cuda_emu.py.
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/ops/test_agent_attention_kv_tokens.py``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -19,10 +20,10 @@ from agentattn.ops.agent_attention.naive import agent_attention_ref
 
 CASES = [
     # B, H, N, M, n, d, bias_agent lead, bias_query lead
-    (2, 2, 196, 4, 49, 32, (1, 2), (1, 2)),     # PVT stage 1 at sr_ratio 8 (14x14 -> 2x2 keys)
-    (2, 3, 3136, 49, 9, 32, (1, 3), (1, 3)),    # PVT-S stage 1: 56x56 queries, 7x7 keys
-    (1, 2, 1024, 77, 16, 40, None, (1, 2)),     # cross-attention to 77 text tokens (SD-like)
-    (2, 1, 10, 300, 7, 12, (2, 1), None),       # more keys than queries, d % 8 != 0
+    (2, 2, 196, 4, 49, 32, (1, 2), (1, 2)),  # PVT stage 1 at sr_ratio 8 (14x14 -> 2x2 keys)
+    (2, 3, 3136, 49, 9, 32, (1, 3), (1, 3)),  # PVT-S stage 1: 56x56 queries, 7x7 keys
+    (1, 2, 1024, 77, 16, 40, None, (1, 2)),  # cross-attention to 77 text tokens (SD-like)
+    (2, 1, 10, 300, 7, 12, (2, 1), None),  # more keys than queries, d % 8 != 0
 ]
 NAMES = ("q", "k", "v", "agents", "bias_agent", "bias_query")
 
@@ -70,19 +71,21 @@ def test_keys_of_their_own_count_match_reference(case, dtype, backend):
 def test_scale_query_is_the_stage2_scale(backend):
     """scale_query = s2 gives softmax(s2 Q Aᵀ + B2) softmax(s A Kᵀ + B1) V (AgentSD's two scales)."""
     ins, go = _inputs(2, 2, 64, 64, 9, 32, (1, 2), None)
-    s, s2 = 32 ** -0.5, (32 ** -0.5) ** 0.3
+    s, s2 = 32**-0.5, (32**-0.5) ** 0.3
     xs = [None if t is None else t.clone().requires_grad_() for t in ins]
     q, k, v, a, b1, _ = xs
     p1 = ((a * s) @ k.transpose(-2, -1) + b1).softmax(-1)
     want = ((q * s2) @ a.transpose(-2, -1)).softmax(-1) @ (p1 @ v)
     want.backward(go)
-    got = _run([t.float() if t is not None else None for t in ins], go.float(), scale=s, scale_query=s2,
-               backend=backend)
+    got = _run(
+        [t.float() if t is not None else None for t in ins], go.float(), scale=s, scale_query=s2, backend=backend
+    )
     torch.testing.assert_close(got[0].double(), want.detach(), rtol=0, atol=2e-6)
     for name, x, r in zip(NAMES, got[1:], xs, strict=True):
         if r is not None:
-            torch.testing.assert_close(x.double(), r.grad, rtol=0, atol=2e-5 * (1 + r.grad.abs().max().item()),
-                                       msg=name)
+            torch.testing.assert_close(
+                x.double(), r.grad, rtol=0, atol=2e-5 * (1 + r.grad.abs().max().item()), msg=name
+            )
 
 
 def test_flop_formula_counts_both_token_counts():

@@ -12,6 +12,7 @@ the kernel does, the xfail turns into a failure that asks for the marker to go.
 
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q tests/agentattn/ops/test_agent_attention_nan.py``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -22,16 +23,31 @@ from agentattn.ops.agent_attention.naive import agent_attention_ref
 
 SHAPES = [
     # B, H, N, M, n, d
-    (2, 3, 197, 197, 49, 64),   # DeiT-T; n % 8 != 0: agent-major forward
-    (2, 2, 50, 50, 16, 32),     # n % 8 == 0: token-major forward
-    (1, 1, 300, 300, 7, 12),    # d % 8 != 0: BLAS-tile path
+    (2, 3, 197, 197, 49, 64),  # DeiT-T; n % 8 != 0: agent-major forward
+    (2, 2, 50, 50, 16, 32),  # n % 8 == 0: token-major forward
+    (1, 1, 300, 300, 7, 12),  # d % 8 != 0: BLAS-tile path
     (1, 2, 3136, 3136, 9, 32),  # B·H small, N large: keys split in chunks, then merged
-    (2, 2, 64, 16, 9, 32),      # cross-attention / spatial reduction: M != N
+    (2, 2, 64, 16, 9, 32),  # cross-attention / spatial reduction: M != N
 ]
-POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan",
-           "q_inf", "k_inf", "v_inf", "agents_inf", "bias_agent_row_neginf", "bias_query_row_neginf",
-           "grad_out_nan", "grad_out_inf"]
+POISONS = [
+    "q_nan",
+    "k_nan",
+    "v_nan",
+    "agents_nan",
+    "bias_agent_nan",
+    "bias_query_nan",
+    "q_inf",
+    "k_inf",
+    "v_inf",
+    "agents_inf",
+    "bias_agent_row_neginf",
+    "bias_query_row_neginf",
+    "grad_out_nan",
+    "grad_out_inf",
+]
 NAMES = ("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query")
+
+
 def _shape_id(s):
     B, H, N, M, n, d = s
     return f"B{B}-H{H}-N{N}-M{M}-n{n}-d{d}"
@@ -40,8 +56,15 @@ def _shape_id(s):
 def _inputs(B, H, N, M, n, d, poison, dtype):
     g = torch.Generator().manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    t = dict(q=mk(B, H, N, d), k=mk(B, H, M, d), v=mk(B, H, M, d), agents=mk(B, H, n, d),
-             bias_agent=0.1 * mk(1, H, n, M), bias_query=0.1 * mk(1, H, N, n), grad_out=mk(B, H, N, d))
+    t = dict(
+        q=mk(B, H, N, d),
+        k=mk(B, H, M, d),
+        v=mk(B, H, M, d),
+        agents=mk(B, H, n, d),
+        bias_agent=0.1 * mk(1, H, n, M),
+        bias_query=0.1 * mk(1, H, N, n),
+        grad_out=mk(B, H, N, d),
+    )
     t = {k: x.to(dtype) for k, x in t.items()}
     name, kind = poison.rsplit("_", 1)
     if kind == "neginf":  # a whole score row masked: softmax of all -inf is NaN (0/0) in the reference
@@ -89,8 +112,9 @@ def test_poisoned_input_gives_the_reference_pattern(shape, poison, dtype, thread
             # order of the sums (the reference itself differs from its float64 run); non-finite must match
             assert torch.equal(torch.isfinite(x), torch.isfinite(r)), f"{name}: finite pattern differs"
         else:
-            assert torch.equal(torch.isnan(x), torch.isnan(r)), \
+            assert torch.equal(torch.isnan(x), torch.isnan(r)), (
                 f"{name}: NaN at {int(torch.isnan(x).sum())} entries, reference at {int(torch.isnan(r).sum())}"
+            )
             assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{name}: inf pattern differs"
             assert torch.equal(x[torch.isinf(x)], r[torch.isinf(r)]), f"{name}: sign of inf differs"
         fin = torch.isfinite(x) & torch.isfinite(r64)

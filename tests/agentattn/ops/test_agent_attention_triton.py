@@ -4,6 +4,7 @@ On CPU run under the interpreter, in its own process: ``TRITON_INTERPRET=1 pytho
 (scripts/test.sh does this). Shapes are small (the interpreter is slow) but awkward: N not a multiple of
 the block, n not a power of two, d = 48, broadcast and full biases, no biases, several N splits.
 """
+
 import os
 
 import pytest
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.triton
 
 triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-    pytest.skip("Triton tests need a GPU or TRITON_INTERPRET=1 (set before the process starts)",
-                allow_module_level=True)
+    pytest.skip(
+        "Triton tests need a GPU or TRITON_INTERPRET=1 (set before the process starts)", allow_module_level=True
+    )
 
 from agentattn.ops.agent_attention import triton as tri  # noqa: E402
 from agentattn.ops.agent_attention.naive import agent_attention_ref, agent_attention_ref_stats  # noqa: E402
@@ -23,12 +25,12 @@ DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 CASES = [
     # B, H, N, n, d, bias_agent shape (None: no bias), bias_query shape[, M keys/values (default N)]
-    (2, 2, 77, 9, 48, (1, 2), (2, 2)),     # stage-1 bias broadcast over batch, stage-2 bias full
-    (1, 3, 100, 16, 32, None, None),       # no biases, n a power of two
-    (2, 1, 33, 5, 64, (2, 1), (1, 1)),     # full bias_agent, bias_query broadcast over batch and head
-    (1, 1, 20, 3, 80, (1, 1), None),       # N below one block, d = 80
+    (2, 2, 77, 9, 48, (1, 2), (2, 2)),  # stage-1 bias broadcast over batch, stage-2 bias full
+    (1, 3, 100, 16, 32, None, None),  # no biases, n a power of two
+    (2, 1, 33, 5, 64, (2, 1), (1, 1)),  # full bias_agent, bias_query broadcast over batch and head
+    (1, 1, 20, 3, 80, (1, 1), None),  # N below one block, d = 80
     (2, 2, 130, 9, 32, (1, 2), (1, 2), 17),  # fewer keys than queries (PVT spatial reduction)
-    (1, 2, 12, 5, 32, (1, 2), None, 150),    # more keys than queries (cross-attention), several splits
+    (1, 2, 12, 5, 32, (1, 2), None, 150),  # more keys than queries (cross-attention), several splits
 ]
 
 
@@ -53,7 +55,7 @@ def _inputs(B, H, N, n, d, b1s, b2s, M=None, seed=0):
 def test_forward_stats_match_reference(case):
     B, H, N, n, d, b1s, b2s = case[:7]
     q, k, v, a, b1, b2 = _inputs(*case)
-    s = d ** -0.5
+    s = d**-0.5
     ref = agent_attention_ref_stats(q, k, v, a, b1, b2, s)
     f = lambda t: None if t is None else t.float().to(DEVICE)  # noqa: E731
     # poison: outputs are freshly allocated; a NaN anywhere means an unwritten or bad element
@@ -139,13 +141,23 @@ def test_fp16_tensor_core_path_within_twice_plain_torch_error(monkeypatch):
         assert err <= 2 * base + 1e-3 * r.abs().max().item(), f"{name}: {err:.3g} vs plain fp16 {base:.3g}"
 
 
-POISONS = ["q_nan", "k_nan", "v_nan", "agents_nan", "bias_agent_nan", "bias_query_nan", "k_inf",
-           "bias_agent_row_neginf", "bias_query_row_neginf", "bias_agent_tile_neginf", "grad_out_nan"]
+POISONS = [
+    "q_nan",
+    "k_nan",
+    "v_nan",
+    "agents_nan",
+    "bias_agent_nan",
+    "bias_query_nan",
+    "k_inf",
+    "bias_agent_row_neginf",
+    "bias_query_row_neginf",
+    "bias_agent_tile_neginf",
+    "grad_out_nan",
+]
 
 
 @pytest.mark.parametrize("poison", POISONS)
-@pytest.mark.parametrize("case", [(2, 2, 77, 9, 48, (1, 2), (2, 2)), (1, 2, 12, 5, 32, (1, 2), (1, 1), 150)],
-                         ids=_id)
+@pytest.mark.parametrize("case", [(2, 2, 77, 9, 48, (1, 2), (2, 2)), (1, 2, 12, 5, 32, (1, 2), (1, 1), 150)], ids=_id)
 def test_poisoned_input_gives_the_reference_pattern(case, poison):
     """Each input poisoned in turn: the output and all six gradients have the reference's NaN/inf pattern
     and its finite values elsewhere. ``bias_agent_tile_neginf`` masks the first 64 keys of a row (one whole
@@ -175,13 +187,15 @@ def test_poisoned_input_gives_the_reference_pattern(case, poison):
     assert poison.endswith("tile_neginf") or any(not torch.isfinite(r).all() for r in ref)
     names = ("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query")
     for nm, x, r, r64 in zip(names, got, ref, ref64, strict=True):
-        assert torch.equal(torch.isnan(x), torch.isnan(r)), f"{nm}: NaN at {int(torch.isnan(x).sum())}, " \
-            f"reference at {int(torch.isnan(r).sum())}"
+        assert torch.equal(torch.isnan(x), torch.isnan(r)), (
+            f"{nm}: NaN at {int(torch.isnan(x).sum())}, reference at {int(torch.isnan(r).sum())}"
+        )
         assert torch.equal(torch.isinf(x), torch.isinf(r)), f"{nm}: inf pattern differs"
         fin = torch.isfinite(x)
         if fin.any():
-            torch.testing.assert_close(x[fin].double(), r64[fin], rtol=1e-4,
-                                       atol=2e-5 * (1 + r64[fin].abs().max().item()), msg=nm)
+            torch.testing.assert_close(
+                x[fin].double(), r64[fin], rtol=1e-4, atol=2e-5 * (1 + r64[fin].abs().max().item()), msg=nm
+            )
 
 
 def test_opcheck_with_keys_of_their_own_count():

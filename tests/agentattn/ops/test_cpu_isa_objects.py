@@ -10,6 +10,7 @@ catches the linker choosing an AVX-compiled copy of an inline function shared wi
 
 Run: ``python -m pytest -q tests/agentattn/ops/test_cpu_isa_objects.py`` (needs objdump, binutils).
 """
+
 from __future__ import annotations
 
 import collections
@@ -68,25 +69,29 @@ def violations(kinds: dict) -> list[str]:
 
 def test_classifier_on_canned_disassembly():
     """The parser sees each kind of instruction (so that the real check below can fail)."""
-    canned = "\n".join([
-        "0000000000001000 <agentattn::cpu::base::merge(float*)>:",
-        "    1000:\tmovss  (%rdi),%xmm0",
-        "    1004:\taddps  %xmm1,%xmm0",
-        "0000000000001100 <agentattn::cpu::avx2::(anonymous namespace)::tile()>:",
-        "    1100:\tvfmadd231ps %ymm1,%ymm2,%ymm3",
-        "0000000000001200 <agentattn::cpu::avx2::(anonymous namespace)::bad()>:",
-        "    1200:\tvaddps %ymm17,%ymm2,%ymm3",
-        "0000000000001300 <std::vector<float>::resize(unsigned long)>:",
-        "    1300:\tvmovss (%rdi),%xmm0",
-        "0000000000001400 <agentattn::cpu::avx512::(anonymous namespace)::tile()>:",
-        "    1400:\tvfmadd231ps (%rax){1to16},%zmm1,%zmm2",
-        "    1404:\tkmovw  %k1,%eax",
-    ])
+    canned = "\n".join(
+        [
+            "0000000000001000 <agentattn::cpu::base::merge(float*)>:",
+            "    1000:\tmovss  (%rdi),%xmm0",
+            "    1004:\taddps  %xmm1,%xmm0",
+            "0000000000001100 <agentattn::cpu::avx2::(anonymous namespace)::tile()>:",
+            "    1100:\tvfmadd231ps %ymm1,%ymm2,%ymm3",
+            "0000000000001200 <agentattn::cpu::avx2::(anonymous namespace)::bad()>:",
+            "    1200:\tvaddps %ymm17,%ymm2,%ymm3",
+            "0000000000001300 <std::vector<float>::resize(unsigned long)>:",
+            "    1300:\tvmovss (%rdi),%xmm0",
+            "0000000000001400 <agentattn::cpu::avx512::(anonymous namespace)::tile()>:",
+            "    1400:\tvfmadd231ps (%rax){1to16},%zmm1,%zmm2",
+            "    1404:\tkmovw  %k1,%eax",
+        ]
+    )
     kinds = classify(canned)
-    assert kinds == {"agentattn::cpu::avx2::(anonymous namespace)::tile()": {"avx"},
-                     "agentattn::cpu::avx2::(anonymous namespace)::bad()": {"avx512"},
-                     "std::vector<float>::resize(unsigned long)": {"avx"},
-                     "agentattn::cpu::avx512::(anonymous namespace)::tile()": {"avx512"}}
+    assert kinds == {
+        "agentattn::cpu::avx2::(anonymous namespace)::tile()": {"avx"},
+        "agentattn::cpu::avx2::(anonymous namespace)::bad()": {"avx512"},
+        "std::vector<float>::resize(unsigned long)": {"avx"},
+        "agentattn::cpu::avx512::(anonymous namespace)::tile()": {"avx512"},
+    }
     assert violations(kinds) == [
         "AVX-512 in an AVX2 kernel: agentattn::cpu::avx2::(anonymous namespace)::bad()",
         "avx outside the per-ISA kernels: std::vector<float>::resize(unsigned long)",
@@ -98,8 +103,9 @@ def test_only_the_isa_kernels_use_avx():
     if objdump is None:
         pytest.fail("objdump (binutils) is needed to check the extension's instruction sets: apt-get install binutils")
     so = _ext._load().__file__
-    dis = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", so], capture_output=True, text=True,
-                         check=True).stdout
+    dis = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", "-C", so], capture_output=True, text=True, check=True
+    ).stdout
     kinds = classify(dis)
     assert violations(kinds) == []
     # and the kernels are there: both ISA levels compiled in, with their widest registers

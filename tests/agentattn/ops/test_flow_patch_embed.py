@@ -2,6 +2,7 @@
 awkward HTNet/ViT sizes (28x28 p=7, 56x56 p=4, 224x224 p=16), rectangular inputs, p = 1, every bias/pos
 combination, both output layouts; NaN-poisoned allocations, gradcheck, opcheck, torch.compile, the FLOP
 formula and the input errors."""
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -14,13 +15,13 @@ needs_ext = pytest.mark.skipif(not agentattn.backends()["extension"], reason="ag
 
 SHAPES = [
     # B, C, H, W, p, D
-    (2, 3, 28, 28, 7, 16),     # HTNet as released: 4x4 tokens
-    (2, 2, 56, 56, 4, 24),     # 14x14 tokens
+    (2, 3, 28, 28, 7, 16),  # HTNet as released: 4x4 tokens
+    (2, 2, 56, 56, 4, 24),  # 14x14 tokens
     (1, 3, 224, 224, 16, 12),  # ViT: 14x14 tokens, K = 768
-    (3, 2, 12, 20, 4, 5),      # rectangular grid, tiles span images
-    (2, 1, 5, 3, 1, 7),        # p = 1 (a per-pixel linear map)
-    (3, 3, 64, 64, 2, 8),      # 3 x 1024 tokens: several tiles, last one partial (K = 12: direct loops)
-    (3, 3, 48, 80, 4, 6),      # K = 48 (BLAS path), 240 tokens per image: tiles end mid-image
+    (3, 2, 12, 20, 4, 5),  # rectangular grid, tiles span images
+    (2, 1, 5, 3, 1, 7),  # p = 1 (a per-pixel linear map)
+    (3, 3, 64, 64, 2, 8),  # 3 x 1024 tokens: several tiles, last one partial (K = 12: direct loops)
+    (3, 3, 48, 80, 4, 6),  # K = 48 (BLAS path), 240 tokens per image: tiles end mid-image
 ]
 COMBOS = [(True, True), (True, False), (False, True), (False, False)]
 
@@ -33,8 +34,7 @@ def _sid(s):
 def _inputs(B, C, H, W, p, D, bias=True, pos=True, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
-    return (mk(B, C, H, W), mk(D, C, p, p) * 0.2, mk(D) if bias else None,
-            mk(D, H // p, W // p) if pos else None)
+    return (mk(B, C, H, W), mk(D, C, p, p) * 0.2, mk(D) if bias else None, mk(D, H // p, W // p) if pos else None)
 
 
 def _ref(x, w, b, q, p, flatten):
@@ -57,8 +57,11 @@ def _run(fn, inputs, p, flatten, grad):
 def test_fused_matches_reference(shape, combo, flatten, dtype):
     B, C, H, W, p, D = shape
     inputs = _inputs(*shape, *combo, seed=1)
-    grad = torch.randn((B, (H // p) * (W // p), D) if flatten else (B, D, H // p, W // p),
-                       generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grad = torch.randn(
+        (B, (H // p) * (W // p), D) if flatten else (B, D, H // p, W // p),
+        generator=torch.Generator().manual_seed(2),
+        dtype=torch.float64,
+    )
     ref = _run(_ref, inputs, p, flatten, grad)
     cast = [None if t is None else t.to(dtype) for t in inputs]
     got = _run(lambda *a: flow_patch_embed(*a, backend="cpp"), cast, p, flatten, grad)
@@ -81,8 +84,13 @@ def test_poisoned_allocations_are_all_written(flatten):
     torch.use_deterministic_algorithms(True)
     try:
         assert torch.isnan(torch.empty(8, dtype=torch.float64)).all()  # the poison is on
-        out, dx, dw, db, dq = _run(lambda *a: flow_patch_embed(*a, backend="cpp"), inputs, 4, flatten,
-                                   torch.randn(3, 15, 5) if flatten else torch.randn(3, 5, 3, 5))
+        out, dx, dw, db, dq = _run(
+            lambda *a: flow_patch_embed(*a, backend="cpp"),
+            inputs,
+            4,
+            flatten,
+            torch.randn(3, 15, 5) if flatten else torch.randn(3, 5, 3, 5),
+        )
     finally:
         torch.use_deterministic_algorithms(prev)
     for name, t in (("out", out), ("dx", dx), ("dw", dw), ("db", db), ("dpos", dq)):
@@ -122,8 +130,9 @@ def test_thread_count_does_not_change_results(threads):
 @pytest.mark.parametrize("flatten", [False, True], ids=["map", "flat"])
 def test_gradcheck(flatten):
     x, w, b, q = (t.requires_grad_() for t in _inputs(2, 2, 6, 8, 2, 3))
-    assert torch.autograd.gradcheck(lambda *a: flow_patch_embed(*a, patch_size=2, flatten=flatten, backend="cpp"),
-                                    (x, w, b, q))
+    assert torch.autograd.gradcheck(
+        lambda *a: flow_patch_embed(*a, patch_size=2, flatten=flatten, backend="cpp"), (x, w, b, q)
+    )
 
 
 @needs_ext
@@ -134,8 +143,11 @@ def test_opcheck(combo, flatten):
     torch.library.opcheck(torch.ops.agentattn.flow_patch_embed_fwd.default, (x, w, b, q, 4, flatten))
     g = torch.randn((2, 6, 5) if flatten else (2, 5, 2, 3))
     args = [None if t is None else t.detach() for t in (x, w, b, q)]
-    torch.library.opcheck(torch.ops.agentattn.flow_patch_embed_bwd.default, (g, *args, 4, flatten, True, flatten),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.agentattn.flow_patch_embed_bwd.default,
+        (g, *args, 4, flatten, True, flatten),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @needs_ext
@@ -164,8 +176,10 @@ def test_flop_formula():
 def test_reference_formulations_agree():
     x, w, b, q = _inputs(2, 3, 28, 28, 7, 16)
     torch.testing.assert_close(flow_patch_embed_unfold(x, w, b, q, 7), flow_patch_embed_ref(x, w, b, q, 7))
-    torch.testing.assert_close(flow_patch_embed(x, w, b, q, 7, flatten=True, backend="reference"),
-                               flow_patch_embed_ref(x, w, b, q, 7).flatten(2).transpose(1, 2))
+    torch.testing.assert_close(
+        flow_patch_embed(x, w, b, q, 7, flatten=True, backend="reference"),
+        flow_patch_embed_ref(x, w, b, q, 7).flatten(2).transpose(1, 2),
+    )
 
 
 @needs_ext
@@ -180,17 +194,20 @@ def test_half_inputs_run_in_fp32_on_cpu(dtype):
     assert (out.double() - ref).abs().max() <= 2 * (plain - ref).abs().max() + 1e-3
 
 
-@pytest.mark.parametrize("args, match", [
-    (dict(x=(2, 3, 30, 28)), r"\(H, W\) = \(30, 28\) is not divisible by patch_size 7"),
-    (dict(x=(2, 3, 28, 27)), r"\(28, 27\) is not divisible by patch_size 7"),
-    (dict(x=(3, 28, 28)), r"x must be 4-D \(B, C, H, W\), got shape \(3, 28, 28\)"),
-    (dict(w=(16, 2, 7, 7)), r"weight must be \(D, C, p, p\) = \(D, 3, 7, 7\), got \(16, 2, 7, 7\)"),
-    (dict(w=(16, 3, 7, 6)), r"weight must be \(D, C, p, p\) = \(D, 3, 7, 7\), got \(16, 3, 7, 6\)"),
-    (dict(b=(15,)), r"bias must be \(D,\) = \(16,\), got \(15,\)"),
-    (dict(q=(16, 4, 5)), r"pos must be \(D, H/p, W/p\) = \(16, 4, 4\), got \(16, 4, 5\)"),
-    (dict(q=(1, 16, 4, 4)), r"pos must be \(D, H/p, W/p\) = \(16, 4, 4\), got \(1, 16, 4, 4\)"),
-    (dict(p=0), r"patch_size must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (dict(x=(2, 3, 30, 28)), r"\(H, W\) = \(30, 28\) is not divisible by patch_size 7"),
+        (dict(x=(2, 3, 28, 27)), r"\(28, 27\) is not divisible by patch_size 7"),
+        (dict(x=(3, 28, 28)), r"x must be 4-D \(B, C, H, W\), got shape \(3, 28, 28\)"),
+        (dict(w=(16, 2, 7, 7)), r"weight must be \(D, C, p, p\) = \(D, 3, 7, 7\), got \(16, 2, 7, 7\)"),
+        (dict(w=(16, 3, 7, 6)), r"weight must be \(D, C, p, p\) = \(D, 3, 7, 7\), got \(16, 3, 7, 6\)"),
+        (dict(b=(15,)), r"bias must be \(D,\) = \(16,\), got \(15,\)"),
+        (dict(q=(16, 4, 5)), r"pos must be \(D, H/p, W/p\) = \(16, 4, 4\), got \(16, 4, 5\)"),
+        (dict(q=(1, 16, 4, 4)), r"pos must be \(D, H/p, W/p\) = \(16, 4, 4\), got \(1, 16, 4, 4\)"),
+        (dict(p=0), r"patch_size must be >= 1, got 0"),
+    ],
+)
 def test_errors_name_argument_expected_and_actual(args, match):
     shapes = dict(x=(2, 3, 28, 28), w=(16, 3, 7, 7), b=(16,), q=(16, 4, 4), p=7) | args
     x, w, b, q = (torch.zeros(shapes[k]) for k in "xwbq")

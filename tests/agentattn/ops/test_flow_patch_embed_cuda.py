@@ -2,6 +2,7 @@
 fp64 reference, output and every gradient, fp32 / fp16 / bf16 (low precision: error at most 2x the plain
 PyTorch computation's error in that dtype), opcheck and torch.compile. Skipped without a GPU:
 ``python -m pytest -m cuda tests/agentattn/ops/test_flow_patch_embed_cuda.py`` on a GPU machine."""
+
 import pytest
 import torch
 
@@ -9,8 +10,7 @@ import agentattn
 from agentattn.ops.flow_patch_embed.naive import flow_patch_embed_ref
 from agentattn.ops.flow_patch_embed.op import _available, flow_patch_embed
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 SHAPES = [(64, 3, 28, 28, 7, 256), (8, 3, 56, 56, 4, 96), (2, 3, 224, 224, 16, 192), (3, 2, 12, 20, 2, 5)]
 

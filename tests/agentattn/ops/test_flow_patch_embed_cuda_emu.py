@@ -7,6 +7,7 @@ tiles, the split-token dweight reduction and the dpos/dbias reductions without a
 real-GPU behaviour (races that depend on timing, launch limits, fp16/bf16 conversions): the GPU suite
 test_flow_patch_embed_cuda.py does that. Shared memory and every output start as NaN (poisoned).
 """
+
 import ctypes
 import re
 import shutil
@@ -61,10 +62,10 @@ extern "C" long emu_workspace(int B, int C, int H, int W, int p, int D, int num_
 
 CASES = [
     # B, C, H, W, p, D, bias, pos, SMs (sets the number of dweight splits)
-    (2, 3, 28, 28, 7, 24, True, True, 4),    # K = 147: three reduction chunks + a partial one
-    (1, 2, 40, 36, 4, 70, False, True, 2),   # 90 tokens (2 row tiles), D = 70 (2 col tiles), K = 32
-    (3, 3, 8, 12, 2, 5, True, False, 8),     # rectangular, K = 12, tokens 72
-    (1, 1, 6, 6, 1, 3, False, False, 1),     # p = 1
+    (2, 3, 28, 28, 7, 24, True, True, 4),  # K = 147: three reduction chunks + a partial one
+    (1, 2, 40, 36, 4, 70, False, True, 2),  # 90 tokens (2 row tiles), D = 70 (2 col tiles), K = 32
+    (3, 3, 8, 12, 2, 5, True, False, 8),  # rectangular, K = 12, tokens 72
+    (1, 1, 6, 6, 1, 3, False, False, 1),  # p = 1
 ]
 
 
@@ -80,8 +81,22 @@ def lib(tmp_path_factory):
     (d / "fpe_emu.cpp").write_text(src)
     (d / "fpe_api.cpp").write_text(API)
     so = d / "fpe_emu.so"
-    cmd = ["g++", "-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", f"-I{STUB}", f"-I{ROOT / 'csrc'}",
-           "-include", str(STUB / "emu.h"), str(d / "fpe_emu.cpp"), str(d / "fpe_api.cpp"), "-o", str(so)]
+    cmd = [
+        "g++",
+        "-std=c++20",
+        "-O1",
+        "-fPIC",
+        "-shared",
+        "-pthread",
+        f"-I{STUB}",
+        f"-I{ROOT / 'csrc'}",
+        "-include",
+        str(STUB / "emu.h"),
+        str(d / "fpe_emu.cpp"),
+        str(d / "fpe_api.cpp"),
+        "-o",
+        str(so),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     return ctypes.CDLL(str(so))
@@ -120,8 +135,18 @@ def test_emulated_cuda_kernels_match_reference(lib, case, flatten):
     work = nan(lib.emu_workspace(B, C, H, W, p, D, sms))
     splits = ctypes.c_int(0)
     grad32 = grad.float()  # kept alive: ctypes gets only its data pointer
-    rc = lib.emu_backward(*geo, *map(_ptr, f32), _ptr(grad32), _ptr(dx), _ptr(dw), _ptr(db), _ptr(dq), sms,
-                          _ptr(work), ctypes.byref(splits))
+    rc = lib.emu_backward(
+        *geo,
+        *map(_ptr, f32),
+        _ptr(grad32),
+        _ptr(dx),
+        _ptr(dw),
+        _ptr(db),
+        _ptr(dq),
+        sms,
+        _ptr(work),
+        ctypes.byref(splits),
+    )
     assert rc == 0
     assert splits.value > 1 or sms == 1 or B * L <= 64  # the split-token dweight path is exercised
     for name, got, t in zip(("x", "weight", "bias", "pos"), (dx, dw, db, dq), xs, strict=True):

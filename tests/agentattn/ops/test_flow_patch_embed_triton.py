@@ -5,6 +5,7 @@ On CPU run under the interpreter, in its own process: ``TRITON_INTERPRET=1 pytho
 multiple of the block (147, 12, 48), D not a power of two, token counts that leave partial blocks,
 rectangular inputs, several dweight splits, both output layouts, every bias/pos combination.
 """
+
 import os
 
 import pytest
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.triton
 
 triton = pytest.importorskip("triton")
 if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
-    pytest.skip("Triton tests need a GPU or TRITON_INTERPRET=1 (set before the process starts)",
-                allow_module_level=True)
+    pytest.skip(
+        "Triton tests need a GPU or TRITON_INTERPRET=1 (set before the process starts)", allow_module_level=True
+    )
 
 from agentattn.ops.flow_patch_embed import triton as tri  # noqa: E402
 from agentattn.ops.flow_patch_embed.naive import flow_patch_embed_ref  # noqa: E402
@@ -24,10 +26,10 @@ DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
 
 CASES = [
     # B, C, H, W, p, D, bias, pos
-    (2, 3, 28, 28, 7, 24, True, True),     # HTNet 28/7: K = 147, 4x4 tokens
-    (1, 2, 56, 56, 4, 20, False, True),    # 56/4: K = 32, 196 tokens (partial last block)
-    (3, 3, 8, 12, 2, 5, True, False),      # rectangular, K = 12, D = 5
-    (1, 3, 32, 48, 16, 8, False, False),   # ViT-like K = 768 (12 K blocks), 2x3 tokens
+    (2, 3, 28, 28, 7, 24, True, True),  # HTNet 28/7: K = 147, 4x4 tokens
+    (1, 2, 56, 56, 4, 20, False, True),  # 56/4: K = 32, 196 tokens (partial last block)
+    (3, 3, 8, 12, 2, 5, True, False),  # rectangular, K = 12, D = 5
+    (1, 3, 32, 48, 16, 8, False, False),  # ViT-like K = 768 (12 K blocks), 2x3 tokens
 ]
 
 

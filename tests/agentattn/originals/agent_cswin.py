@@ -6,6 +6,7 @@ below, lines 47-372 of that file. Changed: the imports only (timm's helpers come
 the same timm functions; nothing else is imported). Used by tests/agentattn/test_convert_*.py to check that
 agentattn reproduces these modules exactly.
 """
+
 # ruff: noqa
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from _timm_helpers import DropPath, trunc_normal_
 
 
 class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.):
+    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
@@ -34,8 +35,9 @@ class Mlp(nn.Module):
 
 
 class LePEAttention(nn.Module):
-    def __init__(self, dim, resolution, idx, split_size=7, dim_out=None, num_heads=8, attn_drop=0., proj_drop=0.,
-                 qk_scale=None):
+    def __init__(
+        self, dim, resolution, idx, split_size=7, dim_out=None, num_heads=8, attn_drop=0.0, proj_drop=0.0, qk_scale=None
+    ):
         super().__init__()
         self.dim = dim
         self.dim_out = dim_out or dim
@@ -44,7 +46,7 @@ class LePEAttention(nn.Module):
         self.num_heads = num_heads
         head_dim = dim // num_heads
         # NOTE scale factor was wrong in my original version, can set manually to be compat with prev weights
-        self.scale = qk_scale or head_dim ** -0.5
+        self.scale = qk_scale or head_dim**-0.5
         if idx == -1:
             H_sp, W_sp = self.resolution, self.resolution
         elif idx == 0:
@@ -100,7 +102,7 @@ class LePEAttention(nn.Module):
         v, lepe = self.get_lepe(v, self.get_v)
 
         q = q * self.scale
-        attn = (q @ k.transpose(-2, -1))  # B head N C @ B head C N --> B head N N
+        attn = q @ k.transpose(-2, -1)  # B head N C @ B head C N --> B head N N
         attn = nn.functional.softmax(attn, dim=-1, dtype=attn.dtype)
         attn = self.attn_drop(attn)
 
@@ -114,8 +116,19 @@ class LePEAttention(nn.Module):
 
 
 class AgentAttention(nn.Module):
-    def __init__(self, dim, resolution, idx, split_size=7, dim_out=None, num_heads=8, attn_drop=0., proj_drop=0.,
-                 agent_num=49, **kwargs):
+    def __init__(
+        self,
+        dim,
+        resolution,
+        idx,
+        split_size=7,
+        dim_out=None,
+        num_heads=8,
+        attn_drop=0.0,
+        proj_drop=0.0,
+        agent_num=49,
+        **kwargs,
+    ):
         super().__init__()
         self.dim = dim
         self.dim_out = dim_out or dim
@@ -124,7 +137,7 @@ class AgentAttention(nn.Module):
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.agent_num = agent_num
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         # NOTE scale factor was wrong in my original version, can set manually to be compat with prev weights
         # self.scale = qk_scale or head_dim ** -0.5
         if idx == -1:
@@ -148,13 +161,13 @@ class AgentAttention(nn.Module):
         self.aw_bias = nn.Parameter(torch.zeros(1, num_heads, agent_num, 1, W_sp))
         self.ha_bias = nn.Parameter(torch.zeros(1, num_heads, H_sp, 1, agent_num))
         self.wa_bias = nn.Parameter(torch.zeros(1, num_heads, 1, W_sp, agent_num))
-        trunc_normal_(self.an_bias, std=.02)
-        trunc_normal_(self.na_bias, std=.02)
-        trunc_normal_(self.ah_bias, std=.02)
-        trunc_normal_(self.aw_bias, std=.02)
-        trunc_normal_(self.ha_bias, std=.02)
-        trunc_normal_(self.wa_bias, std=.02)
-        pool_size = int(agent_num ** 0.5)
+        trunc_normal_(self.an_bias, std=0.02)
+        trunc_normal_(self.na_bias, std=0.02)
+        trunc_normal_(self.ah_bias, std=0.02)
+        trunc_normal_(self.aw_bias, std=0.02)
+        trunc_normal_(self.ha_bias, std=0.02)
+        trunc_normal_(self.wa_bias, std=0.02)
+        pool_size = int(agent_num**0.5)
         self.pool = nn.AdaptiveAvgPool2d(output_size=(pool_size, pool_size))
         self.softmax = nn.Softmax(dim=-1)
 
@@ -207,7 +220,7 @@ class AgentAttention(nn.Module):
         v = v.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
         agent_tokens = agent_tokens.reshape(b, self.agent_num, num_heads, head_dim).permute(0, 2, 1, 3)
 
-        position_bias1 = nn.functional.interpolate(self.an_bias, size=(self.H_sp, self.W_sp), mode='bilinear')
+        position_bias1 = nn.functional.interpolate(self.an_bias, size=(self.H_sp, self.W_sp), mode="bilinear")
         position_bias1 = position_bias1.reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias2 = (self.ah_bias + self.aw_bias).reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias = position_bias1 + position_bias2
@@ -215,7 +228,7 @@ class AgentAttention(nn.Module):
         agent_attn = self.attn_drop(agent_attn)
         agent_v = agent_attn @ v
 
-        agent_bias1 = nn.functional.interpolate(self.na_bias, size=(self.H_sp, self.W_sp), mode='bilinear')
+        agent_bias1 = nn.functional.interpolate(self.na_bias, size=(self.H_sp, self.W_sp), mode="bilinear")
         agent_bias1 = agent_bias1.reshape(1, num_heads, self.agent_num, -1).permute(0, 1, 3, 2).repeat(b, 1, 1, 1)
         agent_bias2 = (self.ha_bias + self.wa_bias).reshape(1, num_heads, -1, self.agent_num).repeat(b, 1, 1, 1)
         agent_bias = agent_bias1 + agent_bias2
@@ -231,12 +244,24 @@ class AgentAttention(nn.Module):
 
 
 class CSWinBlock(nn.Module):
-    def __init__(self, dim, reso, num_heads,
-                 split_size=7, mlp_ratio=4., qkv_bias=False, qk_scale=None,
-                 drop=0., attn_drop=0., drop_path=0.,
-                 act_layer=nn.GELU, norm_layer=nn.LayerNorm,
-                 last_stage=False,
-                 agent_num=49, attn_type='A'):
+    def __init__(
+        self,
+        dim,
+        reso,
+        num_heads,
+        split_size=7,
+        mlp_ratio=4.0,
+        qkv_bias=False,
+        qk_scale=None,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+        act_layer=nn.GELU,
+        norm_layer=nn.LayerNorm,
+        last_stage=False,
+        agent_num=49,
+        attn_type="A",
+    ):
         super().__init__()
         self.dim = dim
         self.num_heads = num_heads
@@ -255,45 +280,86 @@ class CSWinBlock(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(drop)
 
-        assert attn_type in ['A', 'B']
-        if attn_type == 'A':
+        assert attn_type in ["A", "B"]
+        if attn_type == "A":
             if last_stage:
-                self.attns = nn.ModuleList([
-                                               AgentAttention(
-                                                   dim, resolution=self.patches_resolution, idx=-1,
-                                                   split_size=split_size, num_heads=num_heads, dim_out=dim,
-                                                   qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop,
-                                                   agent_num=agent_num)
-                                               for i in range(self.branch_num)])
+                self.attns = nn.ModuleList(
+                    [
+                        AgentAttention(
+                            dim,
+                            resolution=self.patches_resolution,
+                            idx=-1,
+                            split_size=split_size,
+                            num_heads=num_heads,
+                            dim_out=dim,
+                            qk_scale=qk_scale,
+                            attn_drop=attn_drop,
+                            proj_drop=drop,
+                            agent_num=agent_num,
+                        )
+                        for i in range(self.branch_num)
+                    ]
+                )
             else:
-                self.attns = nn.ModuleList([
-                                               AgentAttention(
-                                                   dim // 2, resolution=self.patches_resolution, idx=i,
-                                                   split_size=split_size, num_heads=num_heads // 2, dim_out=dim // 2,
-                                                   qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop,
-                                                   agent_num=agent_num)
-                                               for i in range(self.branch_num)])
+                self.attns = nn.ModuleList(
+                    [
+                        AgentAttention(
+                            dim // 2,
+                            resolution=self.patches_resolution,
+                            idx=i,
+                            split_size=split_size,
+                            num_heads=num_heads // 2,
+                            dim_out=dim // 2,
+                            qk_scale=qk_scale,
+                            attn_drop=attn_drop,
+                            proj_drop=drop,
+                            agent_num=agent_num,
+                        )
+                        for i in range(self.branch_num)
+                    ]
+                )
         else:
             if last_stage:
-                self.attns = nn.ModuleList([
-                                               LePEAttention(
-                                                   dim, resolution=self.patches_resolution, idx=-1,
-                                                   split_size=split_size, num_heads=num_heads, dim_out=dim,
-                                                   qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop)
-                                               for i in range(self.branch_num)])
+                self.attns = nn.ModuleList(
+                    [
+                        LePEAttention(
+                            dim,
+                            resolution=self.patches_resolution,
+                            idx=-1,
+                            split_size=split_size,
+                            num_heads=num_heads,
+                            dim_out=dim,
+                            qk_scale=qk_scale,
+                            attn_drop=attn_drop,
+                            proj_drop=drop,
+                        )
+                        for i in range(self.branch_num)
+                    ]
+                )
             else:
-                self.attns = nn.ModuleList([
-                                               LePEAttention(
-                                                   dim // 2, resolution=self.patches_resolution, idx=i,
-                                                   split_size=split_size, num_heads=num_heads // 2, dim_out=dim // 2,
-                                                   qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop)
-                                               for i in range(self.branch_num)])
+                self.attns = nn.ModuleList(
+                    [
+                        LePEAttention(
+                            dim // 2,
+                            resolution=self.patches_resolution,
+                            idx=i,
+                            split_size=split_size,
+                            num_heads=num_heads // 2,
+                            dim_out=dim // 2,
+                            qk_scale=qk_scale,
+                            attn_drop=attn_drop,
+                            proj_drop=drop,
+                        )
+                        for i in range(self.branch_num)
+                    ]
+                )
 
         mlp_hidden_dim = int(dim * mlp_ratio)
 
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.mlp = Mlp(in_features=dim, hidden_features=mlp_hidden_dim, out_features=dim, act_layer=act_layer,
-                       drop=drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.mlp = Mlp(
+            in_features=dim, hidden_features=mlp_hidden_dim, out_features=dim, act_layer=act_layer, drop=drop
+        )
         self.norm2 = norm_layer(dim)
 
     def forward(self, x):
@@ -308,8 +374,8 @@ class CSWinBlock(nn.Module):
         qkv = self.qkv(img).reshape(B, -1, 3, C).permute(2, 0, 1, 3)
 
         if self.branch_num == 2:
-            x1 = self.attns[0](qkv[:, :, :, :C // 2])
-            x2 = self.attns[1](qkv[:, :, :, C // 2:])
+            x1 = self.attns[0](qkv[:, :, :, : C // 2])
+            x2 = self.attns[1](qkv[:, :, :, C // 2 :])
             attened_x = torch.cat([x1, x2], dim=2)
         else:
             attened_x = self.attns[0](qkv)
@@ -339,4 +405,3 @@ def windows2img(img_splits_hw, H_sp, W_sp, H, W):
     img = img_splits_hw.view(B, H // H_sp, W // W_sp, H_sp, W_sp, -1)
     img = img.permute(0, 1, 3, 2, 4, 5).contiguous().view(B, H, W, -1)
     return img
-

@@ -6,6 +6,7 @@ below, lines 21-236 of that file. Changed: the imports only (timm's helpers come
 the same timm functions; nothing else is imported). Used by tests/agentattn/test_convert_*.py to check that
 agentattn reproduces these modules exactly.
 """
+
 # ruff: noqa
 import torch
 import torch.nn as nn
@@ -14,7 +15,7 @@ from _timm_helpers import DropPath, to_2tuple, trunc_normal_
 
 
 class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.):
+    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
@@ -33,14 +34,14 @@ class Mlp(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0., sr_ratio=1):
+    def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0, sr_ratio=1):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} should be divided by num_heads {num_heads}."
 
         self.dim = dim
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = qk_scale or head_dim ** -0.5
+        self.scale = qk_scale or head_dim**-0.5
 
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
@@ -78,18 +79,29 @@ class Attention(nn.Module):
 
 
 class AgentAttention(nn.Module):
-    def __init__(self, dim, num_patches, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0.,
-                 sr_ratio=1, agent_num=49, **kwargs):
+    def __init__(
+        self,
+        dim,
+        num_patches,
+        num_heads=8,
+        qkv_bias=False,
+        qk_scale=None,
+        attn_drop=0.0,
+        proj_drop=0.0,
+        sr_ratio=1,
+        agent_num=49,
+        **kwargs,
+    ):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} should be divided by num_heads {num_heads}."
 
         self.dim = dim
         self.num_patches = num_patches
-        window_size = (int(num_patches ** 0.5), int(num_patches ** 0.5))
+        window_size = (int(num_patches**0.5), int(num_patches**0.5))
         self.window_size = window_size
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
 
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
@@ -110,13 +122,13 @@ class AgentAttention(nn.Module):
         self.aw_bias = nn.Parameter(torch.zeros(1, num_heads, agent_num, 1, window_size[1] // sr_ratio))
         self.ha_bias = nn.Parameter(torch.zeros(1, num_heads, window_size[0], 1, agent_num))
         self.wa_bias = nn.Parameter(torch.zeros(1, num_heads, 1, window_size[1], agent_num))
-        trunc_normal_(self.an_bias, std=.02)
-        trunc_normal_(self.na_bias, std=.02)
-        trunc_normal_(self.ah_bias, std=.02)
-        trunc_normal_(self.aw_bias, std=.02)
-        trunc_normal_(self.ha_bias, std=.02)
-        trunc_normal_(self.wa_bias, std=.02)
-        pool_size = int(agent_num ** 0.5)
+        trunc_normal_(self.an_bias, std=0.02)
+        trunc_normal_(self.na_bias, std=0.02)
+        trunc_normal_(self.ah_bias, std=0.02)
+        trunc_normal_(self.aw_bias, std=0.02)
+        trunc_normal_(self.ha_bias, std=0.02)
+        trunc_normal_(self.wa_bias, std=0.02)
+        pool_size = int(agent_num**0.5)
         self.pool = nn.AdaptiveAvgPool2d(output_size=(pool_size, pool_size))
         self.softmax = nn.Softmax(dim=-1)
 
@@ -137,12 +149,12 @@ class AgentAttention(nn.Module):
 
         agent_tokens = self.pool(q.reshape(b, H, W, c).permute(0, 3, 1, 2)).reshape(b, c, -1).permute(0, 2, 1)
         q = q.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
-        k = k.reshape(b, n // self.sr_ratio ** 2, num_heads, head_dim).permute(0, 2, 1, 3)
-        v = v.reshape(b, n // self.sr_ratio ** 2, num_heads, head_dim).permute(0, 2, 1, 3)
+        k = k.reshape(b, n // self.sr_ratio**2, num_heads, head_dim).permute(0, 2, 1, 3)
+        v = v.reshape(b, n // self.sr_ratio**2, num_heads, head_dim).permute(0, 2, 1, 3)
         agent_tokens = agent_tokens.reshape(b, self.agent_num, num_heads, head_dim).permute(0, 2, 1, 3)
 
         kv_size = (self.window_size[0] // self.sr_ratio, self.window_size[1] // self.sr_ratio)
-        position_bias1 = nn.functional.interpolate(self.an_bias, size=kv_size, mode='bilinear')
+        position_bias1 = nn.functional.interpolate(self.an_bias, size=kv_size, mode="bilinear")
         position_bias1 = position_bias1.reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias2 = (self.ah_bias + self.aw_bias).reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias = position_bias1 + position_bias2
@@ -150,7 +162,7 @@ class AgentAttention(nn.Module):
         agent_attn = self.attn_drop(agent_attn)
         agent_v = agent_attn @ v
 
-        agent_bias1 = nn.functional.interpolate(self.na_bias, size=self.window_size, mode='bilinear')
+        agent_bias1 = nn.functional.interpolate(self.na_bias, size=self.window_size, mode="bilinear")
         agent_bias1 = agent_bias1.reshape(1, num_heads, self.agent_num, -1).permute(0, 1, 3, 2).repeat(b, 1, 1, 1)
         agent_bias2 = (self.ha_bias + self.wa_bias).reshape(1, num_heads, -1, self.agent_num).repeat(b, 1, 1, 1)
         agent_bias = agent_bias1 + agent_bias2
@@ -161,7 +173,7 @@ class AgentAttention(nn.Module):
         x = x.transpose(1, 2).reshape(b, n, c)
         v = v.transpose(1, 2).reshape(b, H // self.sr_ratio, W // self.sr_ratio, c).permute(0, 3, 1, 2)
         if self.sr_ratio > 1:
-            v = nn.functional.interpolate(v, size=(H, W), mode='bilinear')
+            v = nn.functional.interpolate(v, size=(H, W), mode="bilinear")
         x = x + self.dwc(v).permute(0, 2, 3, 1).reshape(b, n, c)
 
         x = self.proj(x)
@@ -170,26 +182,50 @@ class AgentAttention(nn.Module):
 
 
 class Block(nn.Module):
-
-    def __init__(self, dim, num_patches, num_heads, mlp_ratio=4., qkv_bias=False, qk_scale=None, drop=0., attn_drop=0.,
-                 drop_path=0., act_layer=nn.GELU, norm_layer=nn.LayerNorm, sr_ratio=1,
-                 agent_num=49, attn_type='A'):
+    def __init__(
+        self,
+        dim,
+        num_patches,
+        num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=False,
+        qk_scale=None,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+        act_layer=nn.GELU,
+        norm_layer=nn.LayerNorm,
+        sr_ratio=1,
+        agent_num=49,
+        attn_type="A",
+    ):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        assert attn_type in ['A', 'B']
-        if attn_type == 'A':
+        assert attn_type in ["A", "B"]
+        if attn_type == "A":
             self.attn = AgentAttention(
-                dim, num_patches,
-                num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                attn_drop=attn_drop, proj_drop=drop, sr_ratio=sr_ratio,
-                agent_num=agent_num)
+                dim,
+                num_patches,
+                num_heads=num_heads,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                proj_drop=drop,
+                sr_ratio=sr_ratio,
+                agent_num=agent_num,
+            )
         else:
             self.attn = Attention(
                 dim,
-                num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                attn_drop=attn_drop, proj_drop=drop, sr_ratio=sr_ratio)
+                num_heads=num_heads,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                proj_drop=drop,
+                sr_ratio=sr_ratio,
+            )
         # NOTE: drop path for stochastic depth, we shall see if this is better than dropout here
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         mlp_hidden_dim = int(dim * mlp_ratio)
         self.mlp = Mlp(in_features=dim, hidden_features=mlp_hidden_dim, act_layer=act_layer, drop=drop)
@@ -202,8 +238,7 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """ Image to Patch Embedding
-    """
+    """Image to Patch Embedding"""
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768):
         super().__init__()
@@ -227,5 +262,3 @@ class PatchEmbed(nn.Module):
         H, W = H // self.patch_size[0], W // self.patch_size[1]
 
         return x, (H, W)
-
-

@@ -6,6 +6,7 @@ below, lines 19-69 and 191-433 of that file. Changed: the imports only (timm's h
 the same timm functions; nothing else is imported). Used by tests/agentattn/test_convert_*.py to check that
 agentattn reproduces these modules exactly.
 """
+
 # ruff: noqa
 import torch
 import torch.nn as nn
@@ -16,7 +17,7 @@ WindowAttention = None  # softmax window attention (lines 93-190): not copied; t
 
 
 class Mlp(nn.Module):
-    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.):
+    def __init__(self, in_features, hidden_features=None, out_features=None, act_layer=nn.GELU, drop=0.0):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
@@ -67,7 +68,7 @@ def window_reverse(windows, window_size, H, W):
 
 
 class AgentAttention(nn.Module):
-    r""" Window based multi-head self attention (W-MSA) module with relative position bias.
+    r"""Window based multi-head self attention (W-MSA) module with relative position bias.
     It supports both of shifted and non-shifted window.
 
     Args:
@@ -79,15 +80,26 @@ class AgentAttention(nn.Module):
         proj_drop (float, optional): Dropout ratio of output. Default: 0.0
     """
 
-    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
-                 shift_size=0, agent_num=49, **kwargs):
+    def __init__(
+        self,
+        dim,
+        window_size,
+        num_heads,
+        qkv_bias=True,
+        qk_scale=None,
+        attn_drop=0.0,
+        proj_drop=0.0,
+        shift_size=0,
+        agent_num=49,
+        **kwargs,
+    ):
 
         super().__init__()
         self.dim = dim
         self.window_size = window_size  # Wh, Ww
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.scale = head_dim ** -0.5
+        self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
@@ -103,13 +115,13 @@ class AgentAttention(nn.Module):
         self.aw_bias = nn.Parameter(torch.zeros(1, num_heads, agent_num, 1, window_size[1]))
         self.ha_bias = nn.Parameter(torch.zeros(1, num_heads, window_size[0], 1, agent_num))
         self.wa_bias = nn.Parameter(torch.zeros(1, num_heads, 1, window_size[1], agent_num))
-        trunc_normal_(self.an_bias, std=.02)
-        trunc_normal_(self.na_bias, std=.02)
-        trunc_normal_(self.ah_bias, std=.02)
-        trunc_normal_(self.aw_bias, std=.02)
-        trunc_normal_(self.ha_bias, std=.02)
-        trunc_normal_(self.wa_bias, std=.02)
-        pool_size = int(agent_num ** 0.5)
+        trunc_normal_(self.an_bias, std=0.02)
+        trunc_normal_(self.na_bias, std=0.02)
+        trunc_normal_(self.ah_bias, std=0.02)
+        trunc_normal_(self.aw_bias, std=0.02)
+        trunc_normal_(self.ha_bias, std=0.02)
+        trunc_normal_(self.wa_bias, std=0.02)
+        pool_size = int(agent_num**0.5)
         self.pool = nn.AdaptiveAvgPool2d(output_size=(pool_size, pool_size))
 
     def forward(self, x, mask=None):
@@ -119,8 +131,8 @@ class AgentAttention(nn.Module):
             mask: (0/-inf) mask with shape of (num_windows, Wh*Ww, Wh*Ww) or None
         """
         b, n, c = x.shape
-        h = int(n ** 0.5)
-        w = int(n ** 0.5)
+        h = int(n**0.5)
+        w = int(n**0.5)
         num_heads = self.num_heads
         head_dim = c // num_heads
         qkv = self.qkv(x).reshape(b, n, 3, c).permute(2, 0, 1, 3)
@@ -133,7 +145,7 @@ class AgentAttention(nn.Module):
         v = v.reshape(b, n, num_heads, head_dim).permute(0, 2, 1, 3)
         agent_tokens = agent_tokens.reshape(b, self.agent_num, num_heads, head_dim).permute(0, 2, 1, 3)
 
-        position_bias1 = nn.functional.interpolate(self.an_bias, size=self.window_size, mode='bilinear')
+        position_bias1 = nn.functional.interpolate(self.an_bias, size=self.window_size, mode="bilinear")
         position_bias1 = position_bias1.reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias2 = (self.ah_bias + self.aw_bias).reshape(1, num_heads, self.agent_num, -1).repeat(b, 1, 1, 1)
         position_bias = position_bias1 + position_bias2
@@ -141,7 +153,7 @@ class AgentAttention(nn.Module):
         agent_attn = self.attn_drop(agent_attn)
         agent_v = agent_attn @ v
 
-        agent_bias1 = nn.functional.interpolate(self.na_bias, size=self.window_size, mode='bilinear')
+        agent_bias1 = nn.functional.interpolate(self.na_bias, size=self.window_size, mode="bilinear")
         agent_bias1 = agent_bias1.reshape(1, num_heads, self.agent_num, -1).permute(0, 1, 3, 2).repeat(b, 1, 1, 1)
         agent_bias2 = (self.ha_bias + self.wa_bias).reshape(1, num_heads, -1, self.agent_num).repeat(b, 1, 1, 1)
         agent_bias = agent_bias1 + agent_bias2
@@ -158,7 +170,7 @@ class AgentAttention(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f'dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}'
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 
     def flops(self, N):
         # calculate flops for 1 window with token length of N
@@ -175,7 +187,7 @@ class AgentAttention(nn.Module):
 
 
 class SwinTransformerBlock(nn.Module):
-    r""" Swin Transformer Block.
+    r"""Swin Transformer Block.
 
     Args:
         dim (int): Number of input channels.
@@ -193,10 +205,24 @@ class SwinTransformerBlock(nn.Module):
         norm_layer (nn.Module, optional): Normalization layer.  Default: nn.LayerNorm
     """
 
-    def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0,
-                 mlp_ratio=4., qkv_bias=True, qk_scale=None, drop=0., attn_drop=0., drop_path=0.,
-                 act_layer=nn.GELU, norm_layer=nn.LayerNorm,
-                 agent_num=49, attn_type='A'):
+    def __init__(
+        self,
+        dim,
+        input_resolution,
+        num_heads,
+        window_size=7,
+        shift_size=0,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+        act_layer=nn.GELU,
+        norm_layer=nn.LayerNorm,
+        agent_num=49,
+        attn_type="A",
+    ):
         super().__init__()
         self.dim = dim
         self.input_resolution = input_resolution
@@ -211,17 +237,30 @@ class SwinTransformerBlock(nn.Module):
         assert 0 <= self.shift_size < self.window_size, "shift_size must in 0-window_size"
 
         self.norm1 = norm_layer(dim)
-        assert attn_type in ['A', 'B']
-        if attn_type == 'A':
-            self.attn = AgentAttention(dim=dim, window_size=to_2tuple(self.window_size), num_heads=num_heads,
-                                       qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop,
-                                       agent_num=agent_num)
+        assert attn_type in ["A", "B"]
+        if attn_type == "A":
+            self.attn = AgentAttention(
+                dim=dim,
+                window_size=to_2tuple(self.window_size),
+                num_heads=num_heads,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                proj_drop=drop,
+                agent_num=agent_num,
+            )
         else:
             self.attn = WindowAttention(
-                dim, window_size=to_2tuple(self.window_size), num_heads=num_heads,
-                qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop)
+                dim,
+                window_size=to_2tuple(self.window_size),
+                num_heads=num_heads,
+                qkv_bias=qkv_bias,
+                qk_scale=qk_scale,
+                attn_drop=attn_drop,
+                proj_drop=drop,
+            )
 
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         mlp_hidden_dim = int(dim * mlp_ratio)
         self.mlp = Mlp(in_features=dim, hidden_features=mlp_hidden_dim, act_layer=act_layer, drop=drop)
@@ -230,12 +269,16 @@ class SwinTransformerBlock(nn.Module):
             # calculate attention mask for SW-MSA
             H, W = self.input_resolution
             img_mask = torch.zeros((1, H, W, 1))  # 1 H W 1
-            h_slices = (slice(0, -self.window_size),
-                        slice(-self.window_size, -self.shift_size),
-                        slice(-self.shift_size, None))
-            w_slices = (slice(0, -self.window_size),
-                        slice(-self.window_size, -self.shift_size),
-                        slice(-self.shift_size, None))
+            h_slices = (
+                slice(0, -self.window_size),
+                slice(-self.window_size, -self.shift_size),
+                slice(-self.shift_size, None),
+            )
+            w_slices = (
+                slice(0, -self.window_size),
+                slice(-self.window_size, -self.shift_size),
+                slice(-self.shift_size, None),
+            )
             cnt = 0
             for h in h_slices:
                 for w in w_slices:
@@ -291,8 +334,10 @@ class SwinTransformerBlock(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, " \
-               f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
+        return (
+            f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, "
+            f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
+        )
 
     def flops(self):
         flops = 0
@@ -307,5 +352,3 @@ class SwinTransformerBlock(nn.Module):
         # norm2
         flops += self.dim * H * W
         return flops
-
-

@@ -1,4 +1,5 @@
 """`mer augment` end to end at a tiny size."""
+
 import json
 
 import numpy as np
@@ -14,9 +15,32 @@ def test_mer_augment_writes_samples_report_and_grid(tmp_path):
     x = (rng.normal(size=(17, 3, 8, 8)) + y[:, None, None, None]).astype(np.float32)
     np.savez(tmp_path / "d.npz", x=x, y=y)
     out = tmp_path / "out"
-    rc = main(["augment", "--data", str(tmp_path / "d.npz"), "--out", str(out), "--no-progress",
-               "--base-channels", "4", "--channel-mults", "1,2", "--emb-dim", "16", "--timesteps", "50",
-               "--train-steps", "10", "--batch-size", "8", "--sample-steps", "4", "--cache-dir", str(tmp_path / "c")])
+    rc = main(
+        [
+            "augment",
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--base-channels",
+            "4",
+            "--channel-mults",
+            "1,2",
+            "--emb-dim",
+            "16",
+            "--timesteps",
+            "50",
+            "--train-steps",
+            "10",
+            "--batch-size",
+            "8",
+            "--sample-steps",
+            "4",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     assert rc == 0
     g = np.load(out / "generated.npz")
     assert g["x"].shape == (7, 3, 8, 8) and (g["y"] == 1).all() and g["generated"].all()

@@ -1,4 +1,5 @@
 """GaussianDiffusion: samplers against an exact denoiser, shapes and seeds, and a tiny model overfitting one batch."""
+
 import pytest
 import torch
 from torch import nn
@@ -57,8 +58,10 @@ def test_eq10_step_equals_posterior_mean_step_when_unclipped():
         b = d.p_sample(x, i, y, generator=torch.Generator().manual_seed(3), clip_x0=(-1e9, 1e9))  # μ̃(x̂₀, x_t)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     # last step adds no noise
-    torch.testing.assert_close(d.p_sample(x, 0, y, generator=torch.Generator().manual_seed(1)),
-                               d.p_sample(x, 0, y, generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(
+        d.p_sample(x, 0, y, generator=torch.Generator().manual_seed(1)),
+        d.p_sample(x, 0, y, generator=torch.Generator().manual_seed(2)),
+    )
 
 
 @pytest.mark.parametrize("size", [14, 28, 32, 56])
@@ -94,15 +97,19 @@ def test_unet_body_layout_conditioning_and_gradients():
     out = net(x, t, y)
     for i in range(3):  # the up block of each level gets that level's down-block output as its skip, verbatim
         (_, skip), (up_in, _) = seen["down", i], seen["up", 2 - i]
-        assert torch.equal(up_in[:, -skip.shape[1]:], skip), f"level {i}: skip not concatenated"
+        assert torch.equal(up_in[:, -skip.shape[1] :], skip), f"level {i}: skip not concatenated"
     null = net(x[:1], t[:1], torch.tensor([2]))  # 2 = null class
-    for a, b, what in [(out[0], out[1], None), (out[0], out[2], "class"), (out[0], out[3], "timestep"),
-                       (out[0], null[0], "null class")]:
+    for a, b, what in [
+        (out[0], out[1], None),
+        (out[0], out[2], "class"),
+        (out[0], out[3], "timestep"),
+        (out[0], null[0], "null class"),
+    ]:
         if what is None:
             torch.testing.assert_close(a, b, rtol=0, atol=1e-6)  # same (x, t, y): same output
         else:
             assert (a - b).abs().max() > 1e-3, f"the output does not depend on the {what}"
-    grad_x, = torch.autograd.grad(out[0].sum(), x, retain_graph=True)
+    (grad_x,) = torch.autograd.grad(out[0].sum(), x, retain_graph=True)
     assert grad_x[0].abs().sum() > 0 and torch.all(grad_x[1:] == 0), "samples must not mix (GroupNorm, not BatchNorm)"
     out.square().sum().backward()
     dead = [n for n, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
@@ -155,8 +162,17 @@ def test_tiny_model_overfits_one_batch_and_matches_its_class_statistics():
     y = torch.tensor([0] * 4 + [1] * 4)
     x = mu[y][:, :, None, None] + 0.3 * torch.randn(8, 3, 8, 8, generator=g)
     d = tiny_diffusion(T=200)
-    cfg = DDPMConfig(base_channels=8, channel_mults=(1, 2), emb_dim=32, timesteps=200, train_steps=600,
-                     batch_size=8, lr=3e-3, ema_decay=None, progress=False)
+    cfg = DDPMConfig(
+        base_channels=8,
+        channel_mults=(1, 2),
+        emb_dim=32,
+        timesteps=200,
+        train_steps=600,
+        batch_size=8,
+        lr=3e-3,
+        ema_decay=None,
+        progress=False,
+    )
     res = train_ddpm(d, iter(lambda: (x, y), None), cfg, seed=0)
     first, last = sum(res.losses[:20]) / 20, sum(res.losses[-20:]) / 20
     assert last < 0.6 * first, f"loss should drop a lot on one repeated batch: {first:.3f} -> {last:.3f}"
@@ -186,8 +202,9 @@ def test_class_prior_skip_equals_the_exact_gaussian_denoiser():
     torch.testing.assert_close(var[0], z[y == 0].var(0, unbiased=False))
     torch.testing.assert_close(mean[2], z.mean(0))
     torch.testing.assert_close(mean[3], z.mean(0))
-    d = GaussianDiffusion(UNet(3, base=4, mults=(1,), emb_dim=16), 100, null_class=3, gaussian_skip=True,
-                          prior_mean=mean, prior_var=var)
+    d = GaussianDiffusion(
+        UNet(3, base=4, mults=(1,), emb_dim=16), 100, null_class=3, gaussian_skip=True, prior_mean=mean, prior_var=var
+    )
     x, t, yy = torch.randn(4, 3, 4, 4), torch.tensor([0, 10, 50, 99]), torch.tensor([0, 1, 2, 3])
     ab = d.alphas_cumprod[t][:, None, None, None]
     want = (1 - ab).sqrt() * (x - ab.sqrt() * mean[yy]) / (ab * var[yy] + 1 - ab)

@@ -1,4 +1,5 @@
 """augment_fold: sees only the arrays passed in, balances classes, caches per fold and data."""
+
 import json
 
 import numpy as np
@@ -8,8 +9,16 @@ import torch
 import mer.augment.fold as fold
 from mer.augment import ArrayBatches, ChannelScaler, DDPMConfig, augment_fold, class_targets
 
-TINY = DDPMConfig(base_channels=4, channel_mults=(1, 2), emb_dim=16, timesteps=50, train_steps=12, batch_size=8,
-                  sample_steps=4, progress=False)
+TINY = DDPMConfig(
+    base_channels=4,
+    channel_mults=(1, 2),
+    emb_dim=16,
+    timesteps=50,
+    train_steps=12,
+    batch_size=8,
+    sample_steps=4,
+    progress=False,
+)
 SENTINEL = 12345.0
 
 
@@ -58,8 +67,9 @@ def test_ddpm_trains_on_exactly_the_passed_arrays(monkeypatch, tmp_path):
     assert not np.any(seen_x == SENTINEL), "a held-out value reached the DDPM"
     # every row iterated is a row of x_train (bit for bit, with its label), and all of x_train was used
     train_rows = {r.tobytes(): int(lbl) for r, lbl in zip(x_train, y_train, strict=True)}
-    assert all(r.tobytes() in train_rows and train_rows[r.tobytes()] == lbl
-               for r, lbl in zip(seen_x, seen_y, strict=True))
+    assert all(
+        r.tobytes() in train_rows and train_rows[r.tobytes()] == lbl for r, lbl in zip(seen_x, seen_y, strict=True)
+    )
     assert {r.tobytes() for r in seen_x} == set(train_rows)
     # the standardisation was fitted on exactly the passed array
     assert len(fitted) == 1 and np.array_equal(fitted[0], x_train)
@@ -148,14 +158,26 @@ def test_cache_hit_on_rerun_and_miss_on_change(monkeypatch, tmp_path):
     y2[[0, -1]] = y2[[-1, 0]]
     augment_fold(x2, y, cfg=TINY, cache_dir=tmp_path, fold_key="sub01", seed=0)
     augment_fold(x, y2, cfg=TINY, cache_dir=tmp_path, fold_key="sub01", seed=0)
-    augment_fold(x, y, cfg=DDPMConfig(**{**TINY.to_dict(), "channel_mults": (1, 2), "lr": 1e-3}),
-                 cache_dir=tmp_path, fold_key="sub01", seed=0)
+    augment_fold(
+        x,
+        y,
+        cfg=DDPMConfig(**{**TINY.to_dict(), "channel_mults": (1, 2), "lr": 1e-3}),
+        cache_dir=tmp_path,
+        fold_key="sub01",
+        seed=0,
+    )
     augment_fold(x, y, cfg=TINY, cache_dir=tmp_path, fold_key="sub01", seed=1)
     assert len(calls) == 5
     assert len(list((tmp_path / "sub01").iterdir())) == 5
     # display-only settings are not part of the key
-    augment_fold(x, y, cfg=DDPMConfig(**{**TINY.to_dict(), "channel_mults": (1, 2), "progress": True}),
-                 cache_dir=tmp_path, fold_key="sub01", seed=0)
+    augment_fold(
+        x,
+        y,
+        cfg=DDPMConfig(**{**TINY.to_dict(), "channel_mults": (1, 2), "progress": True}),
+        cache_dir=tmp_path,
+        fold_key="sub01",
+        seed=0,
+    )
     assert len(calls) == 5
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["class_counts"] == {"0": 10, "1": 5, "2": 3} and meta["seed"] == 0

@@ -1,4 +1,5 @@
 """Sample-quality report: channel statistics, NN distances that expose copies and noise, the grid."""
+
 import numpy as np
 
 from mer.augment.quality import channel_stats, nn_distances, quality_report, report_markdown, save_grid

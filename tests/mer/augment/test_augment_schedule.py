@@ -1,4 +1,5 @@
 """Cosine schedule (mer.augment.schedule): closed form, monotonicity, clipping, q_sample marginals."""
+
 import math
 
 import pytest
@@ -56,8 +57,13 @@ def test_q_sample_marginal_mean_and_variance(i):
     n = 40000
     x0 = torch.tensor([1.5, -0.5], dtype=torch.float64).repeat(n, 1)[:, :, None, None]  # (n, 2, 1, 1)
     t = torch.full((n,), i, dtype=torch.long)
-    xt = q_sample(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64),
-                  d["sqrt_alphas_cumprod"], d["sqrt_one_minus_alphas_cumprod"])
+    xt = q_sample(
+        x0,
+        t,
+        torch.randn(x0.shape, generator=g, dtype=torch.float64),
+        d["sqrt_alphas_cumprod"],
+        d["sqrt_one_minus_alphas_cumprod"],
+    )
     ab = float(d["alphas_cumprod"][i])
     want_mean = torch.tensor([1.5, -0.5], dtype=torch.float64) * math.sqrt(ab)
     se = math.sqrt((1 - ab) / n)  # standard error of the mean
@@ -70,8 +76,13 @@ def test_q_sample_marginal_mean_and_variance(i):
 def test_q_sample_t0_is_almost_x0():
     d = schedule_terms(cosine_betas(1000))
     x0 = torch.randn(4, 3, 5, 5, dtype=torch.float64)
-    xt = q_sample(x0, torch.zeros(4, dtype=torch.long), torch.randn_like(x0),
-                  d["sqrt_alphas_cumprod"], d["sqrt_one_minus_alphas_cumprod"])
+    xt = q_sample(
+        x0,
+        torch.zeros(4, dtype=torch.long),
+        torch.randn_like(x0),
+        d["sqrt_alphas_cumprod"],
+        d["sqrt_one_minus_alphas_cumprod"],
+    )
     # at the first step √(1−ᾱ_1) ≈ 6e-3 for the cosine schedule
     assert float(d["sqrt_one_minus_alphas_cumprod"][0]) < 0.01
     assert float((xt - x0).abs().max()) < 0.05
@@ -80,8 +91,18 @@ def test_q_sample_t0_is_almost_x0():
 def test_q_sample_shape_errors():
     d = schedule_terms(cosine_betas(10))
     with pytest.raises(ValueError, match="same shape"):
-        q_sample(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long), torch.zeros(2, 3, 4, 5),
-                 d["sqrt_alphas_cumprod"], d["sqrt_one_minus_alphas_cumprod"])
+        q_sample(
+            torch.zeros(2, 3, 4, 4),
+            torch.zeros(2, dtype=torch.long),
+            torch.zeros(2, 3, 4, 5),
+            d["sqrt_alphas_cumprod"],
+            d["sqrt_one_minus_alphas_cumprod"],
+        )
     with pytest.raises(ValueError, match="t must be"):
-        q_sample(torch.zeros(2, 3, 4, 4), torch.zeros(3, dtype=torch.long), torch.zeros(2, 3, 4, 4),
-                 d["sqrt_alphas_cumprod"], d["sqrt_one_minus_alphas_cumprod"])
+        q_sample(
+            torch.zeros(2, 3, 4, 4),
+            torch.zeros(3, dtype=torch.long),
+            torch.zeros(2, 3, 4, 4),
+            d["sqrt_alphas_cumprod"],
+            d["sqrt_one_minus_alphas_cumprod"],
+        )

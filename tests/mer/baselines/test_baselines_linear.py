@@ -1,5 +1,6 @@
 """The linear floor (mer.baselines.linear): finds a linear signal, sits at chance on shuffled labels,
 never lets a held-out subject into a fold's standardisation or fit, and runs the three protocols."""
+
 from __future__ import annotations
 
 import json
@@ -164,12 +165,29 @@ def test_cli_writes_json_markdown_predictions(tmp_path, monkeypatch, capsys):
     from mer.baselines import cli, sources
 
     x, y, ds, ss = make_problem()
-    fs = sources.FeatureSet({"flow": x.astype(np.float32)}, y, ds, ss, np.array([f"c{i}" for i in range(len(y))]),
-                            {"kind": "htnet-release", "root": "fixture", "reader": "test", "channels": "u, v, strain"})
+    fs = sources.FeatureSet(
+        {"flow": x.astype(np.float32)},
+        y,
+        ds,
+        ss,
+        np.array([f"c{i}" for i in range(len(y))]),
+        {"kind": "htnet-release", "root": "fixture", "reader": "test", "channels": "u, v, strain"},
+    )
     monkeypatch.setattr(sources, "release_features", lambda root, inputs, **kw: fs)
     out = tmp_path / "floor"
-    rc = cli.main(["--htnet-release", "fixture", "--protocol", "loso,kfold:3", "--seeds", "0,1", "--out", str(out),
-                   "--no-progress"])
+    rc = cli.main(
+        [
+            "--htnet-release",
+            "fixture",
+            "--protocol",
+            "loso,kfold:3",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rep = json.loads((out / "linear_floor.json").read_text())
     assert [r["protocol"] for r in rep["results"]] == ["loso", "kfold:3"]

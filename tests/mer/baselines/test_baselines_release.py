@@ -1,5 +1,6 @@
 """The linear floor's real-data source on the public HTNet release, when MER_HTNET_RELEASE points at it
 (CI: ../shared/data/htnet_release when present); skipped otherwise."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ import numpy as np
 import pytest
 
 ROOT = os.environ.get("MER_HTNET_RELEASE")
-pytestmark = pytest.mark.skipif(not ROOT or not Path(ROOT).is_dir(),
-                                reason="MER_HTNET_RELEASE does not point at the HTNet release's data")
+pytestmark = pytest.mark.skipif(
+    not ROOT or not Path(ROOT).is_dir(), reason="MER_HTNET_RELEASE does not point at the HTNet release's data"
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +30,20 @@ def test_release_composite_shape(release):
     assert np.bincount(y).tolist() == [250, 109, 83]
     assert len(set(zip(release.datasets, release.subjects, strict=True))) == 68
     assert {d: int((release.datasets == d).sum()) for d in ("casme2", "samm", "smic")} == {
-        "casme2": 145, "samm": 133, "smic": 164}
+        "casme2": 145,
+        "samm": 133,
+        "smic": 164,
+    }
 
 
 def test_loso_folds_are_the_releases(release):
     from mer.baselines.linear import protocol_folds
     from mer.data import load_htnet_release
 
-    ours = {f.name.split("/", 1)[1]: sorted(release.names[f.test]) for f in protocol_folds(
-        release.datasets, release.subjects, "loso")}
+    ours = {
+        f.name.split("/", 1)[1]: sorted(release.names[f.test])
+        for f in protocol_folds(release.datasets, release.subjects, "loso")
+    }
     rel = load_htnet_release(ROOT)
     assert ours == {s: sorted(rel.names[t]) for s, t in rel.folds.items()}
     theirs: dict[str, list] = {}

@@ -2,6 +2,7 @@
 and in `mer prepare`): a coding sheet without a required column, and a sample list naming a clip that is not
 on disk. Each is one `mer train: error:` line (exit 2) that names the problem, and nothing is written.
 No training runs here: both stop while the data loads."""
+
 from __future__ import annotations
 
 import shutil
@@ -25,8 +26,25 @@ def synth(tmp_path_factory) -> Path:
 
 
 def train(data, tmp_path, capsys, *extra):
-    rc = main(["train", "--data", str(data), "--model", "htnet_tiny", "--size", "16", "--flow", "farneback",
-               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"), "--no-progress", *extra])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--model",
+            "htnet_tiny",
+            "--size",
+            "16",
+            "--flow",
+            "farneback",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            *extra,
+        ]
+    )
     cap = capsys.readouterr()
     assert "Traceback" not in cap.err
     errors = [ln for ln in cap.err.splitlines() if ln.startswith("mer train: error:")]

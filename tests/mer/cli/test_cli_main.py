@@ -1,4 +1,5 @@
 """`mer` itself: every command registers, and a command whose module fails to import is shown, not dropped."""
+
 from __future__ import annotations
 
 import pytest

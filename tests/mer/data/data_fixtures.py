@@ -2,6 +2,7 @@
 
 A uniquely named module (not conftest) so that `from data_fixtures import ...` cannot pick up another
 folder's conftest."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,17 @@ def write_frames(folder: Path, names: list[str]) -> None:
         cv2.imwrite(str(folder / n), img)
 
 
-CASME2_HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
-                 "Action Units", "Estimated Emotion"]
+CASME2_HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetFrame",
+    "ApexFrame",
+    "OffsetFrame",
+    None,
+    "Action Units",
+    "Estimated Emotion",
+]
 
 
 def make_casme2(root: Path, clips, *, raw=True, cropped=False, skip_frames=()) -> Path:
@@ -46,8 +56,20 @@ def make_casme2(root: Path, clips, *, raw=True, cropped=False, skip_frames=()) -
     return root
 
 
-SAMM_HEADER = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
-               "Duration", "Type", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"]
+SAMM_HEADER = [
+    "Subject",
+    "Filename",
+    "Inducement Code",
+    "Onset Frame",
+    "Apex Frame",
+    "Offset Frame",
+    "Duration",
+    "Type",
+    "Action Units",
+    "Estimated Emotion",
+    "Objective Classes",
+    "Notes",
+]
 
 
 def make_samm(root: Path, clips, *, nested=True, notes=13) -> Path:
@@ -56,8 +78,9 @@ def make_samm(root: Path, clips, *, nested=True, notes=13) -> Path:
     rows.append(SAMM_HEADER)
     base = root / "SAMM" if nested else root
     for subj, fname, on, ap, off, emo in clips:
-        rows.append([f"{subj:03d}" if subj % 2 else subj, fname, 1, on, ap, off, off - on + 1, "Micro",
-                     "R12", emo, 1, ""])
+        rows.append(
+            [f"{subj:03d}" if subj % 2 else subj, fname, 1, on, ap, off, off - on + 1, "Micro", "R12", emo, 1, ""]
+        )
         write_frames(base / f"{subj:03d}" / fname, [f"{subj:03d}_{n:05d}.jpg" for n in range(on, off + 1)])
     write_xlsx(root / "SAMM_Micro_FACS_Codes_v2.xlsx", rows)
     return root
@@ -78,7 +101,6 @@ def make_casme3(root: Path, clips, *, drop=()) -> Path:
     rows = [["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Objective class", "emotion"]]
     for subj, fname, on, ap, off, emo in clips:
         rows.append([f"spNO.{subj}", fname, on, ap, off, "4", "III", emo])
-        write_frames(root / f"spNO.{subj}" / fname / "color",
-                     [f"{n}.jpg" for n in range(on, off + 1) if n not in drop])
+        write_frames(root / f"spNO.{subj}" / fname / "color", [f"{n}.jpg" for n in range(on, off + 1) if n not in drop])
     write_xlsx(root / "cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx", rows)
     return root

@@ -4,6 +4,7 @@ Samples: (dataset, sub, filename_o, label). Flow images are 28x28x3 PNGs of rand
 faces 224x224 JPEGs; names exactly as the release writes them (``<sub>_<clip> .png``, a space before
 ``.png``), folds as ``loso_test_lists.txt`` lines ``<sub>/u_test/<label>/<flow file>``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,7 @@ def flow_name(sub: str, clip: str) -> str:
     return f"{sub}_{clip} .png"
 
 
-def make_release(root: Path, samples=SAMPLES, *, clone: bool = False, folds: str = "list",
-                 seed: int = 0) -> Path:
+def make_release(root: Path, samples=SAMPLES, *, clone: bool = False, folds: str = "list", seed: int = 0) -> Path:
     """Write the layout under ``root`` (``clone``: data under root/datasets/ as in the repository;
     ``folds``: 'list' (loso_test_lists.txt), 'dirs' (three_norm_u_v_os/<sub>/u_{train,test}/<label>/) or
     'none')."""
@@ -39,14 +39,16 @@ def make_release(root: Path, samples=SAMPLES, *, clone: bool = False, folds: str
     for d, sub, clip, lab in samples:
         face = f"{sub}_{clip}.jpg"
         lines.append(f"{d},{sub},{clip},{lab},,{face},")
-        cv2.imwrite(str(data / "STSNet_whole_norm_u_v_os" / flow_name(sub, clip)),
-                    rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
-        cv2.imwrite(str(data / "combined_datasets_whole" / face),
-                    rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+        cv2.imwrite(
+            str(data / "STSNet_whole_norm_u_v_os" / flow_name(sub, clip)),
+            rng.integers(0, 256, (28, 28, 3), dtype=np.uint8),
+        )
+        cv2.imwrite(str(data / "combined_datasets_whole" / face), rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
     (root / "combined_3_class2_for_optical_flow.csv").write_text("\n".join(lines) + "\n")
     if folds == "list":
         (data / "loso_test_lists.txt").write_text(
-            "\n".join(f"{sub}/u_test/{lab}/{flow_name(sub, clip)}" for _, sub, clip, lab in samples) + "\n")
+            "\n".join(f"{sub}/u_test/{lab}/{flow_name(sub, clip)}" for _, sub, clip, lab in samples) + "\n"
+        )
     elif folds == "dirs":
         for _, s, _, _ in samples:
             for _, sub, clip, lab in samples:
@@ -58,5 +60,8 @@ def make_release(root: Path, samples=SAMPLES, *, clone: bool = False, folds: str
 
 
 def flow_dir(root: Path) -> Path:
-    return root / "STSNet_whole_norm_u_v_os" if (root / "STSNet_whole_norm_u_v_os").is_dir() else \
-        root / "datasets" / "STSNet_whole_norm_u_v_os"
+    return (
+        root / "STSNet_whole_norm_u_v_os"
+        if (root / "STSNet_whole_norm_u_v_os").is_dir()
+        else root / "datasets" / "STSNet_whole_norm_u_v_os"
+    )

@@ -1,4 +1,5 @@
 """The MEGC2019 composite protocol and the shipped sample lists."""
+
 from __future__ import annotations
 
 import warnings
@@ -12,10 +13,15 @@ from mer.data.sample_lists import LISTS_DIR
 
 @pytest.fixture
 def roots(tmp_path):
-    c2 = make_casme2(tmp_path / "c2", [(1, "EP02_01f", 46, 48, 50, "happiness"),
-                                       (1, "EP19_05f", 1, 2, 3, "disgust"),      # not in the list
-                                       (4, "EP12_01f", 5, "/", 9, "others")],      # broken, not listed
-                     skip_frames={(4, "EP12_01f", 6)})
+    c2 = make_casme2(
+        tmp_path / "c2",
+        [
+            (1, "EP02_01f", 46, 48, 50, "happiness"),
+            (1, "EP19_05f", 1, 2, 3, "disgust"),  # not in the list
+            (4, "EP12_01f", 5, "/", 9, "others"),
+        ],  # broken, not listed
+        skip_frames={(4, "EP12_01f", 6)},
+    )
     sm = make_samm(tmp_path / "samm", [(6, "006_1_2", 100, 101, 103, "Anger"), (32, "032_3_1", 1, 2, 3, "Fear")])
     sc = make_smic(tmp_path / "smic", [(1, "negative", 1, 10, 4), (20, "surprise", 2, 50, 5)])
     return {"casme2": c2, "samm": sm, "smic": sc}
@@ -27,13 +33,21 @@ def _write(path, text):
 
 
 def test_composite_from_list_in_list_order(roots, tmp_path):
-    lst = _write(tmp_path / "list.csv", "dataset,subject,clip,label\ncasme2,sub01,EP02_01f,1\n"
-                 "smic,s20,s20_sur_02,2\nsmic,s01,s01_ne_01,0\nsamm,006,006_1_2,0\nsamm,032,032_3_1,0\n")
+    lst = _write(
+        tmp_path / "list.csv",
+        "dataset,subject,clip,label\ncasme2,sub01,EP02_01f,1\n"
+        "smic,s20,s20_sur_02,2\nsmic,s01,s01_ne_01,0\nsamm,006,006_1_2,0\nsamm,032,032_3_1,0\n",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error", DatasetWarning)  # the broken unlisted clip must not even warn
         samples = megc2019_composite(**roots, sample_list=lst)
-    assert [s.uid for s in samples] == ["casme2/sub01/EP02_01f", "smic/s20/s20_sur_02", "smic/s01/s01_ne_01",
-                                        "samm/006/006_1_2", "samm/032/032_3_1"]
+    assert [s.uid for s in samples] == [
+        "casme2/sub01/EP02_01f",
+        "smic/s20/s20_sur_02",
+        "smic/s01/s01_ne_01",
+        "samm/006/006_1_2",
+        "samm/032/032_3_1",
+    ]
     assert [s.label for s in samples] == [1, 2, 0, 0, 0]
     assert samples[1].apex_is_estimated and samples[1].apex == 52
 
@@ -45,9 +59,12 @@ def test_composite_headerless_441_spelling(roots, tmp_path):
 
 
 def test_composite_reports_every_missing_entry_across_datasets(roots, tmp_path):
-    lst = _write(tmp_path / "list.csv", "dataset,subject,clip,label\ncasme2,sub01,EP02_01f,1\n"
-                 "casme2,sub09,EP01_01,0\nsamm,011,011_1_1,0\nsmic,s01,s01_ne_01,0\n"
-                 "casme2,sub04,EP12_01f,0\n")
+    lst = _write(
+        tmp_path / "list.csv",
+        "dataset,subject,clip,label\ncasme2,sub01,EP02_01f,1\n"
+        "casme2,sub09,EP01_01,0\nsamm,011,011_1_1,0\nsmic,s01,s01_ne_01,0\n"
+        "casme2,sub04,EP12_01f,0\n",
+    )
     with pytest.raises(DatasetError) as ei:
         megc2019_composite(**roots, sample_list=lst)
     msg = str(ei.value)
@@ -85,10 +102,15 @@ def test_sample_list_errors(tmp_path):
 
 
 def test_casme3_three_class_list(tmp_path):
-    root = make_casme3(tmp_path / "c3", [(1, "j", 28, 33, 49, "happy"), (1, "j", 102, 105, 113, "surprise"),
-                                         (1, "b", 166, 175, 179, "disgust")])
-    lst = _write(tmp_path / "c3.csv", "subject,clip,onset,apex,offset,au,objective_class,emotion,label\n"
-                 "spNO.1,j,28,33,49,12,I,happy,1\nspNO.1,j,102,105,113,26+25,II,surprise,2\n")
+    root = make_casme3(
+        tmp_path / "c3",
+        [(1, "j", 28, 33, 49, "happy"), (1, "j", 102, 105, 113, "surprise"), (1, "b", 166, 175, 179, "disgust")],
+    )
+    lst = _write(
+        tmp_path / "c3.csv",
+        "subject,clip,onset,apex,offset,au,objective_class,emotion,label\n"
+        "spNO.1,j,28,33,49,12,I,happy,1\nspNO.1,j,102,105,113,26+25,II,surprise,2\n",
+    )
     samples = casme3_part_a(root, sample_list=lst)
     assert [(s.clip, s.label, s.apex) for s in samples] == [("j_28", 1, 33), ("j_102", 2, 105)]
     with pytest.raises(DatasetError, match=r"clip folder not found") as ei:
@@ -113,12 +135,16 @@ def test_full_shipped_list_on_a_mock_tree(tmp_path):
             subj, code, idx = e.clip.split("_")
             folder = {"ne": "negative", "po": "positive", "sur": "surprise"}[code]
             sc.append((int(subj[1:]), folder, int(idx), 1, 3))
-    roots = {"casme2": make_casme2(tmp_path / "c2", c2), "samm": make_samm(tmp_path / "sm", sm),
-             "smic": make_smic(tmp_path / "sc", sc)}
+    roots = {
+        "casme2": make_casme2(tmp_path / "c2", c2),
+        "samm": make_samm(tmp_path / "sm", sm),
+        "smic": make_smic(tmp_path / "sc", sc),
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetWarning)
         samples = megc2019_composite(**roots)
     assert [(s.dataset, s.subject, s.clip, s.label) for s in samples] == [
-        (e.dataset, e.subject, e.clip, e.label) for e in entries]
+        (e.dataset, e.subject, e.clip, e.label) for e in entries
+    ]
     samples441 = megc2019_composite(**roots, sample_list=LISTS_DIR / "megc2019_official_gt_441.csv")
     assert len(samples441) == 441 and "samm/032/032_3_1" not in {s.uid for s in samples441}

@@ -1,6 +1,7 @@
 """Faults in the data layer: annotation errata applied openly, missing annotation columns
 named, and the errata table itself checked. Each: a one-line message naming the problem, nothing dropped
 silently, no wrong number."""
+
 from __future__ import annotations
 
 import warnings
@@ -82,11 +83,16 @@ def test_shipped_errata_table_has_evidence():
     assert all(len(e.evidence) > 100 and e.correction == "middle" for e in table)
 
 
-@pytest.mark.parametrize("content, match", [
-    ("dataset,subject\nsamm,028\n", "row 2 is malformed"),
-    ("dataset,subject,clip,field,sheet_value,problem,correction,evidence\nsamm,028,028_4_1,onset,1,p,middle,e\n",
-     "only field 'apex'"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("dataset,subject\nsamm,028\n", "row 2 is malformed"),
+        (
+            "dataset,subject,clip,field,sheet_value,problem,correction,evidence\nsamm,028,028_4_1,onset,1,p,middle,e\n",
+            "only field 'apex'",
+        ),
+    ],
+)
 def test_bad_errata_table(tmp_path, samm_root, content, match):
     p = tmp_path / "errata.csv"
     p.write_text(content)
@@ -102,9 +108,21 @@ def test_bad_errata_table(tmp_path, samm_root, content, match):
 def test_missing_annotation_column_is_named(tmp_path, column):
     root = make_samm(tmp_path / "samm", [GOOD])
     header = [h for h in SAMM_HEADER if h != column]
-    rows = [header, [6 if h == "Subject" else {"Filename": "006_1_2", "Onset Frame": 100, "Apex Frame": 101,
-                                               "Offset Frame": 103, "Estimated Emotion": "Anger"}.get(h, "")
-                     for h in header]]
+    rows = [
+        header,
+        [
+            6
+            if h == "Subject"
+            else {
+                "Filename": "006_1_2",
+                "Onset Frame": 100,
+                "Apex Frame": 101,
+                "Offset Frame": 103,
+                "Estimated Emotion": "Anger",
+            }.get(h, "")
+            for h in header
+        ],
+    ]
     write_xlsx(root / "SAMM_Micro_FACS_Codes_v2.xlsx", rows)
     with pytest.raises(DatasetError) as e:
         load_dataset("samm", root)

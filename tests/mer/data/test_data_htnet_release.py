@@ -1,5 +1,6 @@
 """load_htnet_release: reading, tile construction and every validation error, on tiny folders in the
 release's layout; and the real copy when MER_HTNET_RELEASE points at it."""
+
 from __future__ import annotations
 
 import csv
@@ -37,6 +38,7 @@ def load(root, **kw):
 
 
 # ------------------------------------------------------------------------------------------- reading
+
 
 def test_loads_fields_in_sheet_order(rel_root):
     rel = load(rel_root)
@@ -78,6 +80,7 @@ def test_clone_layout_and_fold_folders(tmp_path, folds):
 
 # ------------------------------------------------------------------------------------------ tiles
 
+
 def test_tiles_index_rows_with_x_as_the_release_does(rel_root):
     """Crop k = flow[x-7:x+7, y-7:y+7] (x as the row), tiled [[0, 1], [3, 4]]; nose (2) unused."""
     lm = np.array([[8, 20], [20, 8], [14, 14], [9, 10], [18, 16]])
@@ -85,12 +88,12 @@ def test_tiles_index_rows_with_x_as_the_release_does(rel_root):
     rel = load(rel_root, landmarks={n: lm for n in names})
     f = rel.flow[3]
     t = rel.tiles[3]
-    assert np.array_equal(t[:14, :14], f[1:15, 13:27])   # landmark 0 = (x 8, y 20): rows 1..14
-    assert np.array_equal(t[:14, 14:], f[13:27, 1:15])   # landmark 1
-    assert np.array_equal(t[14:, :14], f[2:16, 3:17])    # landmark 3
-    assert np.array_equal(t[14:, 14:], f[11:25, 9:23])   # landmark 4
+    assert np.array_equal(t[:14, :14], f[1:15, 13:27])  # landmark 0 = (x 8, y 20): rows 1..14
+    assert np.array_equal(t[:14, 14:], f[13:27, 1:15])  # landmark 1
+    assert np.array_equal(t[14:, :14], f[2:16, 3:17])  # landmark 3
+    assert np.array_equal(t[14:, 14:], f[11:25, 9:23])  # landmark 4
     # the same through cv2.hconcat / vconcat as the release writes it
-    crops = [f[r - 7:r + 7, c - 7:c + 7] for r, c in lm]
+    crops = [f[r - 7 : r + 7, c - 7 : c + 7] for r, c in lm]
     ref = cv2.vconcat([cv2.hconcat([crops[0], crops[1]]), cv2.hconcat([crops[3], crops[4]])])
     assert np.array_equal(t, ref)
 
@@ -119,6 +122,7 @@ def test_given_landmarks_are_clipped(rel_root):
 
 # -------------------------------------------------------------------------------------- landmarks
 
+
 def test_shipped_landmarks_table():
     table = read_shipped_landmarks()
     assert len(table) == 442
@@ -137,8 +141,11 @@ def test_shipped_landmarks_table():
 
 def test_shipped_landmarks_do_not_cover_other_names(rel_root):
     # five of the fixture's names are real release names, the two SMIC ones are not
-    with pytest.raises(HtnetReleaseError, match=r"no shipped landmarks for 2 sample.*'s1_s1_sur_01 \.png'.*"
-                       "'mtcnn'.*'fallback'"):
+    with pytest.raises(
+        HtnetReleaseError,
+        match=r"no shipped landmarks for 2 sample.*'s1_s1_sur_01 \.png'.*"
+        "'mtcnn'.*'fallback'",
+    ):
         load(rel_root, landmarks="shipped")
 
 
@@ -162,8 +169,9 @@ def test_mtcnn_without_facenet_names_the_install(rel_root, monkeypatch):
 
     monkeypatch.delitem(sys.modules, "facenet_pytorch", raising=False)
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "facenet_pytorch" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "facenet_pytorch" else real(name, *a)
+    )
     with pytest.raises(HtnetReleaseError, match="pip install --no-deps facenet-pytorch"):
         load(rel_root, landmarks="mtcnn")
 
@@ -188,7 +196,7 @@ def _nms_reference(boxes, scores, thr):
         if i in dead:
             continue
         keep.append(int(i))
-        for j in order[a + 1:]:
+        for j in order[a + 1 :]:
             w = max(0.0, min(b[i, 2], b[j, 2]) - max(b[i, 0], b[j, 0]))
             h = max(0.0, min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1]))
             inter = w * h
@@ -220,6 +228,7 @@ def test_nms_shim_matches_a_plain_reference(seed):
 
 # ------------------------------------------------------------------------------------- validation
 
+
 def test_root_not_a_folder(tmp_path):
     with pytest.raises(HtnetReleaseError, match=r"root .*nope is not a folder; point root at a clone"):
         load(tmp_path / "nope")
@@ -227,8 +236,11 @@ def test_root_not_a_folder(tmp_path):
 
 def test_root_without_the_release(tmp_path):
     (tmp_path / "x").mkdir()
-    with pytest.raises(HtnetReleaseError, match=r"is not the HTNet release: combined_3_class2_for_optical_flow"
-                       r"\.csv, STSNet_whole_norm_u_v_os/, combined_datasets_whole/ not found"):
+    with pytest.raises(
+        HtnetReleaseError,
+        match=r"is not the HTNet release: combined_3_class2_for_optical_flow"
+        r"\.csv, STSNet_whole_norm_u_v_os/, combined_datasets_whole/ not found",
+    ):
         load(tmp_path / "x")
 
 
@@ -264,11 +276,14 @@ def test_extra_file(rel_root):
         load(rel_root)
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (lambda b: b"", "zero-byte file"),
-    (lambda b: b[: len(b) // 3], "truncated PNG"),
-    (lambda b: b"not an image at all", "not a decodable image"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda b: b"", "zero-byte file"),
+        (lambda b: b[: len(b) // 3], "truncated PNG"),
+        (lambda b: b"not an image at all", "not a decodable image"),
+    ],
+)
 def test_unreadable_flow(rel_root, damage, reason):
     p = flow_dir(rel_root) / "007_007_3_1 .png"
     p.write_bytes(damage(p.read_bytes()))
@@ -302,9 +317,9 @@ def test_sheet_missing_column(rel_root):
 def test_sheet_bad_rows(rel_root):
     p = rel_root / "combined_3_class2_for_optical_flow.csv"
     lines = p.read_text().splitlines()
-    lines[2] = lines[2].replace(",0,,", ",5,,")       # bad label
-    lines[3] = lines[3].replace("casme2", "casme9")   # bad dataset
-    lines.append(lines[1])                            # duplicate
+    lines[2] = lines[2].replace(",0,,", ",5,,")  # bad label
+    lines[3] = lines[3].replace("casme2", "casme9")  # bad dataset
+    lines.append(lines[1])  # duplicate
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(HtnetReleaseError) as e:
         load(rel_root)
@@ -315,19 +330,25 @@ def test_sheet_bad_rows(rel_root):
 
 
 def test_counts_not_the_composite(rel_root):
-    with pytest.raises(HtnetReleaseError, match=r"7 samples, 6 subjects, labels 3/2/2; the MEGC2019 composite "
-                       r"has 442 samples, 68 subjects, labels 250/109/83.*check_counts=False"):
+    with pytest.raises(
+        HtnetReleaseError,
+        match=r"7 samples, 6 subjects, labels 3/2/2; the MEGC2019 composite "
+        r"has 442 samples, 68 subjects, labels 250/109/83.*check_counts=False",
+    ):
         load_htnet_release(rel_root, landmarks="fallback")
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda t: t.replace("006/u_test/0/", "007/u_test/0/"), r"listed in subject 007's fold but belongs to 006"),
-    (lambda t: t.replace("s1/u_test/2/", "s1/u_test/1/"), r"listed under label 1 but the sheet says 2"),
-    (lambda t: "\n".join(t.splitlines()[1:]), r"1 sample\(s\) are in no fold's test set: sub01_EP02_01f \.png"),
-    (lambda t: t + t.splitlines()[0] + "\n", r"listed twice"),
-    (lambda t: t + "s9/u_test/0/s9_x .png\n", r"'s9_x \.png' is not a sample of the sheet"),
-    (lambda t: t + "garbage line\n", r"line 8: 'garbage line' is not <subject>/u_test/<label>/<flow file>"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda t: t.replace("006/u_test/0/", "007/u_test/0/"), r"listed in subject 007's fold but belongs to 006"),
+        (lambda t: t.replace("s1/u_test/2/", "s1/u_test/1/"), r"listed under label 1 but the sheet says 2"),
+        (lambda t: "\n".join(t.splitlines()[1:]), r"1 sample\(s\) are in no fold's test set: sub01_EP02_01f \.png"),
+        (lambda t: t + t.splitlines()[0] + "\n", r"listed twice"),
+        (lambda t: t + "s9/u_test/0/s9_x .png\n", r"'s9_x \.png' is not a sample of the sheet"),
+        (lambda t: t + "garbage line\n", r"line 8: 'garbage line' is not <subject>/u_test/<label>/<flow file>"),
+    ],
+)
 def test_fold_list_errors(rel_root, edit, match):
     p = rel_root / "loso_test_lists.txt"
     p.write_text(edit(p.read_text()))
@@ -337,8 +358,11 @@ def test_fold_list_errors(rel_root, edit, match):
 
 def test_no_fold_list(tmp_path):
     root = make_release(tmp_path / "r", folds="none")
-    with pytest.raises(HtnetReleaseError, match=r"no fold list .*loso_test_lists\.txt or the release's "
-                       r"three_norm_u_v_os"):
+    with pytest.raises(
+        HtnetReleaseError,
+        match=r"no fold list .*loso_test_lists\.txt or the release's "
+        r"three_norm_u_v_os",
+    ):
         load(root)
 
 
@@ -357,14 +381,20 @@ def test_one_message_lists_every_problem(rel_root):
 REAL = os.environ.get("MER_HTNET_RELEASE")
 
 
-@pytest.mark.skipif(not REAL, reason="MER_HTNET_RELEASE is not set (point it at the HTNet release, e.g. "
-                    "../shared/data/htnet_release, to test on the real copy)")
+@pytest.mark.skipif(
+    not REAL,
+    reason="MER_HTNET_RELEASE is not set (point it at the HTNet release, e.g. "
+    "../shared/data/htnet_release, to test on the real copy)",
+)
 def test_real_release():
     rel = load_htnet_release(REAL)
     assert len(rel) == 442 and len(rel.folds) == 68
     assert [int((rel.labels == k).sum()) for k in range(3)] == [250, 109, 83]
-    assert {d: len(set(rel.subjects[rel.datasets == d])) for d in ("casme2", "samm", "smic")} == \
-        {"casme2": 24, "samm": 28, "smic": 16}
+    assert {d: len(set(rel.subjects[rel.datasets == d])) for d in ("casme2", "samm", "smic")} == {
+        "casme2": 24,
+        "samm": 28,
+        "smic": 16,
+    }
     assert int(rel.landmark_found.sum()) == sum(f for _, f in read_shipped_landmarks().values())
     assert sorted(np.concatenate(list(rel.folds.values())).tolist()) == list(range(442))
     for s, test in rel.folds.items():
@@ -373,14 +403,17 @@ def test_real_release():
         f, (a, b, _, c, d) = rel.flow[i], rel.landmarks[i]
 
         def crop(p, f=f):
-            return f[p[0] - 7:p[0] + 7, p[1] - 7:p[1] + 7]
-        assert np.array_equal(rel.tiles[i], np.vstack([np.hstack([crop(a), crop(b)]),
-                                                       np.hstack([crop(c), crop(d)])]))
+            return f[p[0] - 7 : p[0] + 7, p[1] - 7 : p[1] + 7]
+
+        assert np.array_equal(rel.tiles[i], np.vstack([np.hstack([crop(a), crop(b)]), np.hstack([crop(c), crop(d)])]))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not REAL, reason="MER_HTNET_RELEASE is not set (point it at the HTNet release, e.g. "
-                    "../shared/data/htnet_release, to test on the real copy)")
+@pytest.mark.skipif(
+    not REAL,
+    reason="MER_HTNET_RELEASE is not set (point it at the HTNet release, e.g. "
+    "../shared/data/htnet_release, to test on the real copy)",
+)
 def test_real_release_mtcnn_reproduces_the_shipped_landmarks():
     import importlib.util
 

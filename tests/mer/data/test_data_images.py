@@ -1,4 +1,5 @@
 """mer.data.images: frames are decoded completely or refused with the file named."""
+
 from __future__ import annotations
 
 import cv2
@@ -22,14 +23,15 @@ def test_whole_images_read_as_cv2_does(tmp_path, ext):
     assert check_image(p) is None
 
 
-@pytest.mark.parametrize("ext,reason", [(".jpg", "truncated JPEG"), (".png", "truncated PNG"),
-                                        (".bmp", "truncated BMP")])
+@pytest.mark.parametrize(
+    "ext,reason", [(".jpg", "truncated JPEG"), (".png", "truncated PNG"), (".bmp", "truncated BMP")]
+)
 @pytest.mark.parametrize("keep", [1 / 3, 0.9])
 def test_truncated_images_are_refused(tmp_path, ext, reason, keep):
     p = tmp_path / f"cut{ext}"
     cv2.imwrite(str(p), _image())
     data = p.read_bytes()
-    p.write_bytes(data[:int(len(data) * keep)])
+    p.write_bytes(data[: int(len(data) * keep)])
     if ext == ".jpg":  # what this guards against: OpenCV itself returns an image for the cut JPEG
         assert cv2.imread(str(p)) is not None
     with pytest.raises(ImageError, match=rf"image .*cut{ext}: {reason}") as e:
@@ -62,7 +64,7 @@ def test_png_with_damaged_data_is_refused(tmp_path):
     cv2.imwrite(str(p), _image())
     data = bytearray(p.read_bytes())
     i = data.index(b"IDAT") + 20
-    data[i:i + 8] = b"\xff" * 8  # corrupt the compressed stream (its CRC no longer matches)
+    data[i : i + 8] = b"\xff" * 8  # corrupt the compressed stream (its CRC no longer matches)
     p.write_bytes(bytes(data))
     assert completeness_problem(bytes(data)) is None  # complete, but ...
     with pytest.raises(ImageError, match="bad.png: not a decodable image"):

@@ -1,4 +1,5 @@
 """Loaders on tiny native-layout trees, including the quirks and the broken cases."""
+
 from __future__ import annotations
 
 import os
@@ -17,6 +18,7 @@ def _quiet(fn, *a, **k):
 
 
 # ---------------------------------------------------------------------------------------- CASME II
+
 
 def test_casme2_cropped_by_default_with_slash_apex(casme2_root):
     with pytest.warns(DatasetWarning, match=r"1 sample\(s\) have no annotated apex.*sub02/EP01_11f"):
@@ -41,12 +43,16 @@ def test_casme2_raw_frames_and_missing_apex_error(casme2_root):
 
 
 def test_casme2_every_problem_in_one_error(tmp_path):
-    root = make_casme2(tmp_path, [
-        (1, "EP02_01f", 46, 59, 50, "happiness"),      # apex after offset
-        (1, "EP05_01", 1, 2, 6, "happiness"),          # frames 3-4 missing on disk
-        (2, "EP07_01", 1, 2, 3, "joy"),                # unknown emotion
-        (3, "EP08_01", 1, 2, 3, "surprise"),           # fine
-    ], skip_frames={(1, "EP05_01", 3), (1, "EP05_01", 4)})
+    root = make_casme2(
+        tmp_path,
+        [
+            (1, "EP02_01f", 46, 59, 50, "happiness"),  # apex after offset
+            (1, "EP05_01", 1, 2, 6, "happiness"),  # frames 3-4 missing on disk
+            (2, "EP07_01", 1, 2, 3, "joy"),  # unknown emotion
+            (3, "EP08_01", 1, 2, 3, "surprise"),  # fine
+        ],
+        skip_frames={(1, "EP05_01", 3), (1, "EP05_01", 4)},
+    )
     (root / "CASME2_RAW_selected" / "sub02" / "EP07_01").rename(root / "CASME2_RAW_selected" / "sub02" / "gone")
     with pytest.raises(DatasetError) as ei:
         load_dataset("casme2", root)
@@ -80,16 +86,27 @@ def test_casme2_bad_frame_cell(tmp_path):
 
 # -------------------------------------------------------------------------------------------- SAMM
 
+
 @pytest.mark.parametrize("nested", [True, False])
 def test_samm_note_rows_missing_apex_and_layouts(tmp_path, nested):
-    root = make_samm(tmp_path, [(6, "006_1_2", 5562, 5565, 5568, "Anger"),
-                                (7, "007_3_1", 10, None, 14, "Happiness"),
-                                (7, "007_3_2", 20, -1, 22, "Other"),
-                                (9, "009_2_1", 30, 31, 33, "Surprise")], nested=nested)
+    root = make_samm(
+        tmp_path,
+        [
+            (6, "006_1_2", 5562, 5565, 5568, "Anger"),
+            (7, "007_3_1", 10, None, 14, "Happiness"),
+            (7, "007_3_2", 20, -1, 22, "Other"),
+            (9, "009_2_1", 30, 31, 33, "Surprise"),
+        ],
+        nested=nested,
+    )
     with pytest.warns(DatasetWarning, match=r"2 sample\(s\) have no annotated apex"):
         samples = load_dataset("samm", root)
     assert [(s.subject, s.clip, s.label) for s in samples] == [
-        ("006", "006_1_2", 0), ("007", "007_3_1", 1), ("007", "007_3_2", None), ("009", "009_2_1", 2)]
+        ("006", "006_1_2", 0),
+        ("007", "007_3_1", 1),
+        ("007", "007_3_2", None),
+        ("009", "009_2_1", 2),
+    ]
     s = samples[0]
     assert s.frames[0].endswith("006_05562.jpg") and len(s.frames) == 7 and not s.cropped
     assert samples[1].apex == 12 and samples[1].apex_is_estimated
@@ -105,13 +122,15 @@ def test_samm_unpadded_subject_folder_and_cropped_refused(tmp_path):
 
 # -------------------------------------------------------------------------------------------- SMIC
 
+
 def test_smic_folder_labels_names_and_apex_rule(tmp_path):
-    root = make_smic(tmp_path, [(1, "negative", 1, 46110, 7), (1, "positive", 2, 500, 4),
-                                (12, "surprise", 3, 100, 5)])
+    root = make_smic(tmp_path, [(1, "negative", 1, 46110, 7), (1, "positive", 2, 500, 4), (12, "surprise", 3, 100, 5)])
     samples = load_dataset("smic", root)
     assert [(s.subject, s.clip, s.label, s.native_clip) for s in samples] == [
-        ("s01", "s01_ne_01", 0, "s1_ne_01"), ("s01", "s01_po_02", 1, "s1_po_02"),
-        ("s12", "s12_sur_03", 2, "s12_sur_03")]
+        ("s01", "s01_ne_01", 0, "s1_ne_01"),
+        ("s01", "s01_po_02", 1, "s1_po_02"),
+        ("s12", "s12_sur_03", 2, "s12_sur_03"),
+    ]
     s = samples[0]
     assert (s.onset, s.apex, s.offset) == (46110, 46113, 46116) and s.apex_is_estimated
     assert s.frames[0].endswith("image046110.bmp") and not s.cropped
@@ -146,13 +165,20 @@ def test_missing_root_and_unknown_dataset(tmp_path):
 
 # ------------------------------------------------------------------------------------------ CASME3
 
+
 def test_casme3_shared_filename_and_dropped_frames(tmp_path):
-    root = make_casme3(tmp_path, [(1, "a", 175, 178, 180, "happy"), (1, "a", 190, 192, 199, "sad"),
-                                  (2, "j", 28, 33, 49, "others")], drop=(195,))
+    root = make_casme3(
+        tmp_path,
+        [(1, "a", 175, 178, 180, "happy"), (1, "a", 190, 192, 199, "sad"), (2, "j", 28, 33, 49, "others")],
+        drop=(195,),
+    )
     with pytest.warns(DatasetWarning, match=r"frames missing between onset and offset.*spNO.1/a_190 \[195\]"):
         samples = load_dataset("casme3", root)
     assert [(s.subject, s.clip, s.native_clip, s.label) for s in samples] == [
-        ("spNO.1", "a_175", "a", 1), ("spNO.1", "a_190", "a", 0), ("spNO.2", "j_28", "j", None)]
+        ("spNO.1", "a_175", "a", 1),
+        ("spNO.1", "a_190", "a", 0),
+        ("spNO.2", "j_28", "j", None),
+    ]
     s = samples[1]
     assert s.missing_frames == (195,) and len(s.frames) == 9
     assert s.frame_path(196).endswith("196.jpg") and s.frame_path(192).endswith("192.jpg")

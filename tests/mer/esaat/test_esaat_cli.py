@@ -1,5 +1,6 @@
 """`mer prune` end to end: a tiny `mer train` run (synthetic 'tiny' preset, htnet_tiny, 2 epochs, LOSO over
 6 subjects) -> ESAAT per fold -> files, pooled metrics, leakage checks, reloadable pruned models."""
+
 import csv
 import json
 
@@ -20,9 +21,34 @@ def tiny_run(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        rc = main(["train", "--data", str(data), "--protocol", "loso", "--model", "htnet_tiny", "--model-arg",
-                   "block_repeats=2", "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--flow", "farneback",
-                   "--size", "16", "--cache", str(tmp / "cache"), "--out", str(run), "--no-progress"])
+        rc = main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--protocol",
+                "loso",
+                "--model",
+                "htnet_tiny",
+                "--model-arg",
+                "block_repeats=2",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--flow",
+                "farneback",
+                "--size",
+                "16",
+                "--cache",
+                str(tmp / "cache"),
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
     finally:
         torch.set_num_threads(n)
     assert rc == 0
@@ -36,13 +62,36 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     from mer.train import normalise, predict_proba
 
     out = tmp_path / "k1"
-    args = ["prune", "--run", str(tiny_run), "--remove", "1", "--epochs", "2", "--fade-epochs", "1", "--calib", "8",
-            "--batch-size", "8", "--out", str(out), "--no-progress"]
+    args = [
+        "prune",
+        "--run",
+        str(tiny_run),
+        "--remove",
+        "1",
+        "--epochs",
+        "2",
+        "--fade-epochs",
+        "1",
+        "--calib",
+        "8",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "| before |" in text and "| after |" in text and "Kendall" in text
-    for name in ("esaat.json", "metrics.json", "summary.md", "transfer_entropy.png", "predictions.csv",
-                 "esaat_config.json", "confusion.png"):
+    for name in (
+        "esaat.json",
+        "metrics.json",
+        "summary.md",
+        "transfer_entropy.png",
+        "predictions.csv",
+        "esaat_config.json",
+        "confusion.png",
+    ):
         assert (out / name).is_file(), name
     s = json.loads((out / "esaat.json").read_text())
     m = json.loads((out / "metrics.json").read_text())
@@ -76,17 +125,54 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     x = load_inputs(TrainConfig.from_dict(json.loads((tiny_run / "config.json").read_text())), progress=False).x
     prob = predict_proba(model, normalise(x[fold["test"]], np.asarray(ck["norm_mean"]), np.asarray(ck["norm_std"])))
     with open(out / "folds" / fold["dir"] / "predictions.csv", newline="") as f:
-        saved = np.array([[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")]
-                          for r in csv.DictReader(f)])
+        saved = np.array(
+            [[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")] for r in csv.DictReader(f)]
+        )
     np.testing.assert_allclose(prob, saved, atol=2e-6)
     # an existing output folder is not overwritten silently; bad options are clear errors
     assert main(args) == 2 and "--force" in capsys.readouterr().err
-    assert main(["prune", "--run", str(tiny_run), "--remove", "9", "--out", str(tmp_path / "k9"),
-                 "--no-progress", "--epochs", "0", "--fade-epochs", "0"]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--run",
+                str(tiny_run),
+                "--remove",
+                "9",
+                "--out",
+                str(tmp_path / "k9"),
+                "--no-progress",
+                "--epochs",
+                "0",
+                "--fade-epochs",
+                "0",
+            ]
+        )
+        == 2
+    )
     assert "0 <= k <= 4" in capsys.readouterr().err
     # a FLOP budget without fine-tuning: every fold's pruned model keeps at most 90% of the FLOPs
-    assert main(["prune", "--run", str(tiny_run), "--flops-budget", "0.9", "--epochs", "0", "--fade-epochs", "0",
-                 "--calib", "8", "--out", str(tmp_path / "f90"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--run",
+                str(tiny_run),
+                "--flops-budget",
+                "0.9",
+                "--epochs",
+                "0",
+                "--fade-epochs",
+                "0",
+                "--calib",
+                "8",
+                "--out",
+                str(tmp_path / "f90"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     f90 = json.loads((tmp_path / "f90" / "esaat.json").read_text())
     assert all(f["after"]["flops"] <= 0.9 * f["before"]["flops"] for f in f90["per_fold"])

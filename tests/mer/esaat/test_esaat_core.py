@@ -1,4 +1,5 @@
 """mer.esaat: entropy estimator, transfer entropy, greedy selection, removal, conversion, fine-tuning."""
+
 import math
 
 import numpy as np
@@ -28,7 +29,7 @@ from mer.models.vit import vit_test
 
 def tiny_htnet():
     torch.manual_seed(0)
-    return create_model("htnet_tiny", block_repeats=2).eval()   # 4 softmax attention layers
+    return create_model("htnet_tiny", block_repeats=2).eval()  # 4 softmax attention layers
 
 
 def calib(n=64, size=16, seed=1):
@@ -42,8 +43,7 @@ def test_entropy_diagonal_gaussian_matches_closed_form():
     x = torch.randn(40000, 5, generator=g, dtype=torch.float64) * sigma + 3.0
     closed = float(sigma.log().sum())  # Σ log σ_d; the full entropy adds D/2·log(2πe)
     assert gaussian_entropy(x) == pytest.approx(closed, abs=0.02)
-    assert gaussian_entropy(x, constant=True) == pytest.approx(closed + 2.5 * math.log(2 * math.pi * math.e),
-                                                               abs=0.02)
+    assert gaussian_entropy(x, constant=True) == pytest.approx(closed + 2.5 * math.log(2 * math.pi * math.e), abs=0.02)
 
 
 def test_entropy_full_covariance_matches_closed_form():
@@ -67,8 +67,9 @@ def test_entropy_bad_inputs():
 
 
 # --- transfer entropy and selection ----------------------------------------------------------------------
-@pytest.mark.parametrize("make", [tiny_htnet, lambda: (torch.manual_seed(0), vit_test(depth=4))[1].eval()],
-                         ids=["htnet_tiny", "vit_test"])
+@pytest.mark.parametrize(
+    "make", [tiny_htnet, lambda: (torch.manual_seed(0), vit_test(depth=4))[1].eval()], ids=["htnet_tiny", "vit_test"]
+)
 def test_layer_without_effect_has_zero_te_and_goes_first(make):
     model = make()
     x = calib(size=model.cfg.image_size if hasattr(model, "cfg") else model.img_size)
@@ -120,8 +121,9 @@ def test_budget_selection():
 
 
 # --- removal and conversion ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("make", [tiny_htnet, lambda: (torch.manual_seed(0), vit_test())[1].eval()],
-                         ids=["htnet_tiny", "vit_test"])
+@pytest.mark.parametrize(
+    "make", [tiny_htnet, lambda: (torch.manual_seed(0), vit_test())[1].eval()], ids=["htnet_tiny", "vit_test"]
+)
 def test_removal_deletes_parameters_and_flops_and_carries_weights(make):
     model = make()
     x = calib(n=2, size=model.cfg.image_size if hasattr(model, "cfg") else model.img_size)
@@ -134,7 +136,7 @@ def test_removal_deletes_parameters_and_flops_and_carries_weights(make):
     assert gone and not any(k in sd1 for k in gone) and set(sd1) == set(sd0) - set(gone)
     attn_params = sum(p.numel() for p in model.block_of(names[0]).attn.parameters())
     assert sum(v.numel() for v in sd1.values()) == sum(v.numel() for v in sd0.values()) - attn_params - 2 * 16
-    after = model_cost(removed, x[:1])   # FlopCounterMode: q kᵀ, P v and the qkv/proj matmuls are gone
+    after = model_cost(removed, x[:1])  # FlopCounterMode: q kᵀ, P v and the qkv/proj matmuls are gone
     assert after["params"] < before["params"] and after["flops"] < before["flops"]
     pruned = prune(model, [names[0]], convert=True)
     assert model_cost(pruned, x[:1])["flops"] < before["flops"]
@@ -144,7 +146,7 @@ def test_removal_deletes_parameters_and_flops_and_carries_weights(make):
         assert isinstance(new, AgentAttention) and isinstance(old, SoftmaxAttention)
         assert torch.equal(new.qkv.weight, old.qkv.weight)
         assert torch.equal(new.proj.weight, old.proj.weight) and torch.equal(new.proj.bias, old.proj.bias)
-    assert model.attention_layers()[0][0] == names[0]   # prune() copies by default
+    assert model.attention_layers()[0][0] == names[0]  # prune() copies by default
 
 
 def test_fade_then_fold_is_continuous_and_removes():
@@ -155,7 +157,7 @@ def test_fade_then_fold_is_continuous_and_removes():
     n0 = sum(p.numel() for p in model.parameters())
     torch.manual_seed(0)
     hist = finetune(model, x.numpy(), y, FinetuneConfig(epochs=2, fade_epochs=1, batch_size=8), fade=[name])
-    assert [h["lambda"] for h in hist] == [0.0, None]      # λ reached 0 at the end of epoch 1, then folded
+    assert [h["lambda"] for h in hist] == [0.0, None]  # λ reached 0 at the end of epoch 1, then folded
     assert name not in [n for n, _ in model.attention_layers()]
     assert sum(p.numel() for p in model.parameters()) < n0
     # folding at λ = 0 is the same function

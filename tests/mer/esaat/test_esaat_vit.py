@@ -1,4 +1,5 @@
 """mer.models.vit: the generic ViT used to show ESAAT is not HTNet-specific."""
+
 import pytest
 import torch
 

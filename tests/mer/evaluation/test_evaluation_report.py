@@ -1,4 +1,5 @@
 """mer.evaluation on its own: no import of the training package, the selection label from the folds."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """HTNet variants: forward/gradients, fused vs reference attention, shapes, errors, layer access."""
+
 import pytest
 import torch
 
@@ -21,8 +22,11 @@ def test_variant_forward_finite_and_every_parameter_gets_a_gradient(name):
     out = model(_x(model))
     assert out.shape == (2, model.cfg.num_classes) and torch.isfinite(out).all()
     out.square().sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-               or p.grad.abs().sum() == 0]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert not missing, f"parameters without a (finite, nonzero) gradient: {missing}"
 
 
@@ -63,13 +67,28 @@ def test_fused_and_reference_attention_agree_on_the_same_instance(name):
         torch.testing.assert_close(g1[n], g2[n], rtol=1e-4, atol=1e-5, msg=lambda m: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("kw,tokens", [
-    (dict(image_size=32, patch_size=2, num_hierarchies=3, block_repeats=(1, 1, 1)), {16}),
-    (dict(image_size=64, patch_size=2, num_hierarchies=4, block_repeats=1, dim=8, heads=1), {16}),
-    (dict(image_size=56, patch_size=4, num_hierarchies=2, block_repeats=(1, 1), attn="agent"), {49}),
-    (dict(image_size=28, patch_size=4, num_hierarchies=1, block_repeats=2, layout="face",
-          pos="lape", attn="agent", agent_num=16), {49}),
-], ids=["S32-L3", "S64-L4", "S56-p4-L2-agent", "S28-p4-L1-lape"])
+@pytest.mark.parametrize(
+    "kw,tokens",
+    [
+        (dict(image_size=32, patch_size=2, num_hierarchies=3, block_repeats=(1, 1, 1)), {16}),
+        (dict(image_size=64, patch_size=2, num_hierarchies=4, block_repeats=1, dim=8, heads=1), {16}),
+        (dict(image_size=56, patch_size=4, num_hierarchies=2, block_repeats=(1, 1), attn="agent"), {49}),
+        (
+            dict(
+                image_size=28,
+                patch_size=4,
+                num_hierarchies=1,
+                block_repeats=2,
+                layout="face",
+                pos="lape",
+                attn="agent",
+                agent_num=16,
+            ),
+            {49},
+        ),
+    ],
+    ids=["S32-L3", "S64-L4", "S56-p4-L2-agent", "S28-p4-L1-lape"],
+)
 def test_other_shapes(kw, tokens):
     torch.manual_seed(0)
     model = create_model("htnet_tiny", **kw)
@@ -98,8 +117,17 @@ def test_block_grid_that_does_not_divide_the_map_is_a_clear_error():
 
 
 def test_per_level_options_build_what_they_say():
-    model = HTNet(image_size=16, patch_size=2, dim=8, heads=2, num_hierarchies=2, block_repeats=(1, 2),
-                  pos=("lape", "lape+block_scalar"), attn=("none", "agent"), agent_num=(4, 9))
+    model = HTNet(
+        image_size=16,
+        patch_size=2,
+        dim=8,
+        heads=2,
+        num_hierarchies=2,
+        block_repeats=(1, 2),
+        pos=("lape", "lape+block_scalar"),
+        attn=("none", "agent"),
+        agent_num=(4, 9),
+    )
     names = dict(model.named_parameters())
     assert "patch_embed.pos_embed" in names and "levels.0.pos_emb" not in names and "levels.0.lape" not in names
     assert "levels.1.lape" in names and "levels.1.pos_emb" in names
@@ -122,8 +150,11 @@ def test_remove_attention_really_removes_parameters_and_flops():
     gone = before_keys - set(model.state_dict())
     assert gone and all(k.startswith(("levels.0.blocks.1.attn.", "levels.0.blocks.1.norm1.")) for k in gone)
     assert count_flops(model, x)["flops"] < before_f
-    assert [n for n, _ in model.attention_layers()] == ["levels.0.blocks.0.attn", "levels.1.blocks.0.attn",
-                                                        "levels.1.blocks.1.attn"]
+    assert [n for n, _ in model.attention_layers()] == [
+        "levels.0.blocks.0.attn",
+        "levels.1.blocks.0.attn",
+        "levels.1.blocks.1.attn",
+    ]
     assert (name, None) in model.attention_layers(include_removed=True)
     # the block is now the identity branch + feed-forward
     blk = model.levels[0].blocks[1]
@@ -145,7 +176,7 @@ def test_replace_attention_with_agent_or_softmax_modules():
     with pytest.raises(KeyError, match="no attention layer"):
         model.replace_attention("levels.9.blocks.0.attn", None)
     model.replace_attention(name, None)
-    model.replace_attention(name, SoftmaxAttention(64, 4))   # a removed slot can get a branch back
+    model.replace_attention(name, SoftmaxAttention(64, 4))  # a removed slot can get a branch back
     assert model.levels[1].blocks[0].norm1 is not None
     model(_x(model)).sum().backward()
     assert new.qkv.weight.grad is None and model.levels[1].blocks[0].attn.qkv.weight.grad is not None

@@ -1,4 +1,5 @@
 """create_model / list_models and the `mer models` command."""
+
 import json
 
 import pytest
@@ -46,14 +47,15 @@ def test_flops_match_a_hand_count():
     import torch
 
     from mer.models.profile import count_flops
+
     m = create_model("htnet_tiny")  # 16px, p2 -> 8x8 tokens, dim 16/32, heads 2/4, depth 1/1, mlp x2
-    macs = 3 * 4 * 16 * 64                       # patch embedding: 64 tokens, 12 -> 16
+    macs = 3 * 4 * 16 * 64  # patch embedding: 64 tokens, 12 -> 16
     for C, N, blocks in ((16, 16, 4), (32, 16, 1)):
         T = N * blocks
-        macs += T * (3 * C * C + C * C + 2 * (2 * C * C))   # qkv, proj, mlp (x2)
-        macs += blocks * 2 * N * N * C                      # q kᵀ and P v over all heads
-    macs += 9 * 16 * 32 * 64                     # aggregate conv 3x3 on the 8x8 map
-    macs += 32 * 3                               # head
+        macs += T * (3 * C * C + C * C + 2 * (2 * C * C))  # qkv, proj, mlp (x2)
+        macs += blocks * 2 * N * N * C  # q kᵀ and P v over all heads
+    macs += 9 * 16 * 32 * 64  # aggregate conv 3x3 on the 8x8 map
+    macs += 32 * 3  # head
     assert count_flops(m, torch.randn(1, 3, 16, 16))["macs"] == macs
 
 
@@ -62,6 +64,7 @@ def test_config_survives_a_json_round_trip():
     import torch
 
     from mer.models import HTNet
+
     m = create_model("htnet_tiny_lape_agent", dropout=0.1)
     cfg = HTNetConfig(**json.loads(json.dumps(m.cfg.to_dict())))
     m2 = HTNet(cfg)

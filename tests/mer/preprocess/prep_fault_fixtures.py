@@ -1,4 +1,5 @@
 """Tiny CASME II trees (dataset crops: no face detection) for the fault-injection tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,17 @@ import cv2
 import openpyxl
 from test_prep_flow import shifted_texture
 
-HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units",
-          "Estimated Emotion"]
+HEADER = [
+    "Subject",
+    "Filename",
+    None,
+    "OnsetFrame",
+    "ApexFrame",
+    "OffsetFrame",
+    None,
+    "Action Units",
+    "Estimated Emotion",
+]
 EMOTIONS = ["happiness", "surprise", "repression", "disgust"]
 
 
@@ -38,8 +48,22 @@ def make_samm_row(root: Path, subj: int, clip: str, onset: int, apex: int, offse
     ws = wb.active
     for i in range(13):
         ws.append([f"SAMM note line {i}"])
-    ws.append(["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
-               "Duration", "Type", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"])
+    ws.append(
+        [
+            "Subject",
+            "Filename",
+            "Inducement Code",
+            "Onset Frame",
+            "Apex Frame",
+            "Offset Frame",
+            "Duration",
+            "Type",
+            "Action Units",
+            "Estimated Emotion",
+            "Objective Classes",
+            "Notes",
+        ]
+    )
     ws.append([subj, clip, 1, onset, apex, offset, offset - onset + 1, "Micro", "R12", "Anger", 1, ""])
     d = root / "SAMM" / f"{subj:03d}" / clip
     d.mkdir(parents=True)

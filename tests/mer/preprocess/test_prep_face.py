@@ -1,4 +1,5 @@
 """Face detection and the raw-frame path on a synthetic portrait (rendered by mer.synth, stored as PNG)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,7 @@ def test_local_motion_lands_in_the_right_place(face):
     bottom-right region tile (detected face box, TV-L1 at face_size 128)."""
     H, W = face.shape
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    bump = np.exp(-((xx - MOUTH_RIGHT[0]) ** 2 + (yy - MOUTH_RIGHT[1]) ** 2) / (2 * 4.0 ** 2))
+    bump = np.exp(-((xx - MOUTH_RIGHT[0]) ** 2 + (yy - MOUTH_RIGHT[1]) ** 2) / (2 * 4.0**2))
     apex = cv2.remap(face, xx - 1.5 * bump, yy, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     f, r, meta = prepare_pair(face, apex, PrepConfig(size=16, face_size=128, flow="tvl1"))
     assert meta["face_source"].startswith("haar frontalface_default")

@@ -1,6 +1,7 @@
 """Fault injection in preprocessing and `mer prepare`: damaged frames, a cache entry copied over
 another key, `--check`, user errors, Ctrl-C with workers. Each case: a one-line message naming the
 problem, the exit status, nothing lost, no wrong number."""
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ def err_lines(capsys):
 
 # ------------------------------------------------------------------------------- damaged frames
 
+
 def test_truncated_apex_is_refused_not_used(root, tmp_path):
     clean = prepare(samples_of(root), FAST, tmp_path / "clean", progress=False)
     cut_to_a_third(frame(root, 2, 2))  # sub02's apex, cut as a partly written file would be
@@ -75,6 +77,7 @@ def test_cli_damaged_frame_one_line_and_warn(root, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------- the cache
+
 
 def test_entry_copied_over_another_key_is_refused(root, tmp_path):
     samples = samples_of(root)
@@ -119,8 +122,9 @@ def test_interrupted_pool_leaves_no_partial_entry(root, tmp_path):
 
 # --------------------------------------------------------------------------------------- --check
 
+
 def test_check_finds_bad_frames_the_pipeline_never_reads(root, tmp_path, capsys):
-    frame(root, 1, 3).write_bytes(b"")   # offset frame: prepare reads only onset and apex
+    frame(root, 1, 3).write_bytes(b"")  # offset frame: prepare reads only onset and apex
     cut_to_a_third(frame(root, 4, 3))
     args = ["prepare", "--dataset", "casme2", "--root", str(root), "--out", str(tmp_path / "c"), *CLI_FAST]
     assert main(args) == 0  # not noticed by preprocessing ...
@@ -133,12 +137,14 @@ def test_check_finds_bad_frames_the_pipeline_never_reads(root, tmp_path, capsys)
 
 
 def test_check_clean_dataset(root, capsys):
-    assert main(["prepare", "--dataset", "casme2", "--root", str(root), "--check", "--no-progress",
-                 "--workers", "2"]) == 0
+    assert (
+        main(["prepare", "--dataset", "casme2", "--root", str(root), "--check", "--no-progress", "--workers", "2"]) == 0
+    )
     assert "checked 12 frames in 4 clip folders: all read completely" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------- user errors
+
 
 def test_cli_user_errors_are_one_line(root, tmp_path, capsys, monkeypatch):
     base = ["prepare", "--dataset", "casme2", *CLI_FAST]
@@ -147,12 +153,16 @@ def test_cli_user_errors_are_one_line(root, tmp_path, capsys, monkeypatch):
     cases = [
         (base + ["--root", str(tmp_path / "nope"), "--out", out], "root .*nope is not a folder"),
         (base + ["--root", str(root), "--out", str(tmp_path / "afile")], "is a file, not a folder"),
-        (base + ["--root", str(root), "--out", str(tmp_path / "afile" / "sub")],
-         "is a file, not a folder|cannot write"),
+        (
+            base + ["--root", str(root), "--out", str(tmp_path / "afile" / "sub")],
+            "is a file, not a folder|cannot write",
+        ),
         (base + ["--root", str(root)], "--out is required"),
         (base + ["--root", str(root), "--out", out, "--size", "7"], "size must be an even number"),
-        (base + ["--root", str(root), "--out", out, "--errata", str(tmp_path / "none.csv")],
-         "cannot read the errata table"),
+        (
+            base + ["--root", str(root), "--out", out, "--errata", str(tmp_path / "none.csv")],
+            "cannot read the errata table",
+        ),
     ]
     for argv, pattern in cases:
         assert main(argv) == 2, argv
@@ -176,16 +186,25 @@ def test_cli_unwritable_out(root, tmp_path, capsys, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)  # (tests run as root: chmod would not stop us)
-    assert main(["prepare", "--dataset", "casme2", "--root", str(root), "--out", str(tmp_path / "c"),
-                 *CLI_FAST]) == 2
+    assert main(["prepare", "--dataset", "casme2", "--root", str(root), "--out", str(tmp_path / "c"), *CLI_FAST]) == 2
     errors, _ = err_lines(capsys)
     assert len(errors) == 1 and "cannot write to --out" in errors[0] and "Permission denied" in errors[0]
 
 
 def test_cli_errata_option(tmp_path, capsys):
     root = make_samm_row(tmp_path / "samm", 28, "028_4_1", 1100, 1143, 1134)
-    args = ["prepare", "--dataset", "samm", "--root", str(root), "--out", str(tmp_path / "c"), *CLI_FAST,
-            "--face", "full"]
+    args = [
+        "prepare",
+        "--dataset",
+        "samm",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "c"),
+        *CLI_FAST,
+        "--face",
+        "full",
+    ]
     assert main(args) == 0
     cap = capsys.readouterr()
     notes = [ln for ln in cap.err.splitlines() if "errata" in ln]
@@ -199,6 +218,7 @@ def test_cli_errata_option(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ Ctrl-C
+
 
 @pytest.mark.slow
 def test_ctrl_c_with_workers_stops_within_a_second(tmp_path):
@@ -240,8 +260,21 @@ def test_ctrl_c_with_workers_stops_within_a_second(tmp_path):
 
 def test_show_sample_errors_are_one_line(root, tmp_path, capsys):
     cut_to_a_third(frame(root, 1, 2))
-    argv = ["show-sample", "--dataset", "casme2", "--root", str(root), "--index", "0", "--out",
-            str(tmp_path / "s.png"), "--flow", "dis", "--face-size", "56"]
+    argv = [
+        "show-sample",
+        "--dataset",
+        "casme2",
+        "--root",
+        str(root),
+        "--index",
+        "0",
+        "--out",
+        str(tmp_path / "s.png"),
+        "--flow",
+        "dis",
+        "--face-size",
+        "56",
+    ]
     assert main(argv) == 2
     errors, _ = err_lines(capsys)
     assert len(errors) == 1 and "reg_img2.jpg: truncated JPEG" in errors[0]

@@ -1,4 +1,5 @@
 """Optical flow methods recover a known sub-pixel translation of a textured image."""
+
 from __future__ import annotations
 
 import cv2

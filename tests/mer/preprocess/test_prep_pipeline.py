@@ -1,4 +1,5 @@
 """The batch pipeline: outputs and units, regions, cache hits/invalidation, interrupted writes, workers."""
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def make_samples(root: Path, n=3, dx=0.8, size=80) -> list[Sample]:
             p = d / f"reg_img{10 + k}.png"
             cv2.imwrite(str(p), img)
             paths.append(str(p))
-        out.append(Sample("casme2", f"sub{i:02d}", "EP01", tuple(paths), 10, 12, 13, label=i % 3,
-                          cropped=True, root=str(root)))
+        out.append(
+            Sample("casme2", f"sub{i:02d}", "EP01", tuple(paths), 10, 12, 13, label=i % 3, cropped=True, root=str(root))
+        )
     return out
 
 
@@ -59,8 +61,7 @@ def test_outputs_shapes_units_and_meta(tmp_path):
 
 def test_motion_compensation_cancels_global_shift(tmp_path):
     samples = make_samples(tmp_path / "data", n=1, dx=1.0)
-    ps = prepare(samples, PrepConfig(**{**FAST.to_dict(), "motion_compensation": True}), tmp_path / "c",
-                 progress=False)
+    ps = prepare(samples, PrepConfig(**{**FAST.to_dict(), "motion_compensation": True}), tmp_path / "c", progress=False)
     assert abs(np.median(ps.face[0, 0])) < 0.02
     assert ps.meta[0]["motion_compensation"]["subtracted"][0] == pytest.approx(0.8, abs=0.1)
 
@@ -70,7 +71,7 @@ def test_region_tiling_layout():
     maps = np.zeros((3, F, F), np.float32)
     pts = np.array([[16, 16], [48, 16], [16, 48], [48, 48]], float)
     for k, (x, y) in enumerate(pts):
-        maps[:, int(y) - 16:int(y) + 16, int(x) - 16:int(x) + 16] = k + 1
+        maps[:, int(y) - 16 : int(y) + 16, int(x) - 16 : int(x) + 16] = k + 1
     boxes = window_boxes(pts, F)
     assert boxes == [(0, 0, 32, 32), (32, 0, 32, 32), (0, 32, 32, 32), (32, 32, 32, 32)]
     out = tile_regions(maps, boxes, 8)
@@ -100,8 +101,13 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     monkeypatch.setattr(pipe, "process_sample", lambda *a: calls.append(a) or real(*a))
     again = prepare(samples, FAST, tmp_path / "c", progress=False)
     assert calls == [] and np.array_equal(first.face, again.face)
-    for change in [{"size": 8}, {"flow": "farneback"}, {"face_margin": 0.2}, {"motion_compensation": True},
-                   {"smic_apex": "max_diff"}]:
+    for change in [
+        {"size": 8},
+        {"flow": "farneback"},
+        {"face_margin": 0.2},
+        {"motion_compensation": True},
+        {"smic_apex": "max_diff"},
+    ]:
         calls.clear()
         out = prepare(samples, PrepConfig(**{**FAST.to_dict(), **change}), tmp_path / "c", progress=False)
         assert len(calls) == 2, change
@@ -170,8 +176,9 @@ def test_apex_rules(tmp_path):
     est = Sample(**{**s.__dict__, "apex": 11, "apex_is_estimated": True})
 
     def meta(rule):
-        return prepare([est], PrepConfig(**{**FAST.to_dict(), "smic_apex": rule}), tmp_path / "c",
-                       progress=False).meta[0]["apex"]
+        return prepare([est], PrepConfig(**{**FAST.to_dict(), "smic_apex": rule}), tmp_path / "c", progress=False).meta[
+            0
+        ]["apex"]
 
     assert meta("sample") == 11 and meta("middle") == 11 and meta("max_diff") == 12
 

@@ -1,4 +1,5 @@
 """Fixtures for the synthetic-data tests: one tiny dataset generated per session."""
+
 from __future__ import annotations
 
 import time

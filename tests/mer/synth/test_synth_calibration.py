@@ -1,5 +1,6 @@
 """Calibration statistics (mer.synth.calibrate) on constructed maps, and the synthetic source of the linear
 floor end to end on the tiny synthetic set (prepared like `mer train --data` prepares it)."""
+
 from __future__ import annotations
 
 import json
@@ -81,13 +82,32 @@ def test_synth_source_and_floor_end_to_end(tiny, tmp_path):
     d = describe(mm.x["flow"], mm.y, mm.datasets, mm.subjects, x_raw=fs.x["flow"])
     assert d["n"] == n and "casme2/negative" in d["per_dataset_class"]
     assert d["per_dataset_class"]["casme2/negative"]["raw_mean_abs"]["u"] > 0
-    rc = cli.main(["--synth", str(out), "--flow", "dis", "--cache", str(cache), "--input", "flow,tiles",
-                   "--protocol", "loso,holdout-dataset", "--out", str(tmp_path / "floor"), "--no-progress"])
+    rc = cli.main(
+        [
+            "--synth",
+            str(out),
+            "--flow",
+            "dis",
+            "--cache",
+            str(cache),
+            "--input",
+            "flow,tiles",
+            "--protocol",
+            "loso,holdout-dataset",
+            "--out",
+            str(tmp_path / "floor"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     rep = json.loads((tmp_path / "floor" / "linear_floor.json").read_text())
     assert rep["source"]["kind"] == "synth" and rep["source"]["prep"]["flow"] == "dis"
     assert [(r["input"], r["protocol"], r["runs"][0]["n_folds"]) for r in rep["results"]] == [
-        ("flow", "loso", 6), ("flow", "holdout-dataset", 3), ("tiles", "loso", 6), ("tiles", "holdout-dataset", 3)]
+        ("flow", "loso", 6),
+        ("flow", "holdout-dataset", 3),
+        ("tiles", "loso", 6),
+        ("tiles", "holdout-dataset", 3),
+    ]
 
 
 def test_default_difficulty_is_the_calibrated_level():

@@ -1,4 +1,5 @@
 """The package's default face detector finds the synthetic faces in raw frames (>= 95% of clips)."""
+
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,5 @@
 """Generating the tiny preset: native layouts, annotation formats, determinism, speed."""
+
 from __future__ import annotations
 
 import csv
@@ -14,8 +15,11 @@ from mer.synth.plan import make_plan
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_tiny_preset_size(tiny):
@@ -55,9 +59,11 @@ def test_layouts(tiny):
     assert cv2.imread(str(c2[0]), cv2.IMREAD_UNCHANGED).shape == (280, 320, 3)
     # frames exist exactly for onset..offset of every clip
     for p in make_plan(SynthConfig(preset="tiny")):
-        folder = {"casme2": out / "casme2" / "CASME2_RAW_selected" / p.native_subject / p.native_clip,
-                  "samm": out / "samm" / "SAMM" / p.native_subject / p.native_clip,
-                  "smic": out / "smic" / "HS" / p.native_subject / "micro" / p.emotion / p.native_clip}[p.dataset]
+        folder = {
+            "casme2": out / "casme2" / "CASME2_RAW_selected" / p.native_subject / p.native_clip,
+            "samm": out / "samm" / "SAMM" / p.native_subject / p.native_clip,
+            "smic": out / "smic" / "HS" / p.native_subject / "micro" / p.emotion / p.native_clip,
+        }[p.dataset]
         nums = sorted(int(re.search(r"(\d+)\.\w+$", f.name).group(1)) for f in folder.iterdir())
         assert nums == list(range(p.onset, p.offset + 1)), p
 
@@ -68,8 +74,17 @@ def test_casme2_annotation_format(tiny):
     out, _, _ = tiny
     ws = openpyxl.load_workbook(out / "casme2" / "CASME2-coding-20140508.xlsx").active
     rows = list(ws.iter_rows(values_only=True))
-    assert rows[0] == ("Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None,
-                       "Action Units", "Estimated Emotion")
+    assert rows[0] == (
+        "Subject",
+        "Filename",
+        None,
+        "OnsetFrame",
+        "ApexFrame",
+        "OffsetFrame",
+        None,
+        "Action Units",
+        "Estimated Emotion",
+    )
     body = rows[1:]
     assert all(isinstance(r[0], int) for r in body) and {r[0] for r in body} == {1, 2}
     assert sum(r[4] == "/" for r in body) == 1
@@ -85,8 +100,20 @@ def test_samm_annotation_format(tiny):
     rows = list(ws.iter_rows(values_only=True))
     header = [i for i, r in enumerate(rows) if r[0] == "Subject"]
     assert header == [13]  # 13 note rows above the header
-    assert rows[13] == ("Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame",
-                        "Duration", "Type", "Action Units", "Estimated Emotion", "Objective Classes", "Notes")
+    assert rows[13] == (
+        "Subject",
+        "Filename",
+        "Inducement Code",
+        "Onset Frame",
+        "Apex Frame",
+        "Offset Frame",
+        "Duration",
+        "Type",
+        "Action Units",
+        "Estimated Emotion",
+        "Objective Classes",
+        "Notes",
+    )
     body = rows[14:]
     assert {r[9] for r in body} <= {"Anger", "Contempt", "Disgust", "Fear", "Sadness", "Happiness", "Surprise", "Other"}
     assert sum(r[4] == -1 for r in body) == 1

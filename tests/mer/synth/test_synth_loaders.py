@@ -1,4 +1,5 @@
 """The generated data through the package's loaders (mer.data): parsed and validated, 0 problems."""
+
 from __future__ import annotations
 
 import csv
@@ -33,8 +34,13 @@ def test_each_dataset_loads_without_problems(tiny, ds, n, others):
 
 def test_composite_with_generated_list(tiny):
     out, _, _ = tiny
-    samples, notes = _load(megc2019_composite, casme2=out / "casme2", samm=out / "samm", smic=out / "smic",
-                           sample_list=out / "megc2019_composite.csv")
+    samples, notes = _load(
+        megc2019_composite,
+        casme2=out / "casme2",
+        samm=out / "samm",
+        smic=out / "smic",
+        sample_list=out / "megc2019_composite.csv",
+    )
     with open(out / "megc2019_composite.csv", newline="") as f:
         rows = [(r["dataset"], r["subject"], r["clip"], int(r["label"])) for r in csv.DictReader(f)]
     assert [(s.dataset, s.subject, s.clip, s.label) for s in samples] == rows

@@ -1,4 +1,5 @@
 """The generation plan: the composite's structure, vocabularies and determinism (no rendering)."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -10,11 +11,16 @@ from mer.synth.plan import make_plan, read_list
 
 CLASS_COUNTS = {"casme2": {0: 88, 1: 32, 2: 25}, "samm": {0: 92, 1: 26, 2: 15}, "smic": {0: 70, 1: 51, 2: 43}}
 SUBJECTS = {"casme2": 24, "samm": 28, "smic": 16}
-VOCAB = {"casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
-         "samm": {"Anger", "Contempt", "Disgust", "Fear", "Sadness", "Happiness", "Surprise", "Other"},
-         "smic": {"negative", "positive", "surprise"}}
-NEGATIVE = {"casme2": {"disgust", "repression", "fear", "sadness"},
-            "samm": {"Anger", "Contempt", "Disgust", "Fear", "Sadness"}, "smic": {"negative"}}
+VOCAB = {
+    "casme2": {"happiness", "surprise", "disgust", "repression", "others", "fear", "sadness"},
+    "samm": {"Anger", "Contempt", "Disgust", "Fear", "Sadness", "Happiness", "Surprise", "Other"},
+    "smic": {"negative", "positive", "surprise"},
+}
+NEGATIVE = {
+    "casme2": {"disgust", "repression", "fear", "sadness"},
+    "samm": {"Anger", "Contempt", "Disgust", "Fear", "Sadness"},
+    "smic": {"negative"},
+}
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """Fixtures of the training tests: a tiny synthetic composite (generated once per session), a shared
 preprocessing cache and a helper that builds small TrainConfigs of the tiny registered model."""
+
 from __future__ import annotations
 
 import os
@@ -34,9 +35,18 @@ def make_cfg(synth_tiny, prep_cache, tmp_path):
     from mer.train import TrainConfig
 
     def make(**kw):
-        base = dict(data=str(synth_tiny), protocol="loso", model=TINY_MODEL, epochs=2, batch_size=8, lr=3e-3,
-                    prep=PrepConfig(flow="farneback", size=SIZE), out=str(tmp_path / "run"),
-                    cache_dir=str(prep_cache), progress=False)
+        base = dict(
+            data=str(synth_tiny),
+            protocol="loso",
+            model=TINY_MODEL,
+            epochs=2,
+            batch_size=8,
+            lr=3e-3,
+            prep=PrepConfig(flow="farneback", size=SIZE),
+            out=str(tmp_path / "run"),
+            cache_dir=str(prep_cache),
+            progress=False,
+        )
         base.update(kw)
         return TrainConfig(**base)
 

@@ -7,6 +7,7 @@ MER_TEST_FAULT="SIGNAL:RANK:GLOB" (e.g. "KILL:1:folds/001-*/last.pt") in the env
 of torchrun rank RANK ("*": any) sends itself SIGSIGNAL on its first training step after GLOB matches a
 file under MER_TEST_FAULT_DIR (the run directory): e.g. after fold 1 wrote its first epoch checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,6 +24,7 @@ def tiny(**kwargs):
         sig, rank, pattern = cue.split(":", 2)
         root = Path(os.environ["MER_TEST_FAULT_DIR"])
         if rank in ("*", os.environ.get("RANK", "0")):
+
             def pull_the_plug(module, args):
                 if module.training and any(root.glob(pattern)):
                     os.kill(os.getpid(), getattr(signal, "SIG" + sig))

@@ -1,5 +1,6 @@
 """mer.train.batched: several folds in one vmapped step give what each fold gives alone (the serial
 path, mer.train.loop, is the reference); its Adam and loss against torch's."""
+
 import json
 from pathlib import Path
 
@@ -74,8 +75,10 @@ def test_folds_trained_together_equal_folds_trained_alone(make_cfg, tmp_path, on
         b = json.loads((tmp_path / "together" / "folds" / d.name / "history.json").read_text())
         assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
         np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=1e-4)
-    sizes = {len(json.loads((d / "result.json").read_text())["split"]["fit"])
-             for d in (tmp_path / "alone" / "folds").iterdir()}
+    sizes = {
+        len(json.loads((d / "result.json").read_text())["split"]["fit"])
+        for d in (tmp_path / "alone" / "folds").iterdir()
+    }
     assert len(sizes) > 1  # the folds really had different training-set sizes
 
 
@@ -83,6 +86,7 @@ def _kill_at(epoch: int, index: int):
     def kill(task, state):
         if state.epoch == epoch and task.index == index:
             raise KeyboardInterrupt
+
     return kill
 
 
@@ -118,8 +122,11 @@ def test_a_batched_fold_with_a_damaged_checkpoint_resumes_from_the_previous_one(
         run_training(cfg, on_epoch_end=_kill_at(2, 2))
     damaged = sorted((tmp_path / "killed" / "folds").glob("*/last.pt"))[1]
     damaged.write_bytes(damaged.read_bytes()[:100])
-    with pytest.warns(RecoveryWarning, match=r"last\.pt .*does not load.*resumes from the previous checkpoint "
-                      r"last\.prev\.pt \(epoch 1\)"):
+    with pytest.warns(
+        RecoveryWarning,
+        match=r"last\.pt .*does not load.*resumes from the previous checkpoint "
+        r"last\.prev\.pt \(epoch 1\)",
+    ):
         run_training(cfg)
     assert (damaged.parent / "last.pt.damaged").exists()
     assert "last.prev.pt (epoch 1)" in (tmp_path / "killed" / "events.log").read_text()

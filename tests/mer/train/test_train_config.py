@@ -1,4 +1,5 @@
 """TrainConfig validation and round trip, protocol parsing, the run directory's config check."""
+
 import json
 
 import numpy as np
@@ -18,17 +19,20 @@ def test_round_trip_and_runtime_fields_ignored():
     assert cfg.diff(cfg.replace(lr=0.5)) == ["lr: 0.001 -> 0.5"]
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(selection="best"), "selection must be"),
-    (dict(preset="fast"), "preset must be"),
-    (dict(fold_batch=0), "fold_batch"),
-    (dict(input="eyes"), "input must be"),
-    (dict(protocol="loo"), "protocol must be"),
-    (dict(protocol="kfold:1"), "K >= 2"),
-    (dict(data="a", casme2="b"), "one data source"),
-    (dict(dataset="casme3"), "needs --root"),
-    (dict(augment_ratio="lots"), "augment_ratio"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(selection="best"), "selection must be"),
+        (dict(preset="fast"), "preset must be"),
+        (dict(fold_batch=0), "fold_batch"),
+        (dict(input="eyes"), "input must be"),
+        (dict(protocol="loo"), "protocol must be"),
+        (dict(protocol="kfold:1"), "K >= 2"),
+        (dict(data="a", casme2="b"), "one data source"),
+        (dict(dataset="casme3"), "needs --root"),
+        (dict(augment_ratio="lots"), "augment_ratio"),
+    ],
+)
 def test_invalid_configs_say_what_is_wrong(kw, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kw)
@@ -53,16 +57,32 @@ def test_oracle_is_labelled():
 def test_presets_are_overridden_by_given_options():
     rel = TrainConfig.from_preset("release")
     assert (rel.model, rel.lr, rel.batch_size, rel.epochs, rel.class_weights, rel.shuffle, rel.normalize) == (
-        "htnet_original", 5e-5, 256, 800, "none", False, "none")
+        "htnet_original",
+        5e-5,
+        256,
+        800,
+        "none",
+        False,
+        "none",
+    )
     assert rel.preset == "release" and rel.selection == "fixed"
     mine = TrainConfig.from_preset("release", epochs=5, selection="oracle-release")
     assert (mine.epochs, mine.lr, mine.selection) == (5, 5e-5, "oracle-release")
     paper = TrainConfig.from_preset("paper")
     assert paper.augment == "ddpm" and "lape" in paper.model_kwargs["pos"][0]
     assert TrainConfig.from_preset() == TrainConfig()
-    assert rel.diff(TrainConfig.from_preset("none", **{k: getattr(rel, k) for k in
-                                                         ("model", "lr", "batch_size", "epochs", "class_weights",
-                                                          "shuffle", "normalize")})) == []  # the name is provenance
+    assert (
+        rel.diff(
+            TrainConfig.from_preset(
+                "none",
+                **{
+                    k: getattr(rel, k)
+                    for k in ("model", "lr", "batch_size", "epochs", "class_weights", "shuffle", "normalize")
+                },
+            )
+        )
+        == []
+    )  # the name is provenance
 
 
 def test_old_run_configs_still_load():

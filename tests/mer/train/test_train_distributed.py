@@ -1,5 +1,6 @@
 """The torchrun path: 2 CPU processes (gloo) shard the folds and merge into one run directory, with the
 same predictions as a single-process run."""
+
 import json
 import subprocess
 import sys
@@ -11,16 +12,42 @@ from mer.train import run_training
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_merge_into_one_run(make_cfg, synth_tiny, prep_cache, tmp_path, subprocess_env,
-                                                   one_thread):
+def test_torchrun_two_processes_merge_into_one_run(
+    make_cfg, synth_tiny, prep_cache, tmp_path, subprocess_env, one_thread
+):
     single = make_cfg(out=str(tmp_path / "single"))
     ref = run_training(single)  # also fills the preprocessing cache
     out = tmp_path / "dist"
     # --standalone: torchrun picks a free port itself (a port probed here could be taken before it binds)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "mer", "train", "--data", str(synth_tiny), "--model", single.model, "--epochs", "2",
-           "--batch-size", "8", "--lr", str(single.lr), "--flow", "farneback", "--size", str(single.prep.size),
-           "--cache", str(prep_cache), "--out", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mer",
+        "train",
+        "--data",
+        str(synth_tiny),
+        "--model",
+        single.model,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        str(single.lr),
+        "--flow",
+        "farneback",
+        "--size",
+        str(single.prep.size),
+        "--cache",
+        str(prep_cache),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     p = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     threads = set()

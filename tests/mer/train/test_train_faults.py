@@ -10,6 +10,7 @@ a finished fold (missing, truncated, duplicated predictions, damaged result.json
 a truncated checkpoint; and the rows handled before, end to end here: SIGKILL and SIGINT mid-fold, a
 torchrun rank killed, damaged entries of the preprocessing cache.
 """
+
 from __future__ import annotations
 
 import errno
@@ -46,19 +47,52 @@ def kill_after(fold: int, epoch: int):
     def callback(task, state):
         if task.index == fold and state.epoch == epoch:
             raise Killed(f"fold {fold} killed after epoch {epoch}")
+
     return callback
 
 
 def make(data, cache, out, **kw) -> TrainConfig:
-    base = dict(data=str(data), protocol=PROTOCOL, model="htnet_tiny", epochs=EPOCHS, batch_size=8, lr=3e-3,
-                prep=PrepConfig(flow="farneback", size=SIZE), out=str(out), cache_dir=str(cache), progress=False)
+    base = dict(
+        data=str(data),
+        protocol=PROTOCOL,
+        model="htnet_tiny",
+        epochs=EPOCHS,
+        batch_size=8,
+        lr=3e-3,
+        prep=PrepConfig(flow="farneback", size=SIZE),
+        out=str(out),
+        cache_dir=str(cache),
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
 def train_args(data, cache, out, *extra, model="htnet_tiny") -> list[str]:
-    return ["train", "--data", str(data), "--protocol", PROTOCOL, "--model", model, "--epochs", str(EPOCHS),
-            "--batch-size", "8", "--lr", "3e-3", "--flow", "farneback", "--size", str(SIZE), "--cache", str(cache),
-            "--out", str(out), "--no-progress", *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--protocol",
+        PROTOCOL,
+        "--model",
+        model,
+        "--epochs",
+        str(EPOCHS),
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--flow",
+        "farneback",
+        "--size",
+        str(SIZE),
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def cli(args, capsys):
@@ -121,6 +155,7 @@ def apex_file(cfg: TrainConfig, index: int) -> tuple[str, Path]:
 
 # ----------------------------------------------------------------------------------------- the run lock
 
+
 def test_a_second_train_into_the_same_out_is_refused(synth_tiny, prep_cache, tmp_path, capsys):
     out = tmp_path / "run"
     with RunLock(out, command="mer train (the first one)"):
@@ -140,8 +175,11 @@ def test_a_stale_lock_is_taken_over_with_a_notice(synth_tiny, prep_cache, tmp_pa
     out.mkdir()
     gone = subprocess.Popen(["true"])
     gone.wait()
-    (out / LOCK_NAME).write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname(),
-                                             "started": time.time() - 3600, "command": "mer train"}))
+    (out / LOCK_NAME).write_text(
+        json.dumps(
+            {"pid": gone.pid, "host": socket.gethostname(), "started": time.time() - 3600, "command": "mer train"}
+        )
+    )
     rc, _, err = cli(train_args(synth_tiny, prep_cache, out), capsys)
     assert rc == 0, err
     notices = [ln for ln in err.splitlines() if ln.startswith("notice:")]
@@ -151,6 +189,7 @@ def test_a_stale_lock_is_taken_over_with_a_notice(synth_tiny, prep_cache, tmp_pa
 
 
 # ------------------------------------------------------------------------------------ --on-error
+
 
 def test_on_error_raise_names_the_frame_and_warn_excludes_it(data_copy, prep_cache, tmp_path, capsys):
     out = tmp_path / "run"
@@ -189,6 +228,7 @@ def test_on_prep_error_still_parses():
 
 
 # ------------------------------------------------------------------------- inputs changed on resume
+
 
 def test_inputs_changed_between_a_kill_and_the_rerun(data_copy, prep_cache, tmp_path, capsys, reference):
     out = tmp_path / "run"
@@ -232,6 +272,7 @@ def test_inputs_changed_between_a_kill_and_the_rerun(data_copy, prep_cache, tmp_
 
 # --------------------------------------------------------------------------- damaged checkpoints
 
+
 def test_damaged_last_pt_resumes_from_the_previous_checkpoint(synth_tiny, prep_cache, tmp_path, reference):
     out = tmp_path / "run"
     cfg = make(synth_tiny, prep_cache, out)
@@ -240,8 +281,11 @@ def test_damaged_last_pt_resumes_from_the_previous_checkpoint(synth_tiny, prep_c
     f1 = fold_dirs(out)[1]
     assert (f1 / "last.pt").exists() and (f1 / "last.prev.pt").exists()
     cut_to_a_third(f1 / "last.pt")
-    with pytest.warns(RecoveryWarning, match=r"last\.pt \(.*kept as last\.pt\.damaged\) does not load: the fold "
-                                             r"resumes from the previous checkpoint last\.prev\.pt \(epoch 1\)"):
+    with pytest.warns(
+        RecoveryWarning,
+        match=r"last\.pt \(.*kept as last\.pt\.damaged\) does not load: the fold "
+        r"resumes from the previous checkpoint last\.prev\.pt \(epoch 1\)",
+    ):
         run_training(cfg)
     assert preds(out) == preds(reference)
     assert not (f1 / "last.pt").exists() and not (f1 / "last.prev.pt").exists() and (f1 / "last.pt.damaged").exists()
@@ -266,6 +310,7 @@ def test_no_loadable_checkpoint_restarts_the_fold(synth_tiny, prep_cache, tmp_pa
 
 
 # ---------------------------------------------------------------------- damaged finished-fold outputs
+
 
 def _damage(fold: Path, how: str) -> str:
     p = fold / "predictions.csv"
@@ -306,6 +351,7 @@ def test_damaged_fold_outputs(how, synth_tiny, prep_cache, tmp_path, capsys, ref
 
 
 # ----------------------------------------------------------------------------- unwritable folders
+
 
 def test_unwritable_out_or_cache_is_one_line(synth_tiny, prep_cache, tmp_path, capsys, monkeypatch):
     import tempfile
@@ -354,6 +400,7 @@ def test_full_disk_while_a_fold_writes(synth_tiny, prep_cache, tmp_path, capsys,
 
 # ----------------------------------------------------------------------------------- mer predict
 
+
 def test_predict_faults_are_one_line(synth_tiny, reference, tmp_path, capsys):
     import torch
 
@@ -367,8 +414,10 @@ def test_predict_faults_are_one_line(synth_tiny, reference, tmp_path, capsys):
     ck = torch.load(model, weights_only=True)
     foreign = dict(ck, state_dict={"backbone." + k: v for k, v in ck["state_dict"].items()})
     torch.save(foreign, tmp_path / "foreign.pt")
-    reshaped = dict(ck, state_dict={k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if v.ndim else v
-                                    for k, v in ck["state_dict"].items()})
+    reshaped = dict(
+        ck,
+        state_dict={k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) if v.ndim else v for k, v in ck["state_dict"].items()},
+    )
     torch.save(reshaped, tmp_path / "reshaped.pt")
     torch.save({k: v for k, v in ck.items() if k != "norm_std"}, tmp_path / "incomplete.pt")
     (tmp_path / "cut.pt").write_bytes(model.read_bytes()[:4000])
@@ -389,6 +438,7 @@ def test_predict_faults_are_one_line(synth_tiny, reference, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------- rows handled before, end to end
+
 
 def test_damaged_cache_entries_do_not_change_the_result(synth_tiny, tmp_path, capsys, reference):
     # A fresh cache holding exactly this run's entries: the session-wide prep_cache also holds other tests'
@@ -436,8 +486,16 @@ def test_killed_or_interrupted_mid_fold_resumes_exactly(sig, synth_tiny, prep_ca
 @pytest.mark.slow
 def test_torchrun_rank_killed_then_rerun(synth_tiny, prep_cache, tmp_path, reference):
     out = tmp_path / "dist"
-    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "mer",
-            *train_args(synth_tiny, prep_cache, out, model="fault_models:tiny")]
+    args = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "mer",
+        *train_args(synth_tiny, prep_cache, out, model="fault_models:tiny"),
+    ]
     cue = _env(MER_TEST_FAULT="KILL:1:folds/001-*/last.pt", MER_TEST_FAULT_DIR=str(out))
     p = subprocess.run(args, env=cue, capture_output=True, text=True, timeout=180)
     assert p.returncode != 0 and not (out / "metrics.json").exists()

@@ -1,5 +1,6 @@
 """No held-out subject's sample reaches training, normalisation, validation, augmentation or model
 selection: asserted on the indices the fold loop actually read (result.json 'indices_used')."""
+
 import json
 from pathlib import Path
 
@@ -41,8 +42,13 @@ def _check_no_leak(run: Path, expect: set) -> None:
 
 @pytest.mark.slow
 def test_fixed_budget_and_val_selection_and_ddpm_never_touch_the_held_out_subject(make_cfg):
-    cfg = make_cfg(selection="val", val_fraction=0.25, augment="ddpm", augment_ratio="0.5",
-                   ddpm={"train_steps": 2, "base_channels": 4, "emb_dim": 8, "sample_steps": 2})
+    cfg = make_cfg(
+        selection="val",
+        val_fraction=0.25,
+        augment="ddpm",
+        augment_ratio="0.5",
+        ddpm={"train_steps": 2, "base_channels": 4, "emb_dim": 8, "sample_steps": 2},
+    )
     m = run_training(cfg)
     run = Path(cfg.out)
     _check_no_leak(run, {"fit", "norm", "val", "augment", "predict"})

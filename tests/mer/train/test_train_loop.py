@@ -1,5 +1,6 @@
 """mer.train.loop's pieces: batch order (shuffled or the release's unshuffled label order), class weights from
 real labels only, the selection rules (validation keeps the first best epoch, oracle-release the latest)."""
+
 import numpy as np
 
 from mer.train import TrainConfig
@@ -21,9 +22,23 @@ def test_epoch_order_shuffles_per_epoch_or_groups_by_label():
 def test_class_weights_come_from_the_real_samples_only():
     y_real = np.array([0] * 6 + [1] * 2 + [2] * 2)
     y_fit = np.concatenate([y_real, [1] * 4, [2] * 4])  # DDPM samples balancing the classes
-    data = FoldArrays(fit=np.arange(10), val=np.zeros(0, np.int64), test=np.zeros(0, np.int64), x_fit=None,
-                      y_fit=y_fit, x_val=None, y_val=None, x_sel=None, y_sel=None, x_test=None, mean=None, std=None,
-                      n_real=10, n_generated=8, log=IndexLog())
+    data = FoldArrays(
+        fit=np.arange(10),
+        val=np.zeros(0, np.int64),
+        test=np.zeros(0, np.int64),
+        x_fit=None,
+        y_fit=y_fit,
+        x_val=None,
+        y_val=None,
+        x_sel=None,
+        y_sel=None,
+        x_test=None,
+        mean=None,
+        std=None,
+        n_real=10,
+        n_generated=8,
+        log=IndexLog(),
+    )
     w = fold_class_weights(data, TrainConfig())
     np.testing.assert_allclose(w.numpy(), [10 / 18, 10 / 6, 10 / 6], rtol=1e-6)
     assert fold_class_weights(data, TrainConfig(class_weights="none")) is None

@@ -1,5 +1,6 @@
 """`mer train --data htnet-release:PATH`: the HTNet release's images, tiles and folds as a data source, on a
 small folder in the release's layout (and on the real copy when MER_HTNET_RELEASE points at it)."""
+
 import csv
 import json
 import os
@@ -31,10 +32,14 @@ def release_dir(tmp_path_factory) -> Path:
                 clip = f"{sub}_c{k}"
                 flow_name = f"{sub}_{clip} .png"
                 face_name = f"{sub}_{clip}.jpg"
-                cv2.imwrite(str(root / "STSNet_whole_norm_u_v_os" / flow_name),
-                            rng.integers(0, 256, (28, 28, 3), dtype=np.uint8))
-                cv2.imwrite(str(root / "combined_datasets_whole" / face_name),
-                            rng.integers(0, 256, (224, 224, 3), dtype=np.uint8))
+                cv2.imwrite(
+                    str(root / "STSNet_whole_norm_u_v_os" / flow_name),
+                    rng.integers(0, 256, (28, 28, 3), dtype=np.uint8),
+                )
+                cv2.imwrite(
+                    str(root / "combined_datasets_whole" / face_name),
+                    rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+                )
                 rows.append([ds, sub, clip, k, "", face_name, ""])
                 folds.append(f"{sub}/u_test/{k}/{flow_name}")
     with open(root / "combined_3_class2_for_optical_flow.csv", "w", newline="") as f:
@@ -57,8 +62,15 @@ def subset_loader(monkeypatch):
 
 
 def cfg_for(release_dir, tmp_path, **kw) -> TrainConfig:
-    base = dict(data=f"htnet-release:{release_dir}", model="htnet_tiny", model_kwargs={"image_size": 28}, epochs=2,
-                batch_size=8, out=str(tmp_path / "run"), progress=False)
+    base = dict(
+        data=f"htnet-release:{release_dir}",
+        model="htnet_tiny",
+        model_kwargs={"image_size": 28},
+        epochs=2,
+        batch_size=8,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -96,8 +108,11 @@ def test_loso_and_holdout_dataset_runs(release_dir, tmp_path, subset_loader, one
 
     from mer.esaat import ESAATConfig, FinetuneConfig, prune_run  # ESAAT works on a release run too
 
-    summary = prune_run(tmp_path / "loso", ESAATConfig(remove=1, calib_size=8, finetune=FinetuneConfig(
-        epochs=1, fade_epochs=0, batch_size=8)), progress=False)
+    summary = prune_run(
+        tmp_path / "loso",
+        ESAATConfig(remove=1, calib_size=8, finetune=FinetuneConfig(epochs=1, fade_epochs=0, batch_size=8)),
+        progress=False,
+    )
     assert summary["folds"] == 6 and all(len(f["removed"]) == 1 for f in summary["per_fold"])
 
     from mer.train.predict import PredictError, load_checkpoint, predict_pair
@@ -107,8 +122,11 @@ def test_loso_and_holdout_dataset_runs(release_dir, tmp_path, subset_loader, one
         predict_pair([model], "a.png", "b.png")
 
 
-@pytest.mark.skipif(not os.environ.get("MER_HTNET_RELEASE"), reason="set MER_HTNET_RELEASE to the HTNet release "
-                    "folder (e.g. ../shared/data/htnet_release) to test on the real composite")
+@pytest.mark.skipif(
+    not os.environ.get("MER_HTNET_RELEASE"),
+    reason="set MER_HTNET_RELEASE to the HTNet release "
+    "folder (e.g. ../shared/data/htnet_release) to test on the real composite",
+)
 def test_the_real_release():
     cfg = TrainConfig(data="htnet-release:" + os.environ["MER_HTNET_RELEASE"], out="unused")
     inputs = load_inputs(cfg)
@@ -129,13 +147,36 @@ def test_the_gpu_script_at_a_tiny_size_on_the_cpu(release_dir, tmp_path, subset_
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "gpu"
-    rc = script.main(["--release", str(release_dir), "--out", str(out), "--device", "cpu", "--model", "htnet_tiny",
-                      "--model-arg", "image_size=28", "--epochs", "2", "--fold-batch", "3",
-                      "--matmul-precision", "highest"])
+    rc = script.main(
+        [
+            "--release",
+            str(release_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--model",
+            "htnet_tiny",
+            "--model-arg",
+            "image_size=28",
+            "--epochs",
+            "2",
+            "--fold-batch",
+            "3",
+            "--matmul-precision",
+            "highest",
+        ]
+    )
     assert rc == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["preset"], cfg["selection"], cfg["lr"], cfg["batch_size"], cfg["shuffle"], cfg["normalize"]) == (
-        "release", "oracle-release", 5e-5, 256, False, "none")
+        "release",
+        "oracle-release",
+        5e-5,
+        256,
+        False,
+        "none",
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["n"] == 18 and m["oracle"] and m["last_epoch"]["valid_estimate"]
     assert not list(out.glob("folds/*/model.pt")) and not list(out.glob("folds/*/last.pt"))
@@ -143,7 +184,27 @@ def test_the_gpu_script_at_a_tiny_size_on_the_cpu(release_dir, tmp_path, subset_
     assert json.loads((out / "gpu_run.json").read_text())["rc"] == 0
     # rerun: the finished folds (without model.pt) are kept, not trained again
     before = {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")}
-    assert script.main(["--release", str(release_dir), "--out", str(out), "--device", "cpu", "--model", "htnet_tiny",
-                        "--model-arg", "image_size=28", "--epochs", "2", "--fold-batch", "3",
-                        "--matmul-precision", "highest"]) == 0
+    assert (
+        script.main(
+            [
+                "--release",
+                str(release_dir),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--model",
+                "htnet_tiny",
+                "--model-arg",
+                "image_size=28",
+                "--epochs",
+                "2",
+                "--fold-batch",
+                "3",
+                "--matmul-precision",
+                "highest",
+            ]
+        )
+        == 0
+    )
     assert {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")} == before

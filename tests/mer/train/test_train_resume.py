@@ -1,5 +1,6 @@
 """Interrupt and rerun: finished folds kept, the interrupted fold resumes from its epoch checkpoint, the
 metrics equal an uninterrupted run's; worker processes give the same predictions as one process."""
+
 import json
 from pathlib import Path
 
@@ -14,9 +15,11 @@ class Killed(RuntimeError):
 
 def kill_after(fold: int, epoch: int):
     """An on_epoch_end callback that raises right after ``epoch`` of fold ``fold`` (its checkpoint is written)."""
+
     def callback(task, state):
         if task.index == fold and state.epoch == epoch:
             raise Killed(f"fold {fold} killed after epoch {epoch}")
+
     return callback
 
 
