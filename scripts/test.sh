@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test suite, as `make test` and CI run it (assumes scripts/install.sh --test ran).
-#  1. lint: `ruff check .` (rules in pyproject.toml [tool.ruff]); any finding fails the run
+#  1. lint: `ruff check .` and `ruff format --check .` (pyproject.toml [tool.ruff]); `clang-format` on csrc/
+#     when clang-format 14 (the version .clang-format is checked with) is present; any finding fails the run
 #  2. the main suite (CPU), slow end-to-end tests included at a small size
 #  3. the Triton kernels under the interpreter, in their own process (TRITON_INTERPRET=1 before import)
 #  4. every csrc/**/*.cu compiled with nvcc -c for sm_80 and sm_90, when nvcc is present
@@ -31,13 +32,23 @@ pytest_result() {  # the final "N passed, M skipped ... in Ts" line of a pytest 
     grep -E "^=* ?[0-9]+ (passed|failed|error|deselected|skipped)" "$1" | tail -1 | sed -E 's/^=+ //; s/ =+$//'
 }
 
-echo "== [1/4] lint: ruff check"
+echo "== [1/4] lint: ruff check, ruff format --check, clang-format"
 if ! $PY -m ruff --version >/dev/null 2>&1; then
     echo "ruff is not installed: run \`bash scripts/install.sh --test\` (pinned in requirements-test.txt)" >&2
     exit 1
 fi
 $PY -m ruff check .
-summary+=("lint: ruff check clean")
+$PY -m ruff format --check . || { echo "run \`ruff format .\` (CONTRIBUTING.md, Style)" >&2; exit 1; }
+csrc_files=$(git ls-files 'csrc/*.cpp' 'csrc/*.h' 'csrc/*.cu' 2>/dev/null || find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu')
+cf_major=$(clang-format --version 2>/dev/null | sed -nE 's/.*version ([0-9]+).*/\1/p')
+if [[ "$cf_major" == 14 ]]; then
+    # shellcheck disable=SC2086
+    clang-format --dry-run --Werror $csrc_files || { echo "run \`clang-format -i\` on the files above" >&2; exit 1; }
+    summary+=("lint: ruff check, ruff format, clang-format (csrc/) clean")
+else
+    echo "SKIPPED: clang-format check: needs clang-format 14 (found: ${cf_major:-none}); ruff ran"
+    summary+=("lint: ruff check, ruff format clean; clang-format check SKIPPED (clang-format 14 not found)")
+fi
 
 echo "== [2/4] main test suite"
 $PY -m pytest -q --durations=15 -m "not triton and not cuda" "$@" | tee "$logs/main"
