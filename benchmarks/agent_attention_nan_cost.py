@@ -1,31 +1,38 @@
-"""What the CPU op's non-finite detour costs on finite inputs (issue 17: <= 3 % at the B shapes).
+"""What NaN propagation costs the CPU kernel on finite inputs (issue 17: <= 3 % at the B shapes).
 
-``agentattn.agent_attention(backend="cpp")`` checks float32 results for NaN/inf (``op._cpu_cpp``: one sum
-over the agents, both biases and the two log-sum-exp outputs, one host sync) and runs the reference
-composition where the kernel would hide a NaN. This times, interleaved round-robin in one process:
+The C++ kernel keeps a NaN or infinity where the reference composition does: its vector exp takes its
+clamps in the operand order that keeps a NaN, and its vector log blends a NaN input back in (one compare
+and one blend per vector of row statistics). Nothing is checked in Python. The cost can only be seen
+against a build without it, so this compares two checkouts, each with its extension built in place:
 
-  raw      torch.ops.agentattn.agent_attention_fwd on prepared inputs (the kernel and its autograd alone)
-  op       agentattn.agent_attention(backend="cpp"): bias preparation, the kernel, the check
-  check    the check alone (op._all_finite(agents, bias_agent, bias_query, lse_agent, lse_query))
-  nocheck  the op with the check switched off (op._all_finite patched to return True): the op as it
-           was before the check, timed in the same round-robin, so op / nocheck is the check's cost
-  k_pass   what checking k as well would add (op._all_finite(k): a full pass over k), not done by the op
+    python benchmarks/agent_attention_nan_cost.py --against DIR [--threads 2] [--rounds 4] [--reps 21]
 
-and prints median ms and check / raw, op / nocheck - 1, k_pass / raw in %, forward and forward+backward,
-at the CPU suite's shapes::
+DIR is a checkout from before the change (e.g. ``git worktree add /tmp/base 5c61cd4`` then
+``bash scripts/dev_build.sh`` there; that build dropped some NaN scores, and its op ran a NaN check in
+Python and the reference composition where the kernel would hide one). Each build runs in its own
+process, alternately, ``--rounds`` times; each process times, interleaved round-robin:
 
-    flock /tmp/cpu-heavy.lock python benchmarks/agent_attention_nan_cost.py [--threads 2] [--reps 41]
+  raw  torch.ops.agentattn.agent_attention_fwd on prepared inputs (the kernel, with autograd for fwd+bwd)
+  op   agentattn.agent_attention(backend="cpp") (this build: the kernel alone; the base: kernel + check)
+
+and the table gives the median over rounds of each process's median, and this / base - 1 for raw (the
+kernel's own NaN handling) and for op (what a user sees), forward and forward+backward, at the CPU
+suite's shapes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
-
-import torch
+from pathlib import Path
 
 SHAPES = [("A_deit_t", 32, 3, 196, 49, 64), ("B_swin_s1_n49", 8, 3, 3136, 49, 32), ("B_swin_s1_n9", 8, 3, 3136, 9, 32)]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _time(fns: dict, warmup: int, reps: int) -> dict:
@@ -43,80 +50,86 @@ def _time(fns: dict, warmup: int, reps: int) -> dict:
     return {nm: statistics.median(v) for nm, v in res.items()}
 
 
-def main(argv=None) -> int:
-    import agentattn
-    from agentattn.ops.agent_attention import op
+def child(threads: int, reps: int) -> dict:
+    """Median ms of raw and op, fwd and fwd_bwd, per shape, in the checkout this process imports."""
+    import torch
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--reps", type=int, default=41)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    print(f"threads {args.threads}, torch {torch.__version__}, reps {args.reps} (medians, ms)")
-    print(
-        "| shape | pass | raw ms | op ms | nocheck ms | op / nocheck - 1 | check ms | check / raw | k_pass ms "
-        "| k_pass / raw |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    import agentattn
+
+    torch.set_num_threads(threads)
+    out = {"isa": agentattn.backends()["cpu_isa"], "file": agentattn.__file__}
     for name, B, H, N, n, d in SHAPES:
         g = torch.Generator().manual_seed(0)
         mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-        ins = [
-            mk(B, H, N, d),
-            mk(B, H, N, d),
-            mk(B, H, N, d),
-            mk(B, H, n, d),
-            0.02 * mk(1, H, n, N),
-            0.02 * mk(1, H, N, n),
-        ]
+        ins = [mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d), 0.02 * mk(1, H, n, N)]
+        ins.append(0.02 * mk(1, H, N, n))
         go = mk(B, H, N, d)
         s = d**-0.5
-        _, _, lse_a, lse_q = torch.ops.agentattn.agent_attention_fwd(*ins, s)
+        ts = [t.clone().requires_grad_() for t in ins]
 
-        def check():
-            op._all_finite(ins[3], ins[4], ins[5], lse_a, lse_q)
+        def raw_fwd():
+            with torch.no_grad():
+                torch.ops.agentattn.agent_attention_fwd(*ins, s)
 
-        def k_pass():
-            op._all_finite(ins[1])
+        def op_fwd():
+            with torch.no_grad():
+                agentattn.agent_attention(*ins, scale=s, backend="cpp")
 
+        def raw_fwd_bwd():
+            torch.ops.agentattn.agent_attention_fwd(*ts, s)[0].backward(go)
+            for t in ts:
+                t.grad = None
+
+        def op_fwd_bwd():
+            agentattn.agent_attention(*ts, scale=s, backend="cpp").backward(go)
+            for t in ts:
+                t.grad = None
+
+        out[name] = _time(
+            {"raw_fwd": raw_fwd, "op_fwd": op_fwd, "raw_fwd_bwd": raw_fwd_bwd, "op_fwd_bwd": op_fwd_bwd}, 3, reps
+        )
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--against", type=Path, help="a checkout from before the change, extension built in place")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4, help="processes per build, alternating (default 4)")
+    ap.add_argument("--reps", type=int, default=21, help="timed calls per variant in each process (default 21)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.threads, args.reps)))
+        return 0
+    if args.against is None or not (args.against / "agentattn" / "__init__.py").exists():
+        ap.error("--against DIR must be a checkout holding agentattn/ with its extension built in place")
+    builds = {"this": ROOT, "base": args.against.resolve()}
+    runs = {k: [] for k in builds}
+    for r in range(args.rounds):
+        for k in builds if r % 2 == 0 else reversed(list(builds)):
+            env = dict(os.environ, PYTHONPATH=str(builds[k]), OMP_NUM_THREADS=str(args.threads))
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--threads", str(args.threads)]
+            res = subprocess.run(cmd + ["--reps", str(args.reps)], env=env, capture_output=True, text=True, cwd="/")
+            if res.returncode != 0:
+                raise SystemExit(f"{k} build ({builds[k]}) failed:\n{res.stderr[-2000:]}")
+            runs[k].append(json.loads(res.stdout.splitlines()[-1]))
+            print(f"round {r + 1}/{args.rounds} {k}: {runs[k][-1]['file']} ({runs[k][-1]['isa']})", flush=True)
+    print(f"\nthreads {args.threads}, {args.rounds} rounds x {args.reps} reps (median of per-process medians, ms)")
+    print("| shape | pass | raw this | raw base | raw this/base - 1 | op this | op base | op this/base - 1 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, *_ in SHAPES:
         for pss in ("fwd", "fwd_bwd"):
-            if pss == "fwd":
-
-                def raw():
-                    with torch.no_grad():
-                        torch.ops.agentattn.agent_attention_fwd(*ins, s)
-
-                def full():
-                    with torch.no_grad():
-                        agentattn.agent_attention(*ins, s, backend="cpp")
-            else:
-                ts = [t.clone().requires_grad_() for t in ins]
-
-                def raw(ts=ts):
-                    torch.ops.agentattn.agent_attention_fwd(*ts, s)[0].backward(go)
-                    for t in ts:
-                        t.grad = None
-
-                def full(ts=ts):
-                    agentattn.agent_attention(*ts, s, backend="cpp").backward(go)
-                    for t in ts:
-                        t.grad = None
-
-            def nocheck(full=full):
-                real = op._all_finite
-                op._all_finite = lambda *t: True
-                try:
-                    full()
-                finally:
-                    op._all_finite = real
-
-            res = _time({"raw": raw, "op": full, "nocheck": nocheck, "check": check, "k_pass": k_pass}, 3, args.reps)
-            print(
-                f"| {name} | {pss} | {res['raw']:.3f} | {res['op']:.3f} | {res['nocheck']:.3f} | "
-                f"{100 * (res['op'] / res['nocheck'] - 1):+.1f} % | {res['check']:.3f} | "
-                f"{100 * res['check'] / res['raw']:.1f} % | {res['k_pass']:.3f} | "
-                f"{100 * res['k_pass'] / res['raw']:.1f} % |"
-            )
+            med = {
+                (k, v): statistics.median(run[name][f"{v}_{pss}"] for run in runs[k])
+                for k in builds
+                for v in ("raw", "op")
+            }
+            cells = []
+            for v in ("raw", "op"):
+                t, b = med[("this", v)], med[("base", v)]
+                cells += [f"{t:.2f}", f"{b:.2f}", f"{100 * (t / b - 1):+.1f} %"]
+            print(f"| {name} | {pss} | " + " | ".join(cells) + " |")
     return 0
 
 

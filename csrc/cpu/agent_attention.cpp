@@ -3,7 +3,7 @@
 // Per (batch, head), with scale s, agents A (n x d), keys/values K, V (M x d), queries Q (N x d):
 //   stage 1: S1 = s A K^T + B1 (n x M) -> softmax over M -> P1;  V_A = P1 V (n x d)
 //   stage 2: S2 = s Q A^T + B2 (N x n) -> softmax over n -> P2;  O = P2 V_A (N x d)
-// (M = N today; the plan and the kernels keep the two apart for keys of their own length.)
+// (M != N for PVT's spatially reduced keys and cross-attention.)
 //
 // Every call first builds a Plan (aa_kernels.h): the path, the ISA of the tile kernels, the forward layout,
 // how the keys and queries are cut into tasks, and the per-thread scratch; the kernels then run as tasks on
@@ -600,8 +600,10 @@ void check_bias(const c10::optional<at::Tensor>& bias, const at::Tensor& q, int6
 
 void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& a) {
   TORCH_CHECK(q.dim() == 4, "q must be (B, H, N, d), got ", q.sizes());
-  TORCH_CHECK(k.sizes() == q.sizes() && v.sizes() == q.sizes(), "k and v must match q ", q.sizes(), ", got k ",
-              k.sizes(), " v ", v.sizes());
+  TORCH_CHECK(k.dim() == 4 && k.size(0) == q.size(0) && k.size(1) == q.size(1) && k.size(3) == q.size(3) &&
+                  v.sizes() == k.sizes(),
+              "k and v must be (B, H, M, d) = (", q.size(0), ", ", q.size(1), ", M, ", q.size(3),
+              ") with one M, got k ", k.sizes(), " v ", v.sizes());
   TORCH_CHECK(a.dim() == 4 && a.size(0) == q.size(0) && a.size(1) == q.size(1) && a.size(3) == q.size(3),
               "agents must be (B, H, n, d) = (", q.size(0), ", ", q.size(1), ", n, ", q.size(3), "), got ", a.sizes());
   for (const at::Tensor* t : {&q, &k, &v, &a}) {

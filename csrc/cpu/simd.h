@@ -12,7 +12,8 @@
 //
 // Interface (V: vector, Mask: lane mask, W lanes, kRegs architectural vector registers):
 //   zero, set1, load, store (unaligned), bcast (broadcast a float from memory), add, sub, mul, max,
-//   fmadd(a, b, c) = a b + c, fnmadd(a, b, c) = c - a b, div, exp, log (positive normal inputs),
+//   fmadd(a, b, c) = a b + c, fnmadd(a, b, c) = c - a b, div, exp and log (both keep a NaN input; log for
+//   positive normal inputs),
 //   hmax, hsum, first(n) (lanes < n), load_first(p, mask) (zero elsewhere), store_first(p, mask, v),
 //   select(mask, a, b) (a where set, else b), stream (non-temporal store, 4 W-byte aligned), keep(v)
 //   (an empty asm that pins v in a register), prefetch_l1/l2.
@@ -87,7 +88,7 @@ struct SimdGeneric {
   static AGENTATTN_INLINE V max(V a, V b) { return select(a > b, a, b); }
   static AGENTATTN_INLINE V min(V a, V b) { return select(a < b, a, b); }
   static AGENTATTN_INLINE V exp(V x) {
-    x = min(max(x, set1(kExpLo)), set1(kExpHi));
+    x = min(set1(kExpHi), max(set1(kExpLo), x));  // this operand order keeps a NaN x (max/min give b)
     const V t = fmadd(x, set1(kLog2e), set1(kRound));
     const V n = t - set1(kRound);
     V r = fnmadd(n, set1(kLn2Hi), x);
@@ -103,7 +104,7 @@ struct SimdGeneric {
     return p * (V)e;
   }
   static AGENTATTN_INLINE V log(V x) {
-    x = max(x, set1(1.17549435e-38f));
+    x = max(set1(1.17549435e-38f), x);  // keeps a NaN x
     const Mask xi = (Mask)x;
     V e = __builtin_convertvector((xi >> 23) - 126, V);
     V m = (V)((xi & 0x007fffff) | 0x3f000000);
@@ -116,7 +117,7 @@ struct SimdGeneric {
     y = y * m * z;
     y = fmadd(e, set1(kLn2Lo), y);
     y = fnmadd(z, set1(0.5f), y);
-    return fmadd(e, set1(kLn2Hi), m + y);
+    return select(x != x, x, fmadd(e, set1(kLn2Hi), m + y));  // the bit tricks above would turn NaN finite
   }
   static AGENTATTN_INLINE float hmax(V v) {
     float m = v[0];
@@ -168,7 +169,7 @@ struct Simd256 {
   static AGENTATTN_INLINE V min(V a, V b) { return _mm256_min_ps(a, b); }
   static AGENTATTN_INLINE V select(Mask m, V a, V b) { return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(m)); }
   static AGENTATTN_INLINE V exp(V x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, set1(kExpLo)), set1(kExpHi));
+    x = _mm256_min_ps(set1(kExpHi), _mm256_max_ps(set1(kExpLo), x));  // this operand order keeps a NaN x
     // n = round(x log2 e) by adding 1.5 * 2^23 (spacing 1 there: n lands in the low mantissa bits of t,
     // which also give 2^n below); one FMA and one subtraction instead of mul, round and convert
     const V magic = set1(kRound);
@@ -189,7 +190,7 @@ struct Simd256 {
   }
   static AGENTATTN_INLINE V log(V x) {
     const V one = set1(1.0f);
-    x = _mm256_max_ps(x, set1(1.17549435e-38f));
+    x = _mm256_max_ps(set1(1.17549435e-38f), x);  // keeps a NaN x
     const __m256i xi = _mm256_castps_si256(x);
     V e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(xi, 23), _mm256_set1_epi32(126)));
     V m = _mm256_castsi256_ps(
@@ -203,7 +204,8 @@ struct Simd256 {
     y = _mm256_mul_ps(_mm256_mul_ps(y, m), z);
     y = _mm256_fmadd_ps(e, set1(kLn2Lo), y);
     y = _mm256_fnmadd_ps(z, set1(0.5f), y);
-    return _mm256_fmadd_ps(e, set1(kLn2Hi), _mm256_add_ps(m, y));
+    const V r = _mm256_fmadd_ps(e, set1(kLn2Hi), _mm256_add_ps(m, y));
+    return _mm256_blendv_ps(r, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // the bit tricks would turn NaN finite
   }
   static AGENTATTN_INLINE float hmax(V v) {
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -296,7 +298,7 @@ struct Simd512 {
   }
   static AGENTATTN_INLINE V log(V x) {
     const V one = set1(1.0f);
-    x = _mm512_max_ps(x, set1(1.17549435e-38f));
+    x = _mm512_max_ps(set1(1.17549435e-38f), x);  // keeps a NaN x
     const __m512i xi = _mm512_castps_si512(x);
     V e = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(xi, 23), _mm512_set1_epi32(126)));
     V m = _mm512_castsi512_ps(
@@ -310,7 +312,8 @@ struct Simd512 {
     y = _mm512_mul_ps(_mm512_mul_ps(y, m), z);
     y = _mm512_fmadd_ps(e, set1(kLn2Lo), y);
     y = _mm512_fnmadd_ps(z, set1(0.5f), y);
-    return _mm512_fmadd_ps(e, set1(kLn2Hi), _mm512_add_ps(m, y));
+    const V r = _mm512_fmadd_ps(e, set1(kLn2Hi), _mm512_add_ps(m, y));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, x);  // keep NaN (bit tricks above)
   }
   static AGENTATTN_INLINE float hmax(V v) {
     __m256 m = _mm256_max_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));

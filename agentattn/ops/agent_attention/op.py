@@ -106,50 +106,15 @@ def resolve_backend(device: torch.device, backend: str | None) -> str:
     return _ext.choose_backend("agent_attention", device.type, backend, _available(device.type))
 
 
-def _tracing() -> bool:
-    """True while torch.compile / torch.export / torch.jit.trace records the call: no data-dependent
-    Python branch may run then."""
-    return torch.jit.is_tracing() or torch.compiler.is_compiling()
-
-
-def _all_finite(*tensors: Tensor | None) -> bool:
-    """Whether every given tensor is finite, by one sum each and a single host sync (a NaN or an infinity
-    makes the total non-finite; so does a finite total that overflows, which only costs a detour)."""
-    total = None
-    for t in tensors:
-        if t is not None:
-            total = t.sum() if total is None else total + t.sum()
-    return total is None or bool(torch.isfinite(total))
-
-
-def _cpu_cpp(
-    q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None, s: float
-) -> Tensor | None:
-    """The C++ CPU kernel, or None where it cannot give the reference's result (the caller then runs the
-    reference composition). Interim routing until the restructured CPU kernel handles these itself
-    (docs/agent_attention.md, "CPU kernel: routed cases", lists what remains for it):
-
-    - M != N (keys/values with their own token count): the kernel requires k and v shaped like q.
-    - non-finite inputs in float32 (and fp16/bf16, which run in float32): its fp32 paths drop a NaN score
-      (probability 0) and give a finite row where the reference gives NaN (also for an all -inf bias row).
-      Detected after the kernel by one sum over the agents, both biases and the two log-sum-exp outputs
-      (a NaN/inf in a q row leaves lse_query non-finite there; an infinite key entry, or NaN in every
-      key of a head, leaves lse_agent non-finite), all small next to q, k and v. Not detected: an
-      isolated NaN in k (one key's scores dropped, lse_agent still finite). Checking k itself costs a
-      full pass over it, over issue 17's 3 % budget at the B shapes wherever measured (benchmarks/
-      agent_attention_nan_cost.py; docs/agent_attention.md has the numbers): left to the kernel. v needs no check
-      (the products propagate it); float64 propagates NaN in the kernel already. Not checked while
-      tracing (torch.compile / export / jit.trace): no data-dependent branch can run then.
-    """
-    if k.shape[2] != q.shape[2]:
-        return None
+def _cpu_cpp(q: Tensor, k: Tensor, v: Tensor, agents: Tensor, b1: Tensor | None, b2: Tensor | None, s: float) -> Tensor:
+    """The C++ CPU kernel (any M; fp16/bf16 computed in float32). A NaN or infinity in any input reaches
+    the outputs and gradients as in the reference composition: the kernel's exponentials and logarithms
+    keep NaN (tests/agentattn/ops/test_agent_attention_nan.py), so no check runs here and traced graphs
+    (torch.compile / export / jit.trace) behave as eager calls do."""
     low = q.dtype in (torch.float16, torch.bfloat16)  # the CPU kernel computes in fp32/fp64
-    args = [t.float() if low else t for t in (q, k, v, agents)]
+    args = [(t.float() if low else t).contiguous() for t in (q, k, v, agents)]
     bs = [None if t is None else (t.float() if low else t) for t in (b1, b2)]
-    args = [t.contiguous() for t in args]
-    out, _, lse_a, lse_q = torch.ops.agentattn.agent_attention_fwd(*args, bs[0], bs[1], s)
-    if args[0].dtype != torch.float64 and not _tracing() and not _all_finite(args[3], bs[0], bs[1], lse_a, lse_q):
-        return None
+    out = torch.ops.agentattn.agent_attention_fwd(*args, bs[0], bs[1], s)[0]
     return out.to(q.dtype) if low else out
 
 
@@ -202,8 +167,7 @@ def agent_attention(
 
         return tri.agent_attention_triton(q, k, v, agents, b1, b2, s)
     if q.device.type == "cpu":
-        out = _cpu_cpp(q, k, v, agents, b1, b2, s)
-        return agent_attention_ref(q, k, v, agents, b1, b2, s) if out is None else out
+        return _cpu_cpp(q, k, v, agents, b1, b2, s)
     out = torch.ops.agentattn.agent_attention_fwd(*[t.contiguous() for t in (q, k, v, agents)], b1, b2, s)[0]
     return out
 

@@ -3,10 +3,11 @@
 The float32 tile kernels are compiled once per ISA level (generic: 4 lanes, no intrinsics; avx2: 8 lanes;
 avx512: 16 lanes) and chosen at run time from the CPU's features, or by ``AGENTATTN_CPU_ISA`` (read once
 per process) / ``torch.ops.agentattn._cpu_set_options`` (tests and benchmarks). Every path this CPU
-supports runs here on the same cases: output and all six gradients, both layouts (forward and backward), 1 and 3
-threads, against the fp64 reference, with an error bound tied to the plain fp32 composition's own error
-(``fp32_bound``). A path the CPU cannot run is compiled but not run: its tests are SKIPPED with a reason
-that names the ISA and the CPU (``pytest -rs`` lists them), never passed silently.
+supports runs here on the same cases (M = N and M != N): output and all six gradients, both layouts
+(forward and backward), 1 and 3 threads, against the fp64 reference, with an error bound tied to the plain
+fp32 composition's own error (``fp32_bound``), and every poisoned input of test_agent_attention_nan.py. A
+path the CPU cannot run is compiled but not run: its tests are SKIPPED with a reason that names the ISA and
+the CPU (``pytest -rs`` lists them), never passed silently.
 
 Run: ``OMP_NUM_THREADS=1 python -m pytest -q -rs tests/agentattn/ops/test_agent_attention_cpu_isa.py``.
 """
@@ -22,6 +23,7 @@ import sys
 import pytest
 import torch
 from test_agent_attention_cpu import fp32_bound, poisoned  # noqa: F401 (a fixture)
+from test_agent_attention_nan import POISONS, check_poisoned
 
 import agentattn
 from agentattn import _ext
@@ -92,26 +94,29 @@ def threads(request):
         torch.set_num_threads(old)
 
 
-# B, H, N, n, d, bias_agent shape, bias_query shape (None = no bias)
+# B, H, N, M, n, d, bias_agent shape, bias_query shape (None = no bias); M != N: keys of their own count
 CASES = [
-    (6, 2, 49, 9, 16, (1, 2, 9, 49), (1, 2, 49, 9)),  # mer's HTNet blocks: 7x7 tokens, d = 16
-    (2, 2, 197, 16, 40, (1, 1, 16, 197), (2, 2, 197, 16)),  # d = 40: a half vector at 16 lanes
-    (3, 2, 130, 25, 32, (3, 2, 25, 130), None),  # full bias_agent; no tile is full
-    (1, 1, 1100, 49, 32, (1, 1, 49, 1100), (1, 1, 1100, 49)),  # one slice: key chunks on threads, merged
-    (2, 1, 77, 3, 24, None, (2, 1, 77, 3)),  # n < 8, d = 24
+    (6, 2, 49, 49, 9, 16, (1, 2, 9, 49), (1, 2, 49, 9)),  # mer's HTNet blocks: 7x7 tokens, d = 16
+    (2, 2, 197, 197, 16, 40, (1, 1, 16, 197), (2, 2, 197, 16)),  # d = 40: a half vector at 16 lanes
+    (3, 2, 130, 130, 25, 32, (3, 2, 25, 130), None),  # full bias_agent; no tile is full
+    (1, 1, 1100, 1100, 49, 32, (1, 1, 49, 1100), (1, 1, 1100, 49)),  # one slice: key chunks on threads, merged
+    (2, 1, 77, 77, 3, 24, None, (2, 1, 77, 3)),  # n < 8, d = 24
+    (2, 2, 196, 4, 49, 32, (1, 2, 49, 4), (1, 2, 196, 49)),  # PVT at sr_ratio 8: 14x14 queries, 2x2 keys
+    (1, 2, 40, 1500, 16, 32, (1, 2, 16, 1500), None),  # more keys than queries, chunked and merged
+    (2, 1, 300, 77, 9, 40, None, (2, 1, 300, 9)),  # cross-attention to 77 text tokens
 ]
 
 
 def _case_id(c):
     fmt = lambda s: "x".join(map(str, s)) if s else "none"  # noqa: E731
-    return f"B{c[0]}-H{c[1]}-N{c[2]}-n{c[3]}-d{c[4]}-b1_{fmt(c[5])}-b2_{fmt(c[6])}"
+    return f"B{c[0]}-H{c[1]}-N{c[2]}-M{c[3]}-n{c[4]}-d{c[5]}-b1_{fmt(c[6])}-b2_{fmt(c[7])}"
 
 
 def _inputs(case, seed):
-    B, H, N, n, d, b1s, b2s = case
+    B, H, N, M, n, d, b1s, b2s = case
     g = torch.Generator().manual_seed(seed)
     mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    xs = [mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d)]
+    xs = [mk(B, H, N, d), mk(B, H, M, d), mk(B, H, M, d), mk(B, H, n, d)]
     xs += [None if s is None else 0.7 * mk(*s) for s in (b1s, b2s)]
     return xs, mk(B, H, N, d)
 
@@ -127,7 +132,7 @@ def _grads(fn, xs, go, dtype, **kw):
 def _references(case):
     """(fp64 reference, plain fp32 composition) outputs and gradients for one case."""
     xs, go = _inputs(case, seed=5)
-    scale = 0.6 * case[4] ** -0.5
+    scale = 0.6 * case[5] ** -0.5
     return (
         _grads(agent_attention_ref, xs, go, torch.float64, scale=scale),
         _grads(agent_attention_ref, xs, go, torch.float32, scale=scale),
@@ -140,7 +145,7 @@ def test_isa_path_matches_fp64_reference(case, isa, layout, threads):
     assert torch.ops.agentattn.cpu_isa() == isa
     xs, go = _inputs(case, seed=5)
     ref, plain = _references(case)
-    got = _grads(agentattn.agent_attention, xs, go, torch.float32, scale=0.6 * case[4] ** -0.5, backend="cpp")
+    got = _grads(agentattn.agent_attention, xs, go, torch.float32, scale=0.6 * case[5] ** -0.5, backend="cpp")
     for name, x, r, p in zip(NAMES, got, ref, plain, strict=True):
         if r is None:
             assert x is None, name
@@ -153,6 +158,14 @@ def test_isa_path_matches_fp64_reference(case, isa, layout, threads):
             f"{name} ({isa}, {layout}, {threads} threads): error {err / EPS32:.1f} eps, "
             f"plain fp32 {base / EPS32:.1f} eps"
         )
+
+
+@pytest.mark.parametrize("poison", POISONS)
+def test_isa_path_propagates_nan_and_inf(poison, isa, layout):
+    """Each input poisoned in turn (test_agent_attention_nan.py) on every ISA and both layouts, self- and
+    cross-attention: the reference's NaN/inf pattern in the output and all six gradients."""
+    for shape in ((2, 2, 50, 50, 16, 32), (2, 2, 64, 16, 9, 32)):
+        check_poisoned(shape, poison, torch.float32)
 
 
 def test_default_isa_is_the_best_the_cpu_supports():
