@@ -50,7 +50,7 @@ def _time(fns: dict, warmup: int, reps: int) -> dict:
     return {nm: statistics.median(v) for nm, v in res.items()}
 
 
-def child(threads: int, reps: int) -> dict:
+def child(threads: int, reps: int, shapes: list[str]) -> dict:
     """Median ms of raw and op, fwd and fwd_bwd, per shape, in the checkout this process imports."""
     import torch
 
@@ -59,6 +59,8 @@ def child(threads: int, reps: int) -> dict:
     torch.set_num_threads(threads)
     out = {"isa": agentattn.backends()["cpu_isa"], "file": agentattn.__file__}
     for name, B, H, N, n, d in SHAPES:
+        if name not in shapes:
+            continue
         g = torch.Generator().manual_seed(0)
         mk = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
         ins = [mk(B, H, N, d), mk(B, H, N, d), mk(B, H, N, d), mk(B, H, n, d), 0.02 * mk(1, H, n, N)]
@@ -97,10 +99,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=4, help="processes per build, alternating (default 4)")
     ap.add_argument("--reps", type=int, default=21, help="timed calls per variant in each process (default 21)")
+    ap.add_argument("--shapes", default=",".join(nm for nm, *_ in SHAPES), help="comma-separated subset of the shapes")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.threads, args.reps)))
+        print(json.dumps(child(args.threads, args.reps, args.shapes.split(","))))
         return 0
     if args.against is None or not (args.against / "agentattn" / "__init__.py").exists():
         ap.error("--against DIR must be a checkout holding agentattn/ with its extension built in place")
@@ -110,15 +113,19 @@ def main(argv=None) -> int:
         for k in builds if r % 2 == 0 else reversed(list(builds)):
             env = dict(os.environ, PYTHONPATH=str(builds[k]), OMP_NUM_THREADS=str(args.threads))
             cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--threads", str(args.threads)]
+            cmd += ["--shapes", args.shapes]
             res = subprocess.run(cmd + ["--reps", str(args.reps)], env=env, capture_output=True, text=True, cwd="/")
             if res.returncode != 0:
                 raise SystemExit(f"{k} build ({builds[k]}) failed:\n{res.stderr[-2000:]}")
             runs[k].append(json.loads(res.stdout.splitlines()[-1]))
             print(f"round {r + 1}/{args.rounds} {k}: {runs[k][-1]['file']} ({runs[k][-1]['isa']})", flush=True)
     print(f"\nthreads {args.threads}, {args.rounds} rounds x {args.reps} reps (median of per-process medians, ms)")
-    print("| shape | pass | raw this | raw base | raw this/base - 1 | op this | op base | op this/base - 1 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, *_ in SHAPES:
+    print(
+        "| shape | pass | raw this | raw base | raw this/base - 1 | op this | op base | op this/base - 1 "
+        "| raw this/base per round |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.shapes.split(","):
         for pss in ("fwd", "fwd_bwd"):
             med = {
                 (k, v): statistics.median(run[name][f"{v}_{pss}"] for run in runs[k])
@@ -129,6 +136,10 @@ def main(argv=None) -> int:
             for v in ("raw", "op"):
                 t, b = med[("this", v)], med[("base", v)]
                 cells += [f"{t:.2f}", f"{b:.2f}", f"{100 * (t / b - 1):+.1f} %"]
+            per = [
+                a[name][f"raw_{pss}"] / b[name][f"raw_{pss}"] for a, b in zip(runs["this"], runs["base"], strict=True)
+            ]
+            cells.append(" ".join(f"{x:.2f}" for x in per))
             print(f"| {name} | {pss} | " + " | ".join(cells) + " |")
     return 0
 
