@@ -458,6 +458,10 @@ def test_damaged_cache_entries_do_not_change_the_result(synth_tiny, tmp_path, ca
     assert preds(out) == preds(reference)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env(**kw) -> dict:
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **kw}
@@ -469,7 +473,9 @@ def test_killed_or_interrupted_mid_fold_resumes_exactly(sig, synth_tiny, prep_ca
     out = tmp_path / "run"
     args = [sys.executable, "-m", "mer", *train_args(synth_tiny, prep_cache, out, model="fault_models:tiny")]
     cue = _env(MER_TEST_FAULT=f"{sig}:*:folds/001-*/last.pt", MER_TEST_FAULT_DIR=str(out))
-    p = subprocess.run(args, env=cue, capture_output=True, text=True, timeout=180)
+    # the default SIGINT disposition in the child, also when the suite runs as a background job (`make test &`),
+    # which the shell starts with SIGINT ignored (inherited, and Python then keeps ignoring it)
+    p = subprocess.run(args, env=cue, capture_output=True, text=True, timeout=180, preexec_fn=_default_sigint)
     if sig == "KILL":
         assert p.returncode == -signal.SIGKILL and (out / LOCK_NAME).exists()  # left behind, unlocked
     else:
