@@ -44,6 +44,7 @@ POISONS = [
     "grad_out_inf",
 ]
 NAMES = ("out", "dq", "dk", "dv", "dagents", "dbias_agent", "dbias_query")
+ARGS = ("q", "k", "v", "agents", "bias_agent", "bias_query")  # the op's tensor arguments, in order
 
 
 def _shape_id(s):
@@ -75,7 +76,7 @@ def _inputs(B, H, N, M, n, d, poison, dtype):
 
 
 def _run(t, backend):
-    xs = [t[k].clone().requires_grad_() for k in ("q", "k", "v", "agents", "bias_agent", "bias_query")]
+    xs = [t[k].clone().requires_grad_() for k in ARGS]
     out = agentattn.agent_attention(*xs, backend=backend)
     out.backward(t["grad_out"])
     return [out.detach()] + [x.grad for x in xs]
@@ -127,11 +128,10 @@ def check_poisoned(shape, poison, dtype):
 def test_poisoned_half_inputs_propagate(dtype):
     """fp16/bf16 on CPU run the float32 kernel: a NaN in an agent or a bias row must still reach every
     output row of its (batch, head) as in the reference."""
-    names = ("q", "k", "v", "agents", "bias_agent", "bias_query")
     for poison in ("agents_nan", "bias_agent_nan", "bias_query_row_neginf"):
         t = _inputs(2, 2, 50, 50, 16, 32, poison, dtype)
-        out = agentattn.agent_attention(*(t[k] for k in names))
-        ref = agent_attention_ref(*(t[k].float() for k in names))
+        out = agentattn.agent_attention(*(t[k] for k in ARGS))
+        ref = agent_attention_ref(*(t[k].float() for k in ARGS))
         assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out).any(), poison
 
 
@@ -145,12 +145,11 @@ def test_cpu_calls_never_detour_to_the_reference(monkeypatch):
         raise AssertionError("the reference composition ran")
 
     monkeypatch.setattr(op, "agent_attention_ref", fail)
-    names = ("q", "k", "v", "agents", "bias_agent", "bias_query")
     for shape, poison in (((2, 2, 50, 50, 16, 32), "k_nan"), ((2, 2, 64, 16, 9, 32), "agents_inf")):
         t = _inputs(*shape, poison, torch.float32)
-        out = agentattn.agent_attention(*(t[k] for k in names))
+        out = agentattn.agent_attention(*(t[k] for k in ARGS))
         assert not torch.isfinite(out).all()
-        out = agentattn.agent_attention(*(torch.nan_to_num(t[k], posinf=1.0) for k in names))
+        out = agentattn.agent_attention(*(torch.nan_to_num(t[k], posinf=1.0) for k in ARGS))
         assert torch.isfinite(out).all()
 
 
@@ -160,23 +159,21 @@ def test_traced_graph_propagates_nan(poison):
     reference's NaN pattern on poisoned ones: nothing data-dependent was left out of the graph."""
     if "cpp" not in agentattn.backends()["cpu"]:
         pytest.skip("agentattn._C not built")
-    names = ("q", "k", "v", "agents", "bias_agent", "bias_query")
     t = _inputs(2, 2, 50, 50, 16, 32, poison, torch.float32)
-    finite = [torch.nan_to_num(t[k], neginf=0.0) for k in names]
+    finite = [torch.nan_to_num(t[k], neginf=0.0) for k in ARGS]
     traced = torch.jit.trace(lambda *xs: agentattn.agent_attention(*xs, backend="cpp"), finite)
-    out = traced(*(t[k] for k in names))
-    ref = agent_attention_ref(*(t[k] for k in names))
+    out = traced(*(t[k] for k in ARGS))
+    ref = agent_attention_ref(*(t[k] for k in ARGS))
     assert torch.isnan(ref).any() and torch.equal(torch.isnan(out), torch.isnan(ref))
 
 
 def test_nan_in_every_key_of_a_head_is_caught():
     """A NaN in one channel of every key (as a NaN in k's projection weights gives) reaches the output as in
     the reference, on the float32 kernel too."""
-    names = ("q", "k", "v", "agents", "bias_agent", "bias_query")
     for shape in SHAPES[:4]:
         t = _inputs(*shape, "q_nan", torch.float32)
         t["q"] = torch.nan_to_num(t["q"])
         t["k"][0, 0, :, 1] = float("nan")
-        out = agentattn.agent_attention(*(t[k] for k in names))
-        ref = agent_attention_ref(*(t[k] for k in names))
+        out = agentattn.agent_attention(*(t[k] for k in ARGS))
+        ref = agent_attention_ref(*(t[k] for k in ARGS))
         assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[0, 0]).all(), shape
