@@ -12,11 +12,13 @@ EXAMPLES = """examples:
   mer prune --run runs/demo --budget 0.85               # keep at most 85% of the parameters
   mer prune --run runs/demo --flops-budget 0.8 --out runs/demo_f80
   mer prune --run runs/demo --remove 0 --no-convert     # control: fine-tuning alone, nothing removed/converted
+  mer prune --run runs/demo --remove 2 --criterion signed --augment ddpm   # + per-fold DDPM samples (the paper's chain)
 
 Per fold: a calibration set of that fold's training samples -> transfer entropy of every attention layer
 to the head (H(all) - H(layer skipped), Gaussian estimate Σ log std) -> greedy selection -> removal
 (fade-out λ 1 -> 0 during the first --fade-epochs, then folded away) -> the remaining softmax layers
-become agent attention (q/k/v/proj carried over) -> fine-tuning on the training samples -> prediction of
+become agent attention (q/k/v/proj carried over) -> fine-tuning on the training samples (+ with --augment
+ddpm, samples of a DDPM trained on them; class weights from the real ones) -> prediction of
 the held-out subjects. Scored like `mer evaluate` (pooled UF1/UAR). Writes OUT/esaat.json (selected
 layers, transfer entropies, before/after params/FLOPs/latency/UF1/UAR, ranking agreement across folds),
 OUT/transfer_entropy.png, OUT/summary.md, OUT/metrics.json and per-fold models (mer.esaat.load_pruned).

@@ -34,7 +34,7 @@ class FinetuneConfig:
     fade_epochs: int = option(3, "epochs of the λ 1 -> 0 fade-out of the removed layers (0: removed at once)", group=_G)
     class_weights: str = option(
         "balanced",
-        "cross-entropy weights: n / (K n_c) on the fine-tuning set (balanced) or none",
+        "cross-entropy weights: n / (K n_c) on the fine-tuning set's real samples (balanced) or none",
         choices=("balanced", "none"),
         group=_G,
     )
@@ -71,12 +71,15 @@ def finetune(
     fade: Sequence[str] = (),
     skip_scale: float = 2.0,
     seed: Sequence[int] = (0,),
+    n_real: int | None = None,
     progress: bool = False,
     desc: str = "fine-tune",
 ) -> list[dict]:
     """Fine-tune ``model`` in place on normalised inputs ``x`` (n, C, S, S) float32 and labels ``y`` (n,);
     the layers ``fade`` fade out and are folded away (see the module docstring). Batch order of epoch e from
-    ``numpy.random.default_rng([*seed, e])``; the caller seeds torch. Returns the per-epoch history
+    ``numpy.random.default_rng([*seed, e])``; the caller seeds torch. ``n_real``: the first ``n_real`` samples
+    are real, the rest generated (DDPM); the class weights come from the real labels only, so an augmented
+    and a plain fine-tuning weight the classes alike (default: all samples are real). Returns the per-epoch history
     [{'epoch', 'train_loss', 'train_acc', 'lambda', 'seconds'}]."""
     from tqdm.auto import tqdm
 
@@ -94,7 +97,10 @@ def finetune(
         raise ValueError("no fine-tuning samples")
     xt, yt = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
     num_classes = int(model(xt[:1]).shape[-1]) if cfg.epochs else 0
-    weight = _class_weights(np.asarray(y), cfg.class_weights, num_classes) if cfg.epochs else None
+    n_real = n if n_real is None else n_real
+    if not 0 < n_real <= n:
+        raise ValueError(f"n_real={n_real} must be in 1..{n} (the real samples come first)")
+    weight = _class_weights(np.asarray(y)[:n_real], cfg.class_weights, num_classes) if cfg.epochs else None
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
     fade_steps = cfg.fade_epochs * steps
     history: list[dict] = []

@@ -47,6 +47,8 @@ from mer.options import option
 from mer.train import TrainConfig, build_model, normalise, predict_proba
 
 FORMAT = "mer.esaat/1"
+AUGMENTS = ("none", "ddpm")
+_AUG = "fine-tuning augmentation"
 
 
 @dataclass
@@ -79,10 +81,43 @@ class ESAATConfig:
     seed: int = option(0, "calibration draw, new agent parameters, fine-tuning batch order")
     latency_batch: int = option(32, "batch of the CPU latency measurement (reported per sample)")
     finetune: FinetuneConfig = option(FinetuneConfig, nested=True)
+    augment: str = option(
+        "none",
+        "DDPM samples added to each fold's fine-tuning set (one DDPM per fold, trained on that fold's fit "
+        "samples only; the class weights stay those of the real samples)",
+        choices=AUGMENTS,
+        group=_AUG,
+    )
+    augment_ratio: str = option(
+        "balance", "'balance' (top classes up to the largest) or a multiple of the fit set, e.g. 1.0", group=_AUG
+    )
+    ddpm: dict = option(
+        dict, "mer.augment.DDPMConfig override, repeatable (e.g. train_steps=200)", flag="--ddpm-arg", group=_AUG
+    )
+    ddpm_cache: str | None = option(
+        None,
+        "keep trained DDPMs and their samples here (default: beside the run's preprocessing cache, where "
+        "`mer train --augment ddpm` keeps them; a DDPM is reused only for the same arrays, settings and seed)",
+        metavar="DIR",
+        group=_AUG,
+    )
 
     def __post_init__(self):
         if isinstance(self.finetune, dict):
             self.finetune = FinetuneConfig(**self.finetune)
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.augment_ratio != "balance":
+            try:
+                ok = float(self.augment_ratio) >= 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"augment_ratio must be 'balance' or a number >= 0, got {self.augment_ratio!r}")
+        if self.ddpm:
+            if self.augment == "none":
+                raise ValueError("--ddpm-arg is given but --augment is none; add --augment ddpm or drop --ddpm-arg")
+            self.ddpm_config()  # unknown keys and bad values fail here, before any fold runs
         if sum(v is not None for v in (self.remove, self.budget, self.flops_budget)) != 1:
             raise ValueError("give exactly one of remove (k layers), budget (parameter fraction) or flops_budget")
         if self.criterion not in CRITERIA:
@@ -97,6 +132,14 @@ class ESAATConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def ddpm_config(self):
+        from mer.augment import DDPMConfig
+
+        try:
+            return DDPMConfig(**{"progress": False, **self.ddpm})
+        except TypeError as e:
+            raise ValueError(f"--ddpm-arg: {e} (the keys are mer.augment.DDPMConfig's fields)") from None
+
     def tag(self) -> str:
         """Default output folder name, e.g. 'k2', 'budget0.8', 'flops0.7' (+ '-softmax' without conversion)."""
         t = (
@@ -106,7 +149,7 @@ class ESAATConfig:
             if self.budget is not None
             else f"flops{self.flops_budget}"
         )
-        return t + ("" if self.convert else "-softmax")
+        return t + ("" if self.convert else "-softmax") + ("-ddpm" if self.augment == "ddpm" else "")
 
 
 def calibration_indices(fit: np.ndarray, size: int, seed: int, fold_index: int) -> np.ndarray:
@@ -143,9 +186,12 @@ def esaat_model(
     fold_index: int = 0,
     calib: np.ndarray | None = None,
     progress: bool = False,
+    x_gen: np.ndarray | None = None,
+    y_gen: np.ndarray | None = None,
 ) -> tuple[nn.Module, dict]:
     """ESAAT on one model, in place: select on ``x_fit[calib]`` (normalised, training samples only),
-    remove (with the fade-out while fine-tuning), convert the rest, fine-tune on (x_fit, y_fit).
+    remove (with the fade-out while fine-tuning), convert the rest, fine-tune on (x_fit, y_fit) plus the
+    generated (x_gen, y_gen) when given (selection and class weights use the real samples only).
     Returns (model, record) with the selection, the converted layers and the fine-tuning history."""
     if calib is None:
         calib = calibration_indices(np.arange(len(x_fit)), cfg.calib_size, cfg.seed, fold_index)
@@ -172,11 +218,18 @@ def esaat_model(
     torch.manual_seed(1000 * cfg.seed + fold_index)  # the agent-only parameters of converted layers
     converted = convert_remaining(model, cfg.agent_num, exclude=fade) if cfg.convert else []
     t1 = time.perf_counter()
+    n_gen = 0 if y_gen is None else len(y_gen)
+    if n_gen:
+        x_ft = np.concatenate([x_fit, np.asarray(x_gen, np.float32)])
+        y_ft = np.concatenate([y_fit, np.asarray(y_gen, np.int64)])
+    else:
+        x_ft, y_ft = x_fit, y_fit
     history = finetune(
         model,
-        x_fit,
-        y_fit,
+        x_ft,
+        y_ft,
         ft,
+        n_real=len(y_fit),
         fade=fade,
         skip_scale=cfg.skip_scale,
         seed=(cfg.seed, fold_index, 77),
@@ -190,6 +243,8 @@ def esaat_model(
         "skip_scale": cfg.skip_scale,
         "agent_num": cfg.agent_num,
         "calibration_size": int(len(calib)),
+        "n_real": int(len(y_fit)),
+        "n_generated": int(n_gen),
         "selection_seconds": round(t_sel, 3),
         "finetune_seconds": round(time.perf_counter() - t1, 3),
         "history": history,
@@ -242,10 +297,43 @@ def _check_samples(run: Path, samples, y) -> None:
         )
 
 
+def ddpm_samples(
+    cfg: ESAATConfig, tcfg: TrainConfig | None, fold: dict, x_fit: np.ndarray, y_fit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fold's DDPM samples for fine-tuning (none unless ``cfg.augment == 'ddpm'``): a class-conditional
+    DDPM trained on the fold's normalised fit arrays only, seeded like `mer train --augment ddpm` (run seed ·
+    1000 + fold index), so a run trained with that augmentation shares its cached DDPMs."""
+    if cfg.augment == "none":
+        return np.zeros((0, *x_fit.shape[1:]), np.float32), np.zeros(0, np.int64)
+    from mer.augment import augment_fold
+
+    cache = cfg.ddpm_cache or str(Path(tcfg.cache_dir).expanduser().parent / "ddpm")
+    ratio = cfg.augment_ratio if cfg.augment_ratio == "balance" else float(cfg.augment_ratio)
+    x_gen, y_gen = augment_fold(
+        x_fit,
+        y_fit,
+        cfg=cfg.ddpm_config(),
+        cache_dir=Path(cache).expanduser(),
+        fold_key=fold["dir"],
+        seed=tcfg.seed * 1000 + fold["index"],
+        ratio=ratio,
+    )
+    return x_gen.astype(np.float32), y_gen.astype(np.int64)
+
+
 def prune_fold(
-    run: Path, out: Path, fold: dict, cfg: ESAATConfig, x: np.ndarray, y: np.ndarray, ids: list, progress: bool = False
+    run: Path,
+    out: Path,
+    fold: dict,
+    cfg: ESAATConfig,
+    x: np.ndarray,
+    y: np.ndarray,
+    ids: list,
+    progress: bool = False,
+    tcfg: TrainConfig | None = None,
 ) -> dict:
-    """ESAAT on fold ``fold`` (a folds.json entry) of ``run``; writes OUT/folds/<dir>/ and returns its record."""
+    """ESAAT on fold ``fold`` (a folds.json entry) of ``run``; writes OUT/folds/<dir>/ and returns its record.
+    ``tcfg`` (the run's training config) is needed with ``cfg.augment == 'ddpm'``."""
     t0, c0 = time.perf_counter(), time.process_time()
     src = run / "folds" / fold["dir"]
     result = json.loads((src / "result.json").read_text())
@@ -267,7 +355,12 @@ def prune_fold(
         **model_cost(model, example),
         "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch),
     }
-    model, rec = esaat_model(model, x_fit, y_fit, cfg, fold_index=fold["index"], calib=calib, progress=progress)
+    if cfg.augment != "none" and tcfg is None:
+        raise ValueError("prune_fold with augment='ddpm' needs the run's TrainConfig (tcfg)")
+    x_gen, y_gen = ddpm_samples(cfg, tcfg, fold, x_fit, y_fit)
+    model, rec = esaat_model(
+        model, x_fit, y_fit, cfg, fold_index=fold["index"], calib=calib, progress=progress, x_gen=x_gen, y_gen=y_gen
+    )
     after = {
         **model_cost(model, example),
         "latency_ms_per_sample": per_sample_latency_ms(model, example, cfg.latency_batch),
@@ -305,6 +398,7 @@ def prune_fold(
             "dir": fold["dir"],
             "test_subjects": fold["test_subjects"],
             "n_fit": int(len(fit)),
+            "n_generated": rec["n_generated"],
             "n_test": int(len(test)),
             "epochs_run": len(rec["history"]),
             "epoch_selected": len(rec["history"]),
@@ -359,7 +453,7 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
     recs = []
     bar = tqdm(folds, desc=f"ESAAT {cfg.tag()}", unit="fold", disable=not progress)
     for fold in bar:
-        recs.append(prune_fold(run, out, fold, cfg, x, y, ids, progress=progress))
+        recs.append(prune_fold(run, out, fold, cfg, x, y, ids, progress=progress, tcfg=tcfg))
         bar.set_postfix(removed=",".join(n.replace(".attn", "") for n in recs[-1]["removed"]) or "-")
     bar.close()
     metrics = write_report(out, print_table=False, plots=True)
@@ -375,6 +469,12 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
         "run": str(run.resolve()),
         "config": cfg.to_dict(),
         "model": tcfg.model,
+        "augment": {
+            "kind": cfg.augment,
+            "ratio": cfg.augment_ratio,
+            "n_real_mean": float(np.mean([r["n_real"] for r in recs])),
+            "n_generated_mean": float(np.mean([r["n_generated"] for r in recs])),
+        },
         "latency": {
             "what": "CPU inference ms per sample, min of 5 forwards of a batch, mean over folds",
             "batch": cfg.latency_batch,
@@ -452,4 +552,12 @@ def format_summary(s: dict) -> str:
         + "; ".join(f"{f['fold']}: {', '.join(f['removed']) or '-'}" for f in s["per_fold"])
         + f". Same set in {sa['modal_share']:.0%} of folds.",
     ]
+    aug = s.get("augment", {})
+    if aug.get("kind", "none") != "none":
+        lines += [
+            "",
+            f"Fine-tuning set: {aug['n_real_mean']:.0f} real + {aug['n_generated_mean']:.0f} {aug['kind'].upper()} "
+            f"samples per fold on average (ratio {aug['ratio']}; one DDPM per fold on its fit samples; class "
+            "weights from the real samples).",
+        ]
     return "\n".join(lines)

@@ -179,3 +179,37 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
     assert all(f["removed"] for f in f90["per_fold"])
     assert main(["prune", "--run", str(tmp_path), "--remove", "1"]) == 2
     assert "not a `mer train` run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prune_with_ddpm_finetuning_samples(tiny_run, tmp_path, capsys):
+    """The paper's chain's last step: fine-tuning on each fold's real fit samples plus DDPM samples from a
+    DDPM trained on those fit samples only; a second prune with the same settings reuses the cached DDPMs."""
+    from mer.cli import main
+
+    cache = tmp_path / "ddpm"
+    base = ["prune", "--run", str(tiny_run), "--epochs", "1", "--fade-epochs", "0", "--calib", "8"]
+    ddpm = ["--augment", "ddpm", "--augment-ratio", "1.0", "--ddpm-cache", str(cache), "--no-progress"]
+    ddpm += ["--ddpm-arg", "train_steps=3", "--ddpm-arg", "sample_steps=2", "--ddpm-arg", "base_channels=4"]
+    assert main([*base, "--remove", "1", "--out", str(tmp_path / "k1"), *ddpm]) == 0
+    assert "DDPM samples per fold" in capsys.readouterr().out
+    s = json.loads((tmp_path / "k1" / "esaat.json").read_text())
+    assert s["augment"]["kind"] == "ddpm" and s["augment"]["n_generated_mean"] == s["augment"]["n_real_mean"]
+    folds = json.loads((tiny_run / "folds.json").read_text())
+    for fold in folds:
+        res = json.loads((tmp_path / "k1" / "folds" / fold["dir"] / "result.json").read_text())
+        assert res["n_generated"] == res["n_fit"] > 0
+        assert not set(res["indices_used"]["fit"]) & set(fold["test"])
+    cached = sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file())
+    assert {p.parts[0] for p in cached} == {f["dir"] for f in folds}  # one DDPM per fold
+    stamps = {p: (cache / p).stat().st_mtime_ns for p in cached}
+    assert main([*base, "--remove", "0", "--no-convert", "--out", str(tmp_path / "k0"), *ddpm]) == 0
+    capsys.readouterr()
+    assert {p: (cache / p).stat().st_mtime_ns for p in cached} == stamps  # reused, not retrained
+    assert sorted(p.relative_to(cache) for p in cache.rglob("*") if p.is_file()) == cached
+    # DDPM options without the augmentation, and unknown DDPM keys, are clear errors
+    assert main([*base, "--remove", "1", "--out", str(tmp_path / "x"), "--ddpm-arg", "train_steps=3"]) == 2
+    assert "--augment ddpm" in capsys.readouterr().err
+    bad = [*base, "--remove", "1", "--out", str(tmp_path / "y"), "--augment", "ddpm", "--ddpm-arg", "steps=3"]
+    assert main(bad) == 2
+    assert "DDPMConfig" in capsys.readouterr().err

@@ -184,6 +184,39 @@ def test_esaat_model_deterministic():
     assert len(ra["converted"]) == 3 and ra["removed"][0] not in ra["converted"]
 
 
+def test_generated_samples_join_finetuning_but_not_class_weights_or_calibration(monkeypatch):
+    """esaat_model with DDPM samples: calibration draws from the real samples only, the fine-tuning set is
+    real + generated, and the balanced class weights are those of the real labels."""
+    import sys
+
+    ft_mod = sys.modules["mer.esaat.finetune"]  # the package exports a function of the same name
+    seen = []
+    real_weights = ft_mod._class_weights
+    monkeypatch.setattr(ft_mod, "_class_weights", lambda y, *a: seen.append(np.asarray(y)) or real_weights(y, *a))
+    x = calib(n=30).numpy()
+    y = np.array([0] * 20 + [1] * 6 + [2] * 4)
+    x_gen, y_gen = calib(n=24, seed=5).numpy(), np.array([1] * 14 + [2] * 10)  # tops classes up to 20
+    cfg = ESAATConfig(remove=1, calib_size=20, finetune=FinetuneConfig(epochs=1, fade_epochs=0, batch_size=16))
+    _, rec = esaat_model(tiny_htnet(), x, y, cfg, fold_index=0, x_gen=x_gen, y_gen=y_gen)
+    assert rec["n_real"] == 30 and rec["n_generated"] == 24
+    assert len(seen) == 1 and np.array_equal(seen[0], y)  # not the balanced 20/20/20
+    assert rec["calibration_size"] == 20
+    with pytest.raises(ValueError, match="n_real=0"):
+        finetune(tiny_htnet(), x, y, FinetuneConfig(epochs=1, fade_epochs=0), n_real=0)
+
+
+def test_augment_options_are_checked():
+    with pytest.raises(ValueError, match="--augment ddpm"):
+        ESAATConfig(remove=1, ddpm={"train_steps": 3})
+    with pytest.raises(ValueError, match="DDPMConfig"):
+        ESAATConfig(remove=1, augment="ddpm", ddpm={"steps": 3})
+    with pytest.raises(ValueError, match="augment_ratio"):
+        ESAATConfig(remove=1, augment="ddpm", augment_ratio="lots")
+    with pytest.raises(ValueError, match="augment must be"):
+        ESAATConfig(remove=1, augment="gan")
+    assert ESAATConfig(remove=2, augment="ddpm").tag() == "k2-ddpm"
+
+
 def test_esaat_on_vit():
     torch.manual_seed(0)
     model = vit_test(depth=4)
