@@ -45,9 +45,9 @@ from mer.io import (
 )
 from mer.options import option
 from mer.train import TrainConfig, build_model, normalise, predict_proba
+from mer.train.config import AUGMENTS, augment_ratio_error, augment_ratio_option, ddpm_option
 
 FORMAT = "mer.esaat/1"
-AUGMENTS = ("none", "ddpm")
 _AUG = "fine-tuning augmentation"
 
 
@@ -88,12 +88,8 @@ class ESAATConfig:
         choices=AUGMENTS,
         group=_AUG,
     )
-    augment_ratio: str = option(
-        "balance", "'balance' (top classes up to the largest) or a multiple of the fit set, e.g. 1.0", group=_AUG
-    )
-    ddpm: dict = option(
-        dict, "mer.augment.DDPMConfig override, repeatable (e.g. train_steps=200)", flag="--ddpm-arg", group=_AUG
-    )
+    augment_ratio: str = augment_ratio_option(_AUG)
+    ddpm: dict = ddpm_option(_AUG)
     ddpm_cache: str | None = option(
         None,
         "keep trained DDPMs and their samples here (default: beside the run's preprocessing cache, where "
@@ -107,13 +103,8 @@ class ESAATConfig:
             self.finetune = FinetuneConfig(**self.finetune)
         if self.augment not in AUGMENTS:
             raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
-        if self.augment_ratio != "balance":
-            try:
-                ok = float(self.augment_ratio) >= 0
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"augment_ratio must be 'balance' or a number >= 0, got {self.augment_ratio!r}")
+        if (msg := augment_ratio_error(self.augment_ratio)) is not None:
+            raise ValueError(msg)
         if self.ddpm:
             if self.augment == "none":
                 raise ValueError("--ddpm-arg is given but --augment is none; add --augment ddpm or drop --ddpm-arg")

@@ -60,6 +60,33 @@ PRESETS = {
 }
 INPUTS = ("face", "regions")
 AUGMENTS = ("none", "ddpm")
+
+
+def augment_ratio_option(group: str):
+    """``--augment-ratio``, shared by `mer train` and `mer prune`."""
+    return option(
+        "balance", "'balance' (top classes up to the largest) or a multiple of the fit set, e.g. 1.0", group=group
+    )
+
+
+def ddpm_option(group: str):
+    """``--ddpm-arg KEY=VALUE``, shared by `mer train` and `mer prune`."""
+    return option(
+        dict, "mer.augment.DDPMConfig override, repeatable (e.g. train_steps=200)", flag="--ddpm-arg", group=group
+    )
+
+
+def augment_ratio_error(value: str) -> str | None:
+    """The message for a bad ``augment_ratio`` ('balance' or a number >= 0), else None."""
+    if value == "balance":
+        return None
+    try:
+        ok = float(value) >= 0
+    except ValueError:
+        ok = False
+    return None if ok else f"augment_ratio must be 'balance' or a number >= 0, got {value!r}"
+
+
 NORMALISATIONS = ("channel", "none")
 CLASS_WEIGHTS = ("balanced", "none")
 
@@ -208,12 +235,8 @@ class TrainConfig:
         choices=AUGMENTS,
         group=_AUG,
     )
-    augment_ratio: str = option(
-        "balance", "'balance' (top classes up to the largest) or a multiple of the fit set, e.g. 1.0", group=_AUG
-    )
-    ddpm: dict = option(
-        dict, "mer.augment.DDPMConfig override, repeatable (e.g. train_steps=200)", flag="--ddpm-arg", group=_AUG
-    )
+    augment_ratio: str = augment_ratio_option(_AUG)
+    ddpm: dict = ddpm_option(_AUG)
     # --- reproducibility -------------------------------------------------------------------------
     preset: str = option(
         "none",
@@ -277,12 +300,8 @@ class TrainConfig:
             errs.append(f"workers must be >= 1, got {self.workers}")
         if self.fold_batch < 1:
             errs.append(f"fold_batch must be >= 1, got {self.fold_batch}")
-        if self.augment_ratio != "balance":
-            try:
-                if float(self.augment_ratio) < 0:
-                    raise ValueError
-            except ValueError:
-                errs.append(f"augment_ratio must be 'balance' or a number >= 0, got {self.augment_ratio!r}")
+        if (msg := augment_ratio_error(self.augment_ratio)) is not None:
+            errs.append(msg)
         sources = [
             self.data is not None,
             any(x is not None for x in (self.casme2, self.samm, self.smic)),

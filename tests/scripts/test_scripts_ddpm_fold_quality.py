@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+import pytest
 
 
-def load():
-    spec = importlib.util.spec_from_file_location("ddpm_fold_quality", ROOT / "scripts" / "ddpm_fold_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def quality(load_script):
+    return load_script("ddpm_fold_quality")
 
 
 def rec(i: int) -> dict:
@@ -27,8 +22,8 @@ def rec(i: int) -> dict:
     }
 
 
-def test_summary_over_folds():
-    s = load().summarise([rec(0), rec(1), rec(2)])
+def test_summary_over_folds(quality):
+    s = quality.summarise([rec(0), rec(1), rec(2)])
     assert s["folds"] == 3 and s["n_train"] == {"median": 401.0, "min": 400.0, "max": 402.0}
     assert s["median_ratio_gen_over_real"]["median"] == 1.1
     # a class with no generated samples (None) is left out, not counted as zero
@@ -37,6 +32,6 @@ def test_summary_over_folds():
     assert s["generated_classes"][1]["std_ratio_median_per_channel"] == [2.0, 0.8, 0.9]
 
 
-def test_missing_run_is_a_clear_error(tmp_path, capsys):
-    assert load().main(["--run", str(tmp_path), "--out", str(tmp_path / "q"), "--no-progress"]) == 2
+def test_missing_run_is_a_clear_error(quality, tmp_path, capsys):
+    assert quality.main(["--run", str(tmp_path), "--out", str(tmp_path / "q"), "--no-progress"]) == 2
     assert "ddpm_fold_quality: error" in capsys.readouterr().err

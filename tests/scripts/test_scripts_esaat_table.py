@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def table():
-    spec = importlib.util.spec_from_file_location("esaat_table", ROOT / "scripts" / "esaat_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def table(load_script):
+    return load_script("esaat_table")
 
 
 def scores(uf1: float) -> dict:
