@@ -1,45 +1,49 @@
 #!/usr/bin/env python3
 """One table over finished `mer prune` runs (and the `mer train` run they started from).
 
-Each row is ``LABEL=DIR``: a `mer prune` output folder (esaat.json + metrics.json) or, with ``--base``, the
-`mer train` run it pruned (its honest scores: the last epoch for an oracle run). Writes OUT/esaat_table.md
-and OUT/esaat_table.json: pooled and per-dataset UF1/UAR, mean parameters and forward FLOPs per image of the
-fold models, the modal set of removed layers with its share of folds, the fine-tuning set's DDPM samples,
-and CPU seconds per fold (the sum of the folds' ``cpu_seconds`` / folds). Nothing is trained.
+Each row is ``LABEL=DIR[,DIR...]``: a `mer prune` output folder (esaat.json + metrics.json) or, with
+``--base``, the `mer train` run it pruned (its honest scores: the last epoch for an oracle run). Several
+folders (comma-separated, one per seed) make one row with UF1/UAR as mean ± sample standard deviation over
+them. Writes OUT/esaat_table.md and OUT/esaat_table.json: pooled and per-dataset UF1/UAR, mean parameters
+and forward FLOPs per image of the fold models, the modal set of removed layers with its share of folds
+(over every fold of every run in the row), the fine-tuning set's DDPM samples, CPU seconds per fold (the
+sum of the folds' ``cpu_seconds`` / folds) and the number of runs. Nothing is trained.
 
-Example (what benchmarks/results/real-esaat-loso-*/README.md reports)::
+Example (what benchmarks/results/real-esaat-*/README.md reports)::
 
     python scripts/esaat_table.py --out runs/real/esaat-table \\
-        --base "base: htnet_small_lape, last epoch=runs/real/lape-s0-fixed" \\
-        --row "control: fine-tuning alone (k=0)=runs/real/esaat-control-k0" \\
-        --row "ESAAT k=1 (signed T)=runs/real/esaat-signed-k1"
+        --base "base: htnet_small_lape, last epoch=runs/real/lape-s0-fixed,runs/real/lape-s1-fixed" \\
+        --row "control: fine-tuning alone (k=0)=runs/real/esaat-control-k0-s0,runs/real/esaat-control-k0-s1" \\
+        --row "ESAAT k=1 (signed T)=runs/real/esaat-signed-k1-s0,runs/real/esaat-signed-k1-s1"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 DATASETS = ("casme2", "samm", "smic")
 
 
-def _pair(text: str) -> tuple[str, Path]:
-    label, sep, path = text.rpartition("=")
-    if not sep or not label or not path:
-        raise argparse.ArgumentTypeError(f"expected LABEL=DIR, got {text!r}")
-    return label, Path(path)
+def _pair(text: str) -> tuple[str, list[Path]]:
+    label, sep, paths = text.rpartition("=")
+    dirs = [Path(x) for x in paths.split(",") if x.strip()]
+    if not sep or not label or not dirs:
+        raise argparse.ArgumentTypeError(f"expected LABEL=DIR[,DIR...], got {text!r}")
+    return label, dirs
 
 
 def _short(layer: str) -> str:
     return layer.replace(".attn", "").replace("levels.", "L").replace(".blocks.", "b")
 
 
-def _cpu_per_fold(run: Path) -> float | None:
+def _fold_cpu(run: Path) -> list[float]:
     secs = [json.loads(p.read_text()).get("cpu_seconds") for p in sorted((run / "folds").glob("*/result.json"))]
-    secs = [s for s in secs if s is not None]
-    return sum(secs) / len(secs) if secs else None
+    return [s for s in secs if s is not None]
 
 
 def _scores(metrics: dict) -> dict:
@@ -47,48 +51,86 @@ def _scores(metrics: dict) -> dict:
     return {k: {"uf1": s[k]["uf1"], "uar": s[k]["uar"]} for k in ("all", *DATASETS) if k in s}
 
 
-def base_row(label: str, run: Path) -> dict:
-    """The `mer train` run a prune started from (its honest scores, its cost from the first prune row)."""
-    if not (run / "metrics.json").is_file():
-        raise FileNotFoundError(f"{run}: no metrics.json; --base takes a finished `mer train` run")
+def _combine(label: str, dirs: list[Path], runs: list[dict], kind: str) -> dict:
+    """One row over several runs (seeds): mean scores, their sample std (None for one run), all folds' CPU."""
+    keys = [k for k in runs[0]["scores"] if all(k in r["scores"] for r in runs)]
+    mean = {k: {m: statistics.mean(r["scores"][k][m] for r in runs) for m in ("uf1", "uar")} for k in keys}
+    std = (
+        {k: {m: statistics.stdev(r["scores"][k][m] for r in runs) for m in ("uf1", "uar")} for k in keys}
+        if len(runs) > 1
+        else None
+    )
+    cpu = [c for d in dirs for c in _fold_cpu(d)]
     return {
         "label": label,
-        "dir": str(run),
-        "kind": "train",
-        "scores": _scores(json.loads((run / "metrics.json").read_text())),
-        "cpu_s_per_fold": _cpu_per_fold(run),
+        "dirs": [str(d) for d in dirs],
+        "kind": kind,
+        "n_runs": len(runs),
+        "scores": mean,
+        "scores_std": std,
+        "per_run": [{"dir": str(d), "scores": r["scores"]} for d, r in zip(dirs, runs, strict=True)],
+        "cpu_s_per_fold": statistics.mean(cpu) if cpu else None,
     }
 
 
-def prune_row(label: str, out: Path) -> dict:
-    """One `mer prune` output folder."""
-    if not (out / "esaat.json").is_file() or not (out / "metrics.json").is_file():
-        raise FileNotFoundError(f"{out}: no esaat.json/metrics.json; --row takes a finished `mer prune` output folder")
-    e = json.loads((out / "esaat.json").read_text())
-    sel = e["selection_agreement"]
-    aug = e.get("augment", {"kind": "none"})
-    return {
-        "label": label,
-        "dir": str(out),
-        "kind": "prune",
-        "scores": _scores(json.loads((out / "metrics.json").read_text())),
-        "params": e["after"]["params"],
-        "flops": e["after"]["flops"],
-        "before": {k: e["before"][k] for k in ("params", "flops") if k in e["before"]},
-        "removed_modal": list(sel["modal_set"]),
-        "removed_modal_share": sel["modal_share"],
-        "augment": aug,
-        "cpu_s_per_fold": _cpu_per_fold(out),
-        "criterion": e["config"]["criterion"],
-        "remove": e["config"].get("remove"),
-    }
+def base_row(label: str, dirs: list[Path]) -> dict:
+    """The `mer train` run(s) the prunes started from (honest scores; the cost from the first prune row)."""
+    runs = []
+    for run in dirs:
+        if not (run / "metrics.json").is_file():
+            raise FileNotFoundError(f"{run}: no metrics.json; --base takes finished `mer train` runs")
+        runs.append({"scores": _scores(json.loads((run / "metrics.json").read_text()))})
+    return _combine(label, dirs, runs, "train")
+
+
+def prune_row(label: str, dirs: list[Path]) -> dict:
+    """`mer prune` output folder(s), one per seed."""
+    es, runs = [], []
+    for out in dirs:
+        if not (out / "esaat.json").is_file() or not (out / "metrics.json").is_file():
+            raise FileNotFoundError(
+                f"{out}: no esaat.json/metrics.json; --row takes finished `mer prune` output folders"
+            )
+        es.append(json.loads((out / "esaat.json").read_text()))
+        runs.append({"scores": _scores(json.loads((out / "metrics.json").read_text()))})
+    crit = {e["config"]["criterion"] for e in es}
+    remove = {e["config"].get("remove") for e in es}
+    if len(crit) > 1 or len(remove) > 1:
+        raise ValueError(
+            f"row {label!r}: its runs differ in criterion {sorted(crit)} or layers removed {sorted(remove)}; "
+            "one row takes the same configuration at different seeds"
+        )
+    # the modal set over every fold of every run (esaat.json's per_fold lists each fold's removed layers)
+    sets = Counter(tuple(sorted(f["removed"])) for e in es for f in e["per_fold"])
+    modal, count = sets.most_common(1)[0]
+    augs = [e.get("augment", {"kind": "none"}) for e in es]
+    row = _combine(label, dirs, runs, "prune")
+    row.update(
+        params=statistics.mean(e["after"]["params"] for e in es),
+        flops=statistics.mean(e["after"]["flops"] for e in es),
+        before={k: es[0]["before"][k] for k in ("params", "flops") if k in es[0]["before"]},
+        removed_modal=list(modal),
+        removed_modal_share=count / sum(sets.values()),
+        augment={
+            "kind": augs[0].get("kind", "none"),
+            "n_generated_mean": statistics.mean(a.get("n_generated_mean", 0.0) for a in augs),
+        },
+        criterion=crit.pop(),
+        remove=remove.pop(),
+    )
+    return row
+
+
+def _cell(r: dict, key: str, metric: str) -> str:
+    m = f"{r['scores'][key][metric]:.3f}"
+    return m if r["scores_std"] is None else f"{m} ± {r['scores_std'][key][metric]:.3f}"
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| configuration | UF1 | UAR | CASME II / SAMM / SMIC-HS UF1 | params | MFLOPs/image "
-        "| removed (modal set, share of folds) | DDPM samples per fold | CPU s/fold |",
-        "|---|---:|---:|---|---:|---:|---|---:|---:|",
+        "| removed (modal set, share of folds) | DDPM samples per fold | CPU s/fold | runs |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
     ]
     first_prune = next((r for r in rows if r["kind"] == "prune"), None)
     for r in rows:
@@ -110,8 +152,8 @@ def markdown(rows: list[dict]) -> str:
             else "-"
         )
         lines.append(
-            f"| {r['label']} | {s['all']['uf1']:.3f} | {s['all']['uar']:.3f} | {per} | {params} | {flops} "
-            f"| {removed} | {gen} | {cpu} |"
+            f"| {r['label']} | {_cell(r, 'all', 'uf1')} | {_cell(r, 'all', 'uar')} | {per} | {params} | {flops} "
+            f"| {removed} | {gen} | {cpu} | {r['n_runs']} |"
         )
     return "\n".join(lines)
 
@@ -120,9 +162,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--base", type=_pair, help="LABEL=DIR of the `mer train` run the prunes started from")
+    ap.add_argument("--base", type=_pair, help="LABEL=DIR[,DIR...] of the `mer train` run(s) the prunes started from")
     ap.add_argument(
-        "--row", type=_pair, action="append", default=[], help="LABEL=DIR of a `mer prune` output, repeatable"
+        "--row",
+        type=_pair,
+        action="append",
+        default=[],
+        help="LABEL=DIR[,DIR...] of `mer prune` output(s), one per seed; repeatable",
     )
     ap.add_argument("--out", required=True, type=Path, help="folder for esaat_table.md and esaat_table.json")
     a = ap.parse_args(argv)
@@ -130,7 +176,7 @@ def main(argv=None) -> int:
         ap.error("give at least one --row LABEL=DIR")
     try:
         rows = ([base_row(*a.base)] if a.base else []) + [prune_row(*r) for r in a.row]
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"esaat_table: error: {e}", file=sys.stderr)
         return 2
     a.out.mkdir(parents=True, exist_ok=True)
