@@ -216,12 +216,12 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
         _collective(
             ctx, lambda: _run_folds(cfg, folds, todo, len(mine), rd, shared, ctx, on_fold_done, on_epoch_end, tqdm)
         )
-        if ctx.is_main:
-            from mer.evaluation.report import write_report
+        from mer.evaluation.report import write_report
 
-            metrics = write_report(rd.root, print_table=True)
-            return metrics
-        return None
+        # every rank waits here until rank 0 has merged the run: no rank leaves (and tears down its process
+        # group) while the merge is still being written, and a failed merge is reported on every rank
+        metrics = _collective(ctx, lambda: write_report(rd.root, print_table=True), main_only=True)
+        return metrics if ctx.is_main else None
     finally:
         if lock is not None:
             lock.release()
