@@ -7,7 +7,8 @@ folders (comma-separated, one per seed) make one row with UF1/UAR as mean ± sam
 them. Writes OUT/esaat_table.md and OUT/esaat_table.json: pooled and per-dataset UF1/UAR, mean parameters
 and forward FLOPs per image of the fold models, the modal set of removed layers with its share of folds
 (over every fold of every run in the row), the fine-tuning set's DDPM samples, CPU seconds per fold (the
-sum of the folds' ``cpu_seconds`` / folds) and the number of runs. Nothing is trained.
+sum of the folds' ``cpu_seconds`` / folds), the number of runs and, with ``--base``, each row's UF1 minus
+that of the base run it pruned (esaat.json names it), paired seed by seed. Nothing is trained.
 
 Example (what benchmarks/results/real-esaat-*/README.md reports)::
 
@@ -105,6 +106,8 @@ def prune_row(label: str, dirs: list[Path]) -> dict:
     modal, count = sets.most_common(1)[0]
     augs = [e.get("augment", {"kind": "none"}) for e in es]
     row = _combine(label, dirs, runs, "prune")
+    for r, e in zip(row["per_run"], es, strict=True):
+        r["base_run"] = e.get("run")
     row.update(
         params=statistics.mean(e["after"]["params"] for e in es),
         flops=statistics.mean(e["after"]["flops"] for e in es),
@@ -121,6 +124,39 @@ def prune_row(label: str, dirs: list[Path]) -> dict:
     return row
 
 
+def _same_run(a: str, b: str) -> bool:
+    """Two spellings of one run folder: equal once resolved, or (folders moved since) equal names."""
+    return Path(a).resolve() == Path(b).resolve() or Path(a).name == Path(b).name
+
+
+def add_paired_deltas(rows: list[dict]) -> None:
+    """Per prune row, UF1 minus the UF1 of the base run it pruned (esaat.json's ``run``), seed by seed:
+    ``delta_uf1`` (mean, sample std or None, n). Rows whose base runs are not all in --base get none."""
+    base = next((r for r in rows if r["kind"] == "train"), None)
+    for r in rows:
+        if r["kind"] != "prune" or base is None:
+            continue
+        ds = []
+        for run in r["per_run"]:
+            b = next((x for x in base["per_run"] if run.get("base_run") and _same_run(x["dir"], run["base_run"])), None)
+            if b is None:
+                break
+            ds.append(run["scores"]["all"]["uf1"] - b["scores"]["all"]["uf1"])
+        else:
+            r["delta_uf1"] = {
+                "mean": statistics.mean(ds),
+                "std": statistics.stdev(ds) if len(ds) > 1 else None,
+                "n": len(ds),
+            }
+
+
+def _delta(r: dict) -> str:
+    d = r.get("delta_uf1")
+    if d is None:
+        return "-"
+    return f"{d['mean']:+.3f}" + ("" if d["std"] is None else f" ± {d['std']:.3f}")
+
+
 def _cell(r: dict, key: str, metric: str) -> str:
     m = f"{r['scores'][key][metric]:.3f}"
     return m if r["scores_std"] is None else f"{m} ± {r['scores_std'][key][metric]:.3f}"
@@ -129,8 +165,8 @@ def _cell(r: dict, key: str, metric: str) -> str:
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| configuration | UF1 | UAR | CASME II / SAMM / SMIC-HS UF1 | params | MFLOPs/image "
-        "| removed (modal set, share of folds) | DDPM samples per fold | CPU s/fold | runs |",
-        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|",
+        "| removed (modal set, share of folds) | DDPM samples per fold | CPU s/fold | runs | ΔUF1 vs base (paired) |",
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     first_prune = next((r for r in rows if r["kind"] == "prune"), None)
     for r in rows:
@@ -153,7 +189,7 @@ def markdown(rows: list[dict]) -> str:
         )
         lines.append(
             f"| {r['label']} | {_cell(r, 'all', 'uf1')} | {_cell(r, 'all', 'uar')} | {per} | {params} | {flops} "
-            f"| {removed} | {gen} | {cpu} | {r['n_runs']} |"
+            f"| {removed} | {gen} | {cpu} | {r['n_runs']} | {_delta(r)} |"
         )
     return "\n".join(lines)
 
@@ -179,6 +215,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"esaat_table: error: {e}", file=sys.stderr)
         return 2
+    add_paired_deltas(rows)
     a.out.mkdir(parents=True, exist_ok=True)
     md = markdown(rows)
     (a.out / "esaat_table.md").write_text(md + "\n")
