@@ -24,7 +24,6 @@ import argparse
 import json
 import statistics
 import sys
-from collections import Counter
 from pathlib import Path
 
 DATASETS = ("casme2", "samm", "smic")
@@ -86,6 +85,8 @@ def base_row(label: str, dirs: list[Path]) -> dict:
 
 def prune_row(label: str, dirs: list[Path]) -> dict:
     """`mer prune` output folder(s), one per seed."""
+    from mer.esaat.agreement import selection_agreement  # what `mer prune` reports as its modal set
+
     es, runs = [], []
     for out in dirs:
         if not (out / "esaat.json").is_file() or not (out / "metrics.json").is_file():
@@ -102,8 +103,7 @@ def prune_row(label: str, dirs: list[Path]) -> dict:
             "one row takes the same configuration at different seeds"
         )
     # the modal set over every fold of every run (esaat.json's per_fold lists each fold's removed layers)
-    sets = Counter(tuple(sorted(f["removed"])) for e in es for f in e["per_fold"])
-    modal, count = sets.most_common(1)[0]
+    agree = selection_agreement([f["removed"] for e in es for f in e["per_fold"]])
     augs = [e.get("augment", {"kind": "none"}) for e in es]
     row = _combine(label, dirs, runs, "prune")
     for r, e in zip(row["per_run"], es, strict=True):
@@ -112,8 +112,8 @@ def prune_row(label: str, dirs: list[Path]) -> dict:
         params=statistics.mean(e["after"]["params"] for e in es),
         flops=statistics.mean(e["after"]["flops"] for e in es),
         before={k: es[0]["before"][k] for k in ("params", "flops") if k in es[0]["before"]},
-        removed_modal=list(modal),
-        removed_modal_share=count / sum(sets.values()),
+        removed_modal=agree["modal_set"],
+        removed_modal_share=agree["modal_share"],
         augment={
             "kind": augs[0].get("kind", "none"),
             "n_generated_mean": statistics.mean(a.get("n_generated_mean", 0.0) for a in augs),
@@ -133,9 +133,9 @@ def add_paired_deltas(rows: list[dict]) -> None:
     """Per prune row, UF1 minus the UF1 of the base run it pruned (esaat.json's ``run``), seed by seed:
     ``delta_uf1`` (mean, sample std or None, n). Rows whose base runs are not all in --base get none."""
     base = next((r for r in rows if r["kind"] == "train"), None)
-    for r in rows:
-        if r["kind"] != "prune" or base is None:
-            continue
+    if base is None:
+        return
+    for r in (r for r in rows if r["kind"] == "prune"):
         ds = []
         for run in r["per_run"]:
             b = next((x for x in base["per_run"] if run.get("base_run") and _same_run(x["dir"], run["base_run"])), None)
