@@ -13,44 +13,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import time
 from pathlib import Path
 
 from mer.io import atomic_write_text
 from mer.train import distributed as dist
+from mer.train import pool
 from mer.train.config import ConfigMismatch, TrainConfig
 from mer.train.fingerprint import check_inputs
 from mer.train.folds import build_folds, fold_dirname, shard
 from mer.train.lock import take_lock
 from mer.train.loop import FoldTask, train_fold
-from mer.train.recovery import fold_finished, show_warnings_plainly
+from mer.train.recovery import fold_finished
 from mer.train.rundir import RunDir
-
-# set by the worker initialiser: the arrays every fold of the run shares (sent once per worker process)
-_SHARED: dict = {}
 
 
 class FoldFailure(RuntimeError):
     """One or more folds (or ranks) failed; the message lists them."""
-
-
-def _threads_for(workers: int) -> int:
-    cores = os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, cores // max(1, workers * local))
-
-
-def _init_worker(threads: int, shared: dict) -> None:
-    import signal
-
-    import torch
-
-    # Ctrl-C is the main process's business: it terminates the workers (their folds resume from last.pt)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    show_warnings_plainly()  # e.g. a damaged checkpoint, named in one `warning:` line as in the main process
-    torch.set_num_threads(threads)
-    _SHARED.update(shared)
 
 
 def _task(cfg: TrainConfig, index: int, fold, rd: RunDir, shared: dict) -> FoldTask:
@@ -82,8 +61,8 @@ def _train_unit(
     return [train_fold(tasks[0], progress=progress, position=1, on_epoch_end=on_epoch_end)]
 
 
-def _worker_run(cfg: TrainConfig, unit: list, root: str, on_epoch_end) -> list[dict]:
-    return _train_unit(cfg, unit, RunDir(root), _SHARED, progress=False, on_epoch_end=on_epoch_end)
+def _worker_run(unit: list, cfg: TrainConfig, root: str, on_epoch_end) -> list[dict]:
+    return _train_unit(cfg, unit, RunDir(root), pool.shared(), progress=False, on_epoch_end=on_epoch_end)
 
 
 def _collective(ctx, fn, *, main_only: bool = False):
@@ -254,42 +233,27 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch
             if ctx.active:
                 import torch
 
-                torch.set_num_threads(_threads_for(1))
+                torch.set_num_threads(pool.threads_for(1))
             for unit in units:
                 for res in _train_unit(cfg, unit, rd, shared, progress=cfg.progress, on_epoch_end=on_epoch_end):
                     done(res)
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            ex = ProcessPoolExecutor(
-                max_workers=min(cfg.workers, len(units)),
-                mp_context=mp.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(_threads_for(cfg.workers), shared),
+            failures = pool.map_in_workers(
+                _worker_run,
+                units,
+                workers=cfg.workers,
+                shared=shared,
+                on_result=lambda unit, results: [done(res) for res in results],
+                args=(cfg, str(rd.root), on_epoch_end),
             )
-            try:
-                futs = {ex.submit(_worker_run, cfg, unit, str(rd.root), on_epoch_end): unit for unit in units}
-                errors = []
-                for f in as_completed(futs):
-                    try:
-                        for res in f.result():
-                            done(res)
-                    except Exception as e:  # noqa: BLE001 - collected, the other folds go on
-                        names = ", ".join(f"{i} ({fold.name})" for i, fold in futs[f])
-                        errors.append(f"fold {names}: {type(e).__name__}: {e}")
-                if errors:
-                    raise FoldFailure(
-                        f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
-                        "\n  " + "\n  ".join(errors)
-                    )
-            except BaseException:
-                # stop now: queued folds are cancelled and running ones killed (they resume from their
-                # last epoch checkpoint on the next run), so Ctrl-C does not wait for the folds in flight
-                for proc in list(getattr(ex, "_processes", {}).values()):
-                    proc.terminate()
-                ex.shutdown(wait=False, cancel_futures=True)
-                raise
-            ex.shutdown(wait=True)
+            if failures:
+                errors = [
+                    f"fold {', '.join(f'{i} ({fold.name})' for i, fold in unit)}: {type(e).__name__}: {e}"
+                    for unit, e in failures
+                ]
+                raise FoldFailure(
+                    f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
+                    "\n  " + "\n  ".join(errors)
+                )
     finally:
         bar.close()
