@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   mer prune --run runs/demo --flops-budget 0.8 --out runs/demo_f80
   mer prune --run runs/demo --remove 0 --no-convert     # control: fine-tuning alone, nothing removed/converted
   mer prune --run runs/demo --remove 2 --criterion signed --augment ddpm   # + per-fold DDPM samples (the paper's chain)
+  mer prune --run runs/demo --remove 2 --workers 2      # two folds at a time; rerun the same command to resume
 
 Per fold: a calibration set of that fold's training samples -> transfer entropy of every attention layer
 to the head (H(all) - H(layer skipped), Gaussian estimate Σ log std) -> greedy selection -> removal
@@ -42,7 +43,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a finished `mer train` run directory")
     p.add_argument("--out", help="output folder (default RUN/esaat/<k2|budget0.85|flops0.8>)")
     add_options(p, ESAATConfig)  # --remove/--budget/--flops-budget, --convert ... and the fine-tuning options
-    p.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="prune N folds at once in worker processes, the cores split between them (default 1; the latency "
+        "column is then measured while the other workers run)",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace a non-empty output folder (the same options resume it)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -53,13 +64,19 @@ def run(args) -> int:
     from mer.esaat import ESAATConfig, prune_run
     from mer.esaat.pipeline import format_summary
     from mer.options import options_from_args
+    from mer.train.runner import FoldFailure
 
     try:
         cfg = options_from_args(ESAATConfig, args)
-        summary = prune_run(args.run, cfg, args.out, force=args.force, progress=not args.no_progress)
+        summary = prune_run(
+            args.run, cfg, args.out, force=args.force, progress=not args.no_progress, workers=args.workers
+        )
     except (ValueError, FileNotFoundError, FileExistsError, TypeError) as e:
         print(f"mer prune: error: {e}", file=sys.stderr)
         return 2
+    except FoldFailure as e:
+        print(f"mer prune: {e}", file=sys.stderr)
+        return 1
     print(format_summary(summary))
     from pathlib import Path
 

@@ -18,6 +18,8 @@ Output (a run directory ``mer evaluate`` can score):
     OUT/esaat.json                             run summary: before/after params, FLOPs, latency, UF1/UAR,
                                                ranking agreement across folds
     OUT/transfer_entropy.png                   per-layer transfer entropy per fold (bar plot)
+
+A fold is finished once its result.json is written: rerunning the same setting into OUT resumes there.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from mer.train import TrainConfig, build_model, normalise, predict_proba
 from mer.train.config import AUGMENTS, augment_ratio_error, augment_ratio_option, ddpm_option
 
 FORMAT = "mer.esaat/1"
+_RUN_FILES = ("config.json", "folds.json", "samples.csv", "excluded.json")  # copied from the run
 _AUG = "fine-tuning augmentation"
 
 
@@ -415,38 +418,114 @@ def prune_fold(
     return fold_rec
 
 
-def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress: bool = True) -> dict:
-    """ESAAT on every fold of the finished ``mer train`` run ``run``; writes ``out`` (default
-    RUN/esaat/<cfg.tag()>) and returns the run summary (also OUT/esaat.json)."""
-    from tqdm.auto import tqdm
+def _prune_in_worker(fold: dict, run: Path, out: Path, cfg: ESAATConfig, tcfg: TrainConfig) -> dict:
+    from mer.train import pool
 
-    from mer.evaluation import write_report
-    from mer.train.data import load_inputs
+    a = pool.shared()
+    return prune_fold(run, out, fold, cfg, a["x"], a["y"], a["ids"], progress=False, tcfg=tcfg)
 
-    run = Path(run)
-    tcfg, folds = _read_run(run)
-    out = Path(out) if out is not None else run / "esaat" / cfg.tag()
+
+def _prepare_out(run: Path, out: Path, config: dict, force: bool) -> str:
+    """Create ``out`` ("new"), or accept it for resuming ("resume": the same ESAAT config on the same run),
+    or replace it with ``force``; anything else is a FileExistsError that says what differs."""
     if out.resolve() == run.resolve():
         raise ValueError("the output folder must differ from the run directory")
     if out.exists() and any(out.iterdir()):
-        if not force:
-            raise FileExistsError(f"{out} exists and is not empty; choose another --out or pass --force to replace it")
-        shutil.rmtree(out)
+        if force:
+            shutil.rmtree(out)
+        else:
+            saved_path = out / "esaat_config.json"
+            saved = json.loads(saved_path.read_text()) if saved_path.is_file() else None
+            if saved is None:
+                raise FileExistsError(
+                    f"{out} exists, is not empty and is not a `mer prune` output; choose another --out or pass "
+                    "--force to replace it"
+                )
+            config = json.loads(json.dumps(config))  # as saved: tuples become lists
+            if saved != config:
+                diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+                raise FileExistsError(
+                    f"{out} holds a `mer prune` of another setting (differs in: {', '.join(diff)}); rerun with "
+                    "the same options to resume it, choose another --out, or pass --force to replace it"
+                )
+            for name in _RUN_FILES:
+                if (run / name).exists() and (out / name).exists():
+                    if (run / name).read_bytes() != (out / name).read_bytes():
+                        raise FileExistsError(
+                            f"{run / name} changed since {out} was started (the run was retrained?); pass --force "
+                            "to prune it afresh"
+                        )
+            return "resume"
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "folds.json", "samples.csv", "excluded.json"):
+    for name in _RUN_FILES:
         if (run / name).exists():
             shutil.copyfile(run / name, out / name)
-    atomic_write_json(out / "esaat_config.json", {"format": FORMAT, "run": str(run.resolve()), **cfg.to_dict()})
+    atomic_write_json(out / "esaat_config.json", config)
+    return "new"
+
+
+def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress: bool = True, workers: int = 1) -> dict:
+    """ESAAT on every fold of the finished ``mer train`` run ``run``; writes ``out`` (default
+    RUN/esaat/<cfg.tag()>) and returns the run summary (also OUT/esaat.json).
+
+    ``workers`` > 1 prunes that many folds at once in worker processes (the cores split between them; the
+    results equal the serial ones at the same torch thread count). Rerunning the same setting into the same
+    ``out`` resumes: finished folds (their result.json written) are kept, the others done."""
+    from tqdm.auto import tqdm
+
+    from mer.evaluation import write_report
+    from mer.train import pool
+    from mer.train.data import load_inputs
+    from mer.train.runner import FoldFailure
+
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    run = Path(run)
+    tcfg, folds = _read_run(run)
+    out = Path(out) if out is not None else run / "esaat" / cfg.tag()
+    _prepare_out(run, out, {"format": FORMAT, "run": str(run.resolve()), **cfg.to_dict()}, force)
     inputs = load_inputs(tcfg, workers=1, progress=progress)
     samples, x, y = inputs.samples, inputs.x, inputs.y
     _check_samples(run, samples, y)
     ids = [(s.dataset, s.subject, s.clip) for s in samples]
-    recs = []
-    bar = tqdm(folds, desc=f"ESAAT {cfg.tag()}", unit="fold", disable=not progress)
-    for fold in bar:
-        recs.append(prune_fold(run, out, fold, cfg, x, y, ids, progress=progress, tcfg=tcfg))
-        bar.set_postfix(removed=",".join(n.replace(".attn", "") for n in recs[-1]["removed"]) or "-")
-    bar.close()
+    by_index, todo = {}, []
+    for fold in folds:
+        d = out / "folds" / fold["dir"]
+        if (d / "result.json").is_file() and (d / "esaat.json").is_file():
+            by_index[fold["index"]] = json.loads((d / "esaat.json").read_text())
+        else:
+            todo.append(fold)
+    bar = tqdm(
+        total=len(folds), initial=len(folds) - len(todo), desc=f"ESAAT {cfg.tag()}", unit="fold", disable=not progress
+    )
+
+    def finished(fold, rec):
+        by_index[fold["index"]] = rec
+        bar.update()
+        bar.set_postfix(removed=",".join(n.replace(".attn", "") for n in rec["removed"]) or "-")
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            for fold in todo:
+                finished(fold, prune_fold(run, out, fold, cfg, x, y, ids, progress=progress, tcfg=tcfg))
+        else:
+            failures = pool.map_in_workers(
+                _prune_in_worker,
+                todo,
+                workers=workers,
+                shared={"x": x, "y": y, "ids": ids},
+                on_result=finished,
+                args=(run, out, cfg, tcfg),
+            )
+            if failures:
+                errors = [f"fold {f['index']} ({f['name']}): {type(e).__name__}: {e}" for f, e in failures]
+                raise FoldFailure(
+                    f"{len(errors)} fold(s) failed (the finished ones are kept; rerun the same command to "
+                    "resume):\n  " + "\n  ".join(errors)
+                )
+    finally:
+        bar.close()
+    recs = [by_index[fold["index"]] for fold in folds]
     metrics = write_report(out, print_table=False, plots=True)
     before_m = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else None
 
@@ -470,6 +549,7 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
             "what": "CPU inference ms per sample, min of 5 forwards of a batch, mean over folds",
             "batch": cfg.latency_batch,
             "threads": LATENCY_THREADS,
+            "workers": workers,  # > 1: measured while the other workers ran
             "machine": machine(),
         },
         "protocol": tcfg.protocol,

@@ -129,8 +129,16 @@ def test_prune_end_to_end(tiny_run, tmp_path, capsys):
             [[float(r[f"p_{c}"]) for c in ("negative", "positive", "surprise")] for r in csv.DictReader(f)]
         )
     np.testing.assert_allclose(prob, saved, atol=2e-6)
-    # an existing output folder is not overwritten silently; bad options are clear errors
-    assert main(args) == 2 and "--force" in capsys.readouterr().err
+    # the same command again resumes (every fold is finished: nothing is redone); another setting into the
+    # same folder is refused, naming what differs; bad options are clear errors
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "folds").rglob("*")}
+    assert main(args) == 0
+    capsys.readouterr()
+    assert {p: p.stat().st_mtime_ns for p in (out / "folds").rglob("*")} == stamps
+    assert json.loads((out / "esaat.json").read_text())["after"] == s["after"]
+    assert main([*args[:4], "2", *args[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "differs in: remove" in err and "--force" in err
     assert (
         main(
             [
@@ -213,3 +221,47 @@ def test_prune_with_ddpm_finetuning_samples(tiny_run, tmp_path, capsys):
     bad = [*base, "--remove", "1", "--out", str(tmp_path / "y"), "--augment", "ddpm", "--ddpm-arg", "steps=3"]
     assert main(bad) == 2
     assert "DDPMConfig" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_prune_workers_match_serial_resume_and_report_failed_folds(tiny_run, tmp_path, capsys, one_thread):
+    """--workers 2 gives the serial predictions (each worker on one thread, as the serial run here); a run
+    stopped part-way resumes with only the missing folds redone; a fold that fails is named, the others kept."""
+    import shutil
+
+    from mer.cli import main
+
+    base = ["prune", "--run", str(tiny_run), "--remove", "1", "--epochs", "1", "--fade-epochs", "1"]
+    base += ["--calib", "8", "--batch-size", "8", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*base, "--out", str(tmp_path / "w2"), "--workers", "2"]) == 0
+    capsys.readouterr()
+    serial, w2 = tmp_path / "serial", tmp_path / "w2"
+    assert (w2 / "predictions.csv").read_text() == (serial / "predictions.csv").read_text()
+    assert (
+        json.loads((w2 / "esaat.json").read_text())["per_fold"][0]["fold"]
+        == json.loads((serial / "esaat.json").read_text())["per_fold"][0]["fold"]
+    )  # fold order kept whatever order the workers finish in
+    # stopped after some folds: drop two folds' completion records, rerun -> only those two are redone
+    folds = json.loads((tiny_run / "folds.json").read_text())
+    gone = [folds[1]["dir"], folds[4]["dir"]]
+    for d in gone:
+        (w2 / "folds" / d / "result.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (w2 / "folds").rglob("*") if p.is_file() and p.parent.name not in gone}
+    assert main([*base, "--out", str(w2), "--workers", "2"]) == 0
+    capsys.readouterr()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert all((w2 / "folds" / d / "result.json").is_file() for d in gone)
+    assert (w2 / "predictions.csv").read_text() == (serial / "predictions.csv").read_text()
+    # a damaged fold model: that fold fails, is named, and the other folds are finished and kept
+    run2 = tmp_path / "run2"
+    shutil.copytree(tiny_run, run2)
+    (run2 / "folds" / folds[2]["dir"] / "model.pt").write_bytes(b"not a checkpoint")
+    args = ["prune", "--run", str(run2), *base[3:], "--out", str(tmp_path / "bad"), "--workers", "2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 fold(s) failed" in err and folds[2]["name"] in err and "rerun the same command" in err
+    done = [f["dir"] for f in folds if (tmp_path / "bad" / "folds" / f["dir"] / "result.json").is_file()]
+    assert done == [f["dir"] for f in folds if f["dir"] != folds[2]["dir"]]
+    assert main(["prune", "--run", str(run2), "--remove", "1", "--workers", "0", "--out", str(tmp_path / "z")]) == 2
+    assert "workers must be at least 1" in capsys.readouterr().err

@@ -57,15 +57,3 @@ def make_cfg(synth_tiny, prep_cache, tmp_path):
 def subprocess_env() -> dict:
     """Environment for `mer` subprocesses: one thread."""
     return dict(os.environ, OMP_NUM_THREADS="1")
-
-
-@pytest.fixture
-def one_thread():
-    """torch on one thread in this process (what each worker/rank gets on a 2-core machine), so serial
-    and parallel runs do the same arithmetic."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
