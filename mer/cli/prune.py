@@ -52,7 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "column is then measured while the other workers run)",
     )
     p.add_argument(
-        "--force", action="store_true", help="replace a non-empty output folder (the same options resume it)"
+        "--force",
+        action="store_true",
+        help="replace a non-empty output folder (without it, the same options resume it)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
