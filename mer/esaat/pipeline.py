@@ -425,9 +425,9 @@ def _prune_in_worker(fold: dict, run: Path, out: Path, cfg: ESAATConfig, tcfg: T
     return prune_fold(run, out, fold, cfg, a["x"], a["y"], a["ids"], progress=False, tcfg=tcfg)
 
 
-def _prepare_out(run: Path, out: Path, config: dict, force: bool) -> str:
-    """Create ``out`` ("new"), or accept it for resuming ("resume": the same ESAAT config on the same run),
-    or replace it with ``force``; anything else is a FileExistsError that says what differs."""
+def _prepare_out(run: Path, out: Path, config: dict, force: bool) -> None:
+    """Create ``out``, or accept it for resuming (the same ESAAT config on the same run), or replace it with
+    ``force``; anything else is a FileExistsError that says what differs."""
     if out.resolve() == run.resolve():
         raise ValueError("the output folder must differ from the run directory")
     if out.exists() and any(out.iterdir()):
@@ -455,13 +455,12 @@ def _prepare_out(run: Path, out: Path, config: dict, force: bool) -> str:
                             f"{run / name} changed since {out} was started (the run was retrained?); pass --force "
                             "to prune it afresh"
                         )
-            return "resume"
+            return
     out.mkdir(parents=True, exist_ok=True)
     for name in _RUN_FILES:
         if (run / name).exists():
             shutil.copyfile(run / name, out / name)
     atomic_write_json(out / "esaat_config.json", config)
-    return "new"
 
 
 def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress: bool = True, workers: int = 1) -> dict:
@@ -519,10 +518,7 @@ def prune_run(run, cfg: ESAATConfig, out=None, *, force: bool = False, progress:
             )
             if failures:
                 errors = [f"fold {f['index']} ({f['name']}): {type(e).__name__}: {e}" for f, e in failures]
-                raise FoldFailure(
-                    f"{len(errors)} fold(s) failed (the finished ones are kept; rerun the same command to "
-                    "resume):\n  " + "\n  ".join(errors)
-                )
+                raise FoldFailure.listing(errors, "rerun the same command to resume")
     finally:
         bar.close()
     recs = [by_index[fold["index"]] for fold in folds]

@@ -31,6 +31,11 @@ from mer.train.rundir import RunDir
 class FoldFailure(RuntimeError):
     """One or more folds (or ranks) failed; the message lists them."""
 
+    @classmethod
+    def listing(cls, errors: list[str], advice: str) -> FoldFailure:
+        """The failure of the folds described by ``errors`` (one line each), with what to do next."""
+        return cls(f"{len(errors)} fold(s) failed (the finished ones are kept; {advice}):\n  " + "\n  ".join(errors))
+
 
 def _task(cfg: TrainConfig, index: int, fold, rd: RunDir, shared: dict) -> FoldTask:
     name = fold_dirname(index, fold)
@@ -251,9 +256,6 @@ def _run_folds(cfg, folds, todo, n_mine, rd, shared, ctx, on_fold_done, on_epoch
                     f"fold {', '.join(f'{i} ({fold.name})' for i, fold in unit)}: {type(e).__name__}: {e}"
                     for unit, e in failures
                 ]
-                raise FoldFailure(
-                    f"{len(errors)} fold(s) failed (the finished ones are kept; rerun to retry):"
-                    "\n  " + "\n  ".join(errors)
-                )
+                raise FoldFailure.listing(errors, "rerun to retry")
     finally:
         bar.close()
