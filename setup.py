@@ -157,7 +157,7 @@ setup(
         "matplotlib",
     ],
     extras_require={"triton": ["triton"], "test": ["pytest", "hypothesis"]},
-    entry_points={"console_scripts": ["mer=mer.cli:main"]},
+    entry_points={"console_scripts": ["mer=mer.__main__:run"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

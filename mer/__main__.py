@@ -17,8 +17,13 @@ def _exit_now(rc: int) -> None:
     os._exit(rc)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """``python -m mer`` and the ``mer`` console script (setup.py): main(), then the exit above under torchrun."""
     rc = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _exit_now(int(rc or 0))
     raise SystemExit(rc)
+
+
+if __name__ == "__main__":
+    run()
