@@ -214,7 +214,10 @@ def write_report(root, *, partial: bool = False, print_table: bool = True, plots
     ex_path = root / "excluded.json"
     excluded = json.loads(ex_path.read_text()) if ex_path.exists() else []
     m = compute_metrics(rows, results, config, len(folds), excluded)
-    last = last_epoch_scores(root, folds, config) if len(results) == len(folds) else None
+    # over the folds scored above (all of them, or with ``partial`` the finished ones): the two tables of an
+    # oracle run always describe the same held-out samples
+    done = {r["dir"] for r in results}
+    last = last_epoch_scores(root, [f for f in folds if f["dir"] in done], config)
     if last is not None:
         m["last_epoch"] = last
     write_predictions(root / "predictions.csv", rows)

@@ -208,3 +208,14 @@ def test_the_gpu_script_at_a_tiny_size_on_the_cpu(release_dir, tmp_path, subset_
         == 0
     )
     assert {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")} == before
+    # a run stopped after some folds (a GPU lease ran out): `mer evaluate --partial` scores the finished
+    # folds with both selections, over the same held-out samples
+    from mer.evaluation.report import write_report
+
+    gone = sorted(out.glob("folds/*/result.json"))[:2]
+    n_gone = sum(len(p.with_name("predictions.csv").read_text().splitlines()) - 1 for p in gone)
+    for p in gone:
+        p.unlink()
+    m = write_report(out, partial=True, print_table=False, plots=False)
+    assert 0 < n_gone and m["n"] == 18 - n_gone and m["last_epoch"]["n"] == m["n"]
+    assert "The same training, selection: fixed budget" in (out / "summary.md").read_text()
