@@ -22,7 +22,7 @@ the 10th/90th percentiles and the minimum wall time in ms, and on CPU the same f
 (``time.process_time``: on a shared machine it excludes the time the process waits for a core).
 ``ratio_vs_best`` = best baseline median / fused median (> 1: the fused op is faster; ``cpu_ratio_vs_best``
 the same on CPU time). A correctness row per shape compares the fused output and
-gradients with the conv baseline in the same run.
+gradients, and the conv baseline's, with the same computation in float64, in the same run.
 """
 
 from __future__ import annotations
@@ -124,20 +124,25 @@ def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
             torch.autograd.grad(fn(), params, grad)
 
     rows = []
-    # correctness in the same run: fused vs conv, output and the three parameter gradients
-    ref_out = fns["conv"]() if "conv" in fns else None
-    if "fused" in fns and ref_out is not None:
-        out = fns["fused"]()
-        gr = torch.autograd.grad(ref_out, params, grad)
-        gf = torch.autograd.grad(out, params, grad)
-        errs = {"out": (out - ref_out).abs().max().item()}
-        errs.update(
-            {
-                f"d{n}": ((a - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
-                for n, a, r in zip(("weight", "bias", "pos"), gf, gr, strict=True)
+    # correctness in the same run: the fused op and the conv baseline, each against the same computation in
+    # float64. On CUDA the conv baseline runs cuDNN with TF32 allowed (PyTorch's default for convolutions:
+    # ~1e-4 relative error of its own), so the fused op passes at fp32 accuracy (1e-4) or, when the
+    # baseline is looser, within 2x the baseline's own error (a fused-vs-conv difference would blame either).
+    if "fused" in fns and "conv" in fns:
+        p64 = [t.detach().double().requires_grad_() for t in (w, b, q)]
+        ref_out = _impls(x.double(), *p64, p)["conv"]()
+        ref = [ref_out, *torch.autograd.grad(ref_out, p64, grad.double())]
+        names = ("out", "dweight", "dbias", "dpos")
+
+        def rel_errs(fn):
+            out = fn()
+            got = [out, *torch.autograd.grad(out, params, grad)]
+            return {
+                n: ((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+                for n, a, r in zip(names, got, ref, strict=True)
             }
-        )
-        errs["out"] /= ref_out.abs().max().item()
+
+        errs = {"fused": rel_errs(fns["fused"]), "conv": rel_errs(fns["conv"])}
         rows.append(
             dict(
                 suite=NAME,
@@ -150,8 +155,9 @@ def _bench_shape(name, B, C, S, p, D, c: FlowPatchBenchConfig) -> list[dict]:
                 p=p,
                 D=D,
                 device=c.device,
-                rel_err_vs_conv=errs,
-                ok=all(v < 1e-4 for v in errs.values()),
+                rel_err_vs_fp64=errs,
+                conv_tf32=bool(dev.type == "cuda" and torch.backends.cudnn.allow_tf32),
+                ok=all(errs["fused"][n] <= max(1e-4, 2 * errs["conv"][n]) for n in names),
             )
         )
     flops_fwd = 2 * B * (S // p) ** 2 * D * C * p * p
@@ -267,10 +273,18 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             lines.append(line)
     checks = [r for r in rows if r["kind"] == "check"]
     if checks:
-        lines += ["", "Correctness in the same run (fused vs conv, max abs error / max abs value):", ""]
+        lines += [
+            "",
+            "Correctness in the same run: max abs error / max abs value against the same computation in float64,",
+            "fused / conv (ok: fused <= max(1e-4, 2 x conv); the conv baseline uses TF32 where marked):",
+            "",
+        ]
         for r in checks:
-            e = ", ".join(f"{k} {v:.1e}" for k, v in r["rel_err_vs_conv"].items())
-            lines.append(f"- {r['shape']}: {e} -> {'ok' if r['ok'] else 'MISMATCH'}")
+            e = ", ".join(
+                f"{k} {v:.1e} / {r['rel_err_vs_fp64']['conv'][k]:.1e}" for k, v in r["rel_err_vs_fp64"]["fused"].items()
+            )
+            tf32 = " (conv in TF32)" if r.get("conv_tf32") else ""
+            lines.append(f"- {r['shape']}: {e}{tf32} -> {'ok' if r['ok'] else 'MISMATCH'}")
     return "\n".join(lines) + "\n"
 
 
