@@ -13,11 +13,21 @@ How it fits a GPU: folds train ``--fold-batch`` (17) at a time in one vmapped st
 groups for the 68 folds; TF32 matrix products (``--matmul-precision high``); no per-epoch checkpoints and
 no model.pt files (560 MB per fold: 38 GB for 68). Memory per group of 17: weights, gradients, two Adam
 moments and the best epoch's copy, 5 x 17 x 139.6 M x 4 B = 47 GB, plus Adam's temporaries and the
-activations: fits a 141 GB H200 (on an 80 GB H100 pass --fold-batch 12). Arithmetic to expect: 68 x 800
-epochs x 435 samples x 3 x 0.43 GFLOP = 30 PFLOP of matrix products and, per Adam step, ~66 GB of
-optimizer traffic per group (1600 steps x 4 groups); at a few hundred TFLOP/s and 4 TB/s, a few minutes.
-NOT MEASURED: no GPU has run this yet; the command was tested at a tiny size on a CPU
-(tests/mer/train/test_train_release.py runs it with --device cpu --model htnet_tiny --epochs 2).
+activations: fits a 141 GB H200 (on an 80 GB H100 pass --fold-batch 12). Arithmetic: 68 x 800 epochs x
+~431 training samples x 1.28 GFLOP (forward + backward, torch.utils.flop_counter) = 30 PFLOP of matrix
+products, and per Adam step ~66 GB of optimizer traffic per group (1600 steps x 4 groups: 25 s a group
+at 4.3 TB/s).
+
+Measured (H200, torch 2.11.0+cu130, 2026-12-04; benchmarks/results/real-release-gpu-2026-12-04/): the
+first group of 17 folds took about 5 min (~26 TFLOP/s, a few % of the TF32 rate, with a kernel build and
+tests sharing the machine), 61-65 GB of GPU memory, 95-99 % utilisation. All 68 folds: ~21 min, more than
+one 10-minute device call: the run resumes (finished folds are kept; a fold is finished once its
+result.json is written), so it can be spread over calls, carrying the run folder from one to the next:
+
+    tar xzf benchmarks/results/real-release-gpu-2026-12-04/run_partial.tgz -C .devrun   # 17 folds done
+    python scripts/gpu_release_loso.py --release .devrun/htnet_release --out .devrun/rel --progress
+
+(--progress prints "17 of 68 already finished"; `mer evaluate RUN --partial` scores the finished folds.)
 
 Extra options are passed to ``mer train`` after these (the last one given wins), e.g. ``--seed 1``,
 ``--selection fixed``, ``--fold-batch 12``. Writes OUT/gpu_run.json: device, wall time, the command.
