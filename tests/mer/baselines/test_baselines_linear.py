@@ -199,3 +199,21 @@ def test_cli_writes_json_markdown_predictions(tmp_path, monkeypatch, capsys):
     assert "UF1" in capsys.readouterr().out
     assert cli.main(["--htnet-release", "fixture", "--protocol", "lopo", "--out", str(out)]) == 2
     assert "protocol" in capsys.readouterr().err
+
+
+def test_fit_uses_one_blas_thread(monkeypatch):
+    """The fit runs with one BLAS thread (a multi-threaded OpenBLAS on busy cores was >10x slower)."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info
+
+    seen = []
+    real_fit = LogisticRegression.fit
+
+    def spy(self, *a, **k):
+        seen.append([d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"])
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(LogisticRegression, "fit", spy)
+    rng = np.random.default_rng(0)
+    lin.fit_fold(rng.normal(size=(30, 5)), np.arange(30) % 3)
+    assert seen and all(n == 1 for n in seen[0]) and seen[0]
