@@ -66,6 +66,23 @@ def warn_fallback(what: str) -> None:
     )
 
 
+def under_vmap(*tensors) -> bool:
+    """True when a tensor is batched by ``torch.func.vmap`` (at any level of functorch wrapping). The
+    compiled and Triton ops have no batching rule: PyTorch would run them once per batch entry, with a
+    performance warning on every call; the reference composition uses PyTorch's own batching rules."""
+    import torch
+
+    F = getattr(torch._C, "_functorch", None)
+    if F is None or torch.compiler.is_compiling():  # torch.compile traces through vmap itself
+        return False
+    for t in tensors:
+        while isinstance(t, torch.Tensor) and F.is_functorch_wrapped_tensor(t):
+            if F.is_batchedtensor(t):
+                return True
+            t = F.get_unwrapped(t)
+    return False
+
+
 def backends() -> dict:
     """What this installation can run, per device; queries no GPU.
 

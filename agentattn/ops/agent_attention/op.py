@@ -138,6 +138,8 @@ def agent_attention(
         bias_query: stage-2 bias broadcastable to (B, H, N, n), or None.
         scale: score scale s, default d ** -0.5.
         backend: 'auto' (default), 'cpp', 'cuda', 'triton' or 'reference'.
+            Under ``torch.func.vmap`` 'auto' runs the reference composition (PyTorch's own batching
+            rules; the compiled ops have none).
         scale_query: stage-2 scale s2, default ``scale`` (AgentSD uses s ** k_scale2).
     Returns:
         (B, H, N, d), differentiable w.r.t. every tensor argument. NaN/inf inputs give the reference
@@ -153,6 +155,8 @@ def agent_attention(
     be = resolve_backend(q.device, backend)
     if be == "cuda" and q.dtype == torch.float64:
         be = "reference"  # the CUDA kernels take fp16/bf16/fp32; float64 runs the reference composition
+    if backend is None and _ext.under_vmap(q, k, v, agents, b1, b2):
+        be = "reference"  # under torch.func.vmap (e.g. mer's folds trained together): PyTorch's batching rules
     if N == 0 or M == 0:
         be = "reference"  # no tokens: nothing to compute; the compiled kernels assume N, M >= 1
     if s2 != s and be != "reference":

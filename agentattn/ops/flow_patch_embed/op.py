@@ -109,6 +109,8 @@ def flow_patch_embed(
         patch_size: p (default: ``weight.shape[-1]``).
         flatten: return (B, N, D) tokens, N = (H/p)·(W/p) in row-major (i, j) order, instead of the map.
         backend: 'auto' (default), 'cpp', 'cuda', 'triton' or 'reference'.
+            Under ``torch.func.vmap`` 'auto' runs the reference composition (PyTorch's own batching
+            rules; the compiled ops have none).
     Returns:
         (B, D, H/p, W/p), or (B, N, D) when ``flatten``; differentiable w.r.t. x, weight, bias and pos.
     """
@@ -120,6 +122,8 @@ def flow_patch_embed(
     be = resolve_backend(x.device, backend)
     if be == "cuda" and x.dtype == torch.float64:
         be = "reference"  # the CUDA kernels take fp16/bf16/fp32
+    if backend is None and _ext.under_vmap(x, weight, bias, pos):
+        be = "reference"  # under torch.func.vmap (e.g. mer's folds trained together): PyTorch's batching rules
     if be == "triton":
         from agentattn.ops.flow_patch_embed import triton as tri
 
