@@ -124,6 +124,7 @@ def run(args) -> int:
     from mer.preprocess import PrepError
     from mer.train import ConfigMismatch, FoldFailure, run_training
     from mer.train.data import DataSourceError
+    from mer.train.device import DeviceError
     from mer.train.lock import RunLocked
     from mer.train.models import ModelError
 
@@ -144,6 +145,7 @@ def run(args) -> int:
         CliError,
         ConfigMismatch,
         DataSourceError,
+        DeviceError,
         DatasetError,
         PrepError,
         ModelError,

@@ -141,6 +141,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
     from tqdm.auto import tqdm
 
     from mer.train.data import check_source, input_size, load_inputs, resolve_paths
+    from mer.train.device import check_device
     from mer.train.models import build_model
 
     cfg = resolve_paths(cfg)
@@ -152,6 +153,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
 
         def start():  # cheap checks first: nothing is written for a missing folder or an unknown model
             nonlocal lock
+            check_device(cfg.device)
             check_source(cfg)
             build_model(cfg.model, cfg.model_kwargs, image_size=input_size(cfg))
             lock = take_lock(rd.root)  # one `mer train` per run directory (rank 0 holds it for all ranks)
