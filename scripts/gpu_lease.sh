@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One device call on a lent GPU (a lease here is 15 minutes of device time, start-up included; one call
+# may run 10): the kernel checks and a slice of the full-size HTNet run side by side, then the benchmark
+# alone. Written from the first lease (H200, 2026-12-04; benchmarks/NOTES.md "First GPU lease").
+#
+#   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
+#
+#   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR, stopped after TRAIN_S
+#      seconds (default 400). It resumes: finished folds are kept, and a group of 17 folds takes ~5 min on
+#      an H200, so a cap that ends mid-group loses that group (start from the committed partial run:
+#      tar xzf benchmarks/results/real-release-gpu-2026-12-04/run_partial.tgz -C .devrun).
+#   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
+#      the build and the Triton compiles are CPU work, the training keeps the GPU busy.
+#   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (120), so
+#      that its timings are not shared with the training.
+#   4. with OUT set (the device tool's output folder): RUN_DIR, the logs and the result files packed into
+#      $OUT/lease.tgz, and a summary printed last.
+# Device call: run(command="bash scripts/gpu_lease.sh .devrun/htnet_release .devrun/rel",
+#                  carry=[".devrun"], timeout_s=590)   # .devrun/ ignored via .git/info/exclude
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[[ $# -ge 2 ]] || { sed -n 2,20p "$0"; exit 2; }
+release=$1 run=$2 train_s=${3:-400} check_s=${4:-400} bench_s=${5:-120}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+logs=$(mktemp -d)
+t0=$SECONDS
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } >"$logs/summary.txt" 2>&1
+
+(
+    timeout -k 10 -s INT "$train_s" python3 scripts/gpu_release_loso.py --release "$release" --out "$run" --progress \
+        >"$logs/train.log" 2>&1
+    echo "train: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
+) &
+train_pid=$!
+(
+    while kill -0 "$train_pid" 2>/dev/null; do
+        echo "$((SECONDS - t0)) s: $(ls "$run"/folds/*/result.json 2>/dev/null | wc -l) folds finished;" \
+            "$(nvidia-smi --query-gpu=memory.used,utilization.gpu,clocks.sm --format=csv,noheader)"
+        sleep 15
+    done
+) >"$logs/monitor.log" 2>&1 &
+
+OUT='' timeout -k 5 "$check_s" bash scripts/gpu_check.sh build test sanitize >"$logs/gpu_check.log" 2>&1
+echo "gpu_check build test sanitize: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
+wait "$train_pid"
+OUT='' timeout -k 5 "$bench_s" bash scripts/gpu_check.sh quickbench >"$logs/bench.log" 2>&1
+echo "gpu_check quickbench: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
+
+grep -hE "^(build|tests|sanitizer|bench|bench_flow_patch_embed):" "$logs/gpu_check.log" "$logs/bench.log" >>"$logs/summary.txt"
+tail -2 "$logs/monitor.log" >>"$logs/summary.txt"
+if [[ -n "${OUT:-}" && -d "$OUT" ]]; then
+    find benchmarks/results -maxdepth 1 -type f -newer "$logs/summary.txt" -exec cp {} "$logs/" \;  # this call's results
+    tar czf "$OUT/lease.tgz" -C "$(dirname "$run")" "$(basename "$run")" -C "$logs" . 2>>"$logs/summary.txt"
+fi
+cat "$logs/summary.txt"
