@@ -40,7 +40,22 @@ def confusion_matrix(y_true, y_pred, labels: Sequence[int] = (0, 1, 2)) -> np.nd
 
 def per_class(y_true, y_pred, labels: Sequence[int] = (0, 1, 2)) -> dict[str, np.ndarray]:
     """{'f1', 'recall', 'precision', 'support'}: (L,) arrays per class (0 where undefined)."""
-    cm = confusion_matrix(y_true, y_pred, labels).astype(np.float64)
+    return per_class_from_confusion(confusion_matrix(y_true, y_pred, labels))
+
+
+def uf1_uar_from_confusion(cm) -> tuple[float, float]:
+    """(UF1, UAR) from an (L, L) confusion matrix (rows = true class): the same numbers as ``uf1_uar`` on
+    the predictions it counts, so runs scored in parts can be pooled by adding their matrices."""
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.sum() == 0:
+        raise ValueError(f"need a non-empty square confusion matrix, got shape {cm.shape} with {cm.sum()} counts")
+    pc = per_class_from_confusion(cm)
+    return float(pc["f1"].mean()), float(pc["recall"].mean())
+
+
+def per_class_from_confusion(cm) -> dict[str, np.ndarray]:
+    """``per_class`` of the predictions an (L, L) confusion matrix counts."""
+    cm = np.asarray(cm, np.float64)
     tp = np.diag(cm)
     fn = cm.sum(1) - tp
     fp = cm.sum(0) - tp

@@ -123,6 +123,7 @@ def run(args) -> int:
     from mer.evaluation import IncompleteRun
     from mer.preprocess import PrepError
     from mer.train import ConfigMismatch, FoldFailure, run_training
+    from mer.train.config import FoldListError
     from mer.train.data import DataSourceError
     from mer.train.device import DeviceError
     from mer.train.lock import RunLocked
@@ -146,6 +147,7 @@ def run(args) -> int:
         ConfigMismatch,
         DataSourceError,
         DeviceError,
+        FoldListError,
         DatasetError,
         PrepError,
         ModelError,

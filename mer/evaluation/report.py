@@ -214,6 +214,7 @@ def write_report(root, *, partial: bool = False, print_table: bool = True, plots
     ex_path = root / "excluded.json"
     excluded = json.loads(ex_path.read_text()) if ex_path.exists() else []
     m = compute_metrics(rows, results, config, len(folds), excluded)
+    m["folds_scored"] = [r["fold"] for r in results]  # which held-out folds (pooling partial runs: disjoint)
     # over the folds scored above (all of them, or with ``partial`` the finished ones): the two tables of an
     # oracle run always describe the same held-out samples
     done = {r["dir"] for r in results}

@@ -17,7 +17,7 @@ from mer.preprocess.config import PrepConfig
 
 #: fields that do not change results (where and how fast it runs, the preset's name: its values are in the
 #: other fields); ignored when comparing configs
-RUNTIME_FIELDS = ("out", "workers", "progress", "cache_dir", "prep_workers", "preset", "device", "save_models")
+RUNTIME_FIELDS = ("out", "workers", "progress", "cache_dir", "prep_workers", "preset", "device", "save_models", "folds")
 
 #: renamed fields: old name -> new name (old run directories still load)
 LEGACY_FIELDS = {"select": "selection"}
@@ -93,6 +93,26 @@ CLASS_WEIGHTS = ("balanced", "none")
 
 _DATA, _PROTO, _OPT = "data (one source)", "protocol and inputs", "model and optimisation"
 _SEL, _AUG, _RUN = "model selection (never on held-out subjects)", "augmentation", "run"
+
+
+class FoldListError(ValueError):
+    """--folds names folds the run does not have."""
+
+
+def parse_fold_list(spec: str) -> list[int]:
+    """'0-16,20' -> [0, 1, ..., 16, 20] (sorted, unique); ValueError naming the bad part."""
+    out: set[int] = set()
+    for part in str(spec).split(","):
+        part = part.strip()
+        try:
+            lo, _, hi = part.partition("-")
+            a, b = int(lo), int(hi) if hi else int(lo)
+        except ValueError:
+            a, b = 0, -1
+        if a < 0 or b < a:
+            raise ValueError(f"folds: {part!r} in {spec!r} is not an index or a range lo-hi (e.g. 0-16,20)")
+        out.update(range(a, b + 1))
+    return sorted(out)
 
 
 class ConfigMismatch(ValueError):
@@ -285,9 +305,21 @@ class TrainConfig:
         group=_RUN,
     )
     progress: bool = option(True, "progress bars", group=_RUN)
+    folds: str | None = option(
+        None,
+        "train only these folds (indices as in folds.json: 0-16,20), the others left for a later run "
+        "with the same options into the same --out; the report then scores the finished folds (PARTIAL)",
+        metavar="LIST",
+        group=_RUN,
+    )
 
     def __post_init__(self):
         errs = check_choices(self)
+        if self.folds is not None:
+            try:
+                parse_fold_list(self.folds)
+            except ValueError as e:
+                errs.append(str(e))
         if self.epochs < 1 or self.batch_size < 1:
             errs.append(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not self.lr > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 from mer.io import atomic_write_text
 from mer.train import distributed as dist
 from mer.train import pool
-from mer.train.config import ConfigMismatch, TrainConfig
+from mer.train.config import ConfigMismatch, FoldListError, TrainConfig, parse_fold_list
 from mer.train.fingerprint import check_inputs
 from mer.train.folds import build_folds, fold_dirname, shard
 from mer.train.lock import take_lock
@@ -187,6 +187,13 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
             "ids": [(s.dataset, s.subject, s.clip) for s in samples],
         }
         mine = shard(len(folds), ctx.rank, ctx.world)
+        if cfg.folds is not None:  # --folds: a slice of the run now, the rest later into the same --out
+            chosen = parse_fold_list(cfg.folds)
+            if chosen[-1] >= len(folds):
+                raise FoldListError(
+                    f"--folds {cfg.folds}: this run has {len(folds)} folds, indices 0 to {len(folds) - 1}"
+                )
+            mine = [i for i in mine if i in set(chosen)]
         labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again
         todo = [
             i
@@ -206,7 +213,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
 
         # every rank waits here until rank 0 has merged the run: no rank leaves (and tears down its process
         # group) while the merge is still being written, and a failed merge is reported on every rank
-        metrics = _collective(ctx, lambda: write_report(rd.root, print_table=True), main_only=True)
+        partial = cfg.folds is not None  # folds outside --folds may be unfinished: score the finished ones
+        metrics = _collective(ctx, lambda: write_report(rd.root, partial=partial, print_table=True), main_only=True)
         return metrics if ctx.is_main else None
     finally:
         if lock is not None:
