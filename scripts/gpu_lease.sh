@@ -5,17 +5,18 @@
 #
 #   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
 #
-#   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR, stopped after TRAIN_S
-#      seconds (default 400). It resumes: finished folds are kept, and a group of 17 folds takes ~5 min on
-#      an H200, so a cap that ends mid-group loses that group (start from the committed partial run:
-#      tar xzf benchmarks/results/real-release-gpu-2026-12-04/run_partial.tgz -C .devrun).
+#   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
+#      stopped after TRAIN_S seconds (default 400). A group of 17 folds takes ~5 min on an H200 and a cap
+#      that ends mid-group loses that group, so give each lease its own slice: FOLDS=17-33 (folds 0-16
+#      were done on 2026-12-04); commit the slice's metrics.json (no per-sample files: they carry the
+#      release's labels) and pool the slices with scripts/pool_partial_runs.py.
 #   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
 #      the build and the Triton compiles are CPU work, the training keeps the GPU busy.
 #   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (120), so
 #      that its timings are not shared with the training.
 #   4. with OUT set (the device tool's output folder): RUN_DIR, the logs and the result files packed into
 #      $OUT/lease.tgz, and a summary printed last.
-# Device call: run(command="bash scripts/gpu_lease.sh .devrun/htnet_release .devrun/rel",
+# Device call: run(command="FOLDS=17-33 bash scripts/gpu_lease.sh .devrun/htnet_release .devrun/rel",
 #                  carry=[".devrun"], timeout_s=590)   # .devrun/ ignored via .git/info/exclude
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ t0=$SECONDS
 
 (
     timeout -k 10 -s INT "$train_s" python3 scripts/gpu_release_loso.py --release "$release" --out "$run" --progress \
-        >"$logs/train.log" 2>&1
+        ${FOLDS:+--folds "$FOLDS"} >"$logs/train.log" 2>&1
     echo "train: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
 ) &
 train_pid=$!

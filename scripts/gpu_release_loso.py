@@ -21,13 +21,13 @@ at 4.3 TB/s).
 Measured (H200, torch 2.11.0+cu130, 2026-12-04; benchmarks/results/real-release-gpu-2026-12-04/): the
 first group of 17 folds took about 5 min (~26 TFLOP/s, a few % of the TF32 rate, with a kernel build and
 tests sharing the machine), 61-65 GB of GPU memory, 95-99 % utilisation. All 68 folds: ~21 min, more than
-one 10-minute device call: the run resumes (finished folds are kept; a fold is finished once its
-result.json is written), so it can be spread over calls, carrying the run folder from one to the next:
+one 10-minute device call. Two ways to spread it: rerun into the same --out (finished folds are kept;
+a fold is finished once its result.json is written), or give each call its own slice of folds and pool
+the slices' metrics.json files afterwards (what a 15-minute lease with nothing kept between sessions
+needs; the per-sample files carry the release's labels and are not committed):
 
-    tar xzf benchmarks/results/real-release-gpu-2026-12-04/run_partial.tgz -C .devrun   # 17 folds done
-    python scripts/gpu_release_loso.py --release .devrun/htnet_release --out .devrun/rel --progress
-
-(--progress prints "17 of 68 already finished"; `mer evaluate RUN --partial` scores the finished folds.)
+    python scripts/gpu_release_loso.py --release .devrun/htnet_release --out .devrun/rel_17_33 --folds 17-33
+    python scripts/pool_partial_runs.py benchmarks/results/real-release-gpu-2026-12-04 .devrun/rel_17_33
 
 Extra options are passed to ``mer train`` after these (the last one given wins), e.g. ``--seed 1``,
 ``--selection fixed``, ``--fold-batch 12``. Writes OUT/gpu_run.json: device, wall time, the command.
