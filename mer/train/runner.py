@@ -193,7 +193,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
                 raise FoldListError(
                     f"--folds {cfg.folds}: this run has {len(folds)} folds, indices 0 to {len(folds) - 1}"
                 )
-            mine = [i for i in mine if i in set(chosen)]
+            keep = set(chosen)
+            mine = [i for i in mine if i in keep]
         labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again
         todo = [
             i
