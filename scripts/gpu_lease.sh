@@ -6,13 +6,13 @@
 #   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
 #
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
-#      stopped after TRAIN_S seconds (default 400). A group of 17 folds takes ~5 min on an H200 and a cap
+#      stopped after TRAIN_S seconds (default 480; the first group took ~420 s from the start). A group of 17 folds takes ~5 min on an H200 and a cap
 #      that ends mid-group loses that group, so give each lease its own slice: FOLDS=17-33 (folds 0-16
 #      were done on 2026-12-04); commit the slice's metrics.json (no per-sample files: they carry the
 #      release's labels) and pool the slices with scripts/pool_partial_runs.py.
 #   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
 #      the build and the Triton compiles are CPU work, the training keeps the GPU busy.
-#   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (120), so
+#   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (90), so
 #      that its timings are not shared with the training.
 #   4. with OUT set (the device tool's output folder): RUN_DIR, the logs and the result files packed into
 #      $OUT/lease.tgz, and a summary printed last.
@@ -21,7 +21,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { sed -n 2,20p "$0"; exit 2; }
-release=$1 run=$2 train_s=${3:-400} check_s=${4:-400} bench_s=${5:-120}
+release=$1 run=$2 train_s=${3:-480} check_s=${4:-400} bench_s=${5:-90}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 logs=$(mktemp -d)
 t0=$SECONDS
