@@ -6,8 +6,9 @@
 #   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
 #
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
-#      stopped after TRAIN_S seconds (default 480; the first group took ~420 s from the start). A group of 17 folds takes ~5 min on an H200 and a cap
-#      that ends mid-group loses that group, so give each lease its own slice: FOLDS=17-33 (folds 0-16
+#      stopped after TRAIN_S seconds (default 480: the first lease's group of 17 folds was written 416 s
+#      after its start). A cap that ends mid-group loses that group, so give each lease its own slice of
+#      17 folds: FOLDS=17-33 (folds 0-16
 #      were done on 2026-12-04); commit the slice's metrics.json (no per-sample files: they carry the
 #      release's labels) and pool the slices with scripts/pool_partial_runs.py.
 #   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
