@@ -8,9 +8,9 @@
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
 #      stopped after TRAIN_S seconds (default 480: the first lease's group of 17 folds was written 416 s
 #      after its start). A cap that ends mid-group loses that group, so give each lease its own slice of
-#      17 folds: FOLDS=17-33 (folds 0-16
-#      were done on 2026-12-04); commit the slice's metrics.json (no per-sample files: they carry the
-#      release's labels) and pool the slices with scripts/pool_partial_runs.py.
+#      17 folds: FOLDS=17-33 (folds 0-16 were done on 2026-12-04); commit the slice's metrics.json (no
+#      per-sample files: they carry the release's labels) and pool the slices with
+#      scripts/pool_partial_runs.py.
 #   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
 #      the build and the Triton compiles are CPU work, the training keeps the GPU busy.
 #   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (90), so
