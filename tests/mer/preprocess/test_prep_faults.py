@@ -222,9 +222,11 @@ def test_cli_errata_option(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ctrl_c_with_workers_stops_within_a_second(tmp_path):
-    root = make_casme2_crops(tmp_path / "casme2", n=6, size=96)
+    # enough samples that the queue cannot drain in the 0.2 s before the interrupt: with 6, a fast idle
+    # Zen 4 (2026-12-04) had prepared all of them by then and the "queue dropped" check failed
+    root = make_casme2_crops(tmp_path / "casme2", n=24, size=96)
     samples = samples_of(root)
-    cfg = PrepConfig(size=14, face_size=96, flow="tvl1", regions="canonical")  # ~0.3 s per sample
+    cfg = PrepConfig(size=14, face_size=96, flow="tvl1", regions="canonical")  # ~0.05-0.3 s per sample
     cache = tmp_path / "c"
     state = {}
 
