@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SAME = ("model", "protocol", "seed", "selection", "input", "flow", "augment", "folds", "labels")
+SAME = ("model", "protocol", "seed", "selection", "oracle", "input", "flow", "augment", "folds", "labels")
 
 
 def _pool_scores(parts: list[dict]) -> dict:
@@ -57,6 +57,7 @@ def pool(metrics: list[dict], names: list[str]) -> dict:
             seen[f] = name
     out = {k: first[k] for k in SAME if k in first}
     out.update(
+        excluded=first.get("excluded", []),  # run-level (samples that could not be prepared): the same in every part
         parts=names,
         folds_scored=sorted(seen),
         folds_finished=len(seen),
@@ -71,19 +72,6 @@ def pool(metrics: list[dict], names: list[str]) -> dict:
     return out
 
 
-def table(p: dict) -> str:
-    head = f"{p['model']}, {p['protocol']}, seed {p['seed']}: {len(p['parts'])} parts"
-    if p["folds_finished"] < p["folds"]:
-        head += f" - PARTIAL: {p['folds_finished']} of {p['folds']} folds"
-    lines = [head]
-    for title, scores in [(f"selection: {p['selection']}", p["scores"])] + (
-        [(f"selection: {p['last_epoch']['selection']}", p["last_epoch"]["scores"])] if "last_epoch" in p else []
-    ):
-        lines += ["", title, "", "| set | n | UF1 | UAR |", "|---|---:|---:|---:|"]
-        lines += [f"| {k} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |" for k, s in scores.items()]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("metrics", nargs="+", help="metrics.json of each part (or its run folder)")
@@ -95,7 +83,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"pool_partial_runs: error: {e}", file=sys.stderr)
         return 2
-    print(table(pooled))
+    from mer.evaluation.report import format_table
+
+    print(f"{len(pooled['parts'])} parts pooled\n\n{format_table(pooled)}")
     if args.out:
         Path(args.out).write_text(json.dumps(pooled, indent=1) + "\n")
     return 0
