@@ -8,28 +8,14 @@ failed, the run must go on) and one CUDA-only suite (must be skipped on CPU with
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-BENCH = REPO / "benchmarks"
-
-
-def _load(name: str, path: Path):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # the suites import `common`
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
+from bench_modules import BENCH, REPO
+from bench_modules import load as _load
 
 schema = _load("bench_schema_under_test", BENCH / "schema.py")
 sweep = _load("bench_attention_sweep_under_test", BENCH / "suites" / "attention_sweep.py")

@@ -3,26 +3,13 @@ with float64, and a wrong fused op is reported as a MISMATCH (the benchmark then
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from bench_modules import BENCH, load
 
 
 @pytest.fixture(scope="module")
 def suite():
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))  # the suite imports `common`
-    spec = importlib.util.spec_from_file_location(
-        "bench_flow_patch_embed_under_test", BENCH / "suites" / "flow_patch_embed.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return load("bench_flow_patch_embed_under_test", BENCH / "suites" / "flow_patch_embed.py")
 
 
 def _check_row(suite):
