@@ -26,6 +26,7 @@ release=$1 run=$2 train_s=${3:-480} check_s=${4:-400} bench_s=${5:-90}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 logs=$(mktemp -d)
 t0=$SECONDS
+touch "$logs/.start"  # result files newer than this are this call's
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } >"$logs/summary.txt" 2>&1
 
 (
@@ -51,7 +52,7 @@ echo "gpu_check quickbench: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.tx
 grep -hE "^(build|tests|sanitizer|bench|bench_flow_patch_embed):" "$logs/gpu_check.log" "$logs/bench.log" >>"$logs/summary.txt"
 tail -2 "$logs/monitor.log" >>"$logs/summary.txt"
 if [[ -n "${OUT:-}" && -d "$OUT" ]]; then
-    find benchmarks/results -maxdepth 1 -type f -newer "$logs/summary.txt" -exec cp {} "$logs/" \;  # this call's results
+    find benchmarks/results -maxdepth 1 -type f -newer "$logs/.start" -exec cp {} "$logs/" \;
     tar czf "$OUT/lease.tgz" -C "$(dirname "$run")" "$(basename "$run")" -C "$logs" . 2>>"$logs/summary.txt"
 fi
 cat "$logs/summary.txt"
