@@ -32,8 +32,8 @@ summary="${prefix}-summary.txt"
 } | tee "$summary"
 arch=$($PY -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}{n}')")
 status=0
-# each summary line ends with the seconds the step took (a 15-minute GPU lease is planned from these)
-t_step=$SECONDS
+# each summary line ends with the seconds the step took (a 15-minute GPU lease is planned from these;
+# t_step is reset at the start of each step and after each record)
 record() { echo "$1: $2 [$((SECONDS - t_step)) s]" | tee -a "$summary"; [[ "$2" == ok* ]] || status=1; t_step=$SECONDS; }
 # the GPU tests in parallel processes when pytest-xdist is there: most of their time is Triton compiling
 # (and autotuning) kernels, which is CPU work (2026-12-04, H200 machine, 16 cores: 31 of 168 tests in 170 s
