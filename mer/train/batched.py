@@ -34,11 +34,13 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from mer.train.inputs import predict_proba, scores
+from mer.labels import NUM_CLASSES
+from mer.train.inputs import scores
 from mer.train.loop import (
     FoldTask,
     checkpoint_due,
@@ -64,19 +66,31 @@ class StackedAdam:
 
     params: {name: (F, ...) leaf tensor}; exp_avg/exp_avg_sq: the same shapes; steps: (F,) int64.
     The arithmetic is torch.optim.Adam's single-tensor update (the reference the tests compare against).
-    While every fold steps together (the usual case) one torch.optim.Adam (foreach) over the stacked
-    tensors does the update; the masked path takes over for good once a fold skips a step.
+    While every fold steps together (the usual case) one torch.optim.Adam over the stacked tensors does the
+    update (``fused``: its single-pass implementation, the default on CUDA, where the optimizer's memory
+    traffic is a large part of a step at the release's size; else foreach); the masked path takes over for
+    good once a fold skips a step.
     """
 
     def __init__(
-        self, params: dict[str, Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+        self,
+        params: dict[str, Tensor],
+        lr: float,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        fused: bool | None = None,
     ):
         self.params, self.lr, self.betas, self.eps, self.weight_decay = params, lr, betas, eps, weight_decay
         self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
         first = next(iter(params.values()))
         self.steps = torch.zeros(first.shape[0], dtype=torch.int64)
-        self._torch = torch.optim.Adam(list(params.values()), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.fused = first.is_cuda if fused is None else fused
+        self._torch = torch.optim.Adam(
+            list(params.values()), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=self.fused or None
+        )
+        self._torch_step = -1  # the step count torch's Adam state was last left at (-1: not built)
 
     @torch.no_grad()
     def step(self, active: Tensor) -> None:
@@ -104,16 +118,20 @@ class StackedAdam:
             self.exp_avg_sq[k].copy_(v)
 
     def _step_together(self) -> None:
-        """Every fold at the same step count: torch's own Adam on the stacked tensors (same update)."""
-        step = float(self.steps[0]) + 1
-        for k, p in self.params.items():
-            self._torch.state[p] = {
-                "step": torch.tensor(step - 1),
-                "exp_avg": self.exp_avg[k],
-                "exp_avg_sq": self.exp_avg_sq[k],
-            }
+        """Every fold at the same step count: torch's own Adam on the stacked tensors (same update). Its state
+        shares our moment tensors; it is (re)built only when our step count moved without it (the first
+        call, a resume), so a step costs no host-to-device copies."""
+        step = int(self.steps[0])
+        if self._torch_step != step:
+            for k, p in self.params.items():
+                self._torch.state[p] = {
+                    "step": torch.tensor(float(step), device=p.device if self.fused else "cpu"),
+                    "exp_avg": self.exp_avg[k],
+                    "exp_avg_sq": self.exp_avg_sq[k],
+                }
         self._torch.step()
         self.steps += 1
+        self._torch_step = step + 1
 
     def zero_grad(self) -> None:
         for p in self.params.values():
@@ -250,7 +268,7 @@ def train_folds_batched(
                 losses = loss_fn(logits, yb, valid, weights, cfg.label_smoothing)
                 adam.zero_grad()
                 losses.sum().backward()
-                adam.step(valid.sum(1) > 0)
+                adam.step(torch.tensor([i is not None and len(i) > 0 for i in idx]))  # on the host: no sync
                 with torch.no_grad():
                     tot_loss += losses.detach() * valid.sum(1)
                     correct += ((logits.argmax(-1) == yb).float() * valid).sum(1)
@@ -285,22 +303,38 @@ def train_folds_batched(
             bar.update(sum(on))
         bar.close()
         results, wall, cpu = [], time.perf_counter() - t0, time.process_time() - c0
+        # every fold's test predictions in one vmapped forward per weight set (last epoch, selected epoch);
+        # a fold's own model is filled in only when it is saved
+        x_test = _pad([torch.from_numpy(d.x_test) for d in datas])[0]
+        prob_last = _predict_stacked(run, base, params, buffers, x_test, dev)
+        prob_best = _predict_stacked(run, base, best, buffers, x_test, dev) if best is not None else None
         for f, (t, d, st) in enumerate(zip(tasks, datas, states, strict=True)):
-            _unstack(params, f, models[f])
-            models[f].to(dev)
-            prob_last = predict_proba(models[f], d.x_test) if cfg.selection == "oracle-release" else None
-            if st.best is not None:
-                st.best["state_dict"] = _fold_state_dict(best, f, models[f])
-            chosen = select_epoch(models[f], st)
-            prob = predict_proba(models[f], d.x_test)
-            models[f].cpu()
+            n = len(d.x_test)
+            if cfg.save_models:
+                _unstack(params, f, models[f])
+                if st.best is not None:
+                    st.best["state_dict"] = _fold_state_dict(best, f, models[f])
+                chosen = select_epoch(models[f], st)
+            else:
+                chosen = int(st.best["epoch"]) if st.best is not None else st.epoch
+            prob = prob_best[f, :n] if st.best is not None else prob_last[f, :n]
+            last = prob_last[f, :n] if cfg.selection == "oracle-release" else None
             results.append(
-                write_fold(
-                    t, d, models[f], st, chosen, prob, seconds=wall / n_f, cpu_seconds=cpu / n_f, prob_last=prob_last
-                )
+                write_fold(t, d, models[f], st, chosen, prob, seconds=wall / n_f, cpu_seconds=cpu / n_f, prob_last=last)
             )
             discard_checkpoints(Path(t.fold_dir) / "last.pt")  # last.pt and last.prev.pt
     return results
+
+
+@torch.no_grad()
+def _predict_stacked(run, base, params: dict[str, Tensor], buffers, x: Tensor, dev, batch: int = 256) -> np.ndarray:
+    """(F, N, K) softmax probabilities of the padded inputs x (F, N, ...) under each fold's stacked weights,
+    ``base`` in eval mode: what ``predict_proba`` gives for each fold's own model, up to float rounding."""
+    base.eval()
+    out = [
+        F.softmax(run(params, buffers, x[:, i : i + batch].to(dev)), dim=-1).cpu() for i in range(0, x.shape[1], batch)
+    ]
+    return torch.cat(out, dim=1).numpy() if out else np.zeros((x.shape[0], 0, NUM_CLASSES), np.float32)
 
 
 def _unstack(params: dict[str, Tensor], f: int, model) -> None:

@@ -13,15 +13,18 @@ from mer.train import run_training
 from mer.train.batched import StackedAdam, cross_entropy_rows
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_stacked_adam_is_torch_adam_per_fold(weight_decay):
+def test_stacked_adam_is_torch_adam_per_fold(weight_decay, fused):
     g = torch.Generator().manual_seed(0)
     init = [torch.randn(4, 3, generator=g) for _ in range(3)]
     ref = [torch.nn.Parameter(p.clone()) for p in init]
     opts = [torch.optim.Adam([p], lr=1e-2, weight_decay=weight_decay) for p in ref]
     stacked = {"w": torch.stack(init).requires_grad_()}
-    adam = StackedAdam(stacked, lr=1e-2, weight_decay=weight_decay)
-    schedule = [[1, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 1], [1, 1, 0]]  # fold 1 skips steps: its own step count
+    adam = StackedAdam(stacked, lr=1e-2, weight_decay=weight_decay, fused=fused)
+    # fold 1 skips a step (its own step count), catches up (together again, from the moments the masked
+    # path left), then fold 2 skips one
+    schedule = [[1, 1, 1], [1, 1, 1], [1, 0, 1], [0, 1, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]]
     for on in schedule:
         grads = torch.randn(3, 4, 3, generator=g) * torch.tensor([1e-3, 1.0, 30.0])[:, None, None]
         for f in range(3):
@@ -55,19 +58,22 @@ def test_padded_cross_entropy_is_f_cross_entropy(weighted, smoothing):
     assert not g_got[~keep].any()  # padding gets no gradient
 
 
-def _probs(run) -> np.ndarray:
-    lines = (Path(run) / "predictions.csv").read_text().splitlines()[1:]
+def _probs(run, name: str = "predictions.csv") -> np.ndarray:
+    lines = (Path(run) / name).read_text().splitlines()[1:]
     return np.array([[float(v) for v in line.split(",")[6:]] for line in lines])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("selection", ["fixed", "val", "oracle-release"])
-def test_folds_trained_together_equal_folds_trained_alone(make_cfg, tmp_path, one_thread, selection):
+@pytest.mark.parametrize(
+    "selection,save_models", [("fixed", True), ("val", True), ("oracle-release", True), ("oracle-release", False)]
+)
+def test_folds_trained_together_equal_folds_trained_alone(make_cfg, tmp_path, one_thread, selection, save_models):
     """kfold:4 of 6 subjects: training sets of 12 and 15 samples, batch 4 -> 3 and 4 steps per epoch, so a
-    fold sits out a step of every epoch; selection 'val' also stops folds at different epochs."""
+    fold sits out a step of every epoch; selection 'val' also stops folds at different epochs. Without
+    saved models the batched path predicts from the stacked weights without building each fold's model."""
     kw = dict(protocol="kfold:4", batch_size=4, epochs=3, selection=selection, val_fraction=0.2, patience=1)
     alone = run_training(make_cfg(out=str(tmp_path / "alone"), **kw))
-    together = run_training(make_cfg(out=str(tmp_path / "together"), fold_batch=4, **kw))
+    together = run_training(make_cfg(out=str(tmp_path / "together"), fold_batch=4, save_models=save_models, **kw))
     np.testing.assert_allclose(_probs(tmp_path / "together"), _probs(tmp_path / "alone"), atol=2e-5)
     assert together["scores"] == alone["scores"]
     for d in sorted((tmp_path / "alone" / "folds").iterdir()):
@@ -75,6 +81,13 @@ def test_folds_trained_together_equal_folds_trained_alone(make_cfg, tmp_path, on
         b = json.loads((tmp_path / "together" / "folds" / d.name / "history.json").read_text())
         assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
         np.testing.assert_allclose([r["train_loss"] for r in b], [r["train_loss"] for r in a], rtol=1e-4)
+        ra = json.loads((d / "result.json").read_text())
+        rb = json.loads((tmp_path / "together" / "folds" / d.name / "result.json").read_text())
+        assert rb["epoch_selected"] == ra["epoch_selected"]
+        assert (tmp_path / "together" / "folds" / d.name / "model.pt").exists() == save_models
+        if selection == "oracle-release":
+            name, other = "predictions_last_epoch.csv", tmp_path / "together" / "folds" / d.name
+            np.testing.assert_allclose(_probs(other, name), _probs(d, name), atol=2e-5)
     sizes = {
         len(json.loads((d / "result.json").read_text())["split"]["fit"])
         for d in (tmp_path / "alone" / "folds").iterdir()
