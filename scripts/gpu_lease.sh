@@ -5,6 +5,8 @@
 #
 #   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
 #
+#   0. with PROFILE_S > 0 (env), first and alone on the GPU: scripts/profile_batched_step.py --trace (one
+#      training step of the 17 stacked folds in parts, and the alternatives), capped at PROFILE_S seconds.
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
 #      stopped after TRAIN_S seconds (default 480: the first lease's group of 17 folds was written 416 s
 #      after its start). A cap that ends mid-group loses that group, so give each lease its own slice of
@@ -13,12 +15,14 @@
 #      scripts/pool_partial_runs.py.
 #   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
 #      the build and the Triton compiles are CPU work, the training keeps the GPU busy.
-#   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (90), so
-#      that its timings are not shared with the training.
+#   3. when both are done: scripts/gpu_check.sh quickbench alone on the GPU, capped at BENCH_S (90; 0
+#      skips it), so that its timings are not shared with the training.
 #   4. with OUT set (the device tool's output folder): RUN_DIR, the logs and the result files packed into
 #      $OUT/lease.tgz, and a summary printed last.
 # Device call: run(command="FOLDS=17-33 bash scripts/gpu_lease.sh .devrun/htnet_release .devrun/rel",
 #                  carry=[".devrun"], timeout_s=590)   # .devrun/ ignored via .git/info/exclude
+# With the profile: "PROFILE_S=100 FOLDS=17-33 bash scripts/gpu_lease.sh ... .devrun/rel 440 380 0" (the
+# caps add up to 540 s, under the 590 s call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { sed -n 2,20p "$0"; exit 2; }
@@ -28,6 +32,11 @@ logs=$(mktemp -d)
 t0=$SECONDS
 touch "$logs/.start"  # result files newer than this are this call's
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } >"$logs/summary.txt" 2>&1
+if [[ ${PROFILE_S:-0} -gt 0 ]]; then
+    timeout -k 5 "$PROFILE_S" python3 scripts/profile_batched_step.py --trace --out "$logs" >"$logs/profile.log" 2>&1
+    echo "profile_batched_step: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
+    grep -E "^(base|foreach|benchmark|unfold|explicit_attn): step" "$logs/profile.log" >>"$logs/summary.txt"
+fi
 
 (
     timeout -k 10 -s INT "$train_s" python3 scripts/gpu_release_loso.py --release "$release" --out "$run" --progress \
@@ -46,10 +55,12 @@ train_pid=$!
 OUT='' timeout -k 5 "$check_s" bash scripts/gpu_check.sh build test sanitize >"$logs/gpu_check.log" 2>&1
 echo "gpu_check build test sanitize: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
 wait "$train_pid"
-OUT='' timeout -k 5 "$bench_s" bash scripts/gpu_check.sh quickbench >"$logs/bench.log" 2>&1
-echo "gpu_check quickbench: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
+if [[ $bench_s -gt 0 ]]; then
+    OUT='' timeout -k 5 "$bench_s" bash scripts/gpu_check.sh quickbench >"$logs/bench.log" 2>&1
+    echo "gpu_check quickbench: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
+fi
 
-grep -hE "^(build|tests|sanitizer|bench|bench_flow_patch_embed):" "$logs/gpu_check.log" "$logs/bench.log" >>"$logs/summary.txt"
+grep -hE "^(build|tests|sanitizer|bench|bench_flow_patch_embed):" "$logs/gpu_check.log" "$logs"/bench.log* >>"$logs/summary.txt" 2>/dev/null
 tail -2 "$logs/monitor.log" >>"$logs/summary.txt"
 if [[ -n "${OUT:-}" && -d "$OUT" ]]; then
     find benchmarks/results -maxdepth 1 -type f -newer "$logs/.start" -exec cp {} "$logs/" \;

@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""Where the time of one batched training step goes (mer.train.batched: F folds in one vmapped step), and
+what the alternatives would save, measured in one run on the same inputs.
+
+    python scripts/profile_batched_step.py --device cuda --out benchmarks/results   # the release's size
+
+Builds the model (default the released HTNet, 139.6 M parameters), stacks F copies (default 17, what
+scripts/gpu_release_loso.py trains together), and times a step on random 0-255 inputs of the release's
+shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole steps of each variant:
+
+  base      what mer.train.batched does now (TF32 matmuls, StackedAdam: fused on CUDA)
+  foreach   StackedAdam with the foreach (multi-kernel) update instead of the fused one
+  benchmark torch.backends.cudnn.benchmark = True (cuDNN picks its conv algorithms by timing them)
+  unfold    every Conv2d as unfold + matrix product (under vmap a conv with per-fold weights becomes one
+            grouped conv with F groups; this turns it into F batched matrix products); an experiment here,
+            not a model option
+  explicit_attn  softmax attention written out (q kᵀ, softmax, v: the model's fused=False) instead of
+            F.scaled_dot_product_attention, which vmap runs once per fold where it has no batching rule
+
+Also prints the vmap fallbacks seen in a step (ops run once per fold in a loop), the FLOPs of a step
+(torch.utils.flop_counter, so TFLOP/s per variant) and, with --trace, a torch.profiler table of the slowest
+kernels of one base step. Times are CUDA-event means over --steps steps after --warmup steps (wall clock on
+the CPU). Writes DEVICE-DATE-batched_step.{json,md} under --out (and to $OUT when set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, vmap
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from mer.train.batched import StackedAdam, cross_entropy_rows  # noqa: E402
+from mer.train.models import build_model  # noqa: E402
+
+VARIANTS = ("base", "foreach", "benchmark", "unfold", "explicit_attn")
+
+
+class UnfoldConv2d(nn.Conv2d):
+    """nn.Conv2d computed as unfold (im2col) + a matrix product: the same numbers up to rounding."""
+
+    def forward(self, x):
+        if self.groups != 1 or self.padding_mode != "zeros":
+            return super().forward(x)
+        B, _, H, W = x.shape
+        kh, kw = self.kernel_size
+        (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
+        Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, C·kh·kw, L)
+        out = self.weight.flatten(1) @ cols  # (B, out, L)
+        if self.bias is not None:
+            out = out + self.bias[:, None]
+        return out.view(B, self.out_channels, Ho, Wo)
+
+
+def unfold_convs(model: nn.Module) -> int:
+    """Swap every plain nn.Conv2d of ``model`` for UnfoldConv2d in place (same parameters); the count."""
+    n = 0
+    for m in model.modules():
+        if type(m) is nn.Conv2d:
+            m.__class__ = UnfoldConv2d
+            n += 1
+    return n
+
+
+class Timer:
+    """CUDA events on a GPU, perf_counter on the CPU; ms()."""
+
+    def __init__(self, dev: torch.device):
+        self.cuda = dev.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self.a, self.b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.a.record()
+        else:
+            self.t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.b.record()
+        else:
+            self.t = time.perf_counter() - self.t
+
+    def ms(self) -> float:
+        if self.cuda:
+            self.b.synchronize()
+            return self.a.elapsed_time(self.b)
+        return self.t * 1e3
+
+
+def setup(model_name: str, n_folds: int, dev: torch.device, variant: str):
+    torch.manual_seed(0)
+    model = build_model(model_name, {}, image_size=28)
+    base = copy.deepcopy(model).to("meta")
+    if variant == "unfold":
+        unfold_convs(base)
+    if variant == "explicit_attn":
+        base.set_fused(False)
+    params = {
+        k: v.detach().to(dev).unsqueeze(0).repeat(n_folds, *[1] * v.dim()).requires_grad_()
+        for k, v in model.named_parameters()
+    }
+    buffers = {k: v.to(dev).unsqueeze(0).repeat(n_folds, *[1] * v.dim()) for k, v in model.named_buffers()}
+    n_params = sum(p.numel() for p in model.parameters())
+    del model
+    run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+    adam = StackedAdam(params, 5e-5, fused=False if variant == "foreach" else None)
+    return base, params, buffers, run, adam, n_params
+
+
+def measure(args, dev: torch.device, variant: str) -> dict:
+    """Mean ms of forward, loss + backward, Adam and the whole step for one variant; peak memory."""
+    torch.backends.cudnn.benchmark = variant == "benchmark"
+    base, params, buffers, run, adam, n_params = setup(args.model, args.folds, dev, variant)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.rand(args.folds, args.batch, 3, 28, 28, generator=g) * 255).to(dev)
+    y = torch.randint(0, 3, (args.folds, args.batch), generator=g).to(dev)
+    valid = torch.ones(args.folds, args.batch, device=dev)
+    weights = torch.ones(args.folds, 3, device=dev)
+    loss_fn = vmap(cross_entropy_rows, in_dims=(0, 0, 0, 0, None))
+    active = torch.ones(args.folds, dtype=torch.bool)
+    base.train()
+    fallbacks: set[str] = set()
+    parts = {"forward": [], "backward": [], "adam": [], "step": []}
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(args.warmup + args.steps):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Timer(dev) as t_step:
+                with Timer(dev) as t_fwd:
+                    logits = run(params, buffers, x)
+                with Timer(dev) as t_bwd:
+                    adam.zero_grad()
+                    loss_fn(logits, y, valid, weights, 0.0).sum().backward()
+                with Timer(dev) as t_adam:
+                    adam.step(active)
+        for w in caught:
+            m = re.search(r"batching rule for (\S+?)\.", str(w.message))
+            if m:
+                fallbacks.add(m.group(1))
+        if i >= args.warmup:
+            for k, t in zip(parts, (t_fwd, t_bwd, t_adam, t_step), strict=True):
+                parts[k].append(t.ms())
+    out = {k: sum(v) / len(v) for k, v in parts.items()}
+    out["vmap_fallbacks"] = sorted(fallbacks)
+    out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    out["n_params"] = n_params
+    if variant == "base":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        fc = FlopCounterMode(display=False)
+        with fc:
+            logits = run(params, buffers, x)
+            loss_fn(logits, y, valid, weights, 0.0).sum().backward()
+        out["step_flop"] = fc.get_total_flops()
+        out["flop_by_op"] = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
+        adam.zero_grad()
+        if args.trace:
+            out["trace"] = trace(run, params, buffers, x, y, valid, weights, loss_fn, adam, active, dev)
+    torch.backends.cudnn.benchmark = False
+    del params, buffers, adam
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def trace(run, params, buffers, x, y, valid, weights, loss_fn, adam, active, dev, rows: int = 25) -> str:
+    """torch.profiler table of two base steps, kernels sorted by their device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            adam.zero_grad()
+            loss_fn(run(params, buffers, x), y, valid, weights, 0.0).sum().backward()
+            adam.step(active)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    from train_throughput import _cpu_name  # this folder is on sys.path when run as a script
+
+    return _cpu_name()
+
+
+def markdown(res: dict) -> str:
+    a = res["args"]
+    lines = [
+        f"# One batched training step: {a['model']}, {a['folds']} folds x batch {a['batch']}",
+        "",
+        f"{res['device']}; torch {res['torch']}; {res['date']}; "
+        f"`python scripts/profile_batched_step.py {' '.join(res['argv'])}`",
+        f"Means over {a['steps']} steps after {a['warmup']} warm-up steps, in one run. "
+        f"FLOPs of a step (forward + backward): {res['variants']['base']['step_flop'] / 1e12:.2f} TFLOP.",
+        "",
+        "| variant | forward ms | loss + backward ms | Adam ms | step ms | step vs base | TFLOP/s | peak GiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = res["variants"]["base"]
+    for name, v in res["variants"].items():
+        peak = f"{v['peak_gib']:.1f}" if v["peak_gib"] is not None else "-"
+        lines.append(
+            f"| {name} | {v['forward']:.1f} | {v['backward']:.1f} | {v['adam']:.1f} | {v['step']:.1f} | "
+            f"{base['step'] / v['step']:.2f}x | {base['step_flop'] / v['step'] / 1e9:.2f} | {peak} |"
+        )
+    fb = sorted({f for v in res["variants"].values() for f in v["vmap_fallbacks"]})
+    lines += ["", f"vmap fallbacks (ops looped over the folds): {', '.join(fb) if fb else 'none'}.", ""]
+    total = base["step_flop"]
+    lines.append(
+        "FLOPs by op: "
+        + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(base["flop_by_op"].items(), key=lambda t: -t[1]))
+        + "."
+    )
+    if "trace" in base:
+        lines += ["", "Slowest ops of two base steps (torch.profiler):", "", "```", base["trace"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="htnet_original")
+    ap.add_argument("--folds", type=int, default=17, help="folds stacked in one step (default 17)")
+    ap.add_argument("--batch", type=int, default=256, help="minibatch per fold (default 256, the release's)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--trace", action="store_true", help="add a torch.profiler table of two base steps")
+    ap.add_argument("--out", default=None, help="folder for DEVICE-DATE-batched_step.{json,md}")
+    args = ap.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or "base" not in variants:
+        ap.error(f"--variants: {', '.join(unknown) or 'base missing'}; choose from {', '.join(VARIANTS)} (base first)")
+    dev = torch.device(args.device)
+    torch.set_float32_matmul_precision("high")  # as scripts/gpu_release_loso.py trains (--matmul-precision high)
+    res = {
+        "device": device_name(dev),
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+        "args": vars(args),
+        "variants": {},
+    }
+    for v in variants:
+        t0 = time.perf_counter()
+        res["variants"][v] = measure(args, dev, v)
+        r = res["variants"][v]
+        print(
+            f"{v}: step {r['step']:.1f} ms (forward {r['forward']:.1f}, backward {r['backward']:.1f}, "
+            f"Adam {r['adam']:.1f}); fallbacks {r['vmap_fallbacks'] or 'none'} [{time.perf_counter() - t0:.0f} s]",
+            flush=True,
+        )
+    md = markdown(res)
+    print(md)
+    stem = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', res['device'])}-{res['date'][:10]}-batched_step"
+    for folder in filter(None, [args.out, os.environ.get("OUT")]):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+        (Path(folder) / f"{stem}.md").write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(main())

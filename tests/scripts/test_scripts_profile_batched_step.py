@@ -1,0 +1,49 @@
+"""scripts/profile_batched_step.py: its unfold convolution is nn.Conv2d (also vmapped over per-fold
+weights, the case it is measured for), and a tiny CPU run writes every variant's timings."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call, stack_module_state, vmap
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 1, 1), (7, 7, 0), (3, 2, 1), (2, 1, 0)])
+def test_unfold_conv_is_conv2d_also_under_vmap(load_script, kernel, stride, padding):
+    mod = load_script("profile_batched_step")
+    torch.manual_seed(0)
+    convs = [nn.Conv2d(4, 5, kernel, stride=stride, padding=padding).double() for _ in range(3)]
+    x = torch.randn(3, 2, 4, 9, 9, dtype=torch.float64)
+    params, _ = stack_module_state(convs)
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    outs, grads = [], []
+    for unfold in (False, True):
+        base = nn.Conv2d(4, 5, kernel, stride=stride, padding=padding).double()
+        if unfold:
+            assert mod.unfold_convs(base) == 1 and isinstance(base, mod.UnfoldConv2d)
+        out = vmap(lambda p, xi, b=base: functional_call(b, p, (xi,)))(params, x)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), list(params.values())))
+    torch.testing.assert_close(outs[1], outs[0])
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_tiny_cpu_profile_writes_every_variant(load_script, tmp_path, monkeypatch):
+    monkeypatch.delenv("OUT", raising=False)
+    mod = load_script("profile_batched_step")
+    argv = ["--device", "cpu", "--model", "htnet_small", "--folds", "2", "--batch", "3", "--steps", "1"]
+    assert mod.main([*argv, "--warmup", "1", "--out", str(tmp_path)]) == 0
+    (js,) = tmp_path.glob("*-batched_step.json")
+    res = json.loads(js.read_text())
+    assert list(res["variants"]) == list(mod.VARIANTS)
+    for v in res["variants"].values():
+        assert 0 < v["forward"] + v["backward"] + v["adam"] <= v["step"] * 1.05
+    assert res["variants"]["base"]["step_flop"] > 0
+    # the CPU build runs F.scaled_dot_product_attention once per fold under vmap; written out it does not
+    assert res["variants"]["explicit_attn"]["vmap_fallbacks"] == []
+    md = js.with_suffix(".md").read_text()
+    assert "| unfold |" in md and "vmap fallbacks" in md
+    with pytest.raises(SystemExit):
+        mod.main([*argv, "--variants", "foreach,nope"])
