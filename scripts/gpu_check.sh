@@ -55,7 +55,7 @@ build)
     fi ;;
 test)
     echo "== GPU tests"
-    $PY -m pytest -q -rs -m "cuda or triton" -p no:cacheprovider "${xdist[@]}" --durations=15 \
+    $PY -m pytest -v -rfEs -m "cuda or triton" -p no:cacheprovider "${xdist[@]}" --durations=15 \
         tests/agentattn/ops/test_agent_attention_cuda.py tests/agentattn/ops/test_agent_attention_triton.py \
         tests/agentattn/ops/test_flow_patch_embed_cuda.py tests/agentattn/ops/test_flow_patch_embed_triton.py \
         2>&1 | tee "${prefix}-tests.log"

@@ -60,7 +60,10 @@ class UnfoldConv2d(nn.Conv2d):
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (B, C·kh·kw, L)
-        out = self.weight.flatten(1) @ cols  # (B, out, L)
+        # einsum, not weight @ cols: under vmap the broadcast matmul expands the weight to every sample
+        # ((F, B, out, C·kh·kw): 77 GiB at the release's size, the first lease's OOM); einsum contracts
+        # into one (out, C·kh·kw) x (C·kh·kw, B·L) product per fold
+        out = torch.einsum("ok,bkl->bol", self.weight.flatten(1), cols)
         if self.bias is not None:
             out = out + self.bias[:, None]
         return out.view(B, self.out_channels, Ho, Wo)
@@ -225,6 +228,8 @@ def markdown(res: dict) -> str:
             f"| {name} | {v['forward']:.1f} | {v['backward']:.1f} | {v['adam']:.1f} | {v['step']:.1f} | "
             f"{base['step'] / v['step']:.2f}x | {base['step_flop'] / v['step'] / 1e9:.2f} | {peak} |"
         )
+    for name, why in res.get("failed", {}).items():
+        lines.append(f"| {name} | failed: {why} | | | | | | |")
     fb = sorted({f for v in res["variants"].values() for f in v["vmap_fallbacks"]})
     lines += ["", f"vmap fallbacks (ops looped over the folds): {', '.join(fb) if fb else 'none'}.", ""]
     total = base["step_flop"]
@@ -266,7 +271,15 @@ def main(argv=None) -> int:
     }
     for v in variants:
         t0 = time.perf_counter()
-        res["variants"][v] = measure(args, dev, v)
+        try:
+            res["variants"][v] = measure(args, dev, v)
+        except (torch.OutOfMemoryError, RuntimeError) as e:  # one variant's failure must not lose the others
+            res.setdefault("failed", {})[v] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            print(f"{v}: FAILED ({res['failed'][v]})", flush=True)
+            torch.backends.cudnn.benchmark = False
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
         r = res["variants"][v]
         print(
             f"{v}: step {r['step']:.1f} ms (forward {r['forward']:.1f}, backward {r['backward']:.1f}, "

@@ -47,3 +47,23 @@ def test_a_tiny_cpu_profile_writes_every_variant(load_script, tmp_path, monkeypa
     assert "| unfold |" in md and "vmap fallbacks" in md
     with pytest.raises(SystemExit):
         mod.main([*argv, "--variants", "foreach,nope"])
+
+
+def test_a_failing_variant_is_recorded_and_the_others_still_written(load_script, tmp_path, monkeypatch):
+    """The first lease lost every result to one variant's out-of-memory error."""
+    monkeypatch.delenv("OUT", raising=False)
+    mod = load_script("profile_batched_step")
+    measure = mod.measure
+
+    def fail_unfold(args, dev, variant):
+        if variant == "unfold":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 76.50 GiB.")
+        return measure(args, dev, variant)
+
+    monkeypatch.setattr(mod, "measure", fail_unfold)
+    argv = ["--device", "cpu", "--model", "htnet_small", "--folds", "2", "--batch", "2", "--steps", "1"]
+    assert mod.main([*argv, "--warmup", "0", "--variants", "base,unfold,foreach", "--out", str(tmp_path)]) == 0
+    res = json.loads(next(tmp_path.glob("*-batched_step.json")).read_text())
+    assert list(res["variants"]) == ["base", "foreach"]
+    assert "76.50 GiB" in res["failed"]["unfold"]
+    assert "| unfold | failed: OutOfMemoryError" in next(tmp_path.glob("*-batched_step.md")).read_text()
