@@ -9,6 +9,12 @@ UF1 and UAR of pooled predictions depend only on the pooled confusion matrix, so
 different experiments (model, protocol, seed, selection, input, flow, augment, number of folds) and parts
 that share a held-out fold (its samples would count twice). Prints a table, PARTIAL while folds are
 missing; --out writes the pooled numbers as JSON.
+
+``--same-clips CSV`` scores other models' out-of-fold predictions on the same clips: the rows of the
+pooled folds (``dataset/subject``) of a ``mer train`` predictions.csv or a linear-floor predictions.csv
+(``python -m mer.baselines.linear``; its LOSO rows, one line per input and seed), e.g.
+
+    python scripts/pool_partial_runs.py RESULTS/folds-* --same-clips runs/floor/predictions.csv
 """
 
 from __future__ import annotations
@@ -72,20 +78,90 @@ def pool(metrics: list[dict], names: list[str]) -> dict:
     return out
 
 
+def same_clips(path: str, pooled: dict) -> list[dict]:
+    """UF1/UAR (all and per dataset) of the predictions in ``path`` on the clips of the pooled folds; one
+    entry per (input, seed) group where the file has those columns."""
+    import csv
+
+    import numpy as np
+
+    from mer.metrics import uf1_uar
+
+    if pooled["protocol"] != "loso":
+        raise ValueError(f"--same-clips matches clips by LOSO fold (dataset/subject); this run is {pooled['protocol']}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"dataset", "subject", "label", "pred"}
+    if not rows or need - set(rows[0]):
+        raise ValueError(f"{path}: not a predictions.csv (needs the columns {', '.join(sorted(need))})")
+    if "protocol" in rows[0]:
+        rows = [r for r in rows if r["protocol"] == pooled["protocol"]]
+    folds = set(pooled["folds_scored"])
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        if f"{r['dataset']}/{r['subject']}" in folds:
+            key = " ".join(f"{k}={r[k]}" for k in ("input", "seed") if k in r)
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        raise ValueError(f"{path}: no {pooled['protocol']} predictions of the pooled folds")
+    out = []
+    for key, rs in groups.items():
+        y, pred = (np.array([int(r[c]) for r in rs]) for c in ("label", "pred"))
+        ds = np.array([r["dataset"] for r in rs])
+        entry = {"path": path, "group": key, "n": len(rs)}
+        entry["uf1"], entry["uar"] = uf1_uar(y, pred)
+        entry["datasets"] = {}
+        for d in sorted(set(ds)):
+            uf1, uar = uf1_uar(y[ds == d], pred[ds == d])
+            entry["datasets"][d] = {"uf1": uf1, "uar": uar}
+        out.append(entry)
+    return out
+
+
+def format_same_clips(entries: list[dict], n_pooled: int) -> str:
+    sets = sorted({d for e in entries for d in e["datasets"]})
+    lines = [
+        "Other predictions on the same clips:",
+        "",
+        "| predictions | n | UF1 | UAR | " + " | ".join(f"{d} UF1" for d in sets) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(sets),
+    ]
+    for e in entries:
+        per = " | ".join(f"{e['datasets'][d]['uf1']:.4f}" if d in e["datasets"] else "-" for d in sets)
+        name = f"{e['path']} ({e['group']})" if e["group"] else e["path"]
+        lines.append(f"| {name} | {e['n']} | {e['uf1']:.4f} | {e['uar']:.4f} | {per} |")
+    short = [e for e in entries if e["n"] != n_pooled]
+    if short:
+        covers = "; ".join(f"{e['path']} covers {e['n']}" for e in short)
+        lines += ["", f"NOTE: the pooled run has {n_pooled} clips; {covers}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("metrics", nargs="+", help="metrics.json of each part (or its run folder)")
     ap.add_argument("--out", help="write the pooled numbers here (JSON)")
+    ap.add_argument(
+        "--same-clips",
+        nargs="+",
+        default=[],
+        metavar="CSV",
+        help="other models' predictions.csv files, scored on the pooled folds' clips",
+    )
     args = ap.parse_args(argv)
     paths = [Path(p) / "metrics.json" if Path(p).is_dir() else Path(p) for p in args.metrics]
     try:
         pooled = pool([json.loads(p.read_text()) for p in paths], [str(p) for p in paths])
+        others = [e for csv_path in args.same_clips for e in same_clips(csv_path, pooled)]
     except (OSError, ValueError, KeyError) as e:
         print(f"pool_partial_runs: error: {e}", file=sys.stderr)
         return 2
     from mer.evaluation.report import format_table
 
     print(f"{len(pooled['parts'])} parts pooled\n\n{format_table(pooled)}")
+    if others:
+        pooled["same_clips"] = others
+        print("\n" + format_same_clips(others, pooled["n"]))
     if args.out:
         Path(args.out).write_text(json.dumps(pooled, indent=1) + "\n")
     return 0

@@ -70,3 +70,31 @@ def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one
     run_training(make_cfg(out=str(tmp_path / "c"), folds="1", seed=1, **kw))
     assert script.main([str(tmp_path / "a"), str(tmp_path / "c")]) == 2
     assert "differs in seed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_other_predictions_are_scored_on_the_pooled_clips_only(make_cfg, tmp_path, one_thread, capsys):
+    """--same-clips: a whole LOSO run's predictions.csv, restricted to a part's folds, scores what the part
+    trained alone scores (the part's predictions equal the whole run's on its folds)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[3] / "scripts" / "pool_partial_runs.py"
+    spec = importlib.util.spec_from_file_location("pool_partial_runs", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    run_training(make_cfg(out=str(tmp_path / "whole")))
+    part = run_training(make_cfg(out=str(tmp_path / "a"), folds="0,2"))
+    out = tmp_path / "pooled.json"
+    whole_csv = str(tmp_path / "whole" / "predictions.csv")
+    assert script.main([str(tmp_path / "a"), "--same-clips", whole_csv, "--out", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["same_clips"]
+    assert entry["n"] == part["n"] < json.loads((tmp_path / "whole" / "metrics.json").read_text())["n"]
+    assert entry["uf1"] == pytest.approx(part["scores"]["all"]["uf1"], abs=1e-12)
+    assert entry["uar"] == pytest.approx(part["scores"]["all"]["uar"], abs=1e-12)
+    assert "Other predictions on the same clips" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert script.main([str(tmp_path / "a"), "--same-clips", str(bad)]) == 2
+    assert "not a predictions.csv" in capsys.readouterr().err
