@@ -8,9 +8,9 @@
 #   0. with PROFILE_S > 0 (env), first and alone on the GPU: scripts/profile_batched_step.py --trace (one
 #      training step of the 17 stacked folds in parts, and the alternatives), capped at PROFILE_S seconds.
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
-#      stopped after TRAIN_S seconds (default 480: the first lease's group of 17 folds was written 416 s
-#      after its start). A cap that ends mid-group loses that group, so give each lease its own slice of
-#      17 folds: FOLDS=17-33 (folds 0-16 were done on 2026-12-04); commit the slice's metrics.json (no
+#      stopped after TRAIN_S seconds (default 480; a group of 17 folds took 230 s alone on an H200, 351 s
+#      beside step 2). A cap that ends mid-group loses that group, so give each lease its own slice of
+#      17 folds: FOLDS=51-67 (folds 0-50 were done on 2026-12-04); commit the slice's metrics.json (no
 #      per-sample files: they carry the release's labels) and pool the slices with
 #      scripts/pool_partial_runs.py.
 #   2. foreground, at the same time: scripts/gpu_check.sh build test sanitize, capped at CHECK_S (400):
@@ -19,10 +19,11 @@
 #      skips it), so that its timings are not shared with the training.
 #   4. with OUT set (the device tool's output folder): RUN_DIR, the logs and the result files packed into
 #      $OUT/lease.tgz, and a summary printed last.
-# Device call: run(command="FOLDS=17-33 bash scripts/gpu_lease.sh .devrun/htnet_release .devrun/rel",
+# Device call: run(command="FOLDS=51-67 bash scripts/gpu_lease.sh .devrun/htnet_release .devrun/rel",
 #                  carry=[".devrun"], timeout_s=590)   # .devrun/ ignored via .git/info/exclude
-# With the profile: "PROFILE_S=100 FOLDS=17-33 bash scripts/gpu_lease.sh ... .devrun/rel 440 380 0" (the
-# caps add up to 540 s, under the 590 s call).
+# With the profile: "PROFILE_S=100 FOLDS=51-67 bash scripts/gpu_lease.sh ... .devrun/rel 440 380 0" (the
+# caps add up to 540 s, under the 590 s call). A second call on the still-warm machine can train another
+# slice alone: "FOLDS=... bash scripts/gpu_lease.sh ... .devrun/rel2 415 1 0" (2026-12-04: 236 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -ge 2 ]] || { sed -n 2,20p "$0"; exit 2; }

@@ -18,16 +18,16 @@ activations: fits a 141 GB H200 (on an 80 GB H100 pass --fold-batch 12). Arithme
 products, and per Adam step ~66 GB of optimizer traffic per group (1600 steps x 4 groups: 25 s a group
 at 4.3 TB/s).
 
-Measured (H200, torch 2.11.0+cu130, 2026-12-04; benchmarks/results/real-release-gpu-2026-12-04/): the
-first group of 17 folds took about 5 min (~26 TFLOP/s, a few % of the TF32 rate, with a kernel build and
-tests sharing the machine), 61-65 GB of GPU memory, 95-99 % utilisation. All 68 folds: ~21 min, more than
-one 10-minute device call. Two ways to spread it: rerun into the same --out (finished folds are kept;
-a fold is finished once its result.json is written), or give each call its own slice of folds and pool
-the slices' metrics.json files afterwards (what a 15-minute lease with nothing kept between sessions
-needs; the per-sample files carry the release's labels and are not committed):
+Measured (H200, torch 2.11.0+cu130, 2026-12-04; benchmarks/results/real-release-gpu-2026-12-04/): a group
+of 17 folds alone on the GPU takes 230 s (~20 s start-up, 206 s training at 65 fold-epochs per second,
+54 GB of GPU memory; the first lease, before the fused Adam and the stacked predictions, ~5 min). All 68
+folds: ~14 min, more than one 10-minute device call. Two ways to spread it: rerun into the same --out
+(finished folds are kept; a fold is finished once its result.json is written), or give each call its own
+slice of folds and pool the slices' metrics.json files afterwards (what a 15-minute lease with nothing
+kept between sessions needs; the per-sample files carry the release's labels and are not committed):
 
-    python scripts/gpu_release_loso.py --release .devrun/htnet_release --out .devrun/rel_17_33 --folds 17-33
-    python scripts/pool_partial_runs.py benchmarks/results/real-release-gpu-2026-12-04 .devrun/rel_17_33
+    python scripts/gpu_release_loso.py --release .devrun/htnet_release --out .devrun/rel_51_67 --folds 51-67
+    python scripts/pool_partial_runs.py benchmarks/results/real-release-gpu-2026-12-04/folds-* .devrun/rel_51_67
 
 Extra options are passed to ``mer train`` after these (the last one given wins), e.g. ``--seed 1``,
 ``--selection fixed``, ``--fold-batch 12``. Writes OUT/gpu_run.json: device, wall time, the command.
