@@ -3,7 +3,9 @@ trained in one go; each slice's report scores the finished folds and names them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,15 @@ def test_parse_fold_list():
     for bad in ("a", "3-1", "-1", "1,,2"):
         with pytest.raises(ValueError, match="folds"):
             parse_fold_list(bad)
+
+
+def _pool_script():
+    """scripts/pool_partial_runs.py as a module (scripts are files, not a package)."""
+    path = Path(__file__).parents[3] / "scripts" / "pool_partial_runs.py"
+    spec = importlib.util.spec_from_file_location("pool_partial_runs", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
 
 
 def _preds(run):
@@ -43,13 +54,7 @@ def test_slices_add_up_to_the_whole_run(make_cfg, tmp_path, one_thread):
 @pytest.mark.slow
 def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one_thread, capsys):
     """scripts/pool_partial_runs.py: the parts' metrics.json add up to the whole run's scores."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[3] / "scripts" / "pool_partial_runs.py"
-    spec = importlib.util.spec_from_file_location("pool_partial_runs", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _pool_script()
 
     kw = dict(protocol="kfold:3", epochs=2)
     whole = run_training(make_cfg(out=str(tmp_path / "whole"), **kw))
@@ -76,13 +81,7 @@ def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one
 def test_other_predictions_are_scored_on_the_pooled_clips_only(make_cfg, tmp_path, one_thread, capsys):
     """--same-clips: a whole LOSO run's predictions.csv, restricted to a part's folds, scores what the part
     trained alone scores (the part's predictions equal the whole run's on its folds)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[3] / "scripts" / "pool_partial_runs.py"
-    spec = importlib.util.spec_from_file_location("pool_partial_runs", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _pool_script()
 
     run_training(make_cfg(out=str(tmp_path / "whole")))
     part = run_training(make_cfg(out=str(tmp_path / "a"), folds="0,2"))
