@@ -16,6 +16,8 @@ shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole ste
             not a model option
   explicit_attn  softmax attention written out (q kᵀ, softmax, v: the model's fused=False) instead of
             F.scaled_dot_product_attention, which vmap runs once per fold where it has no batching rule
+  bf16      forward and loss under torch.autocast(bfloat16), weights and Adam in float32: what mixed
+            precision would buy (it changes the release's numerics: a different experiment)
 
 Also prints the vmap fallbacks seen in a step (ops run once per fold in a loop), the FLOPs of a step
 (torch.utils.flop_counter, so TFLOP/s per variant) and, with --trace, a torch.profiler table of the slowest
@@ -46,7 +48,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from mer.train.batched import StackedAdam, cross_entropy_rows  # noqa: E402
 from mer.train.models import build_model  # noqa: E402
 
-VARIANTS = ("base", "foreach", "benchmark", "unfold", "explicit_attn")
+VARIANTS = ("base", "foreach", "benchmark", "unfold", "explicit_attn", "bf16")
 
 
 class UnfoldConv2d(nn.Conv2d):
@@ -143,15 +145,18 @@ def measure(args, dev: torch.device, variant: str) -> dict:
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=variant == "bf16")
     for i in range(args.warmup + args.steps):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with Timer(dev) as t_step:
-                with Timer(dev) as t_fwd:
+                with Timer(dev) as t_fwd, amp:
                     logits = run(params, buffers, x)
                 with Timer(dev) as t_bwd:
                     adam.zero_grad()
-                    loss_fn(logits, y, valid, weights, 0.0).sum().backward()
+                    with amp:
+                        loss = loss_fn(logits, y, valid, weights, 0.0).sum()
+                    loss.backward()
                 with Timer(dev) as t_adam:
                     adam.step(active)
         for w in caught:
@@ -279,21 +284,30 @@ def main(argv=None) -> int:
             torch.backends.cudnn.benchmark = False
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
+            write(res, args)
             continue
+        write(res, args)
         r = res["variants"][v]
         print(
             f"{v}: step {r['step']:.1f} ms (forward {r['forward']:.1f}, backward {r['backward']:.1f}, "
             f"Adam {r['adam']:.1f}); fallbacks {r['vmap_fallbacks'] or 'none'} [{time.perf_counter() - t0:.0f} s]",
             flush=True,
         )
+    print(markdown(res))
+    return 0
+
+
+def write(res: dict, args) -> None:
+    """DEVICE-DATE-batched_step.{json,md} under --out and $OUT (after every variant: a time cap that stops
+    the script keeps what was measured)."""
+    if "base" not in res["variants"]:
+        return
     md = markdown(res)
-    print(md)
     stem = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', res['device'])}-{res['date'][:10]}-batched_step"
     for folder in filter(None, [args.out, os.environ.get("OUT")]):
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
         (Path(folder) / f"{stem}.md").write_text(md)
-    return 0
 
 
 if __name__ == "__main__":
