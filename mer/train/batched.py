@@ -12,7 +12,8 @@ with its own step count. Minibatches of unequal size are padded with zero-weight
 minibatch left in a step, or whose training has ended, is not updated. The selection scores (validation
 or oracle) are computed for all folds in one vmapped forward, and the best epoch's weights are kept as
 stacked slices, so nothing is copied per fold per epoch (what makes the release's 140 M-parameter model
-trainable 17 folds at a time on a GPU: scripts/gpu_release_loso.sh).
+trainable 17 folds at a time on a GPU: scripts/gpu_release_loso.py). The test predictions at the end
+come the same way, one vmapped forward per weight set; a fold's own model is filled in only to be saved.
 
 Equivalence: without dropout the result equals one fold at a time up to float rounding (the batched
 matrix products sum in another order; tests/mer/train/test_train_batched.py). Dropout masks are drawn
