@@ -6,7 +6,8 @@
 #   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
 #
 #   0. with PROFILE_S > 0 (env), first and alone on the GPU: scripts/profile_batched_step.py --trace (one
-#      training step of the 17 stacked folds in parts, and the alternatives), capped at PROFILE_S seconds.
+#      training step of the 17 stacked folds in parts, and the alternatives), capped at PROFILE_S seconds;
+#      PROFILE_VARIANTS (env) picks them, e.g. "base,compile" (the script's header lists them).
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
 #      stopped after TRAIN_S seconds (default 480; a group of 17 folds took 230 s alone on an H200, 351 s
 #      beside step 2). A cap that ends mid-group loses that group, so give each lease its own slice of
@@ -34,9 +35,10 @@ t0=$SECONDS
 touch "$logs/.start"  # result files newer than this are this call's
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } >"$logs/summary.txt" 2>&1
 if [[ ${PROFILE_S:-0} -gt 0 ]]; then
-    timeout -k 5 "$PROFILE_S" python3 scripts/profile_batched_step.py --trace --out "$logs" >"$logs/profile.log" 2>&1
+    timeout -k 5 "$PROFILE_S" python3 scripts/profile_batched_step.py --trace --out "$logs" \
+        ${PROFILE_VARIANTS:+--variants "$PROFILE_VARIANTS"} >"$logs/profile.log" 2>&1
     echo "profile_batched_step: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
-    grep -E "^(base|foreach|benchmark|unfold|explicit_attn): step" "$logs/profile.log" >>"$logs/summary.txt"
+    grep -E "^[a-z_0-9]+: (step|FAILED)" "$logs/profile.log" >>"$logs/summary.txt"
 fi
 
 (

@@ -18,6 +18,8 @@ shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole ste
             F.scaled_dot_product_attention, which vmap runs once per fold where it has no batching rule
   bf16      forward and loss under torch.autocast(bfloat16), weights and Adam in float32: what mixed
             precision would buy (it changes the release's numerics: a different experiment)
+  compile   (only when named in --variants) the vmapped forward under torch.compile, which can fuse the
+            element-wise work around the matrix products; its compile time falls in the warm-up steps
 
 Also prints the vmap fallbacks seen in a step (ops run once per fold in a loop), the FLOPs of a step
 (torch.utils.flop_counter, so TFLOP/s per variant) and, with --trace, a torch.profiler table of the slowest
@@ -49,6 +51,7 @@ from mer.train.batched import StackedAdam, cross_entropy_rows  # noqa: E402
 from mer.train.models import build_model  # noqa: E402
 
 VARIANTS = ("base", "foreach", "benchmark", "unfold", "explicit_attn", "bf16")
+OPT_IN = ("compile",)  # run only when named in --variants (compiling takes minutes)
 
 
 class UnfoldConv2d(nn.Conv2d):
@@ -124,6 +127,8 @@ def setup(model_name: str, n_folds: int, dev: torch.device, variant: str):
     n_params = sum(p.numel() for p in model.parameters())
     del model
     run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+    if variant == "compile":
+        run = torch.compile(run)
     adam = StackedAdam(params, 5e-5, fused=False if variant == "foreach" else None)
     return base, params, buffers, run, adam, n_params
 
@@ -255,15 +260,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=256, help="minibatch per fold (default 256, the release's)")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS + OPT_IN)} (default: all but {', '.join(OPT_IN)})",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--trace", action="store_true", help="add a torch.profiler table of two base steps")
     ap.add_argument("--out", default=None, help="folder for DEVICE-DATE-batched_step.{json,md}")
     args = ap.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = sorted(set(variants) - set(VARIANTS))
+    unknown = sorted(set(variants) - set(VARIANTS) - set(OPT_IN))
     if unknown or "base" not in variants:
-        ap.error(f"--variants: {', '.join(unknown) or 'base missing'}; choose from {', '.join(VARIANTS)} (base first)")
+        ap.error(f"--variants: {', '.join(unknown) or 'base missing'}; choose from {', '.join(VARIANTS + OPT_IN)}")
     dev = torch.device(args.device)
     torch.set_float32_matmul_precision("high")  # as scripts/gpu_release_loso.py trains (--matmul-precision high)
     res = {
