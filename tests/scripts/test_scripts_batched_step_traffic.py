@@ -1,0 +1,20 @@
+"""scripts/batched_step_traffic.py: the meta-device count of one batched step's memory traffic."""
+
+import json
+
+
+def test_traffic_of_a_small_batched_step(load_script, tmp_path):
+    mod = load_script("batched_step_traffic")
+    assert mod.main(["--model", "htnet_small", "--folds", "2", "--batch", "3", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "batched_step_traffic-htnet_small-2x3.json").read_text())
+    assert res["bytes_total"] == res["bytes_matrix"] + res["bytes_other"] > 0
+    assert res["bytes_matrix"] > 0 and res["bytes_other"] > 0
+    assert res["bytes_adam"] == 7 * 4 * res["n_params"] * 2
+    assert sum(v["bytes"] for v in res["ops"].values()) == res["bytes_total"]
+    assert not {"view", "permute", "empty", "new_empty_strided"} & set(res["ops"])  # no bytes move there
+    # the stacked weights are read by the forward's batched products at least once per fold
+    assert res["ops"]["bmm"]["bytes"] > 4 * res["n_params"] * 2 * 0.5
+    # twice the batch: the activations' traffic grows, the weights' does not
+    big = mod.count("htnet_small", 2, 6)
+    assert res["bytes_other"] < big["bytes_other"] < 2 * res["bytes_other"] + 1e6
+    assert "| bmm |" in (tmp_path / "batched_step_traffic-htnet_small-2x3.md").read_text()
