@@ -3,15 +3,10 @@ minutes and is a development tool, not run here)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from bench_modules import BENCH, load
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "count_instructions.py"
-spec = importlib.util.spec_from_file_location("count_instructions_under_test", PATH)
-ci = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(ci)
+ci = load("count_instructions_under_test", BENCH / "count_instructions.py")
 
 ANN = """\
 --------------------------------------------------------------------------------

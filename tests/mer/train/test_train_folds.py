@@ -3,9 +3,7 @@ trained in one go; each slice's report scores the finished folds and names them.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -19,15 +17,6 @@ def test_parse_fold_list():
     for bad in ("a", "3-1", "-1", "1,,2"):
         with pytest.raises(ValueError, match="folds"):
             parse_fold_list(bad)
-
-
-def _pool_script():
-    """scripts/pool_partial_runs.py as a module (scripts are files, not a package)."""
-    path = Path(__file__).parents[3] / "scripts" / "pool_partial_runs.py"
-    spec = importlib.util.spec_from_file_location("pool_partial_runs", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
 
 
 def _preds(run):
@@ -52,9 +41,9 @@ def test_slices_add_up_to_the_whole_run(make_cfg, tmp_path, one_thread):
 
 
 @pytest.mark.slow
-def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one_thread, capsys):
+def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one_thread, capsys, load_script):
     """scripts/pool_partial_runs.py: the parts' metrics.json add up to the whole run's scores."""
-    script = _pool_script()
+    script = load_script("pool_partial_runs")
 
     kw = dict(protocol="kfold:3", epochs=2)
     whole = run_training(make_cfg(out=str(tmp_path / "whole"), **kw))
@@ -78,10 +67,10 @@ def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one
 
 
 @pytest.mark.slow
-def test_other_predictions_are_scored_on_the_pooled_clips_only(make_cfg, tmp_path, one_thread, capsys):
+def test_other_predictions_are_scored_on_the_pooled_clips_only(make_cfg, tmp_path, one_thread, capsys, load_script):
     """--same-clips: a whole LOSO run's predictions.csv, restricted to a part's folds, scores what the part
     trained alone scores (the part's predictions equal the whole run's on its folds)."""
-    script = _pool_script()
+    script = load_script("pool_partial_runs")
 
     run_training(make_cfg(out=str(tmp_path / "whole")))
     part = run_training(make_cfg(out=str(tmp_path / "a"), folds="0,2"))

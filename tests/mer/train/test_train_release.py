@@ -138,14 +138,11 @@ def test_the_real_release():
 
 
 @pytest.mark.slow
-def test_the_gpu_script_at_a_tiny_size_on_the_cpu(release_dir, tmp_path, subset_loader, one_thread, capsys):
+def test_the_gpu_script_at_a_tiny_size_on_the_cpu(
+    release_dir, tmp_path, subset_loader, one_thread, capsys, load_script
+):
     """scripts/gpu_release_loso.py's exact `mer train` command, with a tiny model, 2 epochs, on the CPU."""
-    import importlib.util
-
-    path = Path(__file__).parents[3] / "scripts" / "gpu_release_loso.py"
-    spec = importlib.util.spec_from_file_location("gpu_release_loso", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("gpu_release_loso")
     out = tmp_path / "gpu"
     rc = script.main(
         [

@@ -1,4 +1,4 @@
-"""Helpers for the tests of scripts/*.py (scripts are files, not a package: load them by path)."""
+"""Fixtures for every test folder: ``load_script`` (scripts/*.py are files, not a package: load them by path)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
