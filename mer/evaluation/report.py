@@ -149,12 +149,7 @@ def format_table(m: dict, markdown: bool = True) -> str:
     )
     if m["folds_finished"] < m["folds"]:
         title += f" - PARTIAL: {m['folds_finished']} of {m['folds']} folds"
-    lines = [f"**{title}**" if markdown else title, ""]
-    lines.append("| set | n | UF1 | UAR |")
-    lines.append("|---|---:|---:|---:|")
-    for name, s in m["scores"].items():
-        label = "composite (all)" if name == "all" else name
-        lines.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
+    lines = [f"**{title}**" if markdown else title, "", *_score_rows(m["scores"])]
     if m.get("excluded"):
         lines.append("")
         lines.append(
@@ -173,13 +168,18 @@ def format_table(m: dict, markdown: bool = True) -> str:
             "",
             f"The same training, selection: {last['selection']}",
             "",
-            "| set | n | UF1 | UAR |",
-            "|---|---:|---:|---:|",
+            *_score_rows(last["scores"]),
         ]
-        for name, s in last["scores"].items():
-            label = "composite (all)" if name == "all" else name
-            lines.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
     return "\n".join(lines)
+
+
+def _score_rows(scores: dict) -> list[str]:
+    """The table's header and one row per set ('all' first as 'composite (all)')."""
+    rows = ["| set | n | UF1 | UAR |", "|---|---:|---:|---:|"]
+    for name, s in scores.items():
+        label = "composite (all)" if name == "all" else name
+        rows.append(f"| {label} | {s['n']} | {s['uf1']:.4f} | {s['uar']:.4f} |")
+    return rows
 
 
 def last_epoch_scores(root: Path, folds: list[dict], config: dict) -> dict | None:
