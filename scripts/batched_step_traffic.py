@@ -3,7 +3,8 @@
 
     python scripts/batched_step_traffic.py --out benchmarks/results   # the release's size: 17 folds x 256
 
-Runs the step (forward, loss, backward of F stacked folds under vmap, as ``train_folds_batched`` does) on
+Runs the step (forward, loss, backward of F stacked folds under vmap, as ``train_folds_batched`` does: its
+``stacked_forward``, Linear weights stacked transposed; ``--untransposed``: as the model holds them) on
 the meta device, so any machine counts the full size in seconds, and records every op that reaches the
 dispatcher after vmap's batching rules: the bytes it reads and writes (its tensor arguments and results;
 views and allocations excluded), in eager PyTorch, where every op goes to memory and back. Matrix
@@ -24,11 +25,11 @@ import sys
 from pathlib import Path
 
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mer.train.batched import cross_entropy_rows  # noqa: E402
+from mer.train.batched import cross_entropy_rows, linear_weights, stacked_forward  # noqa: E402
 from mer.train.models import build_model  # noqa: E402
 
 NO_TRAFFIC = {  # views and allocations: no bytes move
@@ -68,16 +69,21 @@ class TrafficCounter(TorchDispatchMode):
         return out
 
 
-def count(model_name: str, folds: int, batch: int, image_size: int = 28) -> dict:
-    """Traffic of one forward + loss + backward of ``folds`` stacked copies of the model, batch each."""
+def count(model_name: str, folds: int, batch: int, image_size: int = 28, transposed: bool = True) -> dict:
+    """Traffic of one forward + loss + backward of ``folds`` stacked copies of the model, batch each
+    (``transposed``: the Linear weights stacked as mer.train.batched stacks them)."""
     torch.manual_seed(0)
     model = build_model(model_name, {}, image_size=image_size)
     base = copy.deepcopy(model).to("meta")
     meta = torch.device("meta")
-    params = {k: torch.empty((folds, *v.shape), device=meta, requires_grad=True) for k, v in model.named_parameters()}
+    flipped = linear_weights(model) if transposed else frozenset()
+    params = {
+        k: torch.empty((folds, *(v.mT if k in flipped else v).shape), device=meta, requires_grad=True)
+        for k, v in model.named_parameters()
+    }
     buffers = {k: torch.empty((folds, *v.shape), device=meta, dtype=v.dtype) for k, v in model.named_buffers()}
     n_params = sum(p.numel() for p in model.parameters())
-    run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+    run = stacked_forward(base, flipped)
     loss_fn = vmap(cross_entropy_rows, in_dims=(0, 0, 0, 0, None))
     x = torch.empty(folds, batch, 3, image_size, image_size, device=meta)
     y = torch.zeros(folds, batch, dtype=torch.long, device=meta)
@@ -91,6 +97,7 @@ def count(model_name: str, folds: int, batch: int, image_size: int = 28) -> dict
     total = sum(v["bytes"] for v in ops.values())
     return {
         "model": model_name,
+        "transposed": transposed,
         "folds": folds,
         "batch": batch,
         "n_params": n_params,
@@ -105,10 +112,12 @@ def count(model_name: str, folds: int, batch: int, image_size: int = 28) -> dict
 def markdown(res: dict, bandwidth: float, rows: int = 15) -> str:
     gb, ms = (lambda b: b / 1e9), (lambda b: b / bandwidth * 1e3)
     lines = [
-        f"# Memory traffic of one batched step: {res['model']}, {res['folds']} folds x batch {res['batch']}",
+        f"# Memory traffic of one batched step: {res['model']}, {res['folds']} folds x batch {res['batch']}"
+        + ("" if res["transposed"] else ", Linear weights untransposed"),
         "",
         "Eager forward + loss + backward, counted on the meta device (`python scripts/batched_step_traffic.py "
-        f"--model {res['model']} --folds {res['folds']} --batch {res['batch']}`); "
+        f"--model {res['model']} --folds {res['folds']} --batch {res['batch']}"
+        f"{'' if res['transposed'] else ' --untransposed'}`); "
         f"times at {bandwidth / 1e12:.1f} TB/s.",
         "",
         "| | GB | ms at that bandwidth |",
@@ -135,13 +144,17 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=17)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--bandwidth", type=float, default=4.3e12, help="bytes/s for the ms column (H200 copy: 4.3e12)")
-    ap.add_argument("--out", help="folder for batched_step_traffic-MODEL-FxB.{json,md}")
+    ap.add_argument(
+        "--untransposed", action="store_true", help="stack the Linear weights as the model holds them (the old layout)"
+    )
+    ap.add_argument("--out", help="folder for batched_step_traffic-MODEL-FxB[-untransposed].{json,md}")
     args = ap.parse_args(argv)
-    res = count(args.model, args.folds, args.batch)
+    res = count(args.model, args.folds, args.batch, transposed=not args.untransposed)
     md = markdown(res, args.bandwidth)
     print(md)
     if args.out:
-        stem = Path(args.out) / f"batched_step_traffic-{args.model}-{args.folds}x{args.batch}"
+        suffix = "-untransposed" if args.untransposed else ""
+        stem = Path(args.out) / f"batched_step_traffic-{args.model}-{args.folds}x{args.batch}{suffix}"
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
         stem.with_suffix(".md").write_text(md)

@@ -8,8 +8,11 @@ Builds the model (default the released HTNet, 139.6 M parameters), stacks F copi
 scripts/gpu_release_loso.py trains together), and times a step on random 0-255 inputs of the release's
 shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole steps of each variant:
 
-  base      what mer.train.batched does now (TF32 matmuls, StackedAdam: fused on CUDA)
+  base      what mer.train.batched does now (TF32 matmuls, StackedAdam: fused on CUDA, the stacked Linear
+            weights transposed so that their gradients need no copy: mer.train.batched.linear_weights)
   foreach   StackedAdam with the foreach (multi-kernel) update instead of the fused one
+  untransposed  the Linear weights stacked as the model holds them, (F, out, in): each weight gradient is
+            copied into that layout every step
   benchmark torch.backends.cudnn.benchmark = True (cuDNN picks its conv algorithms by timing them)
   unfold    every Conv2d as unfold + matrix product (under vmap a conv with per-fold weights becomes one
             grouped conv with F groups; this turns it into F batched matrix products); an experiment here,
@@ -44,13 +47,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call, vmap
+from torch.func import vmap
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
-from mer.train.batched import StackedAdam, cross_entropy_rows  # noqa: E402
+from mer.train.batched import StackedAdam, cross_entropy_rows, linear_weights, stacked_forward  # noqa: E402
 from mer.train.models import build_model  # noqa: E402
 
-VARIANTS = ("base", "foreach", "benchmark", "unfold", "explicit_attn", "bf16")
+VARIANTS = ("base", "foreach", "untransposed", "benchmark", "unfold", "explicit_attn", "bf16")
 OPT_IN = ("compile",)  # run only when named in --variants (compiling takes minutes)
 
 
@@ -119,17 +122,19 @@ def setup(model_name: str, n_folds: int, dev: torch.device, variant: str):
         unfold_convs(base)
     if variant == "explicit_attn":
         base.set_fused(False)
+    flipped = frozenset() if variant == "untransposed" else linear_weights(model)
     params = {
-        k: v.detach().to(dev).unsqueeze(0).repeat(n_folds, *[1] * v.dim()).requires_grad_()
+        k: (v.mT if k in flipped else v).detach().to(dev).unsqueeze(0).repeat(n_folds, *[1] * v.dim()).contiguous()
         for k, v in model.named_parameters()
     }
+    params = {k: v.requires_grad_() for k, v in params.items()}
     buffers = {k: v.to(dev).unsqueeze(0).repeat(n_folds, *[1] * v.dim()) for k, v in model.named_buffers()}
     n_params = sum(p.numel() for p in model.parameters())
     del model
-    run = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+    run = stacked_forward(base, flipped)
     if variant == "compile":
         run = torch.compile(run)
-    adam = StackedAdam(params, 5e-5, fused=False if variant == "foreach" else None)
+    adam = StackedAdam(params, 5e-5, fused=False if variant == "foreach" else None, flipped=flipped)
     return base, params, buffers, run, adam, n_params
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -81,8 +82,10 @@ class StackedAdam:
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         fused: bool | None = None,
+        flipped: frozenset[str] = frozenset(),
     ):
         self.params, self.lr, self.betas, self.eps, self.weight_decay = params, lr, betas, eps, weight_decay
+        self.flipped = flipped  # names stored transposed (see linear_weights): fold_state gives the model's layout
         self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
         self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
         first = next(iter(params.values()))
@@ -146,8 +149,8 @@ class StackedAdam:
         return {
             i: {
                 "step": torch.tensor(float(self.steps[f])),
-                "exp_avg": self.exp_avg[n][f].cpu().clone(),
-                "exp_avg_sq": self.exp_avg_sq[n][f].cpu().clone(),
+                "exp_avg": _to_cpu(_fold(self.exp_avg, n, f, self.flipped)),
+                "exp_avg_sq": _to_cpu(_fold(self.exp_avg_sq, n, f, self.flipped)),
             }
             for i, n in enumerate(names)
         }
@@ -156,8 +159,8 @@ class StackedAdam:
         if not state:
             return
         for i, n in enumerate(names):
-            self.exp_avg[n][f].copy_(state[i]["exp_avg"])
-            self.exp_avg_sq[n][f].copy_(state[i]["exp_avg_sq"])
+            _fold(self.exp_avg, n, f, self.flipped).copy_(state[i]["exp_avg"])
+            _fold(self.exp_avg_sq, n, f, self.flipped).copy_(state[i]["exp_avg_sq"])
         self.steps[f] = int(state[0]["step"])
 
 
@@ -212,27 +215,27 @@ def train_folds_batched(
             adam_states.append([o.state[p] for p in m.parameters()] if o.state else [])
             models.append(m)
         names = [n for n, _ in models[0].named_parameters()]
+        flipped = linear_weights(models[0])
         params, buffers = stack_module_state(models)
-        params = {k: v.detach().to(dev).requires_grad_() for k, v in params.items()}
+        params = {
+            k: (v.mT if k in flipped else v).to(dev).contiguous().detach().requires_grad_() for k, v in params.items()
+        }
         buffers = {k: v.to(dev) for k, v in buffers.items()}
         base = copy.deepcopy(models[0]).to("meta")
-        adam = StackedAdam(params, cfg.lr, weight_decay=cfg.weight_decay)
+        adam = StackedAdam(params, cfg.lr, weight_decay=cfg.weight_decay, flipped=flipped)
         for f, st in enumerate(adam_states):
             adam.load_fold_state(f, names, dict(enumerate(st)))
         best = {k: p.detach().clone() for k, p in params.items()} if cfg.selection != "fixed" else None
         for f, st in enumerate(states):
             if st.best is not None and best is not None:
                 for k in names:
-                    best[k][f].copy_(st.best["state_dict"][k])
+                    _fold(best, k, f, flipped).copy_(st.best["state_dict"][k])
         if rng is not None:
             torch.set_rng_state(rng)
         else:
             torch.manual_seed(tasks[0].seed)
 
-        def forward(p, b, x):
-            return functional_call(base, (p, b), (x,))
-
-        run = vmap(forward, randomness="different")
+        run = stacked_forward(base, flipped)
         loss_fn = vmap(cross_entropy_rows, in_dims=(0, 0, 0, 0, None))
         xs = [torch.from_numpy(d.x_fit).to(dev) for d in datas]
         ys = [torch.from_numpy(d.y_fit).to(dev) for d in datas]
@@ -298,7 +301,7 @@ def train_folds_batched(
                     for k in names:
                         best[k][f].copy_(params[k][f].detach())
                 if checkpoint_due(st, cfg):
-                    _checkpoint(t, models[f], params, best, adam, f, names, st)
+                    _checkpoint(t, models[f], params, best, adam, f, names, st, flipped)
                 if on_epoch_end is not None:
                     on_epoch_end(t, st)
             bar.update(sum(on))
@@ -312,9 +315,9 @@ def train_folds_batched(
         for f, (t, d, st) in enumerate(zip(tasks, datas, states, strict=True)):
             n = len(d.x_test)
             if cfg.save_models:
-                _unstack(params, f, models[f])
+                _unstack(params, f, models[f], flipped)
                 if st.best is not None:
-                    st.best["state_dict"] = _fold_state_dict(best, f, models[f])
+                    st.best["state_dict"] = _fold_state_dict(best, f, models[f], flipped)
                 chosen = select_epoch(models[f], st)
             else:
                 chosen = int(st.best["epoch"]) if st.best is not None else st.epoch
@@ -338,26 +341,59 @@ def _predict_stacked(run, base, params: dict[str, Tensor], buffers, x: Tensor, d
     return torch.cat(out, dim=1).numpy() if out else np.zeros((x.shape[0], 0, NUM_CLASSES), np.float32)
 
 
-def _unstack(params: dict[str, Tensor], f: int, model) -> None:
+def stacked_forward(base, flipped: frozenset[str]):
+    """``run(params, buffers, x)``: ``base``'s forward for every fold at once, (F, B, ...) -> (F, B, K), with
+    params as the stack holds them (the ``flipped`` names transposed, see ``linear_weights``). Dropout
+    draws differ per fold (randomness='different')."""
+
+    def forward(p, b, x):  # one fold's slices; Linear weights back to (out, in) as views
+        return functional_call(base, ({k: v.mT if k in flipped else v for k, v in p.items()}, b), (x,))
+
+    return vmap(forward, randomness="different")
+
+
+def linear_weights(model) -> frozenset[str]:
+    """The names of ``model``'s nn.Linear weights. The stacked tensors hold them transposed, (F, in, out):
+    under vmap a Linear with per-fold weights is x @ Wᵀ, whose weight gradient comes out in that layout, so
+    stored as (F, out, in) every weight gradient would be copied into the parameter's layout each step (57
+    copies, 27 GB a step at the release's size: scripts/batched_step_traffic.py). ``_fold`` gives a fold's
+    slice back in the model's layout."""
+    return frozenset(f"{n}.weight" if n else "weight" for n, m in model.named_modules() if isinstance(m, nn.Linear))
+
+
+def _fold(stacked: dict[str, Tensor], name: str, f: int, flipped: frozenset[str]) -> Tensor:
+    """Fold f's slice of ``stacked[name]`` in the model's layout (a view: writes go to the stack)."""
+    v = stacked[name][f]
+    return v.mT if name in flipped else v
+
+
+def _to_cpu(t: Tensor) -> Tensor:
+    """A contiguous CPU copy (never a view of the stack, also when the stack is on the CPU)."""
+    return t.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+
+
+def _unstack(params: dict[str, Tensor], f: int, model, flipped: frozenset[str]) -> None:
     """Copy fold f's slice of the stacked parameters into ``model`` (on the CPU)."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            p.copy_(params[n][f])
+            p.copy_(_fold(params, n, f, flipped))
 
 
-def _fold_state_dict(stacked: dict[str, Tensor], f: int, model) -> dict:
+def _fold_state_dict(stacked: dict[str, Tensor], f: int, model, flipped: frozenset[str]) -> dict:
     """Fold f's state_dict (CPU) with the parameters taken from ``stacked`` slices."""
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    for k, v in stacked.items():
-        sd[k] = v[f].detach().cpu().clone()
+    for k in stacked:
+        sd[k] = _to_cpu(_fold(stacked, k, f, flipped))
     return sd
 
 
-def _checkpoint(task: FoldTask, model, params, best, adam: StackedAdam, f: int, names: list[str], state) -> None:
+def _checkpoint(
+    task: FoldTask, model, params, best, adam: StackedAdam, f: int, names: list[str], state, flipped: frozenset[str]
+) -> None:
     """last.pt of fold f in the serial path's format (model, torch.optim.Adam state, RNG, history, best)."""
-    _unstack(params, f, model)
+    _unstack(params, f, model, flipped)
     if state.best is not None:
-        state.best["state_dict"] = _fold_state_dict(best, f, model)
+        state.best["state_dict"] = _fold_state_dict(best, f, model, flipped)
     opt = torch.optim.Adam(model.parameters(), lr=adam.lr, weight_decay=adam.weight_decay)
     by_index = adam.fold_state(f, names)
     for i, p in enumerate(model.parameters()):

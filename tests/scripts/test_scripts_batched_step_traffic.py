@@ -18,3 +18,15 @@ def test_traffic_of_a_small_batched_step(load_script, tmp_path):
     big = mod.count("htnet_small", 2, 6)
     assert res["bytes_other"] < big["bytes_other"] < 2 * res["bytes_other"] + 1e6
     assert "| bmm |" in (tmp_path / "batched_step_traffic-htnet_small-2x3.md").read_text()
+
+
+def test_the_transposed_stack_removes_the_weight_gradient_copies(load_script):
+    """mer.train.batched stacks Linear weights transposed: the per-step copies of their gradients into the
+    parameters' layout (the old layout's largest non-matrix traffic) are gone, nothing else grows."""
+    mod = load_script("batched_step_traffic")
+    new, old = mod.count("htnet_small", 2, 3), mod.count("htnet_small", 2, 3, transposed=False)
+    copies = old["ops"]["copy_"]
+    assert copies["calls"] >= 10 and copies["bytes"] > 0.5 * (new["bytes_adam"] / 7 / 2)  # ~ all weights
+    assert new["ops"].get("copy_", {"bytes": 0})["bytes"] < 0.05 * copies["bytes"]
+    assert new["bytes_matrix"] == old["bytes_matrix"]
+    assert new["bytes_other"] < old["bytes_other"] - 0.9 * copies["bytes"]

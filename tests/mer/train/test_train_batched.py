@@ -146,3 +146,34 @@ def test_a_batched_fold_with_a_damaged_checkpoint_resumes_from_the_previous_one(
     np.testing.assert_allclose(_probs(cfg.out), _probs(tmp_path / "ref"), atol=2e-5)
     hist = json.loads((damaged.parent / "history.json").read_text())
     assert [r["epoch"] for r in hist] == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_batched_checkpoint_is_the_one_alone_training_writes(make_cfg, tmp_path, one_thread):
+    """last.pt is shared with the one-at-a-time path: after 2 epochs, fold 0's checkpoint from the batched
+    run holds the weights, Adam moments and step of the same fold trained alone, each tensor in the
+    model's own layout (the stack keeps Linear weights transposed). The matrices must agree to rounding; a
+    parameter whose gradient is ~0 (a position embedding here) may differ by up to a few Adam steps (lr):
+    Adam divides the gradient by its own magnitude, so rounding noise becomes a full-size step."""
+    kw = dict(protocol="kfold:3", epochs=4)
+    ck = {}
+    for name, fold_batch in (("alone", 1), ("together", 3)):
+        cfg = make_cfg(out=str(tmp_path / name), fold_batch=fold_batch, **kw)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(cfg, on_epoch_end=_kill_at(2, 0))
+        (path,) = sorted((tmp_path / name / "folds").glob("000-*/last.pt"))
+        ck[name] = torch.load(path, weights_only=False)
+    a, b = ck["alone"], ck["together"]
+    assert a["epoch"] == b["epoch"] == 2
+    lr = make_cfg().lr
+    for k, v in a["state_dict"].items():
+        assert b["state_dict"][k].shape == v.shape and b["state_dict"][k].is_contiguous(), k
+        tight = v.dim() == 2  # Linear weights (and any other matrix): the stack's transposed ones included
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-4, atol=1e-6 if tight else 2 * lr, msg=k)
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert float(sb[i]["step"]) == float(sa[i]["step"]) >= 2  # 2 epochs of at least one minibatch
+        for m in ("exp_avg", "exp_avg_sq"):
+            assert sb[i][m].shape == sa[i][m].shape
+            torch.testing.assert_close(sb[i][m], sa[i][m], rtol=1e-3, atol=1e-9)
