@@ -26,7 +26,7 @@ shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole ste
 
 Also prints the vmap fallbacks seen in a step (ops run once per fold in a loop), the FLOPs of a step
 (torch.utils.flop_counter, so TFLOP/s per variant) and, with --trace, a torch.profiler table of the slowest
-kernels of one base step. Times are CUDA-event means over --steps steps after --warmup steps (wall clock on
+kernels of two base steps. Times are CUDA-event means over --steps steps after --warmup steps (wall clock on
 the CPU). Writes DEVICE-DATE-batched_step.{json,md} under --out (and to $OUT when set).
 """
 
