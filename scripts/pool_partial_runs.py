@@ -12,7 +12,9 @@ missing; --out writes the pooled numbers as JSON.
 
 ``--same-clips CSV`` scores other models' out-of-fold predictions on the same clips: the rows of the
 pooled folds (``dataset/subject``) of a ``mer train`` predictions.csv or a linear-floor predictions.csv
-(``python -m mer.baselines.linear``; its LOSO rows, one line per input and seed), e.g.
+(``python -m mer.baselines.linear``; its LOSO rows, one line per input and seed); given a ``mer train`` run
+folder, its selected predictions and, when its folds saved them (--selection oracle-release), the last
+epoch's, one line each, e.g.
 
     python scripts/pool_partial_runs.py RESULTS/folds-* --same-clips runs/floor/predictions.csv
 """
@@ -78,19 +80,35 @@ def pool(metrics: list[dict], names: list[str]) -> dict:
     return out
 
 
-def same_clips(path: str, pooled: dict) -> list[dict]:
-    """UF1/UAR (all and per dataset) of the predictions in ``path`` on the clips of the pooled folds; one
-    entry per (input, seed) group where the file has those columns."""
+def _read_rows(path: str) -> list[dict]:
+    """A predictions CSV's rows; for a ``mer train`` run folder, its predictions.csv (the run's selection)
+    and, where every fold saved them, the folds' last-epoch predictions, told apart by a ``selection`` key."""
     import csv
 
+    def read(p) -> list[dict]:
+        with open(p, newline="") as f:
+            return list(csv.DictReader(f))
+
+    run = Path(path)
+    if not run.is_dir():
+        return read(run)
+    rows = [dict(r, selection="run's selection") for r in read(run / "predictions.csv")]
+    last = sorted(run.glob("folds/*/predictions_last_epoch.csv"))
+    if last and len(last) == len(list(run.glob("folds/*/result.json"))):
+        rows += [dict(r, selection="last epoch") for p in last for r in read(p)]
+    return rows
+
+
+def same_clips(path: str, pooled: dict) -> list[dict]:
+    """UF1/UAR (all and per dataset) of the predictions in ``path`` (a CSV, or a ``mer train`` run folder) on
+    the clips of the pooled folds; one entry per (input, seed, selection) group where those are known."""
     import numpy as np
 
     from mer.metrics import uf1_uar
 
     if pooled["protocol"] != "loso":
         raise ValueError(f"--same-clips matches clips by LOSO fold (dataset/subject); this run is {pooled['protocol']}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _read_rows(path)
     need = {"dataset", "subject", "label", "pred"}
     if not rows or need - set(rows[0]):
         raise ValueError(f"{path}: not a predictions.csv (needs the columns {', '.join(sorted(need))})")
@@ -100,7 +118,7 @@ def same_clips(path: str, pooled: dict) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         if f"{r['dataset']}/{r['subject']}" in folds:
-            key = " ".join(f"{k}={r[k]}" for k in ("input", "seed") if k in r)
+            key = " ".join(f"{k}={r[k]}" for k in ("input", "seed", "selection") if k in r)
             groups.setdefault(key, []).append(r)
     if not groups:
         raise ValueError(f"{path}: no {pooled['protocol']} predictions of the pooled folds")
@@ -146,7 +164,7 @@ def main(argv=None) -> int:
         nargs="+",
         default=[],
         metavar="CSV",
-        help="other models' predictions.csv files, scored on the pooled folds' clips",
+        help="other models' predictions.csv files or run folders, scored on the pooled folds' clips",
     )
     args = ap.parse_args(argv)
     paths = [Path(p) / "metrics.json" if Path(p).is_dir() else Path(p) for p in args.metrics]

@@ -68,19 +68,30 @@ def test_parts_in_separate_folders_pool_to_the_whole_run(make_cfg, tmp_path, one
 
 @pytest.mark.slow
 def test_other_predictions_are_scored_on_the_pooled_clips_only(make_cfg, tmp_path, one_thread, capsys, load_script):
-    """--same-clips: a whole LOSO run's predictions.csv, restricted to a part's folds, scores what the part
-    trained alone scores (the part's predictions equal the whole run's on its folds)."""
+    """--same-clips: a whole LOSO run's predictions, restricted to a part's folds, score what the part
+    trained alone scores (the part's predictions equal the whole run's on its folds): from its
+    predictions.csv, and from its run folder with the last epoch's predictions as a second line."""
     script = load_script("pool_partial_runs")
 
-    run_training(make_cfg(out=str(tmp_path / "whole")))
-    part = run_training(make_cfg(out=str(tmp_path / "a"), folds="0,2"))
+    kw = dict(selection="oracle-release")
+    run_training(make_cfg(out=str(tmp_path / "whole"), **kw))
+    part = run_training(make_cfg(out=str(tmp_path / "a"), folds="0,2", **kw))
     out = tmp_path / "pooled.json"
-    whole_csv = str(tmp_path / "whole" / "predictions.csv")
-    assert script.main([str(tmp_path / "a"), "--same-clips", whole_csv, "--out", str(out)]) == 0
-    (entry,) = json.loads(out.read_text())["same_clips"]
-    assert entry["n"] == part["n"] < json.loads((tmp_path / "whole" / "metrics.json").read_text())["n"]
-    assert entry["uf1"] == pytest.approx(part["scores"]["all"]["uf1"], abs=1e-12)
-    assert entry["uar"] == pytest.approx(part["scores"]["all"]["uar"], abs=1e-12)
+    whole = tmp_path / "whole"
+    assert (
+        script.main(
+            [str(tmp_path / "a"), "--same-clips", str(whole / "predictions.csv"), str(whole), "--out", str(out)]
+        )
+        == 0
+    )
+    csv_entry, selected, last = json.loads(out.read_text())["same_clips"]
+    assert (selected["group"], last["group"]) == ("selection=run's selection", "selection=last epoch")
+    assert csv_entry["n"] == part["n"] < json.loads((whole / "metrics.json").read_text())["n"]
+    expected = (part["scores"], part["scores"], part["last_epoch"]["scores"])
+    for entry, scores in zip((csv_entry, selected, last), expected, strict=True):
+        assert entry["n"] == part["n"]
+        assert entry["uf1"] == pytest.approx(scores["all"]["uf1"], abs=1e-12)
+        assert entry["uar"] == pytest.approx(scores["all"]["uar"], abs=1e-12)
     assert "Other predictions on the same clips" in capsys.readouterr().out
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
