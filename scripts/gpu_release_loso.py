@@ -19,7 +19,7 @@ products, and per Adam step ~66 GB of optimizer traffic per group (1600 steps x 
 at 4.3 TB/s).
 
 Measured (H200, torch 2.11.0+cu130, 2026-12-04; benchmarks/results/real-release-gpu-2026-12-04/): a group
-of 17 folds alone on the GPU takes 230 s (~20 s start-up, 206 s training at 65 fold-epochs per second,
+of 17 folds alone on the GPU takes 230 s (~20 s start-up, 206 s training at 66 fold-epochs per second,
 54 GB of GPU memory; the first lease, before the fused Adam and the stacked predictions, ~5 min). All 68
 folds: ~14 min, more than one 10-minute device call. Two ways to spread it: rerun into the same --out
 (finished folds are kept; a fold is finished once its result.json is written), or give each call its own
