@@ -13,7 +13,12 @@ if ! $PY -c "import torch" >/dev/null 2>&1; then
     $PIP torch==2.13.0
 fi
 $PIP -r requirements.txt
-if [[ "${1:-}" == "--test" ]]; then $PIP -r requirements-test.txt; fi
+if [[ "${1:-}" == "--test" ]]; then
+    $PIP -r requirements-test.txt
+    # the MTCNN landmark tests (landmarks="mtcnn", mer/data/htnet_landmarks.py): the release's version, without
+    # its dependencies (it pins an old torch; the torchvision op it needs is supplied by mer)
+    $PIP --no-deps facenet-pytorch==2.5.2
+fi
 # build tools for --no-build-isolation (an old setuptools, e.g. a fresh venv's 65.x, lacks bdist_wheel)
 $PIP "setuptools>=70.1" wheel
 # editable install: builds agentattn._C next to the sources, installs the `mer` command
