@@ -120,10 +120,23 @@ def batched_nms(boxes, scores, idxs, iou_threshold: float):
     return nms(boxes + offsets[:, None], scores, iou_threshold)
 
 
+class _NoDownloads:
+    """Stands in for ``requests.adapters.HTTPAdapter`` when requests is not installed: facenet-pytorch
+    imports it for its InceptionResnet weight downloads, which MTCNN never makes (its weights ship in the
+    wheel; nothing in mer downloads at run time)."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("mer imported facenet-pytorch without requests: its downloads are not available")
+
+
 @contextlib.contextmanager
 def _torchvision_shim():
     """Temporarily provide ``torchvision.ops.boxes.batched_nms`` (and an empty
-    ``torchvision.transforms.functional``) in sys.modules, restoring the previous entries afterwards."""
+    ``torchvision.transforms.functional``) in sys.modules, and, when requests is not installed, a
+    ``requests`` without downloads (facenet-pytorch imports it at import time); the previous entries are
+    restored afterwards."""
+    import importlib.util
+
     names = [
         "torchvision",
         "torchvision.ops",
@@ -131,8 +144,15 @@ def _torchvision_shim():
         "torchvision.transforms",
         "torchvision.transforms.functional",
     ]
+    no_requests = "requests" not in sys.modules and importlib.util.find_spec("requests") is None
+    if no_requests:
+        names += ["requests", "requests.adapters"]
     saved = {n: sys.modules.get(n) for n in names}
     mods = {n: types.ModuleType(n) for n in names}
+    if no_requests:
+        mods["requests"].adapters = mods["requests.adapters"]
+        mods["requests"].__path__ = []
+        mods["requests.adapters"].HTTPAdapter = _NoDownloads
     mods["torchvision.ops.boxes"].batched_nms = batched_nms
     mods["torchvision.ops.boxes"].nms = nms
     mods["torchvision"].ops, mods["torchvision"].transforms = mods["torchvision.ops"], mods["torchvision.transforms"]

@@ -226,6 +226,29 @@ def test_nms_shim_matches_a_plain_reference(seed):
     assert batched_nms(boxes[:0], scores[:0], idx[:0], 0.5).numel() == 0
 
 
+def test_import_shim_stands_in_for_a_missing_requests_and_restores_sys_modules(monkeypatch):
+    """facenet-pytorch imports requests (for downloads MTCNN never makes); a fresh venv may lack it."""
+    import importlib.util
+    import sys
+
+    from mer.data import htnet_landmarks
+
+    monkeypatch.delitem(sys.modules, "requests", raising=False)
+    monkeypatch.delitem(sys.modules, "requests.adapters", raising=False)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "requests" else real(name, *a))
+    before = {n: sys.modules.get(n) for n in ("requests", "torchvision", "torchvision.ops.boxes")}
+    with htnet_landmarks._torchvision_shim():
+        import requests
+        from requests.adapters import HTTPAdapter
+        from torchvision.ops.boxes import batched_nms as shimmed
+
+        assert shimmed is batched_nms and requests.adapters.HTTPAdapter is HTTPAdapter
+        with pytest.raises(RuntimeError, match="downloads are not available"):
+            HTTPAdapter()
+    assert {n: sys.modules.get(n) for n in before} == before
+
+
 # ------------------------------------------------------------------------------------- validation
 
 
