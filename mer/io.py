@@ -28,7 +28,8 @@ def atomic_write(path, write) -> None:
     global _WRITING
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the writer's pid in the name: whoever ends this process can find what it left (remove_writes_of)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     _WRITING = tmp
     try:
         with os.fdopen(fd, "wb") as f:
@@ -53,6 +54,19 @@ def remove_unfinished_write() -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def remove_writes_of(pid: int, folder) -> int:
+    """Delete the temporary files that process ``pid`` left one level under ``folder`` (for the process that
+    killed it: a writer killed inside C code never runs its own clean-up); returns how many."""
+    n = 0
+    for p in Path(folder).glob(f"*/.*.{pid}.*.tmp"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
 
 
 def atomic_write_bytes(path, data: bytes) -> None:

@@ -261,9 +261,10 @@ def _terminated(signum, frame):  # a worker ended by _stop_pool: leave no tempor
     os._exit(128 + signum)
 
 
-def _stop_pool(ex: ProcessPoolExecutor) -> None:
+def _stop_pool(ex: ProcessPoolExecutor, cache_dir) -> None:
     """End a process pool now: cancel the queue and terminate the workers (an entry being written is a
-    temporary file that is never moved into place; see Cache.save)."""
+    temporary file that is never moved into place; see Cache.save), then delete the temporary files of
+    workers that had to be killed (they could not delete their own)."""
     procs = list((getattr(ex, "_processes", None) or {}).values())  # shutdown() forgets them
     ex.shutdown(wait=False, cancel_futures=True)
     for proc in procs:
@@ -276,6 +277,10 @@ def _stop_pool(ex: ProcessPoolExecutor) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5)
+    from mer.io import remove_writes_of
+
+    for proc in procs:  # (a worker ended by SIGTERM deleted its own; this finds nothing for it)
+        remove_writes_of(proc.pid, cache_dir)
 
 
 def _work(sample, cfg: PrepConfig, region_source: str, cache_dir: str, key: str):
@@ -352,7 +357,7 @@ def prepare(
                     _collect(f.result(), results, errors)
                     bar.update()
             except BaseException:  # Ctrl-C or a dead worker: stop now, keep what is cached
-                _stop_pool(ex)
+                _stop_pool(ex, cache.root)
                 raise
             ex.shutdown(wait=True)
     finally:

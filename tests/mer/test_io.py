@@ -41,3 +41,41 @@ def test_predictions_round_trip(tmp_path):
     back = read_predictions(tmp_path / "p.csv")
     assert [r[:6] for r in back] == [r[:6] for r in rows]
     assert np.allclose([r.probs for r in back], probs, atol=1e-6)
+
+
+def _write_forever(path):  # a writer that never finishes (killed by the test)
+    import time
+
+    from mer.io import atomic_write
+
+    def write(f):
+        f.write(b"partial")
+        f.flush()
+        while True:
+            time.sleep(1)
+
+    atomic_write(path, write)
+
+
+def test_a_killed_writer_s_temporary_file_is_found_by_its_pid(tmp_path):
+    """SIGKILL leaves the temporary file of an atomic write (no handler runs); the process that killed the
+    writer removes it by pid, and only it: another writer's file in the same folder stays."""
+    import multiprocessing as mp
+    import time
+
+    from mer.io import remove_writes_of
+
+    target = tmp_path / "ab" / "entry.npz"
+    other = tmp_path / "ab" / ".entry.npz.0.x.tmp"  # another writer's (pid 0 is never the killed one)
+    other.parent.mkdir(parents=True)
+    other.write_bytes(b"")
+    proc = mp.get_context("spawn").Process(target=_write_forever, args=(target,))
+    proc.start()
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "ab").glob(f".entry.npz.{proc.pid}.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.join(10)
+    assert len(list((tmp_path / "ab").glob(f".entry.npz.{proc.pid}.*.tmp"))) == 1  # left behind
+    assert remove_writes_of(proc.pid, tmp_path) == 1
+    assert sorted(p.name for p in (tmp_path / "ab").iterdir()) == [other.name] and not target.exists()
