@@ -130,7 +130,7 @@ class _NoDownloads:
 
 
 @contextlib.contextmanager
-def _torchvision_shim():
+def _facenet_import_shim():
     """Temporarily provide ``torchvision.ops.boxes.batched_nms`` (and an empty
     ``torchvision.transforms.functional``) in sys.modules, and, when requests is not installed, a
     ``requests`` without downloads (facenet-pytorch imports it at import time); the previous entries are
@@ -191,7 +191,7 @@ def facenet_mtcnn(device: str = "cpu"):
                 f"landmarks='mtcnn' needs facenet-pytorch: {INSTALL_HINT}; or use "
                 "landmarks='shipped' (the same computation, shipped with mer)"
             )
-        with _torchvision_shim():
+        with _facenet_import_shim():
             from facenet_pytorch import MTCNN
     return MTCNN(margin=0, image_size=FACE_SIZE, select_largest=True, post_process=False, device=device)
 

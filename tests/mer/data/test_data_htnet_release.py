@@ -238,7 +238,7 @@ def test_import_shim_stands_in_for_a_missing_requests_and_restores_sys_modules(m
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "requests" else real(name, *a))
     before = {n: sys.modules.get(n) for n in ("requests", "torchvision", "torchvision.ops.boxes")}
-    with htnet_landmarks._torchvision_shim():
+    with htnet_landmarks._facenet_import_shim():
         import requests
         from requests.adapters import HTTPAdapter
         from torchvision.ops.boxes import batched_nms as shimmed
