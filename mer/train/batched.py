@@ -310,7 +310,8 @@ def train_folds_batched(
         # every fold's test predictions in one vmapped forward per weight set (last epoch, selected epoch);
         # a fold's own model is filled in only when it is saved
         x_test = _pad([torch.from_numpy(d.x_test) for d in datas])[0]
-        prob_last = _predict_stacked(run, base, params, buffers, x_test, dev)
+        need_last = cfg.selection == "oracle-release" or any(st.best is None for st in states)
+        prob_last = _predict_stacked(run, base, params, buffers, x_test, dev) if need_last else None
         prob_best = _predict_stacked(run, base, best, buffers, x_test, dev) if best is not None else None
         for f, (t, d, st) in enumerate(zip(tasks, datas, states, strict=True)):
             n = len(d.x_test)
