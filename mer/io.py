@@ -59,11 +59,21 @@ def remove_unfinished_write() -> None:
 def remove_writes_of(pid: int, folder) -> int:
     """Delete the temporary files that process ``pid`` left one level under ``folder`` (for the process that
     killed it: a writer killed inside C code never runs its own clean-up); returns how many."""
-    n = 0
-    for p in Path(folder).glob(f"*/.*.{pid}.*.tmp"):
+    return remove_temp_files(folder, pid=pid)
+
+
+def remove_temp_files(folder, *, pid: int | None = None, older_than_s: float | None = None) -> int:
+    """Delete the atomic writes' temporary files one level under ``folder``: those of process ``pid`` (any
+    writer when None), last modified more than ``older_than_s`` seconds ago (any age when None); returns
+    how many. A missing folder has none."""
+    import time
+
+    n, now = 0, time.time()
+    for p in Path(folder).glob(f"*/.*.{pid}.*.tmp" if pid is not None else "*/.*.tmp"):
         try:
-            p.unlink()
-            n += 1
+            if older_than_s is None or now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                n += 1
         except OSError:
             pass
     return n

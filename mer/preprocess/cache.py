@@ -106,19 +106,9 @@ class Cache:
 
     def remove_stale_temp(self, max_age_s: float = 3600.0) -> int:
         """Delete temporary files left by a killed writer (older than ``max_age_s``); returns how many."""
-        import time
+        from mer.io import remove_temp_files
 
-        n, now = 0, time.time()
-        if not self.root.is_dir():
-            return 0
-        for p in self.root.glob("*/.*.tmp"):
-            try:
-                if now - p.stat().st_mtime > max_age_s:
-                    p.unlink()
-                    n += 1
-            except OSError:
-                pass
-        return n
+        return remove_temp_files(self.root, older_than_s=max_age_s)
 
     def save(self, key: str, face: np.ndarray, regions: np.ndarray, meta: dict) -> Path:
         """Write the entry atomically (complete or absent); it carries its own key, checked on load."""

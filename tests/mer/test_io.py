@@ -79,3 +79,28 @@ def test_a_killed_writer_s_temporary_file_is_found_by_its_pid(tmp_path):
     assert len(list((tmp_path / "ab").glob(f".entry.npz.{proc.pid}.*.tmp"))) == 1  # left behind
     assert remove_writes_of(proc.pid, tmp_path) == 1
     assert sorted(p.name for p in (tmp_path / "ab").iterdir()) == [other.name] and not target.exists()
+
+
+def test_remove_temp_files_by_age_and_by_writer(tmp_path):
+    """The cache's stale-file sweep (any writer, older than the limit) and the kill clean-up (one writer, any
+    age) are one function; completed files and other folders' files are never touched."""
+    import os
+    import time
+
+    from mer.io import remove_temp_files
+    from mer.preprocess.cache import Cache
+
+    folder = tmp_path / "ab"
+    folder.mkdir()
+    old_a, new_a, old_b = (folder / n for n in (".x.npz.11.q.tmp", ".y.npz.11.r.tmp", ".z.npz.22.s.tmp"))
+    kept = [folder / "x.npz", tmp_path / ".top.11.t.tmp"]  # a finished entry; not one level under the folder
+    for p in (old_a, new_a, old_b, *kept):
+        p.write_bytes(b"")
+    hour_ago = time.time() - 7200
+    for p in (old_a, old_b):
+        os.utime(p, (hour_ago, hour_ago))
+    assert remove_temp_files(tmp_path / "missing") == 0
+    assert Cache(tmp_path).remove_stale_temp(max_age_s=3600) == 2  # old_a and old_b, whoever wrote them
+    assert sorted(p.name for p in folder.iterdir()) == sorted([new_a.name, "x.npz"])
+    assert remove_temp_files(tmp_path, pid=22) == 0 and remove_temp_files(tmp_path, pid=11) == 1
+    assert [p.name for p in folder.iterdir()] == ["x.npz"] and all(p.exists() for p in kept)
