@@ -21,13 +21,19 @@ shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole ste
             F.scaled_dot_product_attention, which vmap runs once per fold where it has no batching rule
   bf16      forward and loss under torch.autocast(bfloat16), weights and Adam in float32: what mixed
             precision would buy (it changes the release's numerics: a different experiment)
+  highest   float32 matrix products in IEEE fp32 (set_float32_matmul_precision("highest")): base minus
+            this is what TF32 buys; about equal means TF32 is not in effect in the step
   compile   (only when named in --variants) the vmapped forward under torch.compile, which can fuse the
             element-wise work around the matrix products; its compile time falls in the warm-up steps
 
-Also prints the vmap fallbacks seen in a step (ops run once per fold in a loop), the FLOPs of a step
-(torch.utils.flop_counter, so TFLOP/s per variant) and, with --trace, a torch.profiler table of the slowest
-kernels of two base steps. Times are CUDA-event means over --steps steps after --warmup steps (wall clock on
-the CPU). Writes DEVICE-DATE-batched_step.{json,md} under --out (and to $OUT when set).
+First a GEMM probe: the step's dominant matrix product, one (256 x 1024) @ (1024 x 4096) per fold for 17
+folds, timed as torch.bmm and as one torch.mm of the same FLOPs, under "highest" and "high" precision and
+in bf16, with the backend's precision settings as torch reports them: it says in seconds whether the
+stacked products run on the tensor cores. Also prints the vmap fallbacks seen in a step (ops run once per
+fold in a loop), the FLOPs of a step (torch.utils.flop_counter, so TFLOP/s per variant) and, with --trace,
+a torch.profiler table of the slowest kernels of two base steps. Times are CUDA-event means over --steps
+steps after --warmup steps (wall clock on the CPU). Writes DEVICE-DATE-batched_step.{json,md} under --out
+(and to $OUT when set).
 """
 
 from __future__ import annotations
@@ -50,10 +56,13 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+from mer.options import parse_kv  # noqa: E402
 from mer.train.batched import StackedAdam, cross_entropy_rows, linear_weights, stacked_forward  # noqa: E402
 from mer.train.models import build_model  # noqa: E402
 
-VARIANTS = ("base", "foreach", "untransposed", "benchmark", "unfold", "explicit_attn", "bf16")
+VARIANTS = ("base", "highest", "bf16", "foreach", "untransposed", "benchmark", "unfold", "explicit_attn")
+# in this order: under a time cap the ones that answer the open questions (is TF32 in effect? what would
+# mixed precision buy?) come first
 OPT_IN = ("compile",)  # run only when named in --variants (compiling takes minutes)
 
 
@@ -114,9 +123,9 @@ class Timer:
         return self.t * 1e3
 
 
-def setup(model_name: str, n_folds: int, dev: torch.device, variant: str):
+def setup(model_name: str, n_folds: int, dev: torch.device, variant: str, model_kwargs: dict | None = None):
     torch.manual_seed(0)
-    model = build_model(model_name, {}, image_size=28)
+    model = build_model(model_name, model_kwargs or {}, image_size=28)
     base = copy.deepcopy(model).to("meta")
     if variant == "unfold":
         unfold_convs(base)
@@ -141,7 +150,19 @@ def setup(model_name: str, n_folds: int, dev: torch.device, variant: str):
 def measure(args, dev: torch.device, variant: str) -> dict:
     """Mean ms of forward, loss + backward, Adam and the whole step for one variant; peak memory."""
     torch.backends.cudnn.benchmark = variant == "benchmark"
-    base, params, buffers, run, adam, n_params = setup(args.model, args.folds, dev, variant)
+    precision = torch.get_float32_matmul_precision()
+    if variant == "highest":
+        torch.set_float32_matmul_precision("highest")
+    try:
+        return _measure(args, dev, variant)
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.benchmark = False
+
+
+def _measure(args, dev: torch.device, variant: str) -> dict:
+    kw = parse_kv(args.model_arg, "--model-arg")
+    base, params, buffers, run, adam, n_params = setup(args.model, args.folds, dev, variant, kw)
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(args.folds, args.batch, 3, 28, 28, generator=g) * 255).to(dev)
     y = torch.randint(0, 3, (args.folds, args.batch), generator=g).to(dev)
@@ -192,10 +213,46 @@ def measure(args, dev: torch.device, variant: str) -> dict:
         adam.zero_grad()
         if args.trace:
             out["trace"] = trace(run, params, buffers, x, y, valid, weights, loss_fn, adam, active, dev)
-    torch.backends.cudnn.benchmark = False
     del params, buffers, adam
     if dev.type == "cuda":
         torch.cuda.empty_cache()
+    return out
+
+
+def gemm_probe(dev: torch.device, folds: int = 17, m: int = 256, k: int = 1024, n: int = 4096, reps: int = 20) -> dict:
+    """TFLOP/s of the step's dominant product, (folds, m, k) @ (folds, k, n), as torch.bmm and as one torch.mm
+    of the same FLOPs ((folds*m, k) @ (k, n)), under "highest" and "high" float32 precision and in bf16; and
+    the precision settings torch reports. Tensor cores on: "high" several times "highest"."""
+    g = torch.Generator().manual_seed(0)
+    a32, b32 = (torch.randn(folds, m, k, generator=g).to(dev), torch.randn(folds, k, n, generator=g).to(dev))
+    flop = 2 * folds * m * k * n
+    out: dict = {"shape": f"{folds} x ({m} x {k}) @ ({k} x {n})", "flop": flop}
+    prev = torch.get_float32_matmul_precision()
+    cases = [
+        ("bmm", "highest", lambda a, b: torch.bmm(a, b)),
+        ("bmm", "high", lambda a, b: torch.bmm(a, b)),
+        ("mm", "highest", lambda a, b: a.reshape(-1, k) @ b[0]),
+        ("mm", "high", lambda a, b: a.reshape(-1, k) @ b[0]),
+        ("bmm", "bf16", lambda a, b: torch.bmm(a, b)),
+    ]
+    try:
+        for op, prec, fn in cases:
+            a, b = (a32.bfloat16(), b32.bfloat16()) if prec == "bf16" else (a32, b32)
+            torch.set_float32_matmul_precision("high" if prec == "bf16" else prec)
+            if prec == "high":
+                out["settings"] = {
+                    "float32_matmul_precision": torch.get_float32_matmul_precision(),
+                    "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                    "cuda.matmul.fp32_precision": getattr(torch.backends.cuda.matmul, "fp32_precision", None),
+                }
+            for _ in range(3):
+                fn(a, b)
+            with Timer(dev) as t:
+                for _ in range(reps):
+                    fn(a, b)
+            out[f"{op}_{prec}_tflops"] = flop / (t.ms() / reps / 1e3) / 1e12
+    finally:
+        torch.set_float32_matmul_precision(prev)
     return out
 
 
@@ -225,8 +282,9 @@ def device_name(dev: torch.device) -> str:
 
 def markdown(res: dict) -> str:
     a = res["args"]
+    model = " ".join([a["model"], *a.get("model_arg", [])])
     lines = [
-        f"# One batched training step: {a['model']}, {a['folds']} folds x batch {a['batch']}",
+        f"# One batched training step: {model}, {a['folds']} folds x batch {a['batch']}",
         "",
         f"{res['device']}; torch {res['torch']}; {res['date']}; "
         f"`python scripts/profile_batched_step.py {' '.join(res['argv'])}`",
@@ -253,6 +311,9 @@ def markdown(res: dict) -> str:
         + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(base["flop_by_op"].items(), key=lambda t: -t[1]))
         + "."
     )
+    gp = res.get("gemm_probe")
+    if gp:
+        lines += ["", f"GEMM probe, {gemm_line(gp)}."]
     if "trace" in base:
         lines += ["", "Slowest ops of two base steps (torch.profiler):", "", "```", base["trace"], "```"]
     return "\n".join(lines) + "\n"
@@ -261,6 +322,14 @@ def markdown(res: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="htnet_original")
+    ap.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model option, as `mer train --model-arg` (e.g. dim=8: the same ops at a size where a CPU step "
+        "is mostly the host's dispatch cost)",
+    )
     ap.add_argument("--folds", type=int, default=17, help="folds stacked in one step (default 17)")
     ap.add_argument("--batch", type=int, default=256, help="minibatch per fold (default 256, the release's)")
     ap.add_argument("--steps", type=int, default=10)
@@ -271,6 +340,11 @@ def main(argv=None) -> int:
         help=f"comma-separated, of {', '.join(VARIANTS + OPT_IN)} (default: all but {', '.join(OPT_IN)})",
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--gemm",
+        default="17,256,1024,4096",
+        help="F,M,K,N of the GEMM probe, (F, M, K) @ (F, K, N); 'none' skips it (default: the step's largest)",
+    )
     ap.add_argument("--trace", action="store_true", help="add a torch.profiler table of two base steps")
     ap.add_argument("--out", default=None, help="folder for DEVICE-DATE-batched_step.{json,md}")
     args = ap.parse_args(argv)
@@ -279,15 +353,27 @@ def main(argv=None) -> int:
     if unknown or "base" not in variants:
         ap.error(f"--variants: {', '.join(unknown) or 'base missing'}; choose from {', '.join(VARIANTS + OPT_IN)}")
     dev = torch.device(args.device)
+    gemm = _gemm_shape(ap, args.gemm) if args.gemm != "none" else None
+    prev = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")  # as scripts/gpu_release_loso.py trains (--matmul-precision high)
+    try:
+        return _profile(args, dev, variants, gemm, sys.argv[1:] if argv is None else list(argv))
+    finally:
+        torch.set_float32_matmul_precision(prev)
+
+
+def _profile(args, dev: torch.device, variants: list[str], gemm, argv: list[str]) -> int:
     res = {
         "device": device_name(dev),
         "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "argv": sys.argv[1:] if argv is None else list(argv),
+        "argv": argv,
         "args": vars(args),
         "variants": {},
     }
+    if gemm is not None:
+        res["gemm_probe"] = gp = gemm_probe(dev, *gemm)
+        print(f"gemm probe: {gemm_line(gp)}", flush=True)
     for v in variants:
         t0 = time.perf_counter()
         try:
@@ -309,6 +395,25 @@ def main(argv=None) -> int:
         )
     print(markdown(res))
     return 0
+
+
+def gemm_line(gp: dict) -> str:
+    """The probe's result in one sentence."""
+    return (
+        f"{gp['shape']}: bmm {gp['bmm_highest_tflops']:.3g} TFLOP/s in IEEE fp32 (highest), "
+        f"{gp['bmm_high_tflops']:.3g} with TF32 allowed (high), {gp['bmm_bf16_tflops']:.3g} in bf16; the same "
+        f"FLOPs as one mm: {gp['mm_highest_tflops']:.3g} / {gp['mm_high_tflops']:.3g}; settings {gp['settings']}"
+    )
+
+
+def _gemm_shape(ap, text: str) -> tuple[int, int, int, int]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        ap.error(f"--gemm {text!r}: give four positive integers F,M,K,N (e.g. 17,256,1024,4096) or 'none'")
+    return dims
 
 
 def write(res: dict, args) -> None:

@@ -34,19 +34,26 @@ def test_a_tiny_cpu_profile_writes_every_variant(load_script, tmp_path, monkeypa
     monkeypatch.delenv("OUT", raising=False)
     mod = load_script("profile_batched_step")
     argv = ["--device", "cpu", "--model", "htnet_small", "--folds", "2", "--batch", "3", "--steps", "1"]
-    assert mod.main([*argv, "--warmup", "1", "--out", str(tmp_path)]) == 0
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert mod.main([*argv, "--warmup", "1", "--gemm", "2,8,16,32", "--out", str(tmp_path)]) == 0
+    assert torch.get_float32_matmul_precision() == "highest"  # the script's "high" does not leak out
     (js,) = tmp_path.glob("*-batched_step.json")
     res = json.loads(js.read_text())
     assert list(res["variants"]) == list(mod.VARIANTS)
+    gp = res["gemm_probe"]
+    assert gp["flop"] == 2 * 2 * 8 * 16 * 32 and gp["settings"]["float32_matmul_precision"] == "high"
+    assert all(gp[f"{op}_tflops"] > 0 for op in ("bmm_highest", "bmm_high", "bmm_bf16", "mm_highest", "mm_high"))
     for v in res["variants"].values():
         assert 0 < v["forward"] + v["backward"] + v["adam"] <= v["step"] * 1.05
     assert res["variants"]["base"]["step_flop"] > 0
     # the CPU build runs F.scaled_dot_product_attention once per fold under vmap; written out it does not
     assert res["variants"]["explicit_attn"]["vmap_fallbacks"] == []
     md = js.with_suffix(".md").read_text()
-    assert "| unfold |" in md and "vmap fallbacks" in md
+    assert "| unfold |" in md and "| highest |" in md and "vmap fallbacks" in md and "GEMM probe, 2 x (8 x 16)" in md
     with pytest.raises(SystemExit):
         mod.main([*argv, "--variants", "foreach,nope"])
+    with pytest.raises(SystemExit):
+        mod.main([*argv, "--gemm", "17,256,1024"])
 
 
 def test_a_failing_variant_is_recorded_and_the_others_still_written(load_script, tmp_path, monkeypatch):
@@ -62,7 +69,8 @@ def test_a_failing_variant_is_recorded_and_the_others_still_written(load_script,
 
     monkeypatch.setattr(mod, "measure", fail_unfold)
     argv = ["--device", "cpu", "--model", "htnet_small", "--folds", "2", "--batch", "2", "--steps", "1"]
-    assert mod.main([*argv, "--warmup", "0", "--variants", "base,unfold,foreach", "--out", str(tmp_path)]) == 0
+    args = [*argv, "--warmup", "0", "--gemm", "none", "--variants", "base,unfold,foreach", "--out", str(tmp_path)]
+    assert mod.main(args) == 0
     res = json.loads(next(tmp_path.glob("*-batched_step.json")).read_text())
     assert list(res["variants"]) == ["base", "foreach"]
     assert "76.50 GiB" in res["failed"]["unfold"]
