@@ -5,8 +5,9 @@
 #
 #   bash scripts/gpu_lease.sh RELEASE_DIR RUN_DIR [TRAIN_S] [CHECK_S] [BENCH_S]
 #
-#   0. with PROFILE_S > 0 (env), first and alone on the GPU: scripts/profile_batched_step.py --trace (one
-#      training step of the 17 stacked folds in parts, and the alternatives), capped at PROFILE_S seconds;
+#   0. with PROFILE_S > 0 (env), first and alone on the GPU: scripts/profile_batched_step.py --trace (a GEMM
+#      probe: is TF32 in effect; one training step of the 17 stacked folds in parts, and the alternatives),
+#      capped at PROFILE_S seconds;
 #      PROFILE_VARIANTS (env) picks them, e.g. "base,compile" (the script's header lists them).
 #   1. background: scripts/gpu_release_loso.py --release RELEASE_DIR --out RUN_DIR [--folds $FOLDS],
 #      stopped after TRAIN_S seconds (default 480; a group of 17 folds took 230 s alone on an H200, 351 s
@@ -38,7 +39,7 @@ if [[ ${PROFILE_S:-0} -gt 0 ]]; then
     timeout -k 5 "$PROFILE_S" python3 scripts/profile_batched_step.py --trace --out "$logs" \
         ${PROFILE_VARIANTS:+--variants "$PROFILE_VARIANTS"} >"$logs/profile.log" 2>&1
     echo "profile_batched_step: rc $? after $((SECONDS - t0)) s" >>"$logs/summary.txt"
-    grep -E "^[a-z_0-9]+: (step|FAILED)" "$logs/profile.log" >>"$logs/summary.txt"
+    grep -E "^(gemm probe|[a-z_0-9]+): (step|FAILED|[0-9])" "$logs/profile.log" >>"$logs/summary.txt"
 fi
 
 (
