@@ -144,27 +144,9 @@ def test_the_gpu_script_at_a_tiny_size_on_the_cpu(
     """scripts/gpu_release_loso.py's exact `mer train` command, with a tiny model, 2 epochs, on the CPU."""
     script = load_script("gpu_release_loso")
     out = tmp_path / "gpu"
-    rc = script.main(
-        [
-            "--release",
-            str(release_dir),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--model",
-            "htnet_tiny",
-            "--model-arg",
-            "image_size=28",
-            "--epochs",
-            "2",
-            "--fold-batch",
-            "3",
-            "--matmul-precision",
-            "highest",
-        ]
-    )
-    assert rc == 0
+    argv = ["--release", str(release_dir), "--out", str(out), "--device", "cpu", "--model", "htnet_tiny"]
+    argv += ["--model-arg", "image_size=28", "--epochs", "2", "--fold-batch", "3", "--matmul-precision", "highest"]
+    assert script.main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["preset"], cfg["selection"], cfg["lr"], cfg["batch_size"], cfg["shuffle"], cfg["normalize"]) == (
         "release",
@@ -181,29 +163,7 @@ def test_the_gpu_script_at_a_tiny_size_on_the_cpu(
     assert json.loads((out / "gpu_run.json").read_text())["rc"] == 0
     # rerun: the finished folds (without model.pt) are kept, not trained again
     before = {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")}
-    assert (
-        script.main(
-            [
-                "--release",
-                str(release_dir),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-                "--model",
-                "htnet_tiny",
-                "--model-arg",
-                "image_size=28",
-                "--epochs",
-                "2",
-                "--fold-batch",
-                "3",
-                "--matmul-precision",
-                "highest",
-            ]
-        )
-        == 0
-    )
+    assert script.main(argv) == 0
     assert {p: p.stat().st_mtime_ns for p in out.glob("folds/*/result.json")} == before
     # a run stopped after some folds (a GPU lease ran out): `mer evaluate --partial` scores the finished
     # folds with both selections, over the same held-out samples
