@@ -24,6 +24,7 @@ COMMANDS = {
     "models": "mer.cli.models",
     "train": "mer.cli.train",
     "evaluate": "mer.cli.evaluate",
+    "compare": "mer.cli.compare",
     "predict": "mer.cli.predict",
     "prune": "mer.cli.prune",
     "augment": "mer.cli.augment",

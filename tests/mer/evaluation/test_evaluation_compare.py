@@ -1,0 +1,166 @@
+"""mer.evaluation.compare: the paired subject bootstrap of pooled UF1/UAR, its pairing checks, and the run
+folders and CSVs it reads; `mer compare` on the command line."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from mer.evaluation.compare import Predictions, compare, format_comparison, load_predictions, scores_from_confusions
+from mer.metrics import uf1_uar, uf1_uar_from_confusion
+
+DBS = {"casme2": 6, "samm": 5, "smic": 4}  # subjects per database
+
+
+def _truth(seed=0, clips=5):
+    rng = np.random.default_rng(seed)
+    rows = [(d, f"s{i}") for d, n in DBS.items() for i in range(n) for _ in range(clips)]
+    labels = rng.integers(0, 3, len(rows))
+    return rows, labels
+
+
+def _preds(name, rows, labels, pred):
+    return Predictions(
+        name=name,
+        selection="test",
+        dataset=np.array([d for d, _ in rows]),
+        subject=np.array([f"{d}/{s}" for d, s in rows]),
+        label=np.asarray(labels),
+        pred=np.asarray(pred),
+    )
+
+
+def _noisy(labels, p_right, seed):
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(len(labels)) < p_right, labels, rng.integers(0, 3, len(labels)))
+
+
+def test_vectorised_scores_equal_the_metric_module():
+    rng = np.random.default_rng(0)
+    cms = rng.integers(0, 6, (50, 3, 3))
+    cms[::7, 1] = 0  # a class absent from the truth
+    cms[::5, :, 2] = 0  # a class never predicted
+    uf1, uar = scores_from_confusions(cms)
+    for c, f, r in zip(cms, uf1, uar, strict=True):
+        assert (f, r) == pytest.approx(uf1_uar_from_confusion(c), abs=1e-12)
+
+
+def test_a_clearly_better_model_is_separated_and_equal_models_are_not():
+    rows, y = _truth()
+    good = [_preds(f"good{s}", rows, y, _noisy(y, 0.9, s)) for s in range(3)]
+    poor = [_preds("poor", rows, y, _noisy(y, 0.2, 9))]
+    res = compare(good, poor, n_boot=500, seed=1)
+    u = res["sets"]["all"]["uf1"]
+    # observed: each side's pooled score, a side of several runs their mean
+    assert u["a"] == pytest.approx(np.mean([uf1_uar(y, g.pred)[0] for g in good]))
+    assert u["b"] == pytest.approx(uf1_uar(y, poor[0].pred)[0])
+    assert u["ci95"][0] > 0 and u["p_a_not_better"] == 0.0
+    assert set(res["sets"]) == {"all", *DBS} and res["sets"]["samm"]["subjects"] == 5
+    assert "A is ahead of B" in format_comparison(res)
+    same = compare(good[:1], good[:1], n_boot=200)
+    s = same["sets"]["all"]["uf1"]
+    assert s["diff"] == 0 and s["ci95"] == [0.0, 0.0] and s["p_a_not_better"] == 1.0
+    assert "do not separate" in format_comparison(same)
+    # reproducible draws; another seed moves the interval a little
+    assert compare(good, poor, n_boot=500, seed=1)["sets"] == res["sets"]
+    assert compare(good, poor, n_boot=500, seed=2)["sets"]["all"]["uf1"]["ci95"] != u["ci95"]
+
+
+def test_runs_must_hold_the_same_subjects_and_samples():
+    rows, y = _truth()
+    a = _preds("a", rows, y, y)
+    with pytest.raises(ValueError, match="hold different subjects"):
+        compare([a], [_preds("b", rows[5:], y[5:], y[5:])], n_boot=100)
+    flipped = y.copy()
+    flipped[0] = (flipped[0] + 1) % 3
+    with pytest.raises(ValueError, match="subject casme2/s0: b has label counts"):
+        compare([a], [_preds("b", rows, flipped, y)], n_boot=100)
+    with pytest.raises(ValueError, match="at least 100 draws"):
+        compare([a], [a], n_boot=10)
+
+
+def _write_csv(path, header, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _fake_run(root, rows, y, selected, last=None, oracle=True, folds_finished=None):
+    """A `mer train` run folder as load_predictions reads it: metrics.json, predictions.csv and per fold
+    result.json (+ predictions_last_epoch.csv when ``last`` is given)."""
+    head = ["index", "dataset", "subject", "clip", "label", "pred", "p_negative", "p_positive", "p_surprise"]
+    line = lambda i, p: [i, rows[i][0], rows[i][1], f"c{i}", int(y[i]), int(p[i]), 0.3, 0.3, 0.4]  # noqa: E731
+    _write_csv(root / "predictions.csv", head, [line(i, selected) for i in range(len(rows))])
+    subjects = sorted({r for r in rows})
+    for d, s in subjects:
+        fold = root / "folds" / f"{d}-{s}"
+        fold.mkdir(parents=True)
+        (fold / "result.json").write_text("{}")
+        if last is not None:
+            idx = [i for i, r in enumerate(rows) if r == (d, s)]
+            _write_csv(fold / "predictions_last_epoch.csv", head, [line(i, last) for i in idx])
+    n = len(subjects)
+    metrics = {
+        "selection": "oracle (test-fold selection, not a valid estimate)" if oracle else "fixed budget (2 epochs)",
+        "oracle": oracle,
+        "valid_estimate": not oracle,
+        "folds": n,
+        "folds_finished": n if folds_finished is None else folds_finished,
+        "last_epoch": {"selection": "fixed budget (2 epochs, last epoch)"},
+    }
+    (root / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_an_oracle_run_is_compared_at_its_last_epoch_unless_asked(tmp_path):
+    rows, y = _truth()
+    sel, last = y, _noisy(y, 0.5, 3)
+    _fake_run(tmp_path / "run", rows, y, sel, last, folds_finished=14)
+    honest = load_predictions(tmp_path / "run")
+    assert np.array_equal(np.sort(honest.pred), np.sort(last)) and honest.selection.endswith("last epoch)")
+    assert any("last epoch" in n for n in honest.notes) and any("PARTIAL, 14 of 15" in n for n in honest.notes)
+    picked = load_predictions(tmp_path / "run", which="selected")
+    assert np.array_equal(picked.pred, sel) and picked.selection.startswith("oracle")
+    _fake_run(tmp_path / "nolast", rows, y, sel, last=None)
+    with pytest.raises(ValueError, match="did not save their last-epoch predictions.*--which selected"):
+        load_predictions(tmp_path / "nolast")
+    _fake_run(tmp_path / "fixed", rows, y, sel, last=None, oracle=False)
+    assert np.array_equal(load_predictions(tmp_path / "fixed").pred, sel)
+
+
+def test_a_floor_csv_must_hold_one_loso_run(tmp_path):
+    rows, y = _truth()
+    head = ["input", "protocol", "seed", "dataset", "subject", "name", "label", "pred"]
+    one = [["flow", "loso", 0, d, s, f"{s}_{i} .png", int(y[i]), int(y[i])] for i, (d, s) in enumerate(rows)]
+    _write_csv(tmp_path / "one.csv", head, one)
+    p = load_predictions(tmp_path / "one.csv")
+    assert p.selection == "input=flow seed=0" and len(p.pred) == len(rows)
+    _write_csv(tmp_path / "two.csv", head, one + [["tiles", *r[1:]] for r in one])
+    with pytest.raises(ValueError, match="holds 2 runs .*input=tiles"):
+        load_predictions(tmp_path / "two.csv")
+    _write_csv(tmp_path / "kfold.csv", head, [[r[0], "kfold:5", *r[2:]] for r in one])
+    with pytest.raises(ValueError, match="a kfold:5 run"):
+        load_predictions(tmp_path / "kfold.csv")
+    _write_csv(tmp_path / "bad.csv", ["dataset", "subject", "label"], [["casme2", "s0", 1]])
+    with pytest.raises(ValueError, match="needs the columns dataset, subject, label, pred"):
+        load_predictions(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="no such run folder"):
+        load_predictions(tmp_path / "missing")
+
+
+def test_mer_compare_on_the_command_line(tmp_path, capsys):
+    from mer.cli import main
+
+    rows, y = _truth()
+    head = ["dataset", "subject", "label", "pred"]
+    _write_csv(tmp_path / "a.csv", head, [[d, s, int(t), int(t)] for (d, s), t in zip(rows, y, strict=True)])
+    _write_csv(tmp_path / "b.csv", head, [[d, s, int(t), 0] for (d, s), t in zip(rows, y, strict=True)])
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(tmp_path / "a.csv"), "--against", str(tmp_path / "b.csv"), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| all | 15 |" in text and "A is ahead of B" in text
+    assert json.loads(out.read_text())["sets"]["all"]["uf1"]["diff"] > 0.5
+    assert main(["compare", str(tmp_path / "a.csv"), "--against", str(tmp_path / "nope.csv")]) == 2
+    assert "mer compare: error:" in capsys.readouterr().err
