@@ -83,20 +83,13 @@ def pool(metrics: list[dict], names: list[str]) -> dict:
 def _read_rows(path: str) -> list[dict]:
     """A predictions CSV's rows; for a ``mer train`` run folder, its predictions.csv (the run's selection)
     and, where every fold saved them, the folds' last-epoch predictions, told apart by a ``selection`` key."""
-    import csv
-
-    def read(p) -> list[dict]:
-        with open(p, newline="") as f:
-            return list(csv.DictReader(f))
+    from mer.evaluation.compare import last_epoch_rows, read_prediction_csv
 
     run = Path(path)
     if not run.is_dir():
-        return read(run)
-    rows = [dict(r, selection="run's selection") for r in read(run / "predictions.csv")]
-    last = sorted(run.glob("folds/*/predictions_last_epoch.csv"))
-    if last and len(last) == len(list(run.glob("folds/*/result.json"))):
-        rows += [dict(r, selection="last epoch") for p in last for r in read(p)]
-    return rows
+        return read_prediction_csv(run)
+    rows = [dict(r, selection="run's selection") for r in read_prediction_csv(run / "predictions.csv")]
+    return rows + [dict(r, selection="last epoch") for r in last_epoch_rows(run) or []]
 
 
 def same_clips(path: str, pooled: dict) -> list[dict]:
@@ -108,10 +101,7 @@ def same_clips(path: str, pooled: dict) -> list[dict]:
 
     if pooled["protocol"] != "loso":
         raise ValueError(f"--same-clips matches clips by LOSO fold (dataset/subject); this run is {pooled['protocol']}")
-    rows = _read_rows(path)
-    need = {"dataset", "subject", "label", "pred"}
-    if not rows or need - set(rows[0]):
-        raise ValueError(f"{path}: not a predictions.csv (needs the columns {', '.join(sorted(need))})")
+    rows = _read_rows(path)  # refuses a CSV without the columns dataset, subject, label, pred
     if "protocol" in rows[0]:
         rows = [r for r in rows if r["protocol"] == pooled["protocol"]]
     folds = set(pooled["folds_scored"])

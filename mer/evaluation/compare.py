@@ -32,8 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mer.metrics import uf1_uar_from_confusion
-
 NEED = ("dataset", "subject", "label", "pred")
 
 
@@ -50,12 +48,24 @@ class Predictions:
     notes: list[str] = field(default_factory=list)
 
 
-def _read_csv(path: Path) -> list[dict]:
+def read_prediction_csv(path) -> list[dict]:
+    """The rows of a predictions CSV (``mer train``'s or the linear floor's) as dicts; refuses a file without
+    the columns dataset, subject, label, pred."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or any(c not in rows[0] for c in NEED):
-        raise ValueError(f"{path}: not a predictions CSV (needs the columns {', '.join(NEED)})")
+        raise ValueError(f"{path}: not a predictions.csv (needs the columns {', '.join(NEED)})")
     return rows
+
+
+def last_epoch_rows(run) -> list[dict] | None:
+    """The last-epoch predictions of a ``mer train`` run folder (its folds' predictions_last_epoch.csv, saved
+    under --selection oracle-release), or None unless every finished fold saved them."""
+    run = Path(run)
+    last = sorted(run.glob("folds/*/predictions_last_epoch.csv"))
+    if not last or len(last) != len(list(run.glob("folds/*/result.json"))):
+        return None
+    return [r for p in last for r in read_prediction_csv(p)]
 
 
 def load_predictions(path, which: str = "honest") -> Predictions:
@@ -74,20 +84,19 @@ def load_predictions(path, which: str = "honest") -> Predictions:
         selection = str(metrics.get("selection", "?"))
         oracle = bool(metrics.get("oracle")) or metrics.get("valid_estimate") is False
         if oracle and which == "honest":
-            last = sorted(path.glob("folds/*/predictions_last_epoch.csv"))
-            if not last or len(last) != len(list(path.glob("folds/*/result.json"))):
+            rows = last_epoch_rows(path)
+            if rows is None:
                 raise ValueError(
                     f"{path}: its selection looked at the test subjects ({selection}) and its folds did not save "
                     "their last-epoch predictions; compare its oracle selection with which='selected' "
                     "(`mer compare --which selected`) or retrain"
                 )
-            rows = [r for p in last for r in _read_csv(p)]
             selection = metrics.get("last_epoch", {}).get("selection", "last epoch")
             notes.append(f"{path}: oracle run, compared at its last epoch (the honest estimate of its training)")
         else:
-            rows = _read_csv(path / "predictions.csv")
+            rows = read_prediction_csv(path / "predictions.csv")
     elif path.is_file():
-        rows = _read_csv(path)
+        rows = read_prediction_csv(path)
         selection = "as written"
         runs = {tuple(r.get(k, "") for k in ("input", "protocol", "seed")) for r in rows}
         if len(runs) > 1:
@@ -180,20 +189,18 @@ def compare(a: list[Predictions], b: list[Predictions], n_boot: int = 2000, seed
         "sets": {},
     }
     for name, mask in sets.items():
-        observed = np.array([uf1_uar_from_confusion(c[mask].sum(0)) for c in cms])  # (R, 2)
-        pooled = np.einsum("bs,rsij->rbij", weights[:, mask], cms[:, mask])
-        uf1, uar = scores_from_confusions(pooled)  # (R, n_boot) each
+        seen = scores_from_confusions(cms[:, mask].sum(1))  # (UF1, UAR), each (R,)
+        drawn = scores_from_confusions(np.einsum("bs,rsij->rbij", weights[:, mask], cms[:, mask]))  # each (R, n_boot)
         entry = {"subjects": int(mask.sum()), "samples": int(cms[0][mask].sum())}
-        for m, boot in (("uf1", uf1), ("uar", uar)):
-            col = 0 if m == "uf1" else 1
-            side_a, side_b = observed[: len(a), col].mean(), observed[len(a) :, col].mean()
+        for m, obs, boot in zip(("uf1", "uar"), seen, drawn, strict=True):
+            side_a, side_b = obs[: len(a)].mean(), obs[len(a) :].mean()
             diff = boot[: len(a)].mean(0) - boot[len(a) :].mean(0)
             lo, hi = np.percentile(diff, [2.5, 97.5])
             entry[m] = {
                 "a": float(side_a),
                 "b": float(side_b),
-                "a_runs": observed[: len(a), col].tolist(),
-                "b_runs": observed[len(a) :, col].tolist(),
+                "a_runs": obs[: len(a)].tolist(),
+                "b_runs": obs[len(a) :].tolist(),
                 "diff": float(side_a - side_b),
                 "ci95": [float(lo), float(hi)],
                 "p_a_not_better": float((diff <= 0).mean()),
