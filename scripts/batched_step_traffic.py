@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.func import vmap
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mer.train.batched import cross_entropy_rows, linear_weights, stacked_forward  # noqa: E402
@@ -58,6 +59,8 @@ class TrafficCounter(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.ops: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        # batched matrix products by operand shapes: [calls, FLOPs] (which products carry the step's FLOPs)
+        self.bmm: dict[tuple, list[int]] = collections.defaultdict(lambda: [0, 0])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -66,6 +69,11 @@ class TrafficCounter(TorchDispatchMode):
             moved = sum(t.numel() * t.element_size() for t in _tensors([args, list((kwargs or {}).values()), out]))
             self.ops[name][0] += 1
             self.ops[name][1] += moved
+        if name == "bmm":
+            (f, m, k), n = args[0].shape, args[1].shape[2]
+            entry = self.bmm[(tuple(args[0].shape), tuple(args[1].shape))]
+            entry[0] += 1
+            entry[1] += 2 * f * m * k * n
         return out
 
 
@@ -89,10 +97,14 @@ def count(model_name: str, folds: int, batch: int, image_size: int = 28, transpo
     y = torch.zeros(folds, batch, dtype=torch.long, device=meta)
     valid, weights = torch.ones(folds, batch, device=meta), torch.ones(folds, 3, device=meta)
     base.train()
-    counter = TrafficCounter()
-    with counter:
+    counter, flops = TrafficCounter(), FlopCounterMode(display=False)  # torch's count checks ours
+    with flops, counter:
         loss_fn(run(params, buffers, x), y, valid, weights, 0.0).sum().backward()
     ops = {k: {"calls": c, "bytes": b, "matrix": k in MATRIX} for k, (c, b) in counter.ops.items()}
+    bmm = [
+        {"a": list(a), "b": list(b), "calls": c, "flop": f}
+        for (a, b), (c, f) in sorted(counter.bmm.items(), key=lambda kv: -kv[1][1])
+    ]
     matrix = sum(v["bytes"] for v in ops.values() if v["matrix"])
     total = sum(v["bytes"] for v in ops.values())
     return {
@@ -105,6 +117,9 @@ def count(model_name: str, folds: int, batch: int, image_size: int = 28, transpo
         "bytes_matrix": matrix,
         "bytes_other": total - matrix,
         "bytes_adam": 7 * 4 * n_params * folds,
+        "flop_bmm": sum(e["flop"] for e in bmm),
+        "flop_bmm_torch": flops.get_flop_counts()["Global"].get(torch.ops.aten.bmm, 0),
+        "bmm_shapes": bmm,
         "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]["bytes"])),
     }
 
@@ -135,6 +150,16 @@ def markdown(res: dict, bandwidth: float, rows: int = 15) -> str:
         lines.append(
             f"| {name} | {v['calls']} | {gb(v['bytes']):.2f} | {ms(v['bytes']):.2f} | {'yes' if v['matrix'] else ''} |"
         )
+    lines += [
+        "",
+        f"Batched matrix products: {res['flop_bmm'] / 1e12:.2f} TFLOP in {res['ops']['bmm']['calls']} calls; "
+        "the largest by FLOPs (operand shapes (F, M, K) @ (F, K, N)):",
+        "",
+        "| A | B | calls | TFLOP |",
+        "|---|---|---:|---:|",
+    ]
+    for e in res["bmm_shapes"][:8]:
+        lines.append(f"| {tuple(e['a'])} | {tuple(e['b'])} | {e['calls']} | {e['flop'] / 1e12:.3f} |")
     return "\n".join(lines) + "\n"
 
 

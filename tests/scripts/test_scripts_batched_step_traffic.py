@@ -17,7 +17,11 @@ def test_traffic_of_a_small_batched_step(load_script, tmp_path):
     # twice the batch: the activations' traffic grows, the weights' does not
     big = mod.count("htnet_small", 2, 6)
     assert res["bytes_other"] < big["bytes_other"] < 2 * res["bytes_other"] + 1e6
-    assert "| bmm |" in (tmp_path / "batched_step_traffic-htnet_small-2x3.md").read_text()
+    md = (tmp_path / "batched_step_traffic-htnet_small-2x3.md").read_text()
+    assert "| bmm |" in md and "Batched matrix products:" in md
+    # the products' FLOPs by shape add up, and equal torch.utils.flop_counter's count of the same step
+    assert res["flop_bmm"] == sum(e["flop"] for e in res["bmm_shapes"]) == res["flop_bmm_torch"] > 0
+    assert sum(e["calls"] for e in res["bmm_shapes"]) == res["ops"]["bmm"]["calls"]
 
 
 def test_the_transposed_stack_removes_the_weight_gradient_copies(load_script):
