@@ -170,6 +170,9 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
         excluded = [{"uid": smp.uid, "reason": why} for smp, why in loaded.excluded]
         t_prep = time.perf_counter() - t0
         folds = build_folds(samples, cfg.protocol, kfold_seed=cfg.kfold_seed, loso_folds=loaded.loso_folds)
+        chosen = parse_fold_list(cfg.folds) if cfg.folds is not None else None
+        if chosen is not None and chosen[-1] >= len(folds):  # before this run's sample and fold lists are written
+            raise FoldListError(f"--folds {cfg.folds}: this run has {len(folds)} folds, indices 0 to {len(folds) - 1}")
         _collective(
             ctx,
             lambda: (
@@ -187,12 +190,7 @@ def run_training(cfg: TrainConfig, *, force: bool = False, on_fold_done=None, on
             "ids": [(s.dataset, s.subject, s.clip) for s in samples],
         }
         mine = shard(len(folds), ctx.rank, ctx.world)
-        if cfg.folds is not None:  # --folds: a slice of the run now, the rest later into the same --out
-            chosen = parse_fold_list(cfg.folds)
-            if chosen[-1] >= len(folds):
-                raise FoldListError(
-                    f"--folds {cfg.folds}: this run has {len(folds)} folds, indices 0 to {len(folds) - 1}"
-                )
+        if chosen is not None:  # --folds: a slice of the run now, the rest later into the same --out
             keep = set(chosen)
             mine = [i for i in mine if i in keep]
         labels = {i: int(t) for i, t in enumerate(y)}  # a finished fold with damaged outputs is trained again

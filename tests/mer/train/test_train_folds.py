@@ -38,6 +38,10 @@ def test_slices_add_up_to_the_whole_run(make_cfg, tmp_path, one_thread):
     assert _preds(sliced) == _preds(tmp_path / "whole")
     with pytest.raises(FoldListError, match="3 folds, indices 0 to 2"):
         run_training(make_cfg(out=str(sliced), folds="2-3", **kw))
+    fresh = tmp_path / "fresh"  # refused before the run's inputs, samples and folds are recorded
+    with pytest.raises(FoldListError, match="3 folds, indices 0 to 2"):
+        run_training(make_cfg(out=str(fresh), folds="3", **kw))
+    assert not any((fresh / n).exists() for n in ("inputs.json", "samples.csv", "folds.json"))
 
 
 @pytest.mark.slow
