@@ -20,7 +20,9 @@ shape (F, B, 3, 28, 28) in parts: forward, loss + backward, Adam; then whole ste
   explicit_attn  softmax attention written out (q kᵀ, softmax, v: the model's fused=False) instead of
             F.scaled_dot_product_attention, which vmap runs once per fold where it has no batching rule
   bf16      forward and loss under torch.autocast(bfloat16), weights and Adam in float32: what mixed
-            precision would buy (it changes the release's numerics: a different experiment)
+            precision would buy (it changes the release's numerics: a different experiment). Under vmap
+            autocast reaches the products but not the convolutions, and a Linear's bias add stays float32
+            (pytorch#192617): the report counts each matrix op's operand dtypes, so read its time with them
   highest   float32 matrix products in IEEE fp32 (set_float32_matmul_precision("highest")): base minus
             this is what TF32 buys; about equal means TF32 is not in effect in the step
   compile   (only when named in --variants) the vmapped forward under torch.compile, which can fuse the
@@ -54,6 +56,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 from mer.options import parse_kv  # noqa: E402
@@ -147,6 +150,35 @@ def setup(model_name: str, n_folds: int, dev: torch.device, variant: str, model_
     return base, params, buffers, run, adam, n_params
 
 
+class OperandDtypes(TorchDispatchMode):
+    """Counts a step's matrix work (products, convolutions, attention: aten ops named *mm*, *conv*,
+    *attention*) by the dtype of its first tensor operand, {op: {dtype: calls}}. Under vmap torch.autocast
+    reaches only part of it (pytorch#192617: a Linear with bias keeps its bias add in float32, a
+    convolution stays float32), so the bf16 variant's time is read against these counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, dict[str, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if re.search(r"mm|conv|attention", name):
+            t = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if t is not None:
+                per = self.calls.setdefault(name, {})
+                dt_name = str(t.dtype).removeprefix("torch.")
+                per[dt_name] = per.get(dt_name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def dtype_line(calls: dict[str, dict[str, int]]) -> str:
+    """{op: {dtype: calls}} as 'bmm 170 bfloat16 + 85 float32, convolution 3 float32'."""
+    return ", ".join(
+        f"{op} " + " + ".join(f"{n} {d}" for d, n in sorted(per.items(), key=lambda t: -t[1]))
+        for op, per in sorted(calls.items())
+    )
+
+
 def measure(args, dev: torch.device, variant: str) -> dict:
     """Mean ms of forward, loss + backward, Adam and the whole step for one variant; peak memory."""
     torch.backends.cudnn.benchmark = variant == "benchmark"
@@ -201,6 +233,12 @@ def _measure(args, dev: torch.device, variant: str) -> dict:
     out["vmap_fallbacks"] = sorted(fallbacks)
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
     out["n_params"] = n_params
+    with OperandDtypes() as od:  # one more step, counted: which products really ran in which precision
+        with amp:
+            loss = loss_fn(run(params, buffers, x), y, valid, weights, 0.0).sum()
+        loss.backward()
+    out["operand_dtypes"] = od.calls
+    adam.zero_grad()
     if variant == "base":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -311,6 +349,10 @@ def markdown(res: dict) -> str:
         + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(base["flop_by_op"].items(), key=lambda t: -t[1]))
         + "."
     )
+    lines += ["", "Matrix work of one step by operand dtype (calls; variants that match base not repeated):", ""]
+    for name, v in res["variants"].items():
+        if name == "base" or v.get("operand_dtypes") != base.get("operand_dtypes"):
+            lines.append(f"- {name}: {dtype_line(v.get('operand_dtypes', {}))}")
     gp = res.get("gemm_probe")
     if gp:
         lines += ["", f"GEMM probe, {gemm_line(gp)}."]
@@ -388,9 +430,15 @@ def _profile(args, dev: torch.device, variants: list[str], gemm, argv: list[str]
             continue
         write(res, args)
         r = res["variants"][v]
+        base_dt = res["variants"].get("base", {}).get("operand_dtypes")
         print(
             f"{v}: step {r['step']:.1f} ms (forward {r['forward']:.1f}, backward {r['backward']:.1f}, "
-            f"Adam {r['adam']:.1f}); fallbacks {r['vmap_fallbacks'] or 'none'} [{time.perf_counter() - t0:.0f} s]",
+            f"Adam {r['adam']:.1f}); fallbacks {r['vmap_fallbacks'] or 'none'} [{time.perf_counter() - t0:.0f} s]"
+            + (
+                f"; operands {dtype_line(r['operand_dtypes'])}"
+                if v != "base" and r["operand_dtypes"] != base_dt
+                else ""
+            ),
             flush=True,
         )
     print(markdown(res))

@@ -46,10 +46,14 @@ def test_a_tiny_cpu_profile_writes_every_variant(load_script, tmp_path, monkeypa
     for v in res["variants"].values():
         assert 0 < v["forward"] + v["backward"] + v["adam"] <= v["step"] * 1.05
     assert res["variants"]["base"]["step_flop"] > 0
+    dtypes = {v: res["variants"][v]["operand_dtypes"] for v in ("base", "bf16")}
+    assert set(dtypes["base"]["bmm"]) == {"float32"} and "convolution" in dtypes["base"]
+    assert dtypes["bf16"]["bmm"].get("bfloat16", 0) > 0  # autocast reaches the stacked products
     # the CPU build runs F.scaled_dot_product_attention once per fold under vmap; written out it does not
     assert res["variants"]["explicit_attn"]["vmap_fallbacks"] == []
     md = js.with_suffix(".md").read_text()
     assert "| unfold |" in md and "| highest |" in md and "vmap fallbacks" in md and "GEMM probe, 2 x (8 x 16)" in md
+    assert "- base: " in md and "- bf16: " in md and "bfloat16" in md  # the dtype lines; bf16 differs from base
     with pytest.raises(SystemExit):
         mod.main([*argv, "--variants", "foreach,nope"])
     with pytest.raises(SystemExit):
