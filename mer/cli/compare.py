@@ -8,11 +8,15 @@ EXAMPLES = """examples:
   mer compare runs/lape-s0 runs/lape-s1 runs/lape-s2 --against runs/floor/predictions.csv
   mer compare runs/esaat-k1 --against runs/control --boot 5000 --out k1_vs_control.json
   mer compare runs/release-oracle --against runs/floor/predictions.csv --which selected   # the oracle's pick
+  mer compare runs/big-0-16+runs/big-17-33 --against runs/floor/predictions.csv --common-subjects
 
 Each side is one or more `mer train` run folders (several: e.g. seeds, scored as their mean) or predictions
 CSVs (a run's predictions.csv, or the linear floor's: `python -m mer.baselines.linear`). Both sides must
 hold the same held-out subjects and samples. A run trained with --selection oracle-release is compared at
-its last epoch (its honest estimate) unless --which selected. Nothing is retrained.
+its last epoch (its honest estimate) unless --which selected. A run trained in parts (--folds slices in
+separate folders) is one argument, its parts joined with + (they must hold disjoint subjects).
+--common-subjects scores every run on the subjects all of them hold (e.g. a partial run against the
+floor) and says how many that is. Nothing is retrained.
 """
 
 
@@ -34,6 +38,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="honest: an oracle-selection run at its last epoch, other runs at their selection; selected: every "
         "run at its own selection (default: honest)",
     )
+    p.add_argument(
+        "--common-subjects",
+        action="store_true",
+        help="score every run on the subjects all of them hold, instead of refusing runs that hold different ones",
+    )
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     p.add_argument("--out", help="also write the result as JSON here")
@@ -44,12 +53,16 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from mer.evaluation.compare import compare, format_comparison, load_predictions
+    from mer.evaluation.compare import compare, format_comparison, join_parts, load_predictions
+
+    def load(arg: str):  # a path, or the parts of one run joined with + (a path that exists wins)
+        parts = [arg] if Path(arg).exists() or "+" not in arg else arg.split("+")
+        return join_parts([load_predictions(p, args.which) for p in parts])
 
     try:
-        a = [load_predictions(p, args.which) for p in args.a]
-        b = [load_predictions(p, args.which) for p in args.against]
-        res = compare(a, b, n_boot=args.boot, seed=args.seed)
+        a = [load(p) for p in args.a]
+        b = [load(p) for p in args.against]
+        res = compare(a, b, n_boot=args.boot, seed=args.seed, common=args.common_subjects)
     except (OSError, ValueError, KeyError) as e:
         print(f"mer compare: error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,9 @@ database mix stays fixed), pools each run's predictions on the drawn subjects an
 runs on the same draw, so seed noise and subject sampling are both in the interval. Reported: each side's
 observed score, the difference A - B, its 95 % percentile interval, and the share of draws in which A does
 not beat B. Pairing: every run must hold the same subjects with the same label counts (the same held-out
-samples), or the comparison is refused with the subject named.
+samples), or the comparison is refused with the subject named; ``common=True`` scores every run on the
+subjects all of them hold instead (a partial run against a complete one), and says so. A run trained in
+parts (``--folds`` slices in separate folders) is joined into one with ``join_parts`` (disjoint subjects).
 
 A ``mer train`` run folder gives its selected predictions; for a run whose selection looked at the test
 subjects (``--selection oracle-release``) its last-epoch predictions are used instead, the honest estimate of
@@ -120,6 +122,55 @@ def load_predictions(path, which: str = "honest") -> Predictions:
     )
 
 
+def join_parts(parts: list[Predictions]) -> Predictions:
+    """One run from the parts it was trained in (``--folds`` slices written to separate folders): their rows
+    together. Parts of one run hold disjoint subjects; parts that share one are refused (seeds of the same
+    model go in as separate runs instead)."""
+    if len(parts) == 1:
+        return parts[0]
+    owner: dict[str, str] = {}
+    for p in parts:
+        for subj in sorted(set(p.subject)):
+            if subj in owner:
+                raise ValueError(
+                    f"{p.name} and {owner[subj]} both hold subject {subj}: the parts of one run hold disjoint "
+                    "subjects (give seeds of a model as separate runs, not joined with +)"
+                )
+            owner[subj] = p.name
+    selections = sorted({p.selection for p in parts})
+    return Predictions(
+        name="+".join(p.name for p in parts),
+        selection=selections[0] if len(selections) == 1 else "; ".join(selections),
+        dataset=np.concatenate([p.dataset for p in parts]),
+        subject=np.concatenate([p.subject for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        pred=np.concatenate([p.pred for p in parts]),
+        notes=[n for p in parts for n in p.notes]
+        + [f"{' + '.join(p.name for p in parts)}: {len(parts)} parts of one run, {len(owner)} subjects"],
+    )
+
+
+def common_subjects(runs: list[Predictions]) -> list[Predictions]:
+    """Every run restricted to the subjects all of them hold (e.g. a partial run against a complete one),
+    with a note on each run that lost subjects; refuses runs that share none."""
+    common = set.intersection(*(set(r.subject) for r in runs))
+    if not common:
+        raise ValueError("the runs hold no subject in common: " + "; ".join(r.name for r in runs))
+    out = []
+    for r in runs:
+        keep = np.isin(r.subject, sorted(common))
+        notes = list(r.notes)
+        if not keep.all():
+            notes.append(
+                f"{r.name}: scored on the {len(common)} subjects every run holds "
+                f"({keep.sum()} of its {len(keep)} samples, {len(set(r.subject))} subjects)"
+            )
+        out.append(
+            Predictions(r.name, r.selection, r.dataset[keep], r.subject[keep], r.label[keep], r.pred[keep], notes)
+        )
+    return out
+
+
 def _subject_confusions(p: Predictions, subjects: list[str], k: int = 3) -> np.ndarray:
     """(S, k, k) confusion counts of each subject's predictions."""
     index = {s: i for i, s in enumerate(subjects)}
@@ -162,13 +213,18 @@ def _check_paired(runs: list[Predictions]) -> list[str]:
     return subjects
 
 
-def compare(a: list[Predictions], b: list[Predictions], n_boot: int = 2000, seed: int = 0) -> dict:
-    """Paired subject bootstrap of A - B (UF1 and UAR; overall and per database). See the module docstring."""
+def compare(
+    a: list[Predictions], b: list[Predictions], n_boot: int = 2000, seed: int = 0, *, common: bool = False
+) -> dict:
+    """Paired subject bootstrap of A - B (UF1 and UAR; overall and per database). See the module docstring.
+    common: score every run on the subjects all of them hold (``common_subjects``) instead of refusing
+    runs that hold different ones."""
     if not a or not b:
         raise ValueError("give at least one run on each side")
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot}: use at least 100 draws (2000 for a 95 % interval)")
-    runs = [*a, *b]
+    runs = common_subjects([*a, *b]) if common else [*a, *b]
+    a, b = runs[: len(a)], runs[len(a) :]
     subjects = _check_paired(runs)
     cms = np.stack([_subject_confusions(r, subjects) for r in runs])  # (R, S, 3, 3)
     db = np.array([s.split("/", 1)[0] for s in subjects])

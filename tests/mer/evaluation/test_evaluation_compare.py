@@ -7,7 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from mer.evaluation.compare import Predictions, compare, format_comparison, load_predictions, scores_from_confusions
+from mer.evaluation.compare import (
+    Predictions,
+    compare,
+    format_comparison,
+    join_parts,
+    load_predictions,
+    scores_from_confusions,
+)
 from mer.metrics import uf1_uar, uf1_uar_from_confusion
 
 DBS = {"casme2": 6, "samm": 5, "smic": 4}  # subjects per database
@@ -78,6 +85,34 @@ def test_runs_must_hold_the_same_subjects_and_samples():
         compare([a], [_preds("b", rows, flipped, y)], n_boot=100)
     with pytest.raises(ValueError, match="at least 100 draws"):
         compare([a], [a], n_boot=10)
+
+
+def test_a_run_in_parts_joins_and_a_partial_run_compares_on_common_subjects():
+    rows, y = _truth()
+    pred = _noisy(y, 0.7, 4)
+    whole = _preds("whole", rows, y, pred)
+    cut = 30  # casme2's first 6 subjects x 5 clips: the parts split between subjects
+    first, second = _preds("p1", rows[:cut], y[:cut], pred[:cut]), _preds("p2", rows[cut:], y[cut:], pred[cut:])
+    joined = join_parts([first, second])
+    floor = [_preds("floor", rows, y, _noisy(y, 0.5, 5))]
+    assert (
+        joined.name == "p1+p2"
+        and compare([joined], floor, n_boot=200)["sets"] == compare([whole], floor, n_boot=200)["sets"]
+    )
+    with pytest.raises(ValueError, match="p2 and p1 both hold subject casme2/s5"):
+        join_parts([first, _preds("p2", rows[25:], y[25:], pred[25:])])
+    # a partial run against a complete one: refused, unless scored on the subjects both hold
+    with pytest.raises(ValueError, match="hold different subjects"):
+        compare([second], floor, n_boot=200)
+    res = compare([second], floor, n_boot=200, common=True)
+    assert res["subjects"] == len(set(second.subject)) == 9 and res["samples"] == len(rows) - cut
+    assert set(res["sets"]) == {"all", "samm", "smic"}
+    assert any("floor: scored on the 9 subjects every run holds (45 of its 75 samples" in n for n in res["notes"])
+    keep = slice(cut, None)
+    alone = compare([second], [_preds("floor", rows[keep], y[keep], floor[0].pred[keep])], n_boot=200)
+    assert res["sets"] == alone["sets"]  # the same as cutting the floor by hand
+    with pytest.raises(ValueError, match="no subject in common"):
+        compare([first], [second], n_boot=200, common=True)
 
 
 def _write_csv(path, header, rows):
@@ -164,3 +199,14 @@ def test_mer_compare_on_the_command_line(tmp_path, capsys):
     assert json.loads(out.read_text())["sets"]["all"]["uf1"]["diff"] > 0.5
     assert main(["compare", str(tmp_path / "a.csv"), "--against", str(tmp_path / "nope.csv")]) == 2
     assert "mer compare: error:" in capsys.readouterr().err
+    # a run in two parts (joined with +) against the complete b, and a part alone with --common-subjects
+    _write_csv(tmp_path / "a1.csv", head, [[d, s, int(t), int(t)] for (d, s), t in zip(rows[:30], y[:30], strict=True)])
+    _write_csv(tmp_path / "a2.csv", head, [[d, s, int(t), int(t)] for (d, s), t in zip(rows[30:], y[30:], strict=True)])
+    joined = f"{tmp_path / 'a1.csv'}+{tmp_path / 'a2.csv'}"
+    assert main(["compare", joined, "--against", str(tmp_path / "b.csv"), "--out", str(out)]) == 0
+    assert "| all | 15 |" in capsys.readouterr().out and json.loads(out.read_text())["sets"]["all"]["uf1"]["diff"] > 0.5
+    assert main(["compare", str(tmp_path / "a2.csv"), "--against", str(tmp_path / "b.csv")]) == 2
+    assert "hold different subjects" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path / "a2.csv"), "--against", str(tmp_path / "b.csv"), "--common-subjects"]) == 0
+    text = capsys.readouterr().out
+    assert "| all | 9 |" in text and "scored on the 9 subjects every run holds" in text
