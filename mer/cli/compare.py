@@ -7,10 +7,12 @@ import argparse
 EXAMPLES = """examples:
   mer compare runs/lape-s0 runs/lape-s1 runs/lape-s2 --against runs/floor/predictions.csv
   mer compare runs/esaat-k1 --against runs/control --boot 5000 --out k1_vs_control.json
+  mer compare runs/k1-s0 runs/k1-s1 runs/k1-s2 --against runs/base-s0 runs/base-s1 runs/base-s2 --runs paired
   mer compare runs/release-oracle --against runs/floor/predictions.csv --which selected   # the oracle's pick
   mer compare runs/big-0-16+runs/big-17-33 --against runs/floor/predictions.csv --common-subjects
 
-Each side is one or more `mer train` run folders (several: e.g. seeds, scored as their mean) or predictions
+Each side is one or more `mer train` run folders (several: seeds, scored as their mean and resampled with
+the subjects, see --runs) or predictions
 CSVs (a run's predictions.csv, or the linear floor's: `python -m mer.baselines.linear`). Both sides must
 hold the same held-out subjects and samples. A run trained with --selection oracle-release is compared at
 its last epoch (its honest estimate) unless --which selected. A run trained in parts (--folds slices in
@@ -43,6 +45,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="score every run on the subjects all of them hold, instead of refusing runs that hold different ones",
     )
+    p.add_argument(
+        "--runs",
+        choices=("resample", "paired", "fixed"),
+        default="resample",
+        help="how a side's several runs (seeds) enter each draw: resample (with replacement, each side on its "
+        "own; default), paired (run i of A with run i of B, e.g. a pruned model and its base, same order), "
+        "fixed (the runs given: an interval conditional on those seeds)",
+    )
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     p.add_argument("--out", help="also write the result as JSON here")
@@ -62,7 +72,7 @@ def run(args) -> int:
     try:
         a = [load(p) for p in args.a]
         b = [load(p) for p in args.against]
-        res = compare(a, b, n_boot=args.boot, seed=args.seed, common=args.common_subjects)
+        res = compare(a, b, n_boot=args.boot, seed=args.seed, common=args.common_subjects, runs=args.runs)
     except (OSError, ValueError, KeyError) as e:
         print(f"mer compare: error: {e}", file=sys.stderr)
         return 2

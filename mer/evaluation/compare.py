@@ -11,7 +11,13 @@ difference between two models scored on the same subjects comes from resampling 
 draw takes, within each database, as many of its subjects as it has, with replacement (the composite's
 database mix stays fixed), pools each run's predictions on the drawn subjects and scores them exactly as
 ``mer.metrics`` does (all three classes count). A side with several runs (seeds) scores as the mean of its
-runs on the same draw, so seed noise and subject sampling are both in the interval. Reported: each side's
+runs on the same draw; by default each draw also resamples each side's runs with replacement
+(``runs="resample"``: a two-level bootstrap, subjects and seeds), so that the interval holds the
+uncertainty of which seeds were trained as well as which subjects were recorded. ``runs="paired"``
+resamples the same run indices on both sides (seed s of A made from seed s of B, e.g. a pruned model and
+the model it was pruned from: equal run counts, matched by order); ``runs="fixed"`` keeps the runs given
+(the interval is then conditional on those seeds). A side with a single run contributes no seed
+variation: its interval is the subjects' alone, and the report says so. Reported: each side's
 observed score, the difference A - B, its 95 % percentile interval, and the share of draws in which A does
 not beat B. Pairing: every run must hold the same subjects with the same label counts (the same held-out
 samples), or the comparison is refused with the subject named; ``common=True`` scores every run on the
@@ -213,16 +219,42 @@ def _check_paired(runs: list[Predictions]) -> list[str]:
     return subjects
 
 
+RUN_MODES = ("resample", "paired", "fixed")
+
+
+def _run_weights(rng, n_boot: int, n_a: int, n_b: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per draw, how often each run of A and of B is drawn, as (n_boot, n) weights summing to 1 per draw."""
+    if mode == "fixed":
+        return np.full((n_boot, n_a), 1 / n_a), np.full((n_boot, n_b), 1 / n_b)
+    count_a = rng.multinomial(n_a, np.full(n_a, 1 / n_a), size=n_boot)
+    count_b = count_a if mode == "paired" else rng.multinomial(n_b, np.full(n_b, 1 / n_b), size=n_boot)
+    return count_a / n_a, count_b / n_b
+
+
 def compare(
-    a: list[Predictions], b: list[Predictions], n_boot: int = 2000, seed: int = 0, *, common: bool = False
+    a: list[Predictions],
+    b: list[Predictions],
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    common: bool = False,
+    runs: str = "resample",
 ) -> dict:
     """Paired subject bootstrap of A - B (UF1 and UAR; overall and per database). See the module docstring.
     common: score every run on the subjects all of them hold (``common_subjects``) instead of refusing
-    runs that hold different ones."""
+    runs that hold different ones. runs: how each side's runs (seeds) enter a draw: resample, paired, fixed."""
     if not a or not b:
         raise ValueError("give at least one run on each side")
     if n_boot < 100:
         raise ValueError(f"n_boot={n_boot}: use at least 100 draws (2000 for a 95 % interval)")
+    if runs not in RUN_MODES:
+        raise ValueError(f"runs={runs!r}: one of {', '.join(RUN_MODES)}")
+    if runs == "paired" and len(a) != len(b):
+        raise ValueError(
+            f"runs='paired' matches run i of A with run i of B, but A has {len(a)} runs and B {len(b)}; give "
+            "the same seeds on both sides in the same order, or resample them independently"
+        )
+    mode = runs
     runs = common_subjects([*a, *b]) if common else [*a, *b]
     a, b = runs[: len(a)], runs[len(a) :]
     subjects = _check_paired(runs)
@@ -233,13 +265,20 @@ def compare(
     for d in sorted(set(db)):  # within each database: as many subjects as it has, with replacement
         idx = np.flatnonzero(db == d)
         weights[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n_boot)
+    run_a, run_b = _run_weights(rng, n_boot, len(a), len(b), mode)  # after the subjects: "fixed" draws as before
     sets = {"all": np.ones(len(subjects), bool)} | {d: db == d for d in sorted(set(db))}
     out = {
         "a": [{"name": r.name, "selection": r.selection} for r in a],
         "b": [{"name": r.name, "selection": r.selection} for r in b],
-        "notes": [n for r in runs for n in r.notes],
+        "notes": [n for r in runs for n in r.notes]
+        + [
+            f"side {k} is one run: the interval holds no seed-to-seed variation of it"
+            for k, side in (("A", a), ("B", b))
+            if len(side) == 1 and mode != "fixed"
+        ],
         "n_boot": n_boot,
         "seed": seed,
+        "runs": mode,
         "subjects": len(subjects),
         "samples": int(cms[0].sum()),
         "sets": {},
@@ -250,7 +289,7 @@ def compare(
         entry = {"subjects": int(mask.sum()), "samples": int(cms[0][mask].sum())}
         for m, obs, boot in zip(("uf1", "uar"), seen, drawn, strict=True):
             side_a, side_b = obs[: len(a)].mean(), obs[len(a) :].mean()
-            diff = boot[: len(a)].mean(0) - boot[len(a) :].mean(0)
+            diff = (run_a * boot[: len(a)].T).sum(1) - (run_b * boot[len(a) :].T).sum(1)
             lo, hi = np.percentile(diff, [2.5, 97.5])
             entry[m] = {
                 "a": float(side_a),
@@ -265,6 +304,13 @@ def compare(
     return out
 
 
+RUN_WORDS = {
+    "resample": "its runs resampled with replacement on each draw (seeds and subjects)",
+    "paired": "run i of A and run i of B drawn together on each draw (paired seeds)",
+    "fixed": "the runs given on every draw (the interval is conditional on these seeds)",
+}
+
+
 def format_comparison(res: dict) -> str:
     """A Markdown table of ``compare``'s result, with what it means in words."""
 
@@ -276,7 +322,9 @@ def format_comparison(res: dict) -> str:
         f"A: {side(res['a'])}",
         f"B: {side(res['b'])}",
         f"{res['subjects']} subjects, {res['samples']} samples; paired bootstrap over subjects within each "
-        f"database, {res['n_boot']} draws (seed {res['seed']}); a side with several runs scores as their mean.",
+        f"database, {res['n_boot']} draws (seed {res['seed']}); a side with several runs scores as their mean, "
+        + RUN_WORDS[res.get("runs", "fixed")]
+        + ".",
         "",
         "| set | subjects | UF1 A | UF1 B | A - B [95 % CI] | P(A not better) | UAR A | UAR B | A - B [95 % CI] |",
         "|---|---:|---:|---:|---|---:|---:|---:|---|",

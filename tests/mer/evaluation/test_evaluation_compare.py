@@ -74,6 +74,39 @@ def test_a_clearly_better_model_is_separated_and_equal_models_are_not():
     assert compare(good, poor, n_boot=500, seed=2)["sets"]["all"]["uf1"]["ci95"] != u["ci95"]
 
 
+def test_seeds_are_resampled_with_the_subjects_or_paired_or_held_fixed():
+    """B: three seeds of very different quality; A: each of B's seeds with a few more clips right. Held
+    fixed, the seeds' spread is outside the interval; resampled, it widens it; paired (A's seed i made from
+    B's seed i), the consistent gain stands out again."""
+    rows, y = _truth(clips=8)
+    rng = np.random.default_rng(7)
+    base = [_noisy(y, p, 10 + i) for i, p in enumerate((0.35, 0.6, 0.85))]
+    better = []
+    for pr in base:
+        fix = (pr != y) & (rng.random(len(y)) < 0.25)  # a quarter of each seed's errors corrected
+        better.append(np.where(fix, y, pr))
+    a = [_preds(f"a{i}", rows, y, p) for i, p in enumerate(better)]
+    b = [_preds(f"b{i}", rows, y, p) for i, p in enumerate(base)]
+    width = {}
+    for mode in ("fixed", "resample", "paired"):
+        res = compare(a, b, n_boot=1000, seed=3, runs=mode)
+        lo, hi = res["sets"]["all"]["uf1"]["ci95"]
+        width[mode] = hi - lo
+        assert res["runs"] == mode and f"{res['sets']['all']['uf1']['diff']:.4f}" in format_comparison(res)
+        if mode != "resample":
+            assert lo > 0, mode  # a gain in every seed
+    assert width["resample"] > 2 * width["paired"] and width["resample"] > 2 * width["fixed"]
+    # the same draws of subjects in every mode: fixed is the bootstrap of the runs given, drawn as before
+    u = compare(a, b, n_boot=1000, seed=3, runs="fixed")["sets"]["all"]["uf1"]
+    assert u["diff"] == pytest.approx(np.mean(u["a_runs"]) - np.mean(u["b_runs"]))
+    single = compare(a[:1], b, n_boot=200)
+    assert any("side A is one run: the interval holds no seed-to-seed variation" in n for n in single["notes"])
+    with pytest.raises(ValueError, match="A has 1 runs and B 3"):
+        compare(a[:1], b, n_boot=200, runs="paired")
+    with pytest.raises(ValueError, match="runs='both'"):
+        compare(a, b, n_boot=200, runs="both")
+
+
 def test_runs_must_hold_the_same_subjects_and_samples():
     rows, y = _truth()
     a = _preds("a", rows, y, y)
