@@ -13,11 +13,11 @@ EXAMPLES = """examples:
 
 Each side is one or more `mer train` run folders (several: seeds, scored as their mean and resampled
 with the subjects, see --runs) or predictions CSVs (a run's predictions.csv, or the linear floor's:
-`python -m mer.baselines.linear`). Both sides must hold the same held-out subjects and samples. A run trained with --selection oracle-release is compared at
-its last epoch (its honest estimate) unless --which selected. A run trained in parts (--folds slices in
-separate folders) is one argument, its parts joined with + (they must hold disjoint subjects).
---common-subjects scores every run on the subjects all of them hold (e.g. a partial run against the
-floor) and says how many that is. Nothing is retrained.
+`python -m mer.baselines.linear`). Both sides must hold the same held-out subjects and samples. A run
+trained with --selection oracle-release is compared at its last epoch (its honest estimate) unless
+--which selected. A run trained in parts (--folds slices in separate folders) is one argument, its parts
+joined with + (they must hold disjoint subjects). --common-subjects scores every run on the subjects all
+of them hold (e.g. a partial run against the floor) and says how many that is. Nothing is retrained.
 """
 
 
