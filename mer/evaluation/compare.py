@@ -54,6 +54,7 @@ class Predictions:
     label: np.ndarray
     pred: np.ndarray
     notes: list[str] = field(default_factory=list)
+    seed: int | None = None  # the training seed, where the run says (metrics.json, a CSV's seed column)
 
 
 def read_prediction_csv(path) -> list[dict]:
@@ -87,6 +88,7 @@ def load_predictions(path, which: str = "honest") -> Predictions:
         if not (path / "predictions.csv").is_file() or not (path / "metrics.json").is_file():
             raise ValueError(f"{path}: not a finished `mer train` run (no predictions.csv / metrics.json)")
         metrics = json.loads((path / "metrics.json").read_text())
+        seed = metrics.get("seed")
         if metrics.get("folds_finished", 0) < metrics.get("folds", 0):
             notes.append(f"{path}: PARTIAL, {metrics['folds_finished']} of {metrics['folds']} folds")
         selection = str(metrics.get("selection", "?"))
@@ -111,6 +113,7 @@ def load_predictions(path, which: str = "honest") -> Predictions:
             listed = "; ".join(f"input={i} protocol={p} seed={s}" for i, p, s in sorted(runs))
             raise ValueError(f"{path}: holds {len(runs)} runs ({listed}); write one run per file")
         (i, p, s) = next(iter(runs))
+        seed = int(s) if str(s).strip().lstrip("-").isdigit() else None
         if p and p != "loso":
             raise ValueError(f"{path}: a {p} run; the comparison is over LOSO subjects")
         if i or s:
@@ -125,6 +128,7 @@ def load_predictions(path, which: str = "honest") -> Predictions:
         label=np.array([int(r["label"]) for r in rows]),
         pred=np.array([int(r["pred"]) for r in rows]),
         notes=notes,
+        seed=seed if isinstance(seed, int) else None,
     )
 
 
@@ -153,6 +157,7 @@ def join_parts(parts: list[Predictions]) -> Predictions:
         pred=np.concatenate([p.pred for p in parts]),
         notes=[n for p in parts for n in p.notes]
         + [f"{' + '.join(p.name for p in parts)}: {len(parts)} parts of one run, {len(owner)} subjects"],
+        seed=parts[0].seed if len({p.seed for p in parts}) == 1 else None,
     )
 
 
@@ -172,7 +177,9 @@ def common_subjects(runs: list[Predictions]) -> list[Predictions]:
                 f"({keep.sum()} of its {len(keep)} samples, {len(set(r.subject))} subjects)"
             )
         out.append(
-            Predictions(r.name, r.selection, r.dataset[keep], r.subject[keep], r.label[keep], r.pred[keep], notes)
+            Predictions(
+                r.name, r.selection, r.dataset[keep], r.subject[keep], r.label[keep], r.pred[keep], notes, r.seed
+            )
         )
     return out
 
@@ -254,6 +261,12 @@ def compare(
             f"runs='paired' matches run i of A with run i of B, but A has {len(a)} runs and B {len(b)}; give "
             "the same seeds on both sides in the same order, or resample them independently"
         )
+    seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
+    if runs == "paired" and None not in seeds_a + seeds_b and seeds_a != seeds_b:
+        raise ValueError(
+            f"runs='paired' matches run i of A with run i of B, but their seeds differ: A {seeds_a}, B {seeds_b}; "
+            "give both sides' runs in the same seed order"
+        )
     mode = runs
     runs = common_subjects([*a, *b]) if common else [*a, *b]
     a, b = runs[: len(a)], runs[len(a) :]
@@ -268,8 +281,8 @@ def compare(
     run_a, run_b = _run_weights(rng, n_boot, len(a), len(b), mode)  # after the subjects: "fixed" draws as before
     sets = {"all": np.ones(len(subjects), bool)} | {d: db == d for d in sorted(set(db))}
     out = {
-        "a": [{"name": r.name, "selection": r.selection} for r in a],
-        "b": [{"name": r.name, "selection": r.selection} for r in b],
+        "a": [{"name": r.name, "selection": r.selection, "seed": r.seed} for r in a],
+        "b": [{"name": r.name, "selection": r.selection, "seed": r.seed} for r in b],
         "notes": [n for r in runs for n in r.notes]
         + [
             f"side {k} is one run: the interval holds no seed-to-seed variation of it"

@@ -105,6 +105,12 @@ def test_seeds_are_resampled_with_the_subjects_or_paired_or_held_fixed():
         compare(a[:1], b, n_boot=200, runs="paired")
     with pytest.raises(ValueError, match="runs='both'"):
         compare(a, b, n_boot=200, runs="both")
+    # where the runs name their seeds, paired refuses a different order on the two sides
+    for i, (ra, rb) in enumerate(zip(a, b, strict=True)):
+        ra.seed, rb.seed = i, i
+    assert compare(a, b, n_boot=200, runs="paired")["a"][2]["seed"] == 2
+    with pytest.raises(ValueError, match=r"seeds differ: A \[0, 1, 2\], B \[2, 1, 0\]"):
+        compare(a, b[::-1], n_boot=200, runs="paired")
 
 
 def test_runs_must_hold_the_same_subjects_and_samples():
@@ -178,6 +184,7 @@ def _fake_run(root, rows, y, selected, last=None, oracle=True, folds_finished=No
         "folds": n,
         "folds_finished": n if folds_finished is None else folds_finished,
         "last_epoch": {"selection": "fixed budget (2 epochs, last epoch)"},
+        "seed": 4,
     }
     (root / "metrics.json").write_text(json.dumps(metrics))
 
@@ -188,6 +195,7 @@ def test_an_oracle_run_is_compared_at_its_last_epoch_unless_asked(tmp_path):
     _fake_run(tmp_path / "run", rows, y, sel, last, folds_finished=14)
     honest = load_predictions(tmp_path / "run")
     assert np.array_equal(np.sort(honest.pred), np.sort(last)) and honest.selection.endswith("last epoch)")
+    assert honest.seed == 4  # from metrics.json
     assert any("last epoch" in n for n in honest.notes) and any("PARTIAL, 14 of 15" in n for n in honest.notes)
     picked = load_predictions(tmp_path / "run", which="selected")
     assert np.array_equal(picked.pred, sel) and picked.selection.startswith("oracle")
@@ -204,7 +212,7 @@ def test_a_floor_csv_must_hold_one_loso_run(tmp_path):
     one = [["flow", "loso", 0, d, s, f"{s}_{i} .png", int(y[i]), int(y[i])] for i, (d, s) in enumerate(rows)]
     _write_csv(tmp_path / "one.csv", head, one)
     p = load_predictions(tmp_path / "one.csv")
-    assert p.selection == "input=flow seed=0" and len(p.pred) == len(rows)
+    assert p.selection == "input=flow seed=0" and len(p.pred) == len(rows) and p.seed == 0
     _write_csv(tmp_path / "two.csv", head, one + [["tiles", *r[1:]] for r in one])
     with pytest.raises(ValueError, match="holds 2 runs .*input=tiles"):
         load_predictions(tmp_path / "two.csv")
