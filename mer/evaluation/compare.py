@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +177,8 @@ def common_subjects(runs: list[Predictions]) -> list[Predictions]:
                 f"({keep.sum()} of its {len(keep)} samples, {len(set(r.subject))} subjects)"
             )
         out.append(
-            Predictions(
-                r.name, r.selection, r.dataset[keep], r.subject[keep], r.label[keep], r.pred[keep], notes, r.seed
+            replace(
+                r, dataset=r.dataset[keep], subject=r.subject[keep], label=r.label[keep], pred=r.pred[keep], notes=notes
             )
         )
     return out
@@ -229,12 +229,17 @@ def _check_paired(runs: list[Predictions]) -> list[str]:
 RUN_MODES = ("resample", "paired", "fixed")
 
 
+def _draw_counts(rng, n: int, n_boot: int) -> np.ndarray:
+    """(n_boot, n): how often each of n items is drawn when n are drawn with replacement, per bootstrap draw."""
+    return rng.multinomial(n, np.full(n, 1 / n), size=n_boot)
+
+
 def _run_weights(rng, n_boot: int, n_a: int, n_b: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Per draw, how often each run of A and of B is drawn, as (n_boot, n) weights summing to 1 per draw."""
     if mode == "fixed":
         return np.full((n_boot, n_a), 1 / n_a), np.full((n_boot, n_b), 1 / n_b)
-    count_a = rng.multinomial(n_a, np.full(n_a, 1 / n_a), size=n_boot)
-    count_b = count_a if mode == "paired" else rng.multinomial(n_b, np.full(n_b, 1 / n_b), size=n_boot)
+    count_a = _draw_counts(rng, n_a, n_boot)
+    count_b = count_a if mode == "paired" else _draw_counts(rng, n_b, n_boot)
     return count_a / n_a, count_b / n_b
 
 
@@ -256,42 +261,42 @@ def compare(
         raise ValueError(f"n_boot={n_boot}: use at least 100 draws (2000 for a 95 % interval)")
     if runs not in RUN_MODES:
         raise ValueError(f"runs={runs!r}: one of {', '.join(RUN_MODES)}")
-    if runs == "paired" and len(a) != len(b):
-        raise ValueError(
-            f"runs='paired' matches run i of A with run i of B, but A has {len(a)} runs and B {len(b)}; give "
-            "the same seeds on both sides in the same order, or resample them independently"
-        )
-    seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
-    if runs == "paired" and None not in seeds_a + seeds_b and seeds_a != seeds_b:
-        raise ValueError(
-            f"runs='paired' matches run i of A with run i of B, but their seeds differ: A {seeds_a}, B {seeds_b}; "
-            "give both sides' runs in the same seed order"
-        )
-    mode = runs
-    runs = common_subjects([*a, *b]) if common else [*a, *b]
-    a, b = runs[: len(a)], runs[len(a) :]
-    subjects = _check_paired(runs)
-    cms = np.stack([_subject_confusions(r, subjects) for r in runs])  # (R, S, 3, 3)
+    if runs == "paired":
+        if len(a) != len(b):
+            raise ValueError(
+                f"runs='paired' matches run i of A with run i of B, but A has {len(a)} runs and B {len(b)}; give "
+                "the same seeds on both sides in the same order, or resample them independently"
+            )
+        seeds_a, seeds_b = [r.seed for r in a], [r.seed for r in b]
+        if None not in seeds_a + seeds_b and seeds_a != seeds_b:
+            raise ValueError(
+                f"runs='paired' matches run i of A with run i of B, but their seeds differ: A {seeds_a}, "
+                f"B {seeds_b}; give both sides' runs in the same seed order"
+            )
+    every = common_subjects([*a, *b]) if common else [*a, *b]
+    a, b = every[: len(a)], every[len(a) :]
+    subjects = _check_paired(every)
+    cms = np.stack([_subject_confusions(r, subjects) for r in every])  # (R, S, 3, 3)
     db = np.array([s.split("/", 1)[0] for s in subjects])
     rng = np.random.default_rng(seed)
     weights = np.zeros((n_boot, len(subjects)))
     for d in sorted(set(db)):  # within each database: as many subjects as it has, with replacement
         idx = np.flatnonzero(db == d)
-        weights[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n_boot)
-    run_a, run_b = _run_weights(rng, n_boot, len(a), len(b), mode)  # after the subjects: "fixed" draws as before
+        weights[:, idx] = _draw_counts(rng, len(idx), n_boot)
+    run_a, run_b = _run_weights(rng, n_boot, len(a), len(b), runs)  # after the subjects: "fixed" draws as before
     sets = {"all": np.ones(len(subjects), bool)} | {d: db == d for d in sorted(set(db))}
     out = {
         "a": [{"name": r.name, "selection": r.selection, "seed": r.seed} for r in a],
         "b": [{"name": r.name, "selection": r.selection, "seed": r.seed} for r in b],
-        "notes": [n for r in runs for n in r.notes]
+        "notes": [n for r in every for n in r.notes]
         + [
             f"side {k} is one run: the interval holds no seed-to-seed variation of it"
             for k, side in (("A", a), ("B", b))
-            if len(side) == 1 and mode != "fixed"
+            if len(side) == 1 and runs != "fixed"
         ],
         "n_boot": n_boot,
         "seed": seed,
-        "runs": mode,
+        "runs": runs,
         "subjects": len(subjects),
         "samples": int(cms[0].sum()),
         "sets": {},
